@@ -1,0 +1,37 @@
+//! Wire formats every Warren part shares.
+//!
+//! This crate encodes and decodes; it opens no socket and knows nothing of an async
+//! runtime (the optional `tokio` feature adds one helper that reads a frame from a
+//! stream). iris and the connector wrap it with QUIC.
+//!
+//! - [`error`]: the ProxyError taxonomy with stable string names.
+//! - [`frame`]: length-prefixed frames with explicit size limits.
+//! - [`messages`]: the tunnel's messages (control stream, data streams, DNS).
+//! - [`preamble`]: the magic + version + kind that opens every tunnel stream.
+//! - [`token`]: the tunnel token a connector is started with.
+
+pub mod error;
+pub mod frame;
+#[cfg(feature = "tokio")]
+pub mod io;
+pub mod messages;
+pub mod preamble;
+pub mod token;
+
+#[allow(clippy::all, missing_docs, unused_qualifications, dead_code)]
+pub(crate) mod tunnel_capnp {
+    include!(concat!(env!("OUT_DIR"), "/tunnel_capnp.rs"));
+}
+
+pub use error::{ErrorCode, ProxyError};
+pub use frame::DecodeError;
+
+/// ALPN protocol id the tunnel's QUIC connections negotiate.
+pub const TUNNEL_ALPN: &[u8] = b"warren-tunnel/1";
+
+/// Server name the connector asks for and the edge certificate carries, whatever
+/// address the edge is dialled at (the edge is identified by its CA, not by a DNS name).
+pub const EDGE_SERVER_NAME: &str = "warren-edge";
+
+/// Default UDP port of the tunnel edge.
+pub const DEFAULT_EDGE_PORT: u16 = 7844;

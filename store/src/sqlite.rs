@@ -1,0 +1,420 @@
+//! The SQLite backend: one file in the data directory, schema migrated on open.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::broadcast;
+
+use crate::{Account, Change, ConnectionRecord, Store, StoreError, StoreResult, Tunnel, rfc3339};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE tunnels (
+    id                 TEXT PRIMARY KEY,
+    account_id         TEXT NOT NULL REFERENCES accounts(id),
+    name               TEXT NOT NULL,
+    secret_hash        BLOB NOT NULL,
+    created_at         TEXT NOT NULL,
+    first_connected_at TEXT
+);
+CREATE INDEX tunnels_by_account ON tunnels(account_id, created_at);
+CREATE TABLE connections (
+    id             TEXT PRIMARY KEY,
+    tunnel_id      TEXT NOT NULL,
+    connector_id   TEXT NOT NULL,
+    client_version TEXT NOT NULL,
+    edge_name      TEXT NOT NULL,
+    origin_ip      TEXT NOT NULL,
+    opened_at      TEXT NOT NULL,
+    conn_index     INTEGER NOT NULL,
+    ha_connections INTEGER NOT NULL,
+    expires_at_ms  INTEGER NOT NULL
+);
+CREATE INDEX connections_by_tunnel ON connections(tunnel_id);
+"#];
+
+/// The embedded store: SQLite in a file (or in memory for tests).
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    changes: broadcast::Sender<Change>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests, throwaway demos).
+    pub fn open_in_memory() -> StoreResult<Self> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(mut conn: Connection) -> StoreResult<Self> {
+        conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        migrate(&mut conn)?;
+        let (changes, _) = broadcast::channel(256);
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            changes,
+        })
+    }
+
+    /// Runs `f` on the connection off the async threads.
+    async fn with<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+            f(&guard).map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    fn publish(&self, change: Change) {
+        // No subscriber is fine.
+        let _ = self.changes.send(change);
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let applied: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(backend)? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {applied}, newer than this build ({}); upgrade Warren",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn tunnel_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tunnel> {
+    let hash: Vec<u8> = r.get(3)?;
+    let mut secret_hash = [0u8; 32];
+    if hash.len() == 32 {
+        secret_hash.copy_from_slice(&hash);
+    }
+    Ok(Tunnel {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        name: r.get(2)?,
+        secret_hash,
+        created_at: r.get(4)?,
+        first_connected_at: r.get(5)?,
+    })
+}
+
+const TUNNEL_COLUMNS: &str = "id, account_id, name, secret_hash, created_at, first_connected_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, name: &str) -> StoreResult<Account> {
+        let account = Account {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: name.to_owned(),
+            created_at: rfc3339(SystemTime::now()),
+        };
+        let a = account.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO accounts (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![a.id, a.name, a.created_at],
+            )
+        })
+        .await?;
+        Ok(account)
+    }
+
+    async fn get_account(&self, id: &str) -> StoreResult<Option<Account>> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, name, created_at FROM accounts WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Account {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_accounts(&self) -> StoreResult<Vec<Account>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id, name, created_at FROM accounts ORDER BY created_at, id")?;
+            let rows = st.query_map([], |r| {
+                Ok(Account {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn create_tunnel(
+        &self,
+        account_id: &str,
+        name: &str,
+        secret_hash: [u8; 32],
+    ) -> StoreResult<Tunnel> {
+        if self.get_account(account_id).await?.is_none() {
+            return Err(StoreError::NotFound("account"));
+        }
+        let tunnel = Tunnel {
+            id: uuid::Uuid::now_v7().to_string(),
+            account_id: account_id.to_owned(),
+            name: name.to_owned(),
+            secret_hash,
+            created_at: rfc3339(SystemTime::now()),
+            first_connected_at: None,
+        };
+        let t = tunnel.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO tunnels (id, account_id, name, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.account_id, t.name, &t.secret_hash[..], t.created_at],
+            )
+        })
+        .await?;
+        self.publish(Change::Tunnel(tunnel.id.clone()));
+        Ok(tunnel)
+    }
+
+    async fn get_tunnel(&self, tunnel_id: &str) -> StoreResult<Option<Tunnel>> {
+        let id = tunnel_id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE id = ?1"),
+                [id],
+                tunnel_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_tunnels(&self, account_id: &str) -> StoreResult<Vec<Tunnel>> {
+        let account = account_id.to_owned();
+        self.with(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE account_id = ?1 ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map([account], tunnel_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_tunnel(&self, account_id: &str, tunnel_id: &str) -> StoreResult<bool> {
+        let (account, id) = (account_id.to_owned(), tunnel_id.to_owned());
+        let deleted = self
+            .with(move |c| {
+                c.execute(
+                    "DELETE FROM tunnels WHERE id = ?1 AND account_id = ?2",
+                    params![id, account],
+                )
+            })
+            .await?
+            > 0;
+        if deleted {
+            self.publish(Change::Tunnel(tunnel_id.to_owned()));
+        }
+        Ok(deleted)
+    }
+
+    async fn put_connection(&self, record: &ConnectionRecord, lease: Duration) -> StoreResult<()> {
+        let r = record.clone();
+        let expires = now_ms() + lease.as_millis() as i64;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO connections (id, tunnel_id, connector_id, client_version, edge_name, origin_ip,
+                     opened_at, conn_index, ha_connections, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT(id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+                params![
+                    r.id,
+                    r.tunnel_id,
+                    r.connector_id,
+                    r.client_version,
+                    r.edge_name,
+                    r.origin_ip,
+                    r.opened_at,
+                    r.conn_index,
+                    r.ha_connections,
+                    expires
+                ],
+            )?;
+            c.execute(
+                "UPDATE tunnels SET first_connected_at = COALESCE(first_connected_at, ?2) WHERE id = ?1",
+                params![r.tunnel_id, r.opened_at],
+            )
+        })
+        .await?;
+        self.publish(Change::Connections(record.tunnel_id.clone()));
+        Ok(())
+    }
+
+    async fn remove_connection(&self, connection_id: &str) -> StoreResult<()> {
+        let id = connection_id.to_owned();
+        let tunnel = self
+            .with(move |c| {
+                let tunnel: Option<String> = c
+                    .query_row("SELECT tunnel_id FROM connections WHERE id = ?1", [&id], |r| r.get(0))
+                    .optional()?;
+                c.execute("DELETE FROM connections WHERE id = ?1", [&id])?;
+                Ok(tunnel)
+            })
+            .await?;
+        if let Some(t) = tunnel {
+            self.publish(Change::Connections(t));
+        }
+        Ok(())
+    }
+
+    async fn list_connections(&self, tunnel_id: &str) -> StoreResult<Vec<ConnectionRecord>> {
+        let id = tunnel_id.to_owned();
+        let now = now_ms();
+        self.with(move |c| {
+            c.execute("DELETE FROM connections WHERE expires_at_ms <= ?1", [now])?;
+            let mut st = c.prepare(
+                "SELECT id, tunnel_id, connector_id, client_version, edge_name, origin_ip, opened_at,
+                        conn_index, ha_connections
+                 FROM connections WHERE tunnel_id = ?1 ORDER BY opened_at, id",
+            )?;
+            let rows = st.query_map([id], |r| {
+                Ok(ConnectionRecord {
+                    id: r.get(0)?,
+                    tunnel_id: r.get(1)?,
+                    connector_id: r.get(2)?,
+                    client_version: r.get(3)?,
+                    edge_name: r.get(4)?,
+                    origin_ip: r.get(5)?,
+                    opened_at: r.get(6)?,
+                    conn_index: r.get(7)?,
+                    ha_connections: r.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    fn watch(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, tunnel: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            id: id.into(),
+            tunnel_id: tunnel.into(),
+            connector_id: "c".into(),
+            client_version: "0.1.0".into(),
+            edge_name: "edge".into(),
+            origin_ip: "127.0.0.1".into(),
+            opened_at: rfc3339(SystemTime::now()),
+            conn_index: 0,
+            ha_connections: 4,
+        }
+    }
+
+    #[tokio::test]
+    async fn tunnels_persist_across_reopen_with_only_the_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("warren.db");
+        let hash = crate::hash_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret");
+        let (account, tunnel) = {
+            let s = SqliteStore::open(&path).expect("open");
+            let a = s.create_account("demo").await.expect("account");
+            let t = s.create_tunnel(&a.id, "home", hash).await.expect("tunnel");
+            (a, t)
+        };
+        let s = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(s.get_tunnel(&tunnel.id).await.expect("get"), Some(tunnel.clone()));
+        assert_eq!(s.list_tunnels(&account.id).await.expect("list"), vec![tunnel.clone()]);
+        assert!(s.list_tunnels("other").await.expect("list").is_empty());
+        assert!(!s.delete_tunnel("other", &tunnel.id).await.expect("delete"));
+        assert!(s.delete_tunnel(&account.id, &tunnel.id).await.expect("delete"));
+        assert_eq!(s.get_tunnel(&tunnel.id).await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_needs_an_existing_account() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        assert!(matches!(
+            s.create_tunnel("nope", "x", [0; 32]).await,
+            Err(StoreError::NotFound("account"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn connections_expire_with_their_lease_and_publish_changes() {
+        let s = SqliteStore::open_in_memory().expect("open");
+        let a = s.create_account("demo").await.expect("account");
+        let t = s.create_tunnel(&a.id, "home", [1; 32]).await.expect("tunnel");
+        let mut watch = s.watch();
+        s.put_connection(&record("c1", &t.id), Duration::from_secs(60)).await.expect("put");
+        s.put_connection(&record("c2", &t.id), Duration::from_millis(1)).await.expect("put");
+        assert_eq!(watch.recv().await.expect("change"), Change::Connections(t.id.clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let live: Vec<String> = s
+            .list_connections(&t.id)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(live, vec!["c1".to_string()]);
+        let t2 = s.get_tunnel(&t.id).await.expect("get").expect("exists");
+        assert!(t2.first_connected_at.is_some());
+        s.remove_connection("c1").await.expect("remove");
+        assert!(s.list_connections(&t.id).await.expect("list").is_empty());
+    }
+}

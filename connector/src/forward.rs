@@ -1,0 +1,142 @@
+//! Serves one edge-opened data stream: read the header, check the local policy,
+//! dial the origin, answer, then carry bytes both ways honouring half-close.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, info_span};
+use warren_protocol::ErrorCode;
+use warren_protocol::io::{read_message, read_preamble};
+use warren_protocol::messages::{ConnectRequest, ConnectResponse, WireMessage};
+use warren_protocol::preamble::StreamKind;
+
+use crate::Shared;
+
+/// Time the edge has to send a complete stream header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest connect timeout the edge may ask for.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Copy buffer per direction.
+const BUF: usize = 64 * 1024;
+
+/// Serves one data stream to completion.
+pub async fn serve_stream(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let header = tokio::time::timeout(HEADER_TIMEOUT, async {
+        match read_preamble(&mut recv).await? {
+            StreamKind::Connect => read_message::<ConnectRequest, _>(&mut recv).await,
+            other => Err(warren_protocol::io::ReadError::Io(io::Error::other(format!(
+                "unexpected {other:?} stream"
+            )))),
+        }
+    })
+    .await;
+    let req = match header {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            debug!(error = %e, "closing malformed data stream");
+            let _ = send.reset(1u32.into());
+            let _ = recv.stop(1u32.into());
+            return;
+        }
+        Err(_) => {
+            debug!("data stream header timed out");
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    };
+    let span = info_span!("stream", flow = %req.flow_id, dest = %req.destination);
+    async move {
+        shared.metrics.streams_total.inc();
+        shared.metrics.streams_active.inc();
+        let result = connect_and_splice(&shared, &req, &mut send, recv).await;
+        shared.metrics.streams_active.dec();
+        if let Err(code) = result {
+            shared.metrics.error(code);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn answer(send: &mut quinn::SendStream, error: Option<ErrorCode>, message: String) -> io::Result<()> {
+    let frame = ConnectResponse { error, message }.to_frame();
+    send.write_all(&frame).await.map_err(io::Error::other)
+}
+
+async fn connect_and_splice(
+    shared: &Shared,
+    req: &ConnectRequest,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), ErrorCode> {
+    let dest = req.destination;
+    if !shared.policy.allows(dest).await {
+        debug!("refused by local policy");
+        let _ = answer(send, Some(ErrorCode::DestinationForbidden), format!("{dest} is not allowed by the connector's policy")).await;
+        let _ = send.finish();
+        return Err(ErrorCode::DestinationForbidden);
+    }
+    let timeout = match req.timeout_ms {
+        0 => shared.config.connect_timeout,
+        ms => Duration::from_millis(u64::from(ms)).min(MAX_CONNECT_TIMEOUT),
+    };
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(dest)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let code = match e.kind() {
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ErrorCode::ConnectionTimeout,
+                _ => ErrorCode::ConnectionRefused,
+            };
+            debug!(error = %e, %code, "origin connect failed");
+            let _ = answer(send, Some(code), format!("connect to {dest}: {e}")).await;
+            let _ = send.finish();
+            return Err(code);
+        }
+        Err(_) => {
+            debug!("origin connect timed out");
+            let _ = answer(send, Some(ErrorCode::ConnectionTimeout), format!("connect to {dest}: no answer in {timeout:?}")).await;
+            let _ = send.finish();
+            return Err(ErrorCode::ConnectionTimeout);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    if answer(send, None, String::new()).await.is_err() {
+        return Err(ErrorCode::ConnectionTerminated);
+    }
+    let (tcp_r, tcp_w) = tcp.into_split();
+    let to_origin = shared.metrics.bytes.get_or_create(&vec![("direction", "to_origin")]).clone();
+    let from_origin = shared.metrics.bytes.get_or_create(&vec![("direction", "from_origin")]).clone();
+    let up = copy_counted(recv, tcp_w, to_origin);
+    let down = copy_counted(tcp_r, send, from_origin);
+    match tokio::try_join!(up, down) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            debug!(error = %e, "stream ended with an error");
+            Err(ErrorCode::ConnectionTerminated)
+        }
+    }
+}
+
+/// Copies `r` to `w` until EOF, then shuts `w` down (FIN / QUIC stream finish).
+async fn copy_counted<R, W>(mut r: R, mut w: W, counter: Counter) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        counter.inc_by(n as u64);
+        total += n as u64;
+    }
+}

@@ -1,0 +1,224 @@
+//! `warren-connector`: the daemon inside a private network. It dials the Warren
+//! edge (QUIC, outbound only), registers each of its HA connections, and serves
+//! what the edge asks through them: TCP connections to private addresses
+//! ([`forward`]) and DNS questions ([`dns`]), within its local [`policy`].
+//!
+//! [`run`] is the whole daemon; the binary only parses flags into a [`ConnectorConfig`].
+
+pub mod backoff;
+pub mod dns;
+pub mod forward;
+pub mod metrics;
+pub mod policy;
+pub mod session;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use warren_protocol::token::TunnelToken;
+
+use crate::backoff::Backoff;
+use crate::dns::DnsForwarder;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::session::SessionEnd;
+use crate::tls::EdgeTrust;
+
+/// A connection that stayed registered this long resets its backoff.
+const STABLE_PERIOD: Duration = Duration::from_secs(60);
+/// Shortest wait after the edge refused our credentials.
+const MIN_REFUSED_WAIT: Duration = Duration::from_secs(10);
+
+/// Everything the connector runs with. [`ConnectorConfig::from_token`] fills the
+/// documented defaults.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    /// Account owning the tunnel.
+    pub account_id: String,
+    /// Tunnel to serve.
+    pub tunnel_id: String,
+    /// Tunnel secret.
+    pub secret: Vec<u8>,
+    /// Edge addresses (`host:port`); connection `i` dials `edges[i % len]`.
+    pub edges: Vec<String>,
+    /// How the edge certificate is trusted.
+    pub trust: EdgeTrust,
+    /// HA connections to keep (default 4).
+    pub ha_connections: u8,
+    /// Resolvers for DNS questions (default none: the host's own resolution).
+    pub dns_resolvers: Vec<SocketAddr>,
+    /// Local destination policy (default: allow all).
+    pub policy: Policy,
+    /// Address of `/ready`, `/healthcheck`, `/metrics` (default `127.0.0.1:20241`; `None` disables).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Time in-flight streams get to finish on shutdown (default 30 s).
+    pub grace_period: Duration,
+    /// Default TCP connect timeout to origins (default 10 s).
+    pub connect_timeout: Duration,
+    /// This process's id, reported to the edge (default: a fresh UUID).
+    pub connector_id: String,
+}
+
+impl ConnectorConfig {
+    /// A configuration from a decoded token, with defaults for the rest.
+    pub fn from_token(token: &TunnelToken) -> anyhow::Result<Self> {
+        let fp = hex::decode(&token.ca_sha256).context("token CA fingerprint")?;
+        let fingerprint: [u8; 32] = fp
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the token's CA fingerprint is not 32 bytes"))?;
+        Ok(ConnectorConfig {
+            account_id: token.account_id.clone(),
+            tunnel_id: token.tunnel_id.clone(),
+            secret: token.secret_bytes()?,
+            edges: token.edges.clone(),
+            trust: EdgeTrust::Fingerprint(fingerprint),
+            ha_connections: 4,
+            dns_resolvers: Vec::new(),
+            policy: Policy::default(),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 20241))),
+            grace_period: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            connector_id: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+}
+
+/// State shared by every connection of the connector.
+pub struct Shared {
+    /// The configuration.
+    pub config: ConnectorConfig,
+    /// Exported metrics (and readiness).
+    pub metrics: Arc<Metrics>,
+    /// The local policy.
+    pub policy: Policy,
+    /// DNS forwarding.
+    pub dns: DnsForwarder,
+    /// Tracks in-flight data streams for graceful shutdown.
+    pub tracker: TaskTracker,
+    client_config: quinn::ClientConfig,
+}
+
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(15)).ok())
+        .max_concurrent_bidi_streams(4096u32.into())
+        .max_concurrent_uni_streams(16u32.into())
+        .stream_receive_window((8u32 * 1024 * 1024).into())
+        .receive_window((32u32 * 1024 * 1024).into())
+        .send_window(32 * 1024 * 1024);
+    t
+}
+
+/// Runs the connector until `shutdown` completes, then unregisters every
+/// connection, lets in-flight streams finish within the grace period, and returns.
+pub async fn run(config: ConnectorConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if config.edges.is_empty() {
+        anyhow::bail!("no edge address: pass --edge or use a token that names one");
+    }
+    let metrics = Arc::new(Metrics::new(config.connector_id.clone()));
+    if let Some(addr) = config.metrics_addr {
+        let listener = metrics::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on the metrics address {addr}"))?;
+        info!(addr = %listener.local_addr()?, "serving /ready, /healthcheck and /metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+    let client_config = tls::client_config(&config.trust, transport())?;
+    let shared = Arc::new(Shared {
+        policy: config.policy.clone(),
+        dns: DnsForwarder::new(config.dns_resolvers.clone()),
+        metrics,
+        tracker: TaskTracker::new(),
+        client_config,
+        config,
+    });
+    let cancel = CancellationToken::new();
+    let mut sessions = Vec::new();
+    for i in 0..shared.config.ha_connections {
+        let edge = shared.config.edges[usize::from(i) % shared.config.edges.len()].clone();
+        sessions.push(tokio::spawn(supervise(shared.clone(), i, edge, cancel.clone())));
+    }
+    shutdown.await;
+    info!("shutting down: unregistering connections");
+    cancel.cancel();
+    let mut open = Vec::new();
+    for s in sessions {
+        if let Ok(Some(pair)) = s.await {
+            open.push(pair);
+        }
+    }
+    shared.tracker.close();
+    let in_flight = shared.tracker.len();
+    if in_flight > 0 {
+        info!(in_flight, grace = ?shared.config.grace_period, "waiting for in-flight streams");
+    }
+    if tokio::time::timeout(shared.config.grace_period, shared.tracker.wait()).await.is_err() {
+        warn!(left = shared.tracker.len(), "grace period over; closing streams still open");
+    }
+    for (endpoint, conn) in open {
+        conn.close(0u32.into(), b"connector shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+    info!("connector stopped");
+    Ok(())
+}
+
+/// Keeps connection `index` up: reconnects with full-jitter backoff forever.
+async fn supervise(
+    shared: Arc<Shared>,
+    index: u8,
+    edge: String,
+    cancel: CancellationToken,
+) -> Option<(quinn::Endpoint, quinn::Connection)> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
+    let metrics = shared.metrics.clone();
+    metrics.conn_state(None, Some("connecting"));
+    loop {
+        if cancel.is_cancelled() {
+            metrics.conn_state(Some("connecting"), None);
+            return None;
+        }
+        let delay = match session::run(&shared, index, &edge, &cancel).await {
+            SessionEnd::Shutdown(endpoint, conn) => {
+                metrics.conn_state(Some("connecting"), None);
+                return Some((endpoint, conn));
+            }
+            SessionEnd::Lost { up_for, reason } => {
+                if up_for >= STABLE_PERIOD {
+                    backoff.reset();
+                }
+                let d = backoff.next_delay();
+                warn!(index, %edge, %reason, retry_in = ?d, "tunnel connection lost");
+                d
+            }
+            SessionEnd::Refused { message, retry_after } => {
+                let base = retry_after.max(MIN_REFUSED_WAIT);
+                let d = base + Backoff::new(base / 2, base / 2).next_delay();
+                error!(
+                    index, %edge, retry_in = ?d,
+                    "the edge refused this connector: {message}. The token is wrong, revoked, or for another edge."
+                );
+                d
+            }
+            SessionEnd::Failed(reason) => {
+                let d = backoff.next_delay();
+                warn!(index, %edge, %reason, retry_in = ?d, "could not connect to the edge");
+                d
+            }
+        };
+        metrics.conn_state(Some("connecting"), Some("backoff"));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => {}
+        }
+        metrics.conn_state(Some("backoff"), Some("connecting"));
+    }
+}

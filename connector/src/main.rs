@@ -1,0 +1,153 @@
+//! `warren-connector run`: parse flags, set up logging, run until SIGTERM/SIGINT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use warren_connector::policy::{AllowRule, Policy};
+use warren_connector::tls::EdgeTrust;
+use warren_connector::{ConnectorConfig, run};
+use warren_protocol::token::TunnelToken;
+
+#[derive(Parser)]
+#[command(name = "warren-connector", version, about = "Carries a Warren tunnel into a private network (dials out; never listens).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the edge and serve the tunnel until stopped.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The tunnel token (from `warren tunnel create`).
+    #[arg(long, env = "WARREN_TUNNEL_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// Read the token from a file.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Edge address host:port (repeatable; replaces the token's list).
+    #[arg(long = "edge")]
+    edges: Vec<String>,
+    /// Connections to keep, spread over the edge addresses.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    ha_connections: u8,
+    /// DNS resolver ip[:port] for the edge's questions (repeatable; default: this host's resolution, /etc/hosts included).
+    #[arg(long = "dns-resolver", value_parser = parse_resolver)]
+    dns_resolvers: Vec<SocketAddr>,
+    /// Allowed destination: CIDR[:port[-port]], [v6-CIDR]:port or hostname[:port] (repeatable; absent = allow all).
+    #[arg(long = "allow")]
+    allow: Vec<AllowRule>,
+    /// Address for /ready, /healthcheck and /metrics.
+    #[arg(long, default_value = "127.0.0.1:20241")]
+    metrics: SocketAddr,
+    /// Time in-flight streams get to finish after SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+    /// TCP connect timeout to origins.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// Trust this CA certificate (PEM) for the edge instead of the token's fingerprint.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is not ip or ip:port"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
+    let token_text = match (args.token, args.token_file) {
+        (Some(t), _) => t,
+        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read token file {}", f.display()))?,
+        (None, None) => anyhow::bail!("no token: pass --token, --token-file, or set WARREN_TUNNEL_TOKEN"),
+    };
+    let token = TunnelToken::decode(&token_text).context("invalid tunnel token")?;
+    let mut config = ConnectorConfig::from_token(&token)?;
+    if !args.edges.is_empty() {
+        config.edges = args.edges;
+    }
+    if let Some(path) = args.ca_cert {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_file(&path)
+            .with_context(|| format!("cannot read a PEM certificate from {}", path.display()))?;
+        config.trust = EdgeTrust::CaCert(cert);
+    }
+    config.ha_connections = args.ha_connections;
+    config.dns_resolvers = args.dns_resolvers;
+    config.policy = Policy::new(args.allow);
+    config.metrics_addr = Some(args.metrics);
+    config.grace_period = args.grace_period;
+    config.connect_timeout = args.connect_timeout;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let Cli {
+        command: Command::Run(args),
+    } = Cli::parse();
+    init_logging(args.log_format);
+    let config = match config_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The connector's local HTTP port: `/ready`, `/healthcheck`, Prometheus `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use warren_protocol::ErrorCode;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Counters and gauges the connector exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections by state: `connecting`, `registered`, `backoff`.
+    pub connections: Family<Labels, Gauge>,
+    /// Data streams being served now.
+    pub streams_active: Gauge,
+    /// Data streams served since start.
+    pub streams_total: Counter,
+    /// DNS queries answered, by `result` (`ok` / `error`).
+    pub dns_queries: Family<Labels, Counter>,
+    /// Failed streams and queries, by `code`.
+    pub errors: Family<Labels, Counter>,
+    /// Payload bytes, by `direction` (`to_origin` / `from_origin`).
+    pub bytes: Family<Labels, Counter>,
+    ready: AtomicI64,
+    connector_id: String,
+}
+
+impl Metrics {
+    /// A fresh set of metrics for connector `connector_id`.
+    pub fn new(connector_id: String) -> Self {
+        let mut registry = Registry::with_prefix("warren_connector");
+        let connections = Family::<Labels, Gauge>::default();
+        let streams_active = Gauge::default();
+        let streams_total = Counter::default();
+        let dns_queries = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
+        let bytes = Family::<Labels, Counter>::default();
+        registry.register("connections", "Tunnel connections by state", connections.clone());
+        registry.register("streams_active", "Data streams being served", streams_active.clone());
+        registry.register("streams", "Data streams served", streams_total.clone());
+        registry.register("dns_queries", "DNS queries answered", dns_queries.clone());
+        registry.register("errors", "Failures by ProxyError code", errors.clone());
+        registry.register("bytes", "Payload bytes carried", bytes.clone());
+        Metrics {
+            registry,
+            connections,
+            streams_active,
+            streams_total,
+            dns_queries,
+            errors,
+            bytes,
+            ready: AtomicI64::new(0),
+            connector_id,
+        }
+    }
+
+    /// Moves one connection from state `from` to `to` (either may be `None`).
+    pub fn conn_state(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if let Some(f) = from {
+            self.connections.get_or_create(&vec![("state", f)]).dec();
+            if f == "registered" {
+                self.ready.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if let Some(t) = to {
+            self.connections.get_or_create(&vec![("state", t)]).inc();
+            if t == "registered" {
+                self.ready.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Counts a failure by its code.
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.get_or_create(&vec![("code", code.as_str())]).inc();
+    }
+
+    /// Registered connections now.
+    pub fn ready_connections(&self) -> i64 {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let n = m.ready_connections();
+    let body = serde_json::json!({ "readyConnections": n, "connectorId": m.connector_id }).to_string();
+    let status = if n > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        m.render(),
+    )
+}
+
+/// Serves the local HTTP port on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/ready", get(ready))
+        .route("/healthcheck", get(|| async { "OK\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(m);
+    axum::serve(listener, app).await
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

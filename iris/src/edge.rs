@@ -1,0 +1,358 @@
+//! The tunnel edge: the QUIC listener connectors dial, registration on each
+//! connection's control stream, and the per-connection loops (DNS answers,
+//! unregister, lease refresh).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+use warren_protocol::io::{ReadError, read_message, read_preamble};
+use warren_protocol::messages::{ControlMessage, DnsAnswer, RefusalReason, RegisterRequest, RegisterResponse, WireMessage};
+use warren_protocol::preamble::StreamKind;
+use warren_store::{ConnectionRecord, Store, rfc3339, secret_matches};
+
+use crate::ca::{CaError, EdgeCa};
+use crate::registry::{LiveConnection, Registry};
+use crate::tunnels::Tunnels;
+
+/// Settings of the tunnel edge. Every field has a documented default from [`EdgeConfig::new`].
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// UDP address to listen on (default `0.0.0.0:7844`).
+    pub listen: SocketAddr,
+    /// Directory holding the edge CA (created if missing).
+    pub data_dir: PathBuf,
+    /// This node's name, shown as `colo_name` (default: the host name).
+    pub edge_name: String,
+    /// Extra DNS names for the edge certificate (default none; connectors verify
+    /// the fixed name `warren-edge` and the pinned CA).
+    pub extra_cert_names: Vec<String>,
+    /// Time a new connection has to register (default 10 s).
+    pub registration_timeout: Duration,
+    /// Lease of a connection's record in the store, refreshed at a third of it (default 30 s).
+    pub lease: Duration,
+    /// QUIC keep-alive interval (default 5 s).
+    pub keep_alive: Duration,
+    /// QUIC idle timeout: a silent connection is declared dead after it (default 15 s).
+    pub idle_timeout: Duration,
+}
+
+impl EdgeConfig {
+    /// Defaults for an edge listening on `listen` with its state in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        let edge_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "warren-edge".to_owned());
+        EdgeConfig {
+            listen,
+            data_dir,
+            edge_name,
+            extra_cert_names: Vec::new(),
+            registration_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EdgeError {
+    /// The CA could not be loaded or created.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// TLS configuration failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+/// A running tunnel edge: accepts connector connections until shut down.
+pub struct TunnelEdge {
+    endpoint: quinn::Endpoint,
+    ca: EdgeCa,
+    ctx: Arc<EdgeCtx>,
+}
+
+struct EdgeCtx {
+    config: EdgeConfig,
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+}
+
+impl TunnelEdge {
+    /// Loads (or creates) the CA and binds the QUIC listener. Needs a tokio runtime.
+    pub fn bind(config: EdgeConfig, store: Arc<dyn Store>) -> Result<TunnelEdge, EdgeError> {
+        let ca = EdgeCa::load_or_create(&config.data_dir)?;
+        let (chain, key) = ca.issue_edge_cert(&config.extra_cert_names)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| EdgeError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| EdgeError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![warren_protocol::TUNNEL_ALPN.to_vec()];
+        let quic_tls = QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(config.keep_alive))
+            .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok())
+            // The connector opens only its control stream and DNS answer streams.
+            .max_concurrent_bidi_streams(4u32.into())
+            .max_concurrent_uni_streams(256u32.into());
+        server.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server, config.listen).map_err(|source| EdgeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(TunnelEdge {
+            endpoint,
+            ca,
+            ctx: Arc::new(EdgeCtx {
+                config,
+                store,
+                registry: Arc::new(Registry::default()),
+            }),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The edge CA (its fingerprint goes into tokens).
+    pub fn ca(&self) -> &EdgeCa {
+        &self.ca
+    }
+
+    /// Handle for opening streams and asking DNS through registered tunnels.
+    pub fn tunnels(&self) -> Tunnels {
+        Tunnels::new(self.ctx.registry.clone())
+    }
+
+    /// Accepts connections until `shutdown` completes, then closes every
+    /// connection (connectors reconnect elsewhere or later) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let ctx = self.ctx.clone();
+                    conns.spawn(serve_connection(incoming, ctx));
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        info!("tunnel edge shutting down");
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"edge shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<EdgeCtx>) {
+    let remote = incoming.remote_address();
+    let span = info_span!("tunnel_conn", %remote, conn = tracing::field::Empty);
+    async move {
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "handshake failed");
+                return;
+            }
+        };
+        let registered = tokio::time::timeout(ctx.config.registration_timeout, register(&conn, &ctx)).await;
+        let Ok(Some((live, control_send, control_recv))) = registered else {
+            conn.close(quinn::VarInt::from_u32(2), b"not registered");
+            return;
+        };
+        let record = live.record().clone();
+        tracing::Span::current().record("conn", record.id.as_str());
+        info!(tunnel = %record.tunnel_id, index = record.conn_index, "connection registered");
+        ctx.registry.insert(live.clone());
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(dns_datagrams(live.clone()));
+        tasks.spawn(dns_streams(live.clone()));
+        tasks.spawn(refresh_lease(ctx.clone(), record.clone()));
+        tasks.spawn(control_loop(live.clone(), control_send, control_recv));
+        let reason = conn.closed().await;
+        tasks.abort_all();
+        ctx.registry.remove(&record.tunnel_id, &record.id);
+        if let Err(e) = ctx.store.remove_connection(&record.id).await {
+            warn!(error = %e, "could not remove the connection record; its lease will expire");
+        }
+        info!(%reason, "connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+type ControlStreams = (Arc<LiveConnection>, quinn::SendStream, quinn::RecvStream);
+
+async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStreams> {
+    let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+    let req = match read_message::<RegisterRequest, _>(&mut recv).await {
+        Ok(r) => r,
+        Err(ReadError::Decode(e)) => {
+            debug!(error = %e, "malformed registration");
+            refuse(conn, &mut send, RefusalReason::Malformed, "malformed registration", 5_000).await;
+            return None;
+        }
+        Err(ReadError::Io(_)) => return None,
+    };
+    let tunnel = match ctx.store.get_tunnel(&req.tunnel_id).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "store unavailable during registration");
+            refuse(conn, &mut send, RefusalReason::Overloaded, "edge storage unavailable", 5_000).await;
+            return None;
+        }
+    };
+    let valid = tunnel
+        .as_ref()
+        .is_some_and(|t| t.account_id == req.account_id && secret_matches(&t.secret_hash, &req.secret));
+    if !valid {
+        info!(tunnel = %req.tunnel_id, "registration refused: unknown tunnel or wrong secret");
+        refuse(
+            conn,
+            &mut send,
+            RefusalReason::BadCredentials,
+            "unknown tunnel or wrong secret: check the token",
+            30_000,
+        )
+        .await;
+        return None;
+    }
+    let record = ConnectionRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        tunnel_id: req.tunnel_id,
+        connector_id: req.connector_id,
+        client_version: req.version,
+        edge_name: ctx.config.edge_name.clone(),
+        origin_ip: conn.remote_address().ip().to_string(),
+        opened_at: rfc3339(SystemTime::now()),
+        conn_index: req.conn_index,
+        ha_connections: req.ha_connections,
+    };
+    if let Err(e) = ctx.store.put_connection(&record, ctx.config.lease).await {
+        warn!(error = %e, "could not record the connection");
+        refuse(conn, &mut send, RefusalReason::Overloaded, "edge storage unavailable", 5_000).await;
+        return None;
+    }
+    let ok = RegisterResponse::Ok {
+        connection_id: record.id.clone(),
+        edge_name: record.edge_name.clone(),
+    };
+    if send.write_all(&ok.to_frame()).await.is_err() {
+        let _ = ctx.store.remove_connection(&record.id).await;
+        return None;
+    }
+    Some((Arc::new(LiveConnection::new(record, conn.clone())), send, recv))
+}
+
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reason: RefusalReason,
+    message: &str,
+    retry_after_ms: u32,
+) {
+    let msg = RegisterResponse::Refused {
+        reason,
+        message: message.to_owned(),
+        retry_after_ms,
+    };
+    if send.write_all(&msg.to_frame()).await.is_ok() {
+        let _ = send.finish();
+        // Let the connector read the refusal and close first.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    }
+}
+
+async fn dns_datagrams(live: Arc<LiveConnection>) {
+    while let Ok(d) = live.quic().read_datagram().await {
+        match DnsAnswer::from_bytes(&d) {
+            Ok(answer) => live.deliver_dns(answer),
+            Err(e) => debug!(error = %e, "dropping malformed dns datagram"),
+        }
+    }
+}
+
+async fn dns_streams(live: Arc<LiveConnection>) {
+    while let Ok(mut recv) = live.quic().accept_uni().await {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let read = async {
+                match read_preamble(&mut recv).await? {
+                    StreamKind::DnsAnswer => Ok(read_message::<DnsAnswer, _>(&mut recv).await?),
+                    other => Err(ReadError::Io(std::io::Error::other(format!(
+                        "unexpected {other:?} stream from connector"
+                    )))),
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(5), read).await {
+                Ok(Ok(answer)) => live.deliver_dns(answer),
+                Ok(Err(e)) => debug!(error = %e, "dropping malformed dns stream"),
+                Err(_) => debug!("dns answer stream too slow"),
+            }
+        });
+    }
+}
+
+async fn refresh_lease(ctx: Arc<EdgeCtx>, record: ConnectionRecord) {
+    let mut tick = tokio::time::interval(ctx.config.lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = ctx.store.put_connection(&record, ctx.config.lease).await {
+            warn!(error = %e, "could not refresh the connection lease");
+        }
+    }
+}
+
+async fn control_loop(live: Arc<LiveConnection>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    loop {
+        match read_message::<ControlMessage, _>(&mut recv).await {
+            Ok(ControlMessage::Unregister) => {
+                info!("connector unregistered; draining");
+                live.set_draining();
+                if send.write_all(&ControlMessage::UnregisterAck.to_frame()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(ControlMessage::UnregisterAck) => debug!("ignoring unexpected unregister ack"),
+            Err(ReadError::Decode(e)) => {
+                debug!(error = %e, "malformed control message; closing connection");
+                live.close("malformed control message");
+                return;
+            }
+            Err(ReadError::Io(_)) => return,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Iris, Warren's VPC router.
+//!
+//! This crate holds the tunnel edge: the QUIC listener connectors dial
+//! ([`edge`]), the registry of live connections per tunnel ([`registry`]), the
+//! operations the VPC router performs through a tunnel ([`tunnels`]: open a TCP
+//! stream, ask a DNS question) and name resolution through the tunnel
+//! ([`resolve`]). The CONNECT front door and the API arrive with the VPC router
+//! issue and sit on top of these.
+//!
+//! Module order follows a request: [`edge`] accepts connections →
+//! [`registry`] tracks them → [`resolve`] asks DNS through one →
+//! [`tunnels`] opens the data stream.
+
+pub mod ca;
+pub mod edge;
+pub mod registry;
+pub mod resolve;
+pub mod tunnel_admin;
+pub mod tunnels;
+
+pub use ca::EdgeCa;
+pub use edge::{EdgeConfig, TunnelEdge};
+pub use tunnels::{TunnelStream, Tunnels};

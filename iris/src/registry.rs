@@ -1,0 +1,137 @@
+//! The live connections of each tunnel on this edge node, and how work is spread
+//! over them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{Notify, oneshot};
+use warren_protocol::ErrorCode;
+use warren_protocol::messages::DnsAnswer;
+use warren_store::ConnectionRecord;
+
+type DnsWaiter = oneshot::Sender<Result<Vec<u8>, ErrorCode>>;
+
+/// One registered connector connection.
+pub struct LiveConnection {
+    record: ConnectionRecord,
+    conn: quinn::Connection,
+    draining: AtomicBool,
+    dns_pending: Mutex<HashMap<u32, DnsWaiter>>,
+}
+
+impl LiveConnection {
+    pub(crate) fn new(record: ConnectionRecord, conn: quinn::Connection) -> Self {
+        LiveConnection {
+            record,
+            conn,
+            draining: AtomicBool::new(false),
+            dns_pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What the API shows about this connection.
+    pub fn record(&self) -> &ConnectionRecord {
+        &self.record
+    }
+
+    /// Whether new streams may be sent on it (registered, not draining, not closed).
+    pub fn is_usable(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && self.conn.close_reason().is_none()
+    }
+
+    /// Closes the QUIC connection (the connector will reconnect).
+    pub fn close(&self, reason: &str) {
+        self.conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+    }
+
+    pub(crate) fn quic(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn expect_dns(&self, id: u32) -> oneshot::Receiver<Result<Vec<u8>, ErrorCode>> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.dns_pending.lock() {
+            p.insert(id, tx);
+        }
+        rx
+    }
+
+    pub(crate) fn forget_dns(&self, id: u32) {
+        if let Ok(mut p) = self.dns_pending.lock() {
+            p.remove(&id);
+        }
+    }
+
+    /// Delivers an answer to whoever waits for it; answers nobody waits for are dropped.
+    pub(crate) fn deliver_dns(&self, answer: DnsAnswer) {
+        let waiter = self.dns_pending.lock().ok().and_then(|mut p| p.remove(&answer.id));
+        if let Some(w) = waiter {
+            let _ = w.send(answer.result);
+        }
+    }
+}
+
+/// Live connections per tunnel.
+#[derive(Default)]
+pub struct Registry {
+    tunnels: RwLock<HashMap<String, Vec<Arc<LiveConnection>>>>,
+    cursor: AtomicUsize,
+    changed: Notify,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, conn: Arc<LiveConnection>) {
+        if let Ok(mut t) = self.tunnels.write() {
+            t.entry(conn.record.tunnel_id.clone()).or_default().push(conn);
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn remove(&self, tunnel_id: &str, connection_id: &str) {
+        if let Ok(mut t) = self.tunnels.write() {
+            if let Some(list) = t.get_mut(tunnel_id) {
+                list.retain(|c| c.record.id != connection_id);
+                if list.is_empty() {
+                    t.remove(tunnel_id);
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Usable connections of a tunnel, rotated so successive calls start at
+    /// different connections (spreading new streams over all of them).
+    pub fn candidates(&self, tunnel_id: &str) -> Vec<Arc<LiveConnection>> {
+        let Ok(t) = self.tunnels.read() else {
+            return Vec::new();
+        };
+        let Some(list) = t.get(tunnel_id) else {
+            return Vec::new();
+        };
+        let mut usable: Vec<_> = list.iter().filter(|c| c.is_usable()).cloned().collect();
+        if !usable.is_empty() {
+            let start = self.cursor.fetch_add(1, Ordering::Relaxed) % usable.len();
+            usable.rotate_left(start);
+        }
+        usable
+    }
+
+    /// Every registered connection of a tunnel (usable or draining).
+    pub fn connections(&self, tunnel_id: &str) -> Vec<Arc<LiveConnection>> {
+        self.tunnels
+            .read()
+            .ok()
+            .and_then(|t| t.get(tunnel_id).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a connection is registered or removed anywhere.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}

@@ -1,0 +1,196 @@
+//! What the VPC router does through a tunnel: open a TCP stream to an address
+//! inside the private network, or ask that network a DNS question.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+use warren_protocol::io::{ReadError, read_message};
+use warren_protocol::messages::{ConnectRequest, ConnectResponse, DnsQuery, WireMessage};
+use warren_protocol::preamble::{self, StreamKind};
+use warren_protocol::{ErrorCode, ProxyError};
+
+use crate::registry::{LiveConnection, Registry};
+
+/// How long to wait for a DNS answer on one connection before trying another.
+const DNS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// DNS attempts per query (datagrams can be lost).
+const DNS_ATTEMPTS: usize = 3;
+/// Extra time granted over the connect timeout for the connector's answer to travel.
+const CONNECT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
+
+/// A TCP connection to a private address, carried by one QUIC stream.
+/// Shutting down the write half sends FIN to the origin (half-close).
+pub struct TunnelStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl TunnelStream {
+    /// Splits into the write and read halves.
+    pub fn into_parts(self) -> (quinn::SendStream, quinn::RecvStream) {
+        (self.send, self.recv)
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+    }
+}
+
+/// Handle for working through the tunnels registered on this edge node. Cheap to clone.
+#[derive(Clone)]
+pub struct Tunnels {
+    registry: Arc<Registry>,
+    next_dns_id: Arc<AtomicU32>,
+}
+
+fn unavailable(tunnel_id: &str) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::DestinationUnavailable,
+        format!("tunnel {tunnel_id} has no live connection"),
+    )
+}
+
+/// Outcome of trying one connection.
+enum Attempt<T> {
+    Done(Result<T, ProxyError>),
+    /// This connection is gone; another may work.
+    TryNext,
+}
+
+impl Tunnels {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
+        Tunnels {
+            registry,
+            next_dns_id: Arc::new(AtomicU32::new(1)),
+        }
+    }
+
+    /// The registry of live connections (for status and administration).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Opens a TCP connection to `dest` inside the tunnel's network. Fails at once
+    /// with `destination_unavailable` when no connection is live; otherwise with the
+    /// connector's code (`connection_refused`, `connection_timeout`,
+    /// `destination_forbidden`, …).
+    pub async fn open_tcp(
+        &self,
+        tunnel_id: &str,
+        dest: SocketAddr,
+        timeout: Duration,
+        flow_id: &str,
+    ) -> Result<TunnelStream, ProxyError> {
+        let request = ConnectRequest {
+            destination: dest,
+            flow_id: flow_id.to_owned(),
+            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+        };
+        let mut header = preamble::encode(StreamKind::Connect).to_vec();
+        header.extend_from_slice(&request.to_frame());
+        for conn in self.registry.candidates(tunnel_id) {
+            match open_on(&conn, &header, timeout + CONNECT_ANSWER_MARGIN).await {
+                Attempt::Done(r) => return r,
+                Attempt::TryNext => continue,
+            }
+        }
+        Err(unavailable(tunnel_id))
+    }
+
+    /// Sends a raw DNS query to `resolver` (or the connector's default) inside the
+    /// tunnel's network and returns the raw response.
+    pub async fn dns_query(
+        &self,
+        tunnel_id: &str,
+        resolver: Option<SocketAddr>,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let mut tried_any = false;
+        for attempt in 0..DNS_ATTEMPTS {
+            let candidates = self.registry.candidates(tunnel_id);
+            let Some(conn) = candidates.into_iter().next() else {
+                break;
+            };
+            tried_any = true;
+            let id = self.next_dns_id.fetch_add(1, Ordering::Relaxed);
+            let query = DnsQuery {
+                id,
+                resolver,
+                message: message.clone(),
+            };
+            let answer = conn.expect_dns(id);
+            if let Err(e) = conn.quic().send_datagram(Bytes::from(query.to_bytes())) {
+                conn.forget_dns(id);
+                debug!(attempt, error = %e, "dns datagram not sent");
+                continue;
+            }
+            match tokio::time::timeout(DNS_ATTEMPT_TIMEOUT, answer).await {
+                Ok(Ok(Ok(msg))) => return Ok(msg),
+                Ok(Ok(Err(code))) => {
+                    return Err(ProxyError::new(code, "the connector could not resolve"));
+                }
+                Ok(Err(_)) | Err(_) => {
+                    conn.forget_dns(id);
+                    debug!(attempt, "no dns answer; retrying");
+                }
+            }
+        }
+        if tried_any {
+            Err(ProxyError::new(ErrorCode::DnsError, "no answer from the tunnel's resolver"))
+        } else {
+            Err(unavailable(tunnel_id))
+        }
+    }
+}
+
+async fn open_on(conn: &LiveConnection, header: &[u8], answer_timeout: Duration) -> Attempt<TunnelStream> {
+    let quic = conn.quic();
+    let Ok((mut send, mut recv)) = quic.open_bi().await else {
+        return Attempt::TryNext;
+    };
+    if send.write_all(header).await.is_err() {
+        return Attempt::TryNext;
+    }
+    let response = tokio::time::timeout(answer_timeout, read_message::<ConnectResponse, _>(&mut recv)).await;
+    match response {
+        Ok(Ok(ConnectResponse { error: None, .. })) => Attempt::Done(Ok(TunnelStream { send, recv })),
+        Ok(Ok(ConnectResponse {
+            error: Some(code),
+            message,
+        })) => Attempt::Done(Err(ProxyError::new(code, message))),
+        Ok(Err(ReadError::Decode(e))) => Attempt::Done(Err(ProxyError::new(
+            ErrorCode::ConnectionTerminated,
+            format!("malformed answer from the connector: {e}"),
+        ))),
+        Ok(Err(ReadError::Io(_))) if quic.close_reason().is_some() => Attempt::TryNext,
+        Ok(Err(ReadError::Io(e))) => Attempt::Done(Err(ProxyError::new(
+            ErrorCode::ConnectionTerminated,
+            format!("tunnel stream broke before the connector answered: {e}"),
+        ))),
+        Err(_) => Attempt::Done(Err(ProxyError::new(
+            ErrorCode::ConnectionTimeout,
+            "the connector did not answer in time",
+        ))),
+    }
+}

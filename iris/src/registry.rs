@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, oneshot};
@@ -18,6 +19,16 @@ pub struct LiveConnection {
     conn: quinn::Connection,
     draining: AtomicBool,
     dns_pending: Mutex<HashMap<u32, DnsWaiter>>,
+    active_streams: Arc<AtomicUsize>,
+}
+
+/// Counts a data stream as in flight on its connection until dropped.
+pub(crate) struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LiveConnection {
@@ -27,6 +38,7 @@ impl LiveConnection {
             conn,
             draining: AtomicBool::new(false),
             dns_pending: Mutex::new(HashMap::new()),
+            active_streams: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -43,6 +55,34 @@ impl LiveConnection {
     /// Closes the QUIC connection (the connector will reconnect).
     pub fn close(&self, reason: &str) {
         self.conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+    }
+
+    /// Data streams in flight on this connection.
+    pub fn active_streams(&self) -> usize {
+        self.active_streams.load(Ordering::Acquire)
+    }
+
+    /// Takes the connection out of rotation, lets its in-flight streams finish
+    /// (up to `max_wait`), then closes it. Used to move connectors off a node
+    /// without failing requests.
+    pub async fn drain_and_close(&self, reason: &str, max_wait: Duration) {
+        self.set_draining();
+        let deadline = Instant::now() + max_wait;
+        while self.active_streams() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.close(reason);
+    }
+
+    /// Opens a raw bidirectional stream, bypassing the stream header: for
+    /// diagnostics and protocol conformance tests only.
+    pub fn open_raw_stream(&self) -> quinn::OpenBi<'_> {
+        self.conn.open_bi()
+    }
+
+    pub(crate) fn track_stream(&self) -> StreamGuard {
+        self.active_streams.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.active_streams.clone())
     }
 
     pub(crate) fn quic(&self) -> &quinn::Connection {

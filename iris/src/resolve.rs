@@ -18,7 +18,8 @@ use crate::tunnels::Tunnels;
 pub struct Resolution {
     /// IPv4 addresses first, then IPv6.
     pub addrs: Vec<IpAddr>,
-    /// Smallest TTL among the answers (or the SOA minimum for a negative answer).
+    /// Smallest TTL among the answers that held addresses (an empty answer for the
+    /// other family does not shorten it).
     pub ttl: Duration,
 }
 
@@ -111,12 +112,13 @@ pub async fn resolve(
     for answer in [a, aaaa] {
         match answer {
             Ok(Answer::Addrs(found, t)) => {
+                if !found.is_empty() {
+                    ttl = ttl.min(t);
+                }
                 addrs.extend(found);
-                ttl = ttl.min(t);
             }
-            Ok(Answer::NoSuchName(t)) => {
+            Ok(Answer::NoSuchName(_)) => {
                 first_err.get_or_insert(dns_error(format!("NXDOMAIN: {host} does not exist")));
-                ttl = ttl.min(t);
             }
             Err(e) => {
                 first_err.get_or_insert(e);

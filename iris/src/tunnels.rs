@@ -16,7 +16,7 @@ use warren_protocol::messages::{ConnectRequest, ConnectResponse, DnsQuery, WireM
 use warren_protocol::preamble::{self, StreamKind};
 use warren_protocol::{ErrorCode, ProxyError};
 
-use crate::registry::{LiveConnection, Registry};
+use crate::registry::{LiveConnection, Registry, StreamGuard};
 
 /// How long to wait for a DNS answer on one connection before trying another.
 const DNS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,13 +30,7 @@ const CONNECT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
 pub struct TunnelStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-}
-
-impl TunnelStream {
-    /// Splits into the write and read halves.
-    pub fn into_parts(self) -> (quinn::SendStream, quinn::RecvStream) {
-        (self.send, self.recv)
-    }
+    _guard: StreamGuard,
 }
 
 impl AsyncRead for TunnelStream {
@@ -166,6 +160,7 @@ impl Tunnels {
 
 async fn open_on(conn: &LiveConnection, header: &[u8], answer_timeout: Duration) -> Attempt<TunnelStream> {
     let quic = conn.quic();
+    let guard = conn.track_stream();
     let Ok((mut send, mut recv)) = quic.open_bi().await else {
         return Attempt::TryNext;
     };
@@ -174,7 +169,11 @@ async fn open_on(conn: &LiveConnection, header: &[u8], answer_timeout: Duration)
     }
     let response = tokio::time::timeout(answer_timeout, read_message::<ConnectResponse, _>(&mut recv)).await;
     match response {
-        Ok(Ok(ConnectResponse { error: None, .. })) => Attempt::Done(Ok(TunnelStream { send, recv })),
+        Ok(Ok(ConnectResponse { error: None, .. })) => Attempt::Done(Ok(TunnelStream {
+            send,
+            recv,
+            _guard: guard,
+        })),
         Ok(Ok(ConnectResponse {
             error: Some(code),
             message,

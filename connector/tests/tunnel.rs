@@ -1,0 +1,475 @@
+//! The tunnel end to end with real parts: iris's edge on the host, the
+//! `warren-connector` binary, dnsmasq and HTTP origins inside a network
+//! namespace of the test's own (reachable only through the tunnel).
+//! Needs root (network namespaces); `scripts/setup.sh` installs dnsmasq.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use tokio::sync::oneshot;
+use warren_iris::resolve::resolve;
+use warren_iris::tunnel_admin::create_tunnel;
+use warren_iris::{EdgeConfig, TunnelEdge, Tunnels};
+use warren_protocol::ErrorCode;
+use warren_protocol::token::TunnelToken;
+use warren_store::{SqliteStore, Store};
+use warren_testkit::dnsmasq::Dnsmasq;
+use warren_testkit::netns::NetNs;
+use warren_testkit::{origin, wait_for};
+
+const CONNECTOR: &str = env!("CARGO_BIN_EXE_warren-connector");
+const METRICS_PORT: u16 = 20241;
+const LONG: Duration = Duration::from_secs(60);
+
+/// A running edge (iris's tunnel half) with a way to stop it.
+struct Edge {
+    tunnels: Tunnels,
+    addr: SocketAddr,
+    fingerprint: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Edge {
+    fn start(store: Arc<dyn Store>, listen: SocketAddr, data_dir: &std::path::Path) -> Edge {
+        let mut config = EdgeConfig::new(listen, data_dir.to_owned());
+        config.edge_name = "test-edge".into();
+        let edge = TunnelEdge::bind(config, store).expect("edge binds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let tunnels = edge.tunnels();
+        let addr = edge.local_addr().expect("edge address");
+        let fingerprint = edge.ca().fingerprint();
+        let task = tokio::spawn(edge.run(async {
+            let _ = stopped.await;
+        }));
+        Edge {
+            tunnels,
+            addr,
+            fingerprint,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// The connector process, with its log captured.
+struct Connector {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    metrics: SocketAddr,
+}
+
+impl Connector {
+    fn spawn(ns: &NetNs, token: &str, extra: &[String]) -> Connector {
+        let metrics = SocketAddr::new(IpAddr::V4(ns.inner_ip()), METRICS_PORT);
+        let mut cmd = ns.command(CONNECTOR);
+        cmd.args(["run", "--metrics", &metrics.to_string(), "--grace-period", "20s"])
+            .args(extra)
+            .env("WARREN_TUNNEL_TOKEN", token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("connector starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("connector: {line}");
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        Connector { child, log, metrics }
+    }
+
+    fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().expect("log lock").iter().any(|l| l.contains(needle))
+    }
+
+    /// GET a path of the connector's local HTTP port.
+    async fn local(&self, path: &str) -> Option<(StatusCode, String)> {
+        let tcp = tokio::net::TcpStream::connect(self.metrics).await.ok()?;
+        let (status, body) = origin::get(tcp, "localhost", path).await.ok()?;
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "connector did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One test's world: namespace, store, edge, a tunnel and its token.
+struct World {
+    ns: NetNs,
+    store: Arc<SqliteStore>,
+    data: tempfile::TempDir,
+    edge: Edge,
+    tunnel_id: String,
+    token: TunnelToken,
+}
+
+impl World {
+    async fn new() -> World {
+        let ns = NetNs::create().expect("network namespace (run the tests as root)");
+        let store = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        let data = tempfile::tempdir().expect("tempdir");
+        let account = store.create_account("test").await.expect("account");
+        let edge = Edge::start(store.clone(), SocketAddr::new(IpAddr::V4(ns.host_ip()), 0), data.path());
+        let (tunnel, token) = create_tunnel(
+            store.as_ref(),
+            &account.id,
+            "test",
+            vec![edge.addr.to_string()],
+            edge.fingerprint.clone(),
+        )
+        .await
+        .expect("tunnel");
+        World {
+            ns,
+            store,
+            data,
+            edge,
+            tunnel_id: tunnel.id,
+            token,
+        }
+    }
+
+    fn connector(&self, extra: &[String]) -> Connector {
+        Connector::spawn(&self.ns, &self.token.encode(), extra)
+    }
+
+    async fn wait_registered(&self, n: usize) {
+        let tunnels = self.edge.tunnels.clone();
+        let id = self.tunnel_id.clone();
+        wait_for(&format!("{n} registered connections"), LONG, || {
+            let live = tunnels.registry().candidates(&id).len();
+            async move { (live == n).then_some(()) }
+        })
+        .await;
+    }
+
+    /// An HTTP origin inside the namespace, on its private loopback.
+    fn origin(&self) -> SocketAddr {
+        origin::serve(self.ns.bind_tcp("127.0.0.1:0").expect("origin listener")).expect("origin")
+    }
+
+    async fn get(&self, dest: SocketAddr, path: &str) -> Result<(StatusCode, u64), ErrorCode> {
+        let s = self
+            .edge
+            .tunnels
+            .open_tcp(&self.tunnel_id, dest, Duration::from_secs(5), "test")
+            .await
+            .map_err(|e| e.code)?;
+        origin::get_len(s, "origin.internal", path)
+            .await
+            .map_err(|_| ErrorCode::ConnectionTerminated)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_through_the_tunnel_with_private_dns() {
+    let w = World::new().await;
+    let origin = w.origin();
+    let dns_ip: IpAddr = "127.0.0.53".parse().expect("ip");
+    let dns = Dnsmasq::start(&w.ns, dns_ip, &[("origin.internal", origin.ip())]).expect("dnsmasq");
+    let _c = w.connector(&["--dns-resolver".into(), dns.addr().to_string(), "--ha-connections".into(), "2".into()]);
+    w.wait_registered(2).await;
+
+    // The origin is private: the host cannot reach it except through the tunnel.
+    assert!(tokio::net::TcpStream::connect(origin).await.is_err(), "origin must not be reachable from the host");
+
+    // DNS is answered inside the namespace (connector default resolver, then an explicit one).
+    let resolved = resolve(&w.edge.tunnels, &w.tunnel_id, None, "origin.internal").await.expect("resolves");
+    assert_eq!(resolved.addrs, vec![origin.ip()]);
+    assert_eq!(resolved.ttl, Duration::from_secs(30));
+    let explicit = resolve(&w.edge.tunnels, &w.tunnel_id, Some(dns.addr()), "origin.internal")
+        .await
+        .expect("resolves with an explicit resolver");
+    assert_eq!(explicit.addrs, vec![origin.ip()]);
+    assert!(dns.queries_for("origin.internal") >= 2, "dnsmasq saw the queries");
+
+    let dest = SocketAddr::new(resolved.addrs[0], origin.port());
+    let s = w.edge.tunnels.open_tcp(&w.tunnel_id, dest, Duration::from_secs(5), "req-1").await.expect("stream");
+    let (status, body) = origin::get(s, "origin.internal", "/hello").await.expect("response");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"hello from origin");
+    // A streamed body arrives whole.
+    assert_eq!(w.get(dest, "/bytes/5000000").await, Ok((StatusCode::OK, 5_000_000)));
+
+    // NXDOMAIN inside the private network is a dns_error.
+    let missing = resolve(&w.edge.tunnels, &w.tunnel_id, None, "missing.internal").await;
+    assert_eq!(missing.map_err(|e| e.code), Err(ErrorCode::DnsError));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_resolution_by_default_reads_etc_hosts() {
+    let w = World::new().await;
+    let _c = w.connector(&["--ha-connections".into(), "1".into()]);
+    w.wait_registered(1).await;
+    // No --dns-resolver: the connector host's own resolution, /etc/hosts included.
+    let r = resolve(&w.edge.tunnels, &w.tunnel_id, None, "localhost").await.expect("localhost resolves");
+    assert!(r.addrs.contains(&"127.0.0.1".parse::<IpAddr>().expect("ip")), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_carry_the_right_codes() {
+    let w = World::new().await;
+    let origin = w.origin();
+    let closed = {
+        let l = w.ns.bind_tcp("127.0.0.1:0").expect("listener");
+        let a = l.local_addr().expect("addr");
+        drop(l);
+        a
+    };
+    let _c = w.connector(&["--ha-connections".into(), "1".into()]);
+    w.wait_registered(1).await;
+    let t = &w.edge.tunnels;
+    let code = |r: Result<warren_iris::TunnelStream, warren_protocol::ProxyError>| r.err().map(|e| e.code);
+
+    assert_eq!(
+        code(t.open_tcp(&w.tunnel_id, closed, Duration::from_secs(5), "refused").await),
+        Some(ErrorCode::ConnectionRefused)
+    );
+    let silent = SocketAddr::new(IpAddr::V4(w.ns.silent_ip()), 80);
+    assert_eq!(
+        code(t.open_tcp(&w.tunnel_id, silent, Duration::from_millis(500), "timeout").await),
+        Some(ErrorCode::ConnectionTimeout)
+    );
+    assert_eq!(
+        code(t.open_tcp("00000000-0000-0000-0000-000000000000", origin, Duration::from_secs(5), "x").await),
+        Some(ErrorCode::DestinationUnavailable)
+    );
+    assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
+
+    let (status, metrics) = w_local(&_c, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(metrics.contains(r#"warren_connector_errors_total{code="connection_refused"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"warren_connector_errors_total{code="connection_timeout"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"warren_connector_connections{state="registered"} 1"#), "{metrics}");
+}
+
+async fn w_local(c: &Connector, path: &str) -> (StatusCode, String) {
+    c.local(path).await.expect("connector local port answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_policy_forbids_what_it_does_not_allow() {
+    let w = World::new().await;
+    let allowed = w.origin();
+    let other = w.origin();
+    let _c = w.connector(&["--ha-connections".into(), "1".into(), "--allow".into(), format!("127.0.0.1:{}", allowed.port())]);
+    w.wait_registered(1).await;
+    assert_eq!(w.get(allowed, "/hello").await, Ok((StatusCode::OK, 17)));
+    assert_eq!(w.get(other, "/hello").await, Err(ErrorCode::DestinationForbidden));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_is_refused_and_not_ready() {
+    let w = World::new().await;
+    let mut bad = w.token.clone();
+    bad.secret = base64_of(&[0x55; 32]);
+    let c = Connector::spawn(&w.ns, &bad.encode(), &["--ha-connections".into(), "2".into()]);
+    wait_for("the refusal in the connector log", LONG, || async {
+        c.log_contains("the edge refused this connector").then_some(())
+    })
+    .await;
+    assert!(c.log_contains("unknown tunnel or wrong secret"), "the log says why in plain words");
+    let (status, body) = w_local(&c, "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains(r#""readyConnections":0"#), "{body}");
+    assert!(w.edge.tunnels.registry().connections(&w.tunnel_id).is_empty());
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_reports_registered_connections() {
+    let w = World::new().await;
+    let c = w.connector(&["--ha-connections".into(), "3".into()]);
+    w.wait_registered(3).await;
+    let (status, body) = wait_for("ready with 3 connections", LONG, || async {
+        let r = c.local("/ready").await;
+        r.filter(|(_, b)| b.contains(r#""readyConnections":3"#))
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("connectorId"), "{body}");
+    assert_eq!(w_local(&c, "/healthcheck").await.0, StatusCode::OK);
+    let records = w.store.list_connections(&w.tunnel_id).await.expect("records");
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| r.edge_name == "test-edge" && r.ha_connections == 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_survives_losing_three_of_four_connections() {
+    let w = World::new().await;
+    let origin = w.origin();
+    let _c = w.connector(&[]);
+    w.wait_registered(4).await;
+
+    // Requests run continuously while the edge takes three connections away.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (tunnels, id, stop) = (w.edge.tunnels.clone(), w.tunnel_id.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = match tunnels.open_tcp(&id, origin, Duration::from_secs(5), "ha").await {
+                    Ok(s) => origin::get_len(s, "origin.internal", "/bytes/20000").await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match r {
+                    Ok((StatusCode::OK, 20000)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victims: Vec<_> = w.edge.tunnels.registry().connections(&w.tunnel_id).into_iter().take(3).collect();
+    let dropped: Vec<String> = victims.iter().map(|c| c.record().id.clone()).collect();
+    for v in &victims {
+        v.drain_and_close("test drops this connection", Duration::from_secs(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One connection carries everything meanwhile, then the connector restores all four.
+    w.wait_registered(4).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for worker in workers {
+        let (ok, failed) = worker.await.expect("worker");
+        assert!(failed.is_empty(), "requests failed: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 0, "requests ran");
+    let now: Vec<String> = w
+        .edge
+        .tunnels
+        .registry()
+        .connections(&w.tunnel_id)
+        .iter()
+        .map(|c| c.record().id.clone())
+        .collect();
+    assert!(dropped.iter().all(|d| !now.contains(d)), "dropped connections were replaced by new ones");
+
+    // An abrupt loss (no draining) is survived too: the next requests use what is left.
+    for v in w.edge.tunnels.registry().connections(&w.tunnel_id).into_iter().take(3) {
+        v.close("abrupt");
+    }
+    for _ in 0..10 {
+        assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
+    }
+    w.wait_registered(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_restart_fails_fast_then_reregisters() {
+    let mut w = World::new().await;
+    let origin = w.origin();
+    let _c = w.connector(&["--ha-connections".into(), "2".into()]);
+    w.wait_registered(2).await;
+    let addr = w.edge.addr;
+    let old_tunnels = w.edge.tunnels.clone();
+    let placeholder = Edge::start(w.store.clone(), SocketAddr::new(addr.ip(), 0), w.data.path());
+    std::mem::replace(&mut w.edge, placeholder).stop().await;
+
+    // While the edge is down, asking it for a stream fails at once, with the right code.
+    let started = Instant::now();
+    let r = old_tunnels.open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "down").await;
+    assert_eq!(r.err().map(|e| e.code), Some(ErrorCode::DestinationUnavailable));
+    assert!(started.elapsed() < Duration::from_secs(1), "no hang: {:?}", started.elapsed());
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let placeholder = Edge::start(w.store.clone(), addr, w.data.path());
+    std::mem::replace(&mut w.edge, placeholder).stop().await;
+    w.wait_registered(2).await;
+    assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_transfer_finish_then_exits_zero() {
+    let w = World::new().await;
+    let origin = w.origin();
+    let mut c = w.connector(&["--ha-connections".into(), "2".into()]);
+    w.wait_registered(2).await;
+    // 30 chunks of 64 KiB, 50 ms apart: about 1.5 s of transfer.
+    let s = w.edge.tunnels.open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "slow").await.expect("stream");
+    let transfer = tokio::spawn(origin::get_len(s, "origin.internal", "/slow/30"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.terminate();
+    // Unregistered: the edge stops sending new streams to it.
+    wait_for("connections to drain", LONG, || {
+        let n = w.edge.tunnels.registry().candidates(&w.tunnel_id).len();
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+    let r = w.edge.tunnels.open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "after").await;
+    assert_eq!(r.err().map(|e| e.code), Some(ErrorCode::DestinationUnavailable));
+    let (status, len) = transfer.await.expect("task").expect("transfer completes");
+    assert_eq!((status, len), (StatusCode::OK, 30 * 64 * 1024));
+    let exit = tokio::task::spawn_blocking(move || c.wait_exit(Duration::from_secs(30))).await.expect("wait");
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_streams_are_closed_and_the_connection_carries_on() {
+    let w = World::new().await;
+    let origin = w.origin();
+    let _c = w.connector(&["--ha-connections".into(), "1".into()]);
+    w.wait_registered(1).await;
+    let conn = w.edge.tunnels.registry().connections(&w.tunnel_id).remove(0);
+
+    let mut oversized = warren_protocol::preamble::encode(warren_protocol::preamble::StreamKind::Connect).to_vec();
+    oversized.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let mut bad_body = warren_protocol::preamble::encode(warren_protocol::preamble::StreamKind::Connect).to_vec();
+    bad_body.extend_from_slice(&16u32.to_be_bytes());
+    bad_body.extend_from_slice(&[0xff; 16]);
+    for bytes in [garbage, oversized, bad_body] {
+        let (mut send, mut recv) = conn.open_raw_stream().await.expect("raw stream");
+        send.write_all(&bytes).await.expect("write");
+        let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1024)).await.expect("closed promptly");
+        assert!(answer.is_err() || answer.as_ref().is_ok_and(|b| b.is_empty()), "no answer to garbage: {answer:?}");
+    }
+    // Same connection, same process: still serving.
+    assert!(conn.is_usable());
+    assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
+    assert_eq!(w.edge.tunnels.registry().connections(&w.tunnel_id).len(), 1);
+}

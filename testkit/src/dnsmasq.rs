@@ -1,0 +1,96 @@
+//! A real dnsmasq answering inside a namespace, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::netns::NetNs;
+
+/// A running dnsmasq; it answers only for what it was given (`--local=/internal/`
+/// makes every other `.internal` name NXDOMAIN).
+pub struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq in `ns` on `listen:53` with `records` as `(name, ip)` pairs.
+    pub fn start(ns: &NetNs, listen: IpAddr, records: &[(&str, IpAddr)]) -> anyhow::Result<Dnsmasq> {
+        let mut cmd = ns.command("dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--port=53",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--log-queries",
+            "--log-facility=-",
+            "--local=/internal/",
+            "--local-ttl=30",
+            "--user=root",
+        ]);
+        cmd.arg(format!("--listen-address={listen}"));
+        for (name, ip) in records {
+            cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting dnsmasq (package dnsmasq-base)")?;
+        let stderr = child.stderr.take().context("dnsmasq stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let d = Dnsmasq {
+            child,
+            addr: SocketAddr::new(listen, 53),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.log_contains("started") {
+            if Instant::now() > deadline {
+                bail!("dnsmasq did not start: {:?}", d.log_lines());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    /// Where it answers.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn log_contains(&self, needle: &str) -> bool {
+        self.log_lines().iter().any(|l| l.contains(needle))
+    }
+
+    /// How many queries for `name` it has received.
+    pub fn queries_for(&self, name: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
+            .count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,122 @@
+//! A real HTTP/1.1 origin (hyper) with a few routes tests use:
+//! `GET /hello` → `hello from origin`; `GET /bytes/N` → N bytes, streamed;
+//! `GET /slow/N` → N chunks of 64 KiB, 50 ms apart; `POST /echo` → the body back, streamed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(s: &'static str) -> Body {
+    Full::new(Bytes::from_static(s.as_bytes())).map_err(|e| match e {}).boxed()
+}
+
+fn chunks(count: u64, chunk: usize, delay: Duration, total: u64) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let block = Bytes::from(vec![b'x'; chunk]);
+        let mut left = total;
+        for _ in 0..count {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(chunk as u64) as usize;
+            if tx.send(Ok(Frame::data(block.slice(..n)))).await.is_err() {
+                return;
+            }
+            left -= n as u64;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    });
+    StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let resp = match (req.method().as_str(), parts.as_slice()) {
+        ("GET", ["hello"]) => Response::new(full("hello from origin")),
+        ("GET", ["bytes", n]) => match n.parse::<u64>() {
+            Ok(n) => Response::new(chunks(u64::MAX, 64 * 1024, Duration::ZERO, n)),
+            Err(_) => bad(),
+        },
+        ("GET", ["slow", n]) => match n.parse::<u64>() {
+            Ok(n) => Response::new(chunks(n, 64 * 1024, Duration::from_millis(50), n * 64 * 1024)),
+            Err(_) => bad(),
+        },
+        ("POST", ["echo"]) => Response::new(req.into_body().map_err(std::io::Error::other).boxed()),
+        _ => {
+            let mut r = Response::new(full("not found"));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    };
+    Ok(resp)
+}
+
+fn bad() -> Response<Body> {
+    let mut r = Response::new(full("bad request"));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
+/// Serves the test routes on `listener` (in a background task) and returns its address.
+pub fn serve(listener: TcpListener) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Sends `GET path` with `Host: host` over `io` (any byte stream, e.g. a tunnel
+/// stream) and returns the status and the body's length, reading it as it streams.
+pub async fn get_len<S>(io: S, host: &str, path: &str) -> anyhow::Result<(StatusCode, u64)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            len += data.len() as u64;
+        }
+    }
+    Ok((status, len))
+}
+
+/// Like [`get_len`] but returns the body (for small responses).
+pub async fn get<S>(io: S, host: &str, path: &str) -> anyhow::Result<(StatusCode, Bytes)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}

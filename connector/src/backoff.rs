@@ -15,7 +15,11 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubling up to `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The ceiling of the next wait (before jitter).
@@ -29,7 +33,11 @@ impl Backoff {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let ms = ceiling.as_millis() as u64;
-        Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..ms) })
+        Duration::from_millis(if ms == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..ms)
+        })
     }
 
     /// Back to the first step (after a connection stayed up long enough).

@@ -38,12 +38,16 @@ impl DnsForwarder {
     }
 
     /// Answers one raw query; `resolver` is the one the edge asked for, if any.
-    pub async fn answer(&self, resolver: Option<SocketAddr>, query: &[u8]) -> Result<Vec<u8>, ErrorCode> {
+    pub async fn answer(
+        &self,
+        resolver: Option<SocketAddr>,
+        query: &[u8],
+    ) -> Result<Vec<u8>, ErrorCode> {
         if let Some(r) = resolver {
             return forward(r, query, self.timeout).await;
         }
         let servers = if self.resolvers.is_empty() {
-            if let Some(answer) = self.from_hosts_file(query).await {
+            if let Some(answer) = self.answer_from_hosts_file(query).await {
                 return Ok(answer);
             }
             self.system_servers().await
@@ -78,7 +82,7 @@ impl DnsForwarder {
     }
 
     /// An answer built from `/etc/hosts` for an A/AAAA question it covers.
-    async fn from_hosts_file(&self, query: &[u8]) -> Option<Vec<u8>> {
+    async fn answer_from_hosts_file(&self, query: &[u8]) -> Option<Vec<u8>> {
         let q = Message::from_vec(query).ok()?;
         let question = q.queries().first()?.clone();
         let rtype = question.query_type();
@@ -86,7 +90,11 @@ impl DnsForwarder {
             return None;
         }
         let text = tokio::fs::read_to_string(&self.hosts_file).await.ok()?;
-        let wanted = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let wanted = question
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         let ips = hosts_lookup(&text, &wanted);
         if ips.is_empty() {
             return None;
@@ -107,7 +115,11 @@ impl DnsForwarder {
                 (IpAddr::V6(a), RecordType::AAAA) => RData::AAAA(AAAA(a)),
                 _ => continue,
             };
-            answer.add_answer(Record::from_rdata(question.name().clone(), HOSTS_TTL, rdata));
+            answer.add_answer(Record::from_rdata(
+                question.name().clone(),
+                HOSTS_TTL,
+                rdata,
+            ));
         }
         answer.to_vec().ok()
     }
@@ -130,7 +142,11 @@ pub fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
 }
 
 /// Sends `query` to `server` over UDP, retrying over TCP when the answer is truncated.
-pub async fn forward(server: SocketAddr, query: &[u8], timeout: Duration) -> Result<Vec<u8>, ErrorCode> {
+pub async fn forward(
+    server: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ErrorCode> {
     let udp = tokio::time::timeout(timeout, forward_udp(server, query)).await;
     let answer = match udp {
         Ok(Ok(a)) => a,
@@ -143,7 +159,9 @@ pub async fn forward(server: SocketAddr, query: &[u8], timeout: Duration) -> Res
             return Err(ErrorCode::DnsError);
         }
     };
-    let truncated = Message::from_vec(&answer).map(|m| m.truncated()).unwrap_or(false);
+    let truncated = Message::from_vec(&answer)
+        .map(|m| m.truncated())
+        .unwrap_or(false);
     if !truncated {
         return Ok(answer);
     }
@@ -195,7 +213,10 @@ mod tests {
     fn hosts_lookup_reads_aliases_and_skips_comments() {
         let text = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n# 10.0.0.1 hidden\n10.0.0.5 db db.lan # comment\nbad line\n";
         assert_eq!(hosts_lookup(text, "localhost").len(), 2);
-        assert_eq!(hosts_lookup(text, "db.lan"), vec!["10.0.0.5".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(
+            hosts_lookup(text, "db.lan"),
+            vec!["10.0.0.5".parse::<IpAddr>().expect("ip")]
+        );
         assert!(hosts_lookup(text, "hidden").is_empty());
     }
 }

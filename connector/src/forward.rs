@@ -24,13 +24,17 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 const BUF: usize = 64 * 1024;
 
 /// Serves one data stream to completion.
-pub async fn serve_stream(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+pub async fn serve_stream(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let header = tokio::time::timeout(HEADER_TIMEOUT, async {
         match read_preamble(&mut recv).await? {
             StreamKind::Connect => read_message::<ConnectRequest, _>(&mut recv).await,
-            other => Err(warren_protocol::io::ReadError::Io(io::Error::other(format!(
-                "unexpected {other:?} stream"
-            )))),
+            other => Err(warren_protocol::io::ReadError::Io(io::Error::other(
+                format!("unexpected {other:?} stream"),
+            ))),
         }
     })
     .await;
@@ -62,7 +66,11 @@ pub async fn serve_stream(shared: Arc<Shared>, mut send: quinn::SendStream, mut 
     .await
 }
 
-async fn answer(send: &mut quinn::SendStream, error: Option<ErrorCode>, message: String) -> io::Result<()> {
+async fn answer(
+    send: &mut quinn::SendStream,
+    error: Option<ErrorCode>,
+    message: String,
+) -> io::Result<()> {
     let frame = ConnectResponse { error, message }.to_frame();
     send.write_all(&frame).await.map_err(io::Error::other)
 }
@@ -76,7 +84,12 @@ async fn connect_and_splice(
     let dest = req.destination;
     if !shared.policy.allows(dest).await {
         debug!("refused by local policy");
-        let _ = answer(send, Some(ErrorCode::DestinationForbidden), format!("{dest} is not allowed by the connector's policy")).await;
+        let _ = answer(
+            send,
+            Some(ErrorCode::DestinationForbidden),
+            format!("{dest} is not allowed by the connector's policy"),
+        )
+        .await;
         let _ = send.finish();
         return Err(ErrorCode::DestinationForbidden);
     }
@@ -88,7 +101,9 @@ async fn connect_and_splice(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let code = match e.kind() {
-                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => ErrorCode::ConnectionTimeout,
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                    ErrorCode::ConnectionTimeout
+                }
                 _ => ErrorCode::ConnectionRefused,
             };
             debug!(error = %e, %code, "origin connect failed");
@@ -98,7 +113,12 @@ async fn connect_and_splice(
         }
         Err(_) => {
             debug!("origin connect timed out");
-            let _ = answer(send, Some(ErrorCode::ConnectionTimeout), format!("connect to {dest}: no answer in {timeout:?}")).await;
+            let _ = answer(
+                send,
+                Some(ErrorCode::ConnectionTimeout),
+                format!("connect to {dest}: no answer in {timeout:?}"),
+            )
+            .await;
             let _ = send.finish();
             return Err(ErrorCode::ConnectionTimeout);
         }
@@ -108,8 +128,16 @@ async fn connect_and_splice(
         return Err(ErrorCode::ConnectionTerminated);
     }
     let (tcp_r, tcp_w) = tcp.into_split();
-    let to_origin = shared.metrics.bytes.get_or_create(&vec![("direction", "to_origin")]).clone();
-    let from_origin = shared.metrics.bytes.get_or_create(&vec![("direction", "from_origin")]).clone();
+    let to_origin = shared
+        .metrics
+        .bytes
+        .get_or_create(&vec![("direction", "to_origin")])
+        .clone();
+    let from_origin = shared
+        .metrics
+        .bytes
+        .get_or_create(&vec![("direction", "from_origin")])
+        .clone();
     let up = copy_counted(recv, tcp_w, to_origin);
     let down = copy_counted(tcp_r, send, from_origin);
     match tokio::try_join!(up, down) {

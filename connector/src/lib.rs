@@ -119,7 +119,10 @@ fn transport() -> quinn::TransportConfig {
 
 /// Runs the connector until `shutdown` completes, then unregisters every
 /// connection, lets in-flight streams finish within the grace period, and returns.
-pub async fn run(config: ConnectorConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ConnectorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     if config.edges.is_empty() {
         anyhow::bail!("no edge address: pass --edge or use a token that names one");
     }
@@ -144,7 +147,12 @@ pub async fn run(config: ConnectorConfig, shutdown: impl Future<Output = ()>) ->
     let mut sessions = Vec::new();
     for i in 0..shared.config.ha_connections {
         let edge = shared.config.edges[usize::from(i) % shared.config.edges.len()].clone();
-        sessions.push(tokio::spawn(supervise(shared.clone(), i, edge, cancel.clone())));
+        sessions.push(tokio::spawn(supervise(
+            shared.clone(),
+            i,
+            edge,
+            cancel.clone(),
+        )));
     }
     shutdown.await;
     info!("shutting down: unregistering connections");
@@ -160,8 +168,14 @@ pub async fn run(config: ConnectorConfig, shutdown: impl Future<Output = ()>) ->
     if in_flight > 0 {
         info!(in_flight, grace = ?shared.config.grace_period, "waiting for in-flight streams");
     }
-    if tokio::time::timeout(shared.config.grace_period, shared.tracker.wait()).await.is_err() {
-        warn!(left = shared.tracker.len(), "grace period over; closing streams still open");
+    if tokio::time::timeout(shared.config.grace_period, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = shared.tracker.len(),
+            "grace period over; closing streams still open"
+        );
     }
     for (endpoint, conn) in open {
         conn.close(0u32.into(), b"connector shutting down");
@@ -199,7 +213,10 @@ async fn supervise(
                 warn!(index, %edge, %reason, retry_in = ?d, "tunnel connection lost");
                 d
             }
-            SessionEnd::Refused { message, retry_after } => {
+            SessionEnd::Refused {
+                message,
+                retry_after,
+            } => {
                 let base = retry_after.max(MIN_REFUSED_WAIT);
                 let d = base + Backoff::new(base / 2, base / 2).next_delay();
                 error!(

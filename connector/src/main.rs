@@ -12,7 +12,11 @@ use warren_connector::{ConnectorConfig, run};
 use warren_protocol::token::TunnelToken;
 
 #[derive(Parser)]
-#[command(name = "warren-connector", version, about = "Carries a Warren tunnel into a private network (dials out; never listens).")]
+#[command(
+    name = "warren-connector",
+    version,
+    about = "Carries a Warren tunnel into a private network (dials out; never listens)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +37,12 @@ enum LogFormat {
 #[derive(clap::Args)]
 struct RunArgs {
     /// The tunnel token (from `warren tunnel create`).
-    #[arg(long, env = "WARREN_TUNNEL_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(
+        long,
+        env = "WARREN_TUNNEL_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
     /// Read the token from a file.
     #[arg(long)]
@@ -81,7 +90,9 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -91,8 +102,11 @@ fn init_logging(format: LogFormat) {
 fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
     let token_text = match (args.token, args.token_file) {
         (Some(t), _) => t,
-        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read token file {}", f.display()))?,
-        (None, None) => anyhow::bail!("no token: pass --token, --token-file, or set WARREN_TUNNEL_TOKEN"),
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .with_context(|| format!("cannot read token file {}", f.display()))?,
+        (None, None) => {
+            anyhow::bail!("no token: pass --token, --token-file, or set WARREN_TUNNEL_TOKEN")
+        }
     };
     let token = TunnelToken::decode(&token_text).context("invalid tunnel token")?;
     let mut config = ConnectorConfig::from_token(&token)?;

@@ -47,8 +47,16 @@ impl Metrics {
         let dns_queries = Family::<Labels, Counter>::default();
         let errors = Family::<Labels, Counter>::default();
         let bytes = Family::<Labels, Counter>::default();
-        registry.register("connections", "Tunnel connections by state", connections.clone());
-        registry.register("streams_active", "Data streams being served", streams_active.clone());
+        registry.register(
+            "connections",
+            "Tunnel connections by state",
+            connections.clone(),
+        );
+        registry.register(
+            "streams_active",
+            "Data streams being served",
+            streams_active.clone(),
+        );
         registry.register("streams", "Data streams served", streams_total.clone());
         registry.register("dns_queries", "DNS queries answered", dns_queries.clone());
         registry.register("errors", "Failures by ProxyError code", errors.clone());
@@ -84,7 +92,9 @@ impl Metrics {
 
     /// Counts a failure by its code.
     pub fn error(&self, code: ErrorCode) {
-        self.errors.get_or_create(&vec![("code", code.as_str())]).inc();
+        self.errors
+            .get_or_create(&vec![("code", code.as_str())])
+            .inc();
     }
 
     /// Registered connections now.
@@ -102,7 +112,8 @@ impl Metrics {
 
 async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     let n = m.ready_connections();
-    let body = serde_json::json!({ "readyConnections": n, "connectorId": m.connector_id }).to_string();
+    let body =
+        serde_json::json!({ "readyConnections": n, "connectorId": m.connector_id }).to_string();
     let status = if n > 0 {
         StatusCode::OK
     } else {
@@ -113,7 +124,10 @@ async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 
 async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.render(),
     )
 }

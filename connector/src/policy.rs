@@ -61,7 +61,10 @@ fn valid_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -88,7 +91,8 @@ impl FromStr for AllowRule {
         }
         // A bare IPv6 address or CIDR (more than one ':') has no port part.
         if value.matches(':').count() > 1 {
-            let net = parse_net(value).ok_or_else(|| err("not an IPv6 address or CIDR (use [addr]:port for ports)"))?;
+            let net = parse_net(value)
+                .ok_or_else(|| err("not an IPv6 address or CIDR (use [addr]:port for ports)"))?;
             return Ok(AllowRule {
                 target: Target::Net(net),
                 ports: None,
@@ -127,10 +131,10 @@ impl Policy {
             return true;
         }
         for rule in &self.rules {
-            if let Some(p) = rule.ports {
-                if dest.port() < p.start || dest.port() > p.end {
-                    continue;
-                }
+            if let Some(p) = rule.ports
+                && (dest.port() < p.start || dest.port() > p.end)
+            {
+                continue;
             }
             let hit = match &rule.target {
                 Target::Net(net) => net.contains(&dest.ip()),
@@ -158,25 +162,62 @@ mod tests {
     #[test]
     fn parses_every_form() {
         assert_eq!(rule("10.0.0.0/8").ports, None);
-        assert_eq!(rule("127.0.0.1:8080").ports, Some(PortRange { start: 8080, end: 8080 }));
-        assert_eq!(rule("10.1.0.0/16:8000-9000").ports, Some(PortRange { start: 8000, end: 9000 }));
-        assert_eq!(rule("[fd00::/8]:443").target, Target::Net("fd00::/8".parse().expect("net")));
-        assert_eq!(rule("fd00::1").target, Target::Net("fd00::1/128".parse().expect("net")));
-        assert_eq!(rule("DB.internal:5432").target, Target::Host("db.internal".into()));
-        for bad in ["10.0.0.0/33", "127.0.0.1:0", "127.0.0.1:9-8", "host:abc", "[::1", "bad host", ""] {
+        assert_eq!(
+            rule("127.0.0.1:8080").ports,
+            Some(PortRange {
+                start: 8080,
+                end: 8080
+            })
+        );
+        assert_eq!(
+            rule("10.1.0.0/16:8000-9000").ports,
+            Some(PortRange {
+                start: 8000,
+                end: 9000
+            })
+        );
+        assert_eq!(
+            rule("[fd00::/8]:443").target,
+            Target::Net("fd00::/8".parse().expect("net"))
+        );
+        assert_eq!(
+            rule("fd00::1").target,
+            Target::Net("fd00::1/128".parse().expect("net"))
+        );
+        assert_eq!(
+            rule("DB.internal:5432").target,
+            Target::Host("db.internal".into())
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "127.0.0.1:0",
+            "127.0.0.1:9-8",
+            "host:abc",
+            "[::1",
+            "bad host",
+            "",
+        ] {
             assert!(bad.parse::<AllowRule>().is_err(), "{bad} should be refused");
         }
     }
 
     #[tokio::test]
     async fn checks_address_and_port() {
-        let p = Policy::new(vec![rule("127.0.0.1:8080"), rule("10.0.0.0/8:80-81"), rule("localhost:9000")]);
+        let p = Policy::new(vec![
+            rule("127.0.0.1:8080"),
+            rule("10.0.0.0/8:80-81"),
+            rule("localhost:9000"),
+        ]);
         assert!(p.allows("127.0.0.1:8080".parse().expect("addr")).await);
         assert!(!p.allows("127.0.0.1:8081".parse().expect("addr")).await);
         assert!(p.allows("10.9.9.9:81".parse().expect("addr")).await);
         assert!(!p.allows("10.9.9.9:82".parse().expect("addr")).await);
         assert!(!p.allows("192.168.1.1:80".parse().expect("addr")).await);
         assert!(p.allows("127.0.0.1:9000".parse().expect("addr")).await);
-        assert!(Policy::default().allows("1.2.3.4:1".parse().expect("addr")).await);
+        assert!(
+            Policy::default()
+                .allows("1.2.3.4:1".parse().expect("addr"))
+                .await
+        );
     }
 }

@@ -10,7 +10,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warren_protocol::io::read_message;
-use warren_protocol::messages::{ControlMessage, DnsAnswer, DnsQuery, RegisterRequest, RegisterResponse, WireMessage};
+use warren_protocol::messages::{
+    ControlMessage, DnsAnswer, DnsQuery, RegisterRequest, RegisterResponse, WireMessage,
+};
 use warren_protocol::preamble::{self, StreamKind};
 
 use crate::{Shared, forward};
@@ -53,7 +55,12 @@ fn endpoint_for(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
 }
 
 /// Runs one connection to `edge` until it is lost, refused, or `cancel` fires.
-pub async fn run(shared: &Arc<Shared>, index: u8, edge: &str, cancel: &CancellationToken) -> SessionEnd {
+pub async fn run(
+    shared: &Arc<Shared>,
+    index: u8,
+    edge: &str,
+    cancel: &CancellationToken,
+) -> SessionEnd {
     let addr = match tokio::net::lookup_host(edge).await.map(|mut a| a.next()) {
         Ok(Some(a)) => a,
         Ok(None) => return SessionEnd::Failed(format!("edge address {edge} resolved to nothing")),
@@ -63,7 +70,11 @@ pub async fn run(shared: &Arc<Shared>, index: u8, edge: &str, cancel: &Cancellat
         Ok(e) => e,
         Err(e) => return SessionEnd::Failed(format!("cannot open a UDP socket: {e}")),
     };
-    let connecting = match endpoint.connect_with(shared.client_config.clone(), addr, warren_protocol::EDGE_SERVER_NAME) {
+    let connecting = match endpoint.connect_with(
+        shared.client_config.clone(),
+        addr,
+        warren_protocol::EDGE_SERVER_NAME,
+    ) {
         Ok(c) => c,
         Err(e) => return SessionEnd::Failed(format!("cannot dial {addr}: {e}")),
     };
@@ -88,7 +99,11 @@ pub async fn run(shared: &Arc<Shared>, index: u8, edge: &str, cancel: &Cancellat
     if send.write_all(&request.to_frame()).await.is_err() {
         return SessionEnd::Failed("connection closed while registering".into());
     }
-    let response = tokio::time::timeout(CONTROL_TIMEOUT, read_message::<RegisterResponse, _>(&mut recv)).await;
+    let response = tokio::time::timeout(
+        CONTROL_TIMEOUT,
+        read_message::<RegisterResponse, _>(&mut recv),
+    )
+    .await;
     let (connection_id, edge_name) = match response {
         Ok(Ok(RegisterResponse::Ok {
             connection_id,
@@ -109,7 +124,9 @@ pub async fn run(shared: &Arc<Shared>, index: u8, edge: &str, cancel: &Cancellat
         Err(_) => return SessionEnd::Failed("the edge did not answer the registration".into()),
     };
     let up_since = Instant::now();
-    shared.metrics.conn_state(Some("connecting"), Some("registered"));
+    shared
+        .metrics
+        .conn_state(Some("connecting"), Some("registered"));
     info!(index, %addr, edge = %edge_name, connection = %connection_id, "registered tunnel connection");
 
     let dns = tokio::spawn(dns_loop(shared.clone(), conn.clone()));
@@ -130,17 +147,26 @@ pub async fn run(shared: &Arc<Shared>, index: u8, edge: &str, cancel: &Cancellat
         }
     };
     dns.abort();
-    shared.metrics.conn_state(Some("registered"), Some("connecting"));
+    shared
+        .metrics
+        .conn_state(Some("registered"), Some("connecting"));
     end
 }
 
 async fn unregister(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
-    if send.write_all(&ControlMessage::Unregister.to_frame()).await.is_err() {
+    if send
+        .write_all(&ControlMessage::Unregister.to_frame())
+        .await
+        .is_err()
+    {
         return;
     }
     match tokio::time::timeout(CONTROL_TIMEOUT, read_message::<ControlMessage, _>(recv)).await {
         Ok(Ok(ControlMessage::UnregisterAck)) => debug!("unregistered"),
-        other => warn!(ok = other.is_ok(), "the edge did not acknowledge the unregister"),
+        other => warn!(
+            ok = other.is_ok(),
+            "the edge did not acknowledge the unregister"
+        ),
     }
 }
 
@@ -163,12 +189,23 @@ async fn dns_loop(shared: Arc<Shared>, conn: quinn::Connection) {
             };
             let result = shared.dns.answer(query.resolver, &query.message).await;
             let label = if result.is_ok() { "ok" } else { "error" };
-            shared.metrics.dns_queries.get_or_create(&vec![("result", label)]).inc();
+            shared
+                .metrics
+                .dns_queries
+                .get_or_create(&vec![("result", label)])
+                .inc();
             if let Err(code) = result {
                 shared.metrics.error(code);
             }
-            let bytes = DnsAnswer { id: query.id, result }.to_bytes();
-            if conn.max_datagram_size().is_some_and(|max| bytes.len() <= max) {
+            let bytes = DnsAnswer {
+                id: query.id,
+                result,
+            }
+            .to_bytes();
+            if conn
+                .max_datagram_size()
+                .is_some_and(|max| bytes.len() <= max)
+            {
                 let _ = conn.send_datagram(Bytes::from(bytes));
                 return;
             }

@@ -74,13 +74,19 @@ impl Connector {
     fn spawn(ns: &NetNs, token: &str, extra: &[String]) -> Connector {
         let metrics = SocketAddr::new(IpAddr::V4(ns.inner_ip()), METRICS_PORT);
         let mut cmd = ns.command(CONNECTOR);
-        cmd.args(["run", "--metrics", &metrics.to_string(), "--grace-period", "20s"])
-            .args(extra)
-            .env("WARREN_TUNNEL_TOKEN", token)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "run",
+            "--metrics",
+            &metrics.to_string(),
+            "--grace-period",
+            "20s",
+        ])
+        .args(extra)
+        .env("WARREN_TUNNEL_TOKEN", token)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("connector starts");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -91,11 +97,19 @@ impl Connector {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        Connector { child, log, metrics }
+        Connector {
+            child,
+            log,
+            metrics,
+        }
     }
 
     fn log_contains(&self, needle: &str) -> bool {
-        self.log.lock().expect("log lock").iter().any(|l| l.contains(needle))
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .any(|l| l.contains(needle))
     }
 
     /// GET a path of the connector's local HTTP port.
@@ -116,7 +130,10 @@ impl Connector {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "connector did not exit within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "connector did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,7 +162,11 @@ impl World {
         let store = Arc::new(SqliteStore::open_in_memory().expect("store"));
         let data = tempfile::tempdir().expect("tempdir");
         let account = store.create_account("test").await.expect("account");
-        let edge = Edge::start(store.clone(), SocketAddr::new(IpAddr::V4(ns.host_ip()), 0), data.path());
+        let edge = Edge::start(
+            store.clone(),
+            SocketAddr::new(IpAddr::V4(ns.host_ip()), 0),
+            data.path(),
+        );
         let (tunnel, token) = create_tunnel(
             store.as_ref(),
             &account.id,
@@ -203,29 +224,57 @@ async fn http_through_the_tunnel_with_private_dns() {
     let origin = w.origin();
     let dns_ip: IpAddr = "127.0.0.53".parse().expect("ip");
     let dns = Dnsmasq::start(&w.ns, dns_ip, &[("origin.internal", origin.ip())]).expect("dnsmasq");
-    let _c = w.connector(&["--dns-resolver".into(), dns.addr().to_string(), "--ha-connections".into(), "2".into()]);
+    let _c = w.connector(&[
+        "--dns-resolver".into(),
+        dns.addr().to_string(),
+        "--ha-connections".into(),
+        "2".into(),
+    ]);
     w.wait_registered(2).await;
 
     // The origin is private: the host cannot reach it except through the tunnel.
-    assert!(tokio::net::TcpStream::connect(origin).await.is_err(), "origin must not be reachable from the host");
+    assert!(
+        tokio::net::TcpStream::connect(origin).await.is_err(),
+        "origin must not be reachable from the host"
+    );
 
     // DNS is answered inside the namespace (connector default resolver, then an explicit one).
-    let resolved = resolve(&w.edge.tunnels, &w.tunnel_id, None, "origin.internal").await.expect("resolves");
+    let resolved = resolve(&w.edge.tunnels, &w.tunnel_id, None, "origin.internal")
+        .await
+        .expect("resolves");
     assert_eq!(resolved.addrs, vec![origin.ip()]);
     assert_eq!(resolved.ttl, Duration::from_secs(30));
-    let explicit = resolve(&w.edge.tunnels, &w.tunnel_id, Some(dns.addr()), "origin.internal")
-        .await
-        .expect("resolves with an explicit resolver");
+    let explicit = resolve(
+        &w.edge.tunnels,
+        &w.tunnel_id,
+        Some(dns.addr()),
+        "origin.internal",
+    )
+    .await
+    .expect("resolves with an explicit resolver");
     assert_eq!(explicit.addrs, vec![origin.ip()]);
-    assert!(dns.queries_for("origin.internal") >= 2, "dnsmasq saw the queries");
+    assert!(
+        dns.queries_for("origin.internal") >= 2,
+        "dnsmasq saw the queries"
+    );
 
     let dest = SocketAddr::new(resolved.addrs[0], origin.port());
-    let s = w.edge.tunnels.open_tcp(&w.tunnel_id, dest, Duration::from_secs(5), "req-1").await.expect("stream");
-    let (status, body) = origin::get(s, "origin.internal", "/hello").await.expect("response");
+    let s = w
+        .edge
+        .tunnels
+        .open_tcp(&w.tunnel_id, dest, Duration::from_secs(5), "req-1")
+        .await
+        .expect("stream");
+    let (status, body) = origin::get(s, "origin.internal", "/hello")
+        .await
+        .expect("response");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(&body[..], b"hello from origin");
     // A streamed body arrives whole.
-    assert_eq!(w.get(dest, "/bytes/5000000").await, Ok((StatusCode::OK, 5_000_000)));
+    assert_eq!(
+        w.get(dest, "/bytes/5000000").await,
+        Ok((StatusCode::OK, 5_000_000))
+    );
 
     // NXDOMAIN inside the private network is a dns_error.
     let missing = resolve(&w.edge.tunnels, &w.tunnel_id, None, "missing.internal").await;
@@ -238,8 +287,14 @@ async fn host_resolution_by_default_reads_etc_hosts() {
     let _c = w.connector(&["--ha-connections".into(), "1".into()]);
     w.wait_registered(1).await;
     // No --dns-resolver: the connector host's own resolution, /etc/hosts included.
-    let r = resolve(&w.edge.tunnels, &w.tunnel_id, None, "localhost").await.expect("localhost resolves");
-    assert!(r.addrs.contains(&"127.0.0.1".parse::<IpAddr>().expect("ip")), "{r:?}");
+    let r = resolve(&w.edge.tunnels, &w.tunnel_id, None, "localhost")
+        .await
+        .expect("localhost resolves");
+    assert!(
+        r.addrs
+            .contains(&"127.0.0.1".parse::<IpAddr>().expect("ip")),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,28 +310,52 @@ async fn failures_carry_the_right_codes() {
     let _c = w.connector(&["--ha-connections".into(), "1".into()]);
     w.wait_registered(1).await;
     let t = &w.edge.tunnels;
-    let code = |r: Result<warren_iris::TunnelStream, warren_protocol::ProxyError>| r.err().map(|e| e.code);
+    let code =
+        |r: Result<warren_iris::TunnelStream, warren_protocol::ProxyError>| r.err().map(|e| e.code);
 
     assert_eq!(
-        code(t.open_tcp(&w.tunnel_id, closed, Duration::from_secs(5), "refused").await),
+        code(
+            t.open_tcp(&w.tunnel_id, closed, Duration::from_secs(5), "refused")
+                .await
+        ),
         Some(ErrorCode::ConnectionRefused)
     );
     let silent = SocketAddr::new(IpAddr::V4(w.ns.silent_ip()), 80);
     assert_eq!(
-        code(t.open_tcp(&w.tunnel_id, silent, Duration::from_millis(500), "timeout").await),
+        code(
+            t.open_tcp(&w.tunnel_id, silent, Duration::from_millis(500), "timeout")
+                .await
+        ),
         Some(ErrorCode::ConnectionTimeout)
     );
     assert_eq!(
-        code(t.open_tcp("00000000-0000-0000-0000-000000000000", origin, Duration::from_secs(5), "x").await),
+        code(
+            t.open_tcp(
+                "00000000-0000-0000-0000-000000000000",
+                origin,
+                Duration::from_secs(5),
+                "x"
+            )
+            .await
+        ),
         Some(ErrorCode::DestinationUnavailable)
     );
     assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
 
     let (status, metrics) = w_local(&_c, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(metrics.contains(r#"warren_connector_errors_total{code="connection_refused"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"warren_connector_errors_total{code="connection_timeout"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"warren_connector_connections{state="registered"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"warren_connector_errors_total{code="connection_refused"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"warren_connector_errors_total{code="connection_timeout"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"warren_connector_connections{state="registered"} 1"#),
+        "{metrics}"
+    );
 }
 
 async fn w_local(c: &Connector, path: &str) -> (StatusCode, String) {
@@ -288,10 +367,18 @@ async fn local_policy_forbids_what_it_does_not_allow() {
     let w = World::new().await;
     let allowed = w.origin();
     let other = w.origin();
-    let _c = w.connector(&["--ha-connections".into(), "1".into(), "--allow".into(), format!("127.0.0.1:{}", allowed.port())]);
+    let _c = w.connector(&[
+        "--ha-connections".into(),
+        "1".into(),
+        "--allow".into(),
+        format!("127.0.0.1:{}", allowed.port()),
+    ]);
     w.wait_registered(1).await;
     assert_eq!(w.get(allowed, "/hello").await, Ok((StatusCode::OK, 17)));
-    assert_eq!(w.get(other, "/hello").await, Err(ErrorCode::DestinationForbidden));
+    assert_eq!(
+        w.get(other, "/hello").await,
+        Err(ErrorCode::DestinationForbidden)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,16 +386,30 @@ async fn wrong_secret_is_refused_and_not_ready() {
     let w = World::new().await;
     let mut bad = w.token.clone();
     bad.secret = base64_of(&[0x55; 32]);
-    let c = Connector::spawn(&w.ns, &bad.encode(), &["--ha-connections".into(), "2".into()]);
+    let c = Connector::spawn(
+        &w.ns,
+        &bad.encode(),
+        &["--ha-connections".into(), "2".into()],
+    );
     wait_for("the refusal in the connector log", LONG, || async {
-        c.log_contains("the edge refused this connector").then_some(())
+        c.log_contains("the edge refused this connector")
+            .then_some(())
     })
     .await;
-    assert!(c.log_contains("unknown tunnel or wrong secret"), "the log says why in plain words");
+    assert!(
+        c.log_contains("unknown tunnel or wrong secret"),
+        "the log says why in plain words"
+    );
     let (status, body) = w_local(&c, "/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains(r#""readyConnections":0"#), "{body}");
-    assert!(w.edge.tunnels.registry().connections(&w.tunnel_id).is_empty());
+    assert!(
+        w.edge
+            .tunnels
+            .registry()
+            .connections(&w.tunnel_id)
+            .is_empty()
+    );
 }
 
 fn base64_of(bytes: &[u8]) -> String {
@@ -329,9 +430,17 @@ async fn ready_reports_registered_connections() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("connectorId"), "{body}");
     assert_eq!(w_local(&c, "/healthcheck").await.0, StatusCode::OK);
-    let records = w.store.list_connections(&w.tunnel_id).await.expect("records");
+    let records = w
+        .store
+        .list_connections(&w.tunnel_id)
+        .await
+        .expect("records");
     assert_eq!(records.len(), 3);
-    assert!(records.iter().all(|r| r.edge_name == "test-edge" && r.ha_connections == 3));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.edge_name == "test-edge" && r.ha_connections == 3)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,8 +458,13 @@ async fn ha_survives_losing_three_of_four_connections() {
         workers.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = match tunnels.open_tcp(&id, origin, Duration::from_secs(5), "ha").await {
-                    Ok(s) => origin::get_len(s, "origin.internal", "/bytes/20000").await.map_err(|e| e.to_string()),
+                let r = match tunnels
+                    .open_tcp(&id, origin, Duration::from_secs(5), "ha")
+                    .await
+                {
+                    Ok(s) => origin::get_len(s, "origin.internal", "/bytes/20000")
+                        .await
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 match r {
@@ -362,10 +476,18 @@ async fn ha_survives_losing_three_of_four_connections() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let victims: Vec<_> = w.edge.tunnels.registry().connections(&w.tunnel_id).into_iter().take(3).collect();
+    let victims: Vec<_> = w
+        .edge
+        .tunnels
+        .registry()
+        .connections(&w.tunnel_id)
+        .into_iter()
+        .take(3)
+        .collect();
     let dropped: Vec<String> = victims.iter().map(|c| c.record().id.clone()).collect();
     for v in &victims {
-        v.drain_and_close("test drops this connection", Duration::from_secs(5)).await;
+        v.drain_and_close("test drops this connection", Duration::from_secs(5))
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // One connection carries everything meanwhile, then the connector restores all four.
@@ -387,10 +509,20 @@ async fn ha_survives_losing_three_of_four_connections() {
         .iter()
         .map(|c| c.record().id.clone())
         .collect();
-    assert!(dropped.iter().all(|d| !now.contains(d)), "dropped connections were replaced by new ones");
+    assert!(
+        dropped.iter().all(|d| !now.contains(d)),
+        "dropped connections were replaced by new ones"
+    );
 
     // An abrupt loss (no draining) is survived too: the next requests use what is left.
-    for v in w.edge.tunnels.registry().connections(&w.tunnel_id).into_iter().take(3) {
+    for v in w
+        .edge
+        .tunnels
+        .registry()
+        .connections(&w.tunnel_id)
+        .into_iter()
+        .take(3)
+    {
         v.close("abrupt");
     }
     for _ in 0..10 {
@@ -407,14 +539,27 @@ async fn edge_restart_fails_fast_then_reregisters() {
     w.wait_registered(2).await;
     let addr = w.edge.addr;
     let old_tunnels = w.edge.tunnels.clone();
-    let placeholder = Edge::start(w.store.clone(), SocketAddr::new(addr.ip(), 0), w.data.path());
+    let placeholder = Edge::start(
+        w.store.clone(),
+        SocketAddr::new(addr.ip(), 0),
+        w.data.path(),
+    );
     std::mem::replace(&mut w.edge, placeholder).stop().await;
 
     // While the edge is down, asking it for a stream fails at once, with the right code.
     let started = Instant::now();
-    let r = old_tunnels.open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "down").await;
-    assert_eq!(r.err().map(|e| e.code), Some(ErrorCode::DestinationUnavailable));
-    assert!(started.elapsed() < Duration::from_secs(1), "no hang: {:?}", started.elapsed());
+    let r = old_tunnels
+        .open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "down")
+        .await;
+    assert_eq!(
+        r.err().map(|e| e.code),
+        Some(ErrorCode::DestinationUnavailable)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no hang: {:?}",
+        started.elapsed()
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let placeholder = Edge::start(w.store.clone(), addr, w.data.path());
@@ -430,7 +575,12 @@ async fn sigterm_lets_a_transfer_finish_then_exits_zero() {
     let mut c = w.connector(&["--ha-connections".into(), "2".into()]);
     w.wait_registered(2).await;
     // 30 chunks of 64 KiB, 50 ms apart: about 1.5 s of transfer.
-    let s = w.edge.tunnels.open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "slow").await.expect("stream");
+    let s = w
+        .edge
+        .tunnels
+        .open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "slow")
+        .await
+        .expect("stream");
     let transfer = tokio::spawn(origin::get_len(s, "origin.internal", "/slow/30"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.terminate();
@@ -440,11 +590,20 @@ async fn sigterm_lets_a_transfer_finish_then_exits_zero() {
         async move { (n == 0).then_some(()) }
     })
     .await;
-    let r = w.edge.tunnels.open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "after").await;
-    assert_eq!(r.err().map(|e| e.code), Some(ErrorCode::DestinationUnavailable));
+    let r = w
+        .edge
+        .tunnels
+        .open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "after")
+        .await;
+    assert_eq!(
+        r.err().map(|e| e.code),
+        Some(ErrorCode::DestinationUnavailable)
+    );
     let (status, len) = transfer.await.expect("task").expect("transfer completes");
     assert_eq!((status, len), (StatusCode::OK, 30 * 64 * 1024));
-    let exit = tokio::task::spawn_blocking(move || c.wait_exit(Duration::from_secs(30))).await.expect("wait");
+    let exit = tokio::task::spawn_blocking(move || c.wait_exit(Duration::from_secs(30)))
+        .await
+        .expect("wait");
     assert_eq!(exit.code(), Some(0));
 }
 
@@ -454,19 +613,31 @@ async fn malformed_streams_are_closed_and_the_connection_carries_on() {
     let origin = w.origin();
     let _c = w.connector(&["--ha-connections".into(), "1".into()]);
     w.wait_registered(1).await;
-    let conn = w.edge.tunnels.registry().connections(&w.tunnel_id).remove(0);
+    let conn = w
+        .edge
+        .tunnels
+        .registry()
+        .connections(&w.tunnel_id)
+        .remove(0);
 
-    let mut oversized = warren_protocol::preamble::encode(warren_protocol::preamble::StreamKind::Connect).to_vec();
+    let mut oversized =
+        warren_protocol::preamble::encode(warren_protocol::preamble::StreamKind::Connect).to_vec();
     oversized.extend_from_slice(&(1u32 << 30).to_be_bytes());
     let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-    let mut bad_body = warren_protocol::preamble::encode(warren_protocol::preamble::StreamKind::Connect).to_vec();
+    let mut bad_body =
+        warren_protocol::preamble::encode(warren_protocol::preamble::StreamKind::Connect).to_vec();
     bad_body.extend_from_slice(&16u32.to_be_bytes());
     bad_body.extend_from_slice(&[0xff; 16]);
     for bytes in [garbage, oversized, bad_body] {
         let (mut send, mut recv) = conn.open_raw_stream().await.expect("raw stream");
         send.write_all(&bytes).await.expect("write");
-        let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1024)).await.expect("closed promptly");
-        assert!(answer.is_err() || answer.as_ref().is_ok_and(|b| b.is_empty()), "no answer to garbage: {answer:?}");
+        let answer = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1024))
+            .await
+            .expect("closed promptly");
+        assert!(
+            answer.is_err() || answer.as_ref().is_ok_and(|b| b.is_empty()),
+            "no answer to garbage: {answer:?}"
+        );
     }
     // Same connection, same process: still serving.
     assert!(conn.is_usable());

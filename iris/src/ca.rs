@@ -63,14 +63,18 @@ impl EdgeCa {
                 reason,
             };
             let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(format!("key: {e}")))?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| invalid(format!("certificate: {e}")))?;
-            let der = pem_to_der(&cert_pem).ok_or_else(|| invalid("certificate is not PEM".into()))?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+                .map_err(|e| invalid(format!("certificate: {e}")))?;
+            let der =
+                pem_to_der(&cert_pem).ok_or_else(|| invalid("certificate is not PEM".into()))?;
             return Ok(EdgeCa { der, issuer });
         }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "Warren edge CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Warren edge CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
@@ -101,7 +105,9 @@ impl EdgeCa {
         let mut names = vec![warren_protocol::EDGE_SERVER_NAME.to_owned()];
         names.extend(extra_names.iter().cloned());
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, "Warren edge");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Warren edge");
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -143,7 +149,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(KEY_FILE)).expect("meta").permissions().mode();
+            let mode = fs::metadata(dir.path().join(KEY_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -157,6 +166,9 @@ mod tests {
             EdgeCa::load_or_create(dir.path()),
             Err(CaError::Invalid { .. })
         ));
-        assert_eq!(fs::read_to_string(dir.path().join(CERT_FILE)).expect("read"), "junk");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(CERT_FILE)).expect("read"),
+            "junk"
+        );
     }
 }

@@ -12,7 +12,9 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use warren_protocol::io::{ReadError, read_message, read_preamble};
-use warren_protocol::messages::{ControlMessage, DnsAnswer, RefusalReason, RegisterRequest, RegisterResponse, WireMessage};
+use warren_protocol::messages::{
+    ControlMessage, DnsAnswer, RefusalReason, RegisterRequest, RegisterResponse, WireMessage,
+};
 use warren_protocol::preamble::StreamKind;
 use warren_store::{ConnectionRecord, Store, rfc3339, secret_matches};
 
@@ -109,7 +111,8 @@ impl TunnelEdge {
             .with_single_cert(chain, key)
             .map_err(|e| EdgeError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![warren_protocol::TUNNEL_ALPN.to_vec()];
-        let quic_tls = QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
+        let quic_tls =
+            QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -119,10 +122,11 @@ impl TunnelEdge {
             .max_concurrent_bidi_streams(4u32.into())
             .max_concurrent_uni_streams(256u32.into());
         server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, config.listen).map_err(|source| EdgeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let endpoint =
+            quinn::Endpoint::server(server, config.listen).map_err(|source| EdgeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         Ok(TunnelEdge {
             endpoint,
             ca,
@@ -166,7 +170,8 @@ impl TunnelEdge {
             }
         }
         info!("tunnel edge shutting down");
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"edge shutting down");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"edge shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while conns.join_next().await.is_some() {}
         })
@@ -186,7 +191,8 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<EdgeCtx>) {
                 return;
             }
         };
-        let registered = tokio::time::timeout(ctx.config.registration_timeout, register(&conn, &ctx)).await;
+        let registered =
+            tokio::time::timeout(ctx.config.registration_timeout, register(&conn, &ctx)).await;
         let Ok(Some((live, control_send, control_recv))) = registered else {
             conn.close(quinn::VarInt::from_u32(2), b"not registered");
             return;
@@ -221,7 +227,14 @@ async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStre
         Ok(r) => r,
         Err(ReadError::Decode(e)) => {
             debug!(error = %e, "malformed registration");
-            refuse(conn, &mut send, RefusalReason::Malformed, "malformed registration", 5_000).await;
+            refuse(
+                conn,
+                &mut send,
+                RefusalReason::Malformed,
+                "malformed registration",
+                5_000,
+            )
+            .await;
             return None;
         }
         Err(ReadError::Io(_)) => return None,
@@ -230,13 +243,20 @@ async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStre
         Ok(t) => t,
         Err(e) => {
             warn!(error = %e, "store unavailable during registration");
-            refuse(conn, &mut send, RefusalReason::Overloaded, "edge storage unavailable", 5_000).await;
+            refuse(
+                conn,
+                &mut send,
+                RefusalReason::Overloaded,
+                "edge storage unavailable",
+                5_000,
+            )
+            .await;
             return None;
         }
     };
-    let valid = tunnel
-        .as_ref()
-        .is_some_and(|t| t.account_id == req.account_id && secret_matches(&t.secret_hash, &req.secret));
+    let valid = tunnel.as_ref().is_some_and(|t| {
+        t.account_id == req.account_id && secret_matches(&t.secret_hash, &req.secret)
+    });
     if !valid {
         info!(tunnel = %req.tunnel_id, "registration refused: unknown tunnel or wrong secret");
         refuse(
@@ -262,7 +282,14 @@ async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStre
     };
     if let Err(e) = ctx.store.put_connection(&record, ctx.config.lease).await {
         warn!(error = %e, "could not record the connection");
-        refuse(conn, &mut send, RefusalReason::Overloaded, "edge storage unavailable", 5_000).await;
+        refuse(
+            conn,
+            &mut send,
+            RefusalReason::Overloaded,
+            "edge storage unavailable",
+            5_000,
+        )
+        .await;
         return None;
     }
     let ok = RegisterResponse::Ok {
@@ -273,7 +300,11 @@ async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStre
         let _ = ctx.store.remove_connection(&record.id).await;
         return None;
     }
-    Some((Arc::new(LiveConnection::new(record, conn.clone())), send, recv))
+    Some((
+        Arc::new(LiveConnection::new(record, conn.clone())),
+        send,
+        recv,
+    ))
 }
 
 async fn refuse(
@@ -336,13 +367,21 @@ async fn refresh_lease(ctx: Arc<EdgeCtx>, record: ConnectionRecord) {
     }
 }
 
-async fn control_loop(live: Arc<LiveConnection>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn control_loop(
+    live: Arc<LiveConnection>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     loop {
         match read_message::<ControlMessage, _>(&mut recv).await {
             Ok(ControlMessage::Unregister) => {
                 info!("connector unregistered; draining");
                 live.set_draining();
-                if send.write_all(&ControlMessage::UnregisterAck.to_frame()).await.is_err() {
+                if send
+                    .write_all(&ControlMessage::UnregisterAck.to_frame())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

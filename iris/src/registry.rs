@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
 use warren_protocol::ErrorCode;
@@ -54,7 +54,8 @@ impl LiveConnection {
 
     /// Closes the QUIC connection (the connector will reconnect).
     pub fn close(&self, reason: &str) {
-        self.conn.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+        self.conn
+            .close(quinn::VarInt::from_u32(1), reason.as_bytes());
     }
 
     /// Data streams in flight on this connection.
@@ -109,7 +110,11 @@ impl LiveConnection {
 
     /// Delivers an answer to whoever waits for it; answers nobody waits for are dropped.
     pub(crate) fn deliver_dns(&self, answer: DnsAnswer) {
-        let waiter = self.dns_pending.lock().ok().and_then(|mut p| p.remove(&answer.id));
+        let waiter = self
+            .dns_pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&answer.id));
         if let Some(w) = waiter {
             let _ = w.send(answer.result);
         }
@@ -127,18 +132,20 @@ pub struct Registry {
 impl Registry {
     pub(crate) fn insert(&self, conn: Arc<LiveConnection>) {
         if let Ok(mut t) = self.tunnels.write() {
-            t.entry(conn.record.tunnel_id.clone()).or_default().push(conn);
+            t.entry(conn.record.tunnel_id.clone())
+                .or_default()
+                .push(conn);
         }
         self.changed.notify_waiters();
     }
 
     pub(crate) fn remove(&self, tunnel_id: &str, connection_id: &str) {
-        if let Ok(mut t) = self.tunnels.write() {
-            if let Some(list) = t.get_mut(tunnel_id) {
-                list.retain(|c| c.record.id != connection_id);
-                if list.is_empty() {
-                    t.remove(tunnel_id);
-                }
+        if let Ok(mut t) = self.tunnels.write()
+            && let Some(list) = t.get_mut(tunnel_id)
+        {
+            list.retain(|c| c.record.id != connection_id);
+            if list.is_empty() {
+                t.remove(tunnel_id);
             }
         }
         self.changed.notify_waiters();

@@ -35,18 +35,20 @@ pub fn build_query(name: &Name, rtype: RecordType, id: u16) -> Result<Vec<u8>, P
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
         .add_query(Query::query(name.clone(), rtype));
-    msg.to_vec().map_err(|e| dns_error(format!("could not encode query: {e}")))
+    msg.to_vec()
+        .map_err(|e| dns_error(format!("could not encode query: {e}")))
 }
 
 /// What one answer said.
 enum Answer {
     Addrs(Vec<IpAddr>, u32),
-    /// NXDOMAIN: the name does not exist (no point asking the other type).
-    NoSuchName(u32),
+    /// NXDOMAIN: the name does not exist.
+    NoSuchName,
 }
 
 fn parse_answer(raw: &[u8], id: u16, host: &str) -> Result<Answer, ProxyError> {
-    let msg = Message::from_vec(raw).map_err(|e| dns_error(format!("malformed DNS answer: {e}")))?;
+    let msg =
+        Message::from_vec(raw).map_err(|e| dns_error(format!("malformed DNS answer: {e}")))?;
     if msg.id() != id || msg.message_type() != MessageType::Response {
         return Err(dns_error("DNS answer does not match the query"));
     }
@@ -60,7 +62,7 @@ fn parse_answer(raw: &[u8], id: u16, host: &str) -> Result<Answer, ProxyError> {
         .unwrap_or(0);
     match msg.response_code() {
         ResponseCode::NoError => {}
-        ResponseCode::NXDomain => return Ok(Answer::NoSuchName(soa_ttl)),
+        ResponseCode::NXDomain => return Ok(Answer::NoSuchName),
         other => return Err(dns_error(format!("resolver answered {other} for {host}"))),
     }
     let mut addrs = Vec::new();
@@ -95,7 +97,8 @@ pub async fn resolve(
             ttl: Duration::MAX,
         });
     }
-    let mut name = Name::from_ascii(host).map_err(|e| dns_error(format!("invalid hostname {host:?}: {e}")))?;
+    let mut name =
+        Name::from_ascii(host).map_err(|e| dns_error(format!("invalid hostname {host:?}: {e}")))?;
     name.set_fqdn(true);
     let (id_a, id_aaaa) = (rand::random::<u16>(), rand::random::<u16>());
     let q_a = build_query(&name, RecordType::A, id_a)?;
@@ -117,7 +120,7 @@ pub async fn resolve(
                 }
                 addrs.extend(found);
             }
-            Ok(Answer::NoSuchName(_)) => {
+            Ok(Answer::NoSuchName) => {
                 first_err.get_or_insert(dns_error(format!("NXDOMAIN: {host} does not exist")));
             }
             Err(e) => {
@@ -126,7 +129,9 @@ pub async fn resolve(
         }
     }
     if addrs.is_empty() {
-        return Err(first_err.unwrap_or_else(|| dns_error(format!("{host} has no A or AAAA records"))));
+        return Err(
+            first_err.unwrap_or_else(|| dns_error(format!("{host} has no A or AAAA records")))
+        );
     }
     Ok(Resolution {
         addrs,
@@ -142,7 +147,9 @@ mod tests {
 
     fn response(id: u16, code: ResponseCode) -> Message {
         let mut m = Message::new();
-        m.set_id(id).set_message_type(MessageType::Response).set_response_code(code);
+        m.set_id(id)
+            .set_message_type(MessageType::Response)
+            .set_response_code(code);
         m
     }
 
@@ -150,7 +157,11 @@ mod tests {
     fn addresses_and_the_smallest_ttl_are_taken() {
         let mut m = response(7, ResponseCode::NoError);
         let name = Name::from_ascii("db.internal.").expect("name");
-        m.add_answer(Record::from_rdata(name.clone(), 300, RData::A(A::new(10, 0, 0, 1))));
+        m.add_answer(Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A::new(10, 0, 0, 1)),
+        ));
         m.add_answer(Record::from_rdata(name, 60, RData::A(A::new(10, 0, 0, 2))));
         let raw = m.to_vec().expect("encode");
         match parse_answer(&raw, 7, "db.internal") {
@@ -163,20 +174,37 @@ mod tests {
     }
 
     #[test]
-    fn nxdomain_carries_the_soa_minimum() {
-        let mut m = response(9, ResponseCode::NXDomain);
+    fn nodata_carries_the_soa_minimum_and_nxdomain_is_recognised() {
+        let mut m = response(9, ResponseCode::NoError);
         let zone = Name::from_ascii("internal.").expect("name");
         let soa = SOA::new(zone.clone(), zone.clone(), 1, 3600, 600, 86400, 45);
         m.add_name_server(Record::from_rdata(zone, 120, RData::SOA(soa)));
         let raw = m.to_vec().expect("encode");
-        assert!(matches!(parse_answer(&raw, 9, "x.internal"), Ok(Answer::NoSuchName(45))));
+        assert!(
+            matches!(parse_answer(&raw, 9, "x.internal"), Ok(Answer::Addrs(a, 45)) if a.is_empty())
+        );
+        let raw = response(4, ResponseCode::NXDomain)
+            .to_vec()
+            .expect("encode");
+        assert!(matches!(
+            parse_answer(&raw, 4, "x.internal"),
+            Ok(Answer::NoSuchName)
+        ));
     }
 
     #[test]
     fn a_mismatched_id_or_servfail_is_a_dns_error() {
         let raw = response(1, ResponseCode::NoError).to_vec().expect("encode");
-        assert_eq!(parse_answer(&raw, 2, "h").err().map(|e| e.code), Some(ErrorCode::DnsError));
-        let raw = response(3, ResponseCode::ServFail).to_vec().expect("encode");
-        assert_eq!(parse_answer(&raw, 3, "h").err().map(|e| e.code), Some(ErrorCode::DnsError));
+        assert_eq!(
+            parse_answer(&raw, 2, "h").err().map(|e| e.code),
+            Some(ErrorCode::DnsError)
+        );
+        let raw = response(3, ResponseCode::ServFail)
+            .to_vec()
+            .expect("encode");
+        assert_eq!(
+            parse_answer(&raw, 3, "h").err().map(|e| e.code),
+            Some(ErrorCode::DnsError)
+        );
     }
 }

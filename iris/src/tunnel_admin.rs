@@ -21,7 +21,9 @@ pub async fn create_tunnel(
 ) -> Result<(Tunnel, TunnelToken), StoreError> {
     let mut secret = [0u8; SECRET_LEN];
     rand::rng().fill_bytes(&mut secret);
-    let tunnel = store.create_tunnel(account_id, name, hash_secret(&secret)).await?;
+    let tunnel = store
+        .create_tunnel(account_id, name, hash_secret(&secret))
+        .await?;
     let token = TunnelToken {
         account_id: account_id.to_owned(),
         tunnel_id: tunnel.id.clone(),

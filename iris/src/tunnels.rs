@@ -34,13 +34,21 @@ pub struct TunnelStream {
 }
 
 impl AsyncRead for TunnelStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.recv).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TunnelStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -151,14 +159,21 @@ impl Tunnels {
             }
         }
         if tried_any {
-            Err(ProxyError::new(ErrorCode::DnsError, "no answer from the tunnel's resolver"))
+            Err(ProxyError::new(
+                ErrorCode::DnsError,
+                "no answer from the tunnel's resolver",
+            ))
         } else {
             Err(unavailable(tunnel_id))
         }
     }
 }
 
-async fn open_on(conn: &LiveConnection, header: &[u8], answer_timeout: Duration) -> Attempt<TunnelStream> {
+async fn open_on(
+    conn: &LiveConnection,
+    header: &[u8],
+    answer_timeout: Duration,
+) -> Attempt<TunnelStream> {
     let quic = conn.quic();
     let guard = conn.track_stream();
     let Ok((mut send, mut recv)) = quic.open_bi().await else {
@@ -167,7 +182,11 @@ async fn open_on(conn: &LiveConnection, header: &[u8], answer_timeout: Duration)
     if send.write_all(header).await.is_err() {
         return Attempt::TryNext;
     }
-    let response = tokio::time::timeout(answer_timeout, read_message::<ConnectResponse, _>(&mut recv)).await;
+    let response = tokio::time::timeout(
+        answer_timeout,
+        read_message::<ConnectResponse, _>(&mut recv),
+    )
+    .await;
     match response {
         Ok(Ok(ConnectResponse { error: None, .. })) => Attempt::Done(Ok(TunnelStream {
             send,

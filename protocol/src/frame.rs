@@ -108,13 +108,17 @@ pub(crate) fn read_capnp(body: &[u8]) -> Result<Reader<OwnedSegments>, DecodeErr
     let mut slice = body;
     let reader = capnp::serialize::read_message(&mut slice, opts)?;
     if !slice.is_empty() {
-        return Err(DecodeError::Malformed("trailing bytes after message".into()));
+        return Err(DecodeError::Malformed(
+            "trailing bytes after message".into(),
+        ));
     }
     Ok(reader)
 }
 
 /// Encodes a Cap'n Proto message to bytes.
-pub(crate) fn write_capnp<A: capnp::message::Allocator>(msg: &capnp::message::Builder<A>) -> Vec<u8> {
+pub(crate) fn write_capnp<A: capnp::message::Allocator>(
+    msg: &capnp::message::Builder<A>,
+) -> Vec<u8> {
     capnp::serialize::write_message_to_words(msg)
 }
 

@@ -44,7 +44,10 @@ fn check_body<T: WireMessage>(body: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn text(r: capnp::Result<capnp::text::Reader<'_>>, field: &'static str) -> Result<String, DecodeError> {
+fn text(
+    r: capnp::Result<capnp::text::Reader<'_>>,
+    field: &'static str,
+) -> Result<String, DecodeError> {
     let s = r?.to_str()?;
     if s.len() > MAX_TEXT {
         return Err(DecodeError::InvalidField {
@@ -573,7 +576,10 @@ mod tests {
         let bytes = write_capnp(&msg);
         assert!(matches!(
             ConnectRequest::from_bytes(&bytes),
-            Err(DecodeError::InvalidField { field: "destination", .. })
+            Err(DecodeError::InvalidField {
+                field: "destination",
+                ..
+            })
         ));
     }
 
@@ -585,7 +591,10 @@ mod tests {
         };
         assert!(matches!(
             ConnectResponse::from_bytes(&m.to_bytes()),
-            Err(DecodeError::InvalidField { field: "message", .. })
+            Err(DecodeError::InvalidField {
+                field: "message",
+                ..
+            })
         ));
     }
 

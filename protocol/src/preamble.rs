@@ -64,7 +64,10 @@ mod tests {
             assert_eq!(decode(encode(kind)), Ok(kind));
         }
         assert_eq!(decode(*b"GET / "), Err(DecodeError::BadMagic));
-        assert_eq!(decode(*b"WRNT\x09\x01"), Err(DecodeError::UnsupportedVersion(9)));
+        assert_eq!(
+            decode(*b"WRNT\x09\x01"),
+            Err(DecodeError::UnsupportedVersion(9))
+        );
         assert_eq!(decode(*b"WRNT\x01\x07"), Err(DecodeError::UnknownKind(7)));
     }
 }

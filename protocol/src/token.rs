@@ -79,7 +79,9 @@ impl TunnelToken {
 
     /// The secret as raw bytes.
     pub fn secret_bytes(&self) -> Result<Vec<u8>, TokenError> {
-        let bytes = STANDARD.decode(&self.secret).map_err(|_| TokenError::BadSecret)?;
+        let bytes = STANDARD
+            .decode(&self.secret)
+            .map_err(|_| TokenError::BadSecret)?;
         if bytes.len() < MIN_SECRET_LEN {
             return Err(TokenError::BadSecret);
         }
@@ -115,18 +117,30 @@ mod tests {
             secret: STANDARD.encode([1u8; 8]),
             ..sample()
         };
-        assert_eq!(TunnelToken::decode(&short.encode()), Err(TokenError::BadSecret));
+        assert_eq!(
+            TunnelToken::decode(&short.encode()),
+            Err(TokenError::BadSecret)
+        );
         let fp = TunnelToken {
             ca_sha256: "xyz".into(),
             ..sample()
         };
-        assert_eq!(TunnelToken::decode(&fp.encode()), Err(TokenError::BadFingerprint));
+        assert_eq!(
+            TunnelToken::decode(&fp.encode()),
+            Err(TokenError::BadFingerprint)
+        );
         let no_edges = TunnelToken {
             edges: vec![],
             ..sample()
         };
-        assert_eq!(TunnelToken::decode(&no_edges.encode()), Err(TokenError::NoEdges));
+        assert_eq!(
+            TunnelToken::decode(&no_edges.encode()),
+            Err(TokenError::NoEdges)
+        );
         let extra = URL_SAFE_NO_PAD.encode(br#"{"a":"x","t":"y","s":"z","e":[],"ca":"","zz":1}"#);
-        assert!(matches!(TunnelToken::decode(&extra), Err(TokenError::BadJson(_))));
+        assert!(matches!(
+            TunnelToken::decode(&extra),
+            Err(TokenError::BadJson(_))
+        ));
     }
 }

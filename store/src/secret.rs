@@ -23,8 +23,14 @@ mod tests {
     #[test]
     fn matches_only_the_same_secret() {
         let h = hash_secret(b"correct horse battery staple, 32+ bytes");
-        assert!(secret_matches(&h, b"correct horse battery staple, 32+ bytes"));
-        assert!(!secret_matches(&h, b"correct horse battery staple, 32+ byteS"));
+        assert!(secret_matches(
+            &h,
+            b"correct horse battery staple, 32+ bytes"
+        ));
+        assert!(!secret_matches(
+            &h,
+            b"correct horse battery staple, 32+ byteS"
+        ));
         assert!(!secret_matches(&h, b""));
     }
 }

@@ -63,7 +63,8 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
         Self::init(conn)
     }
 
@@ -74,7 +75,8 @@ impl SqliteStore {
 
     fn init(mut conn: Connection) -> StoreResult<Self> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
         migrate(&mut conn)?;
         let (changes, _) = broadcast::channel(256);
         Ok(SqliteStore {
@@ -91,7 +93,9 @@ impl SqliteStore {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let guard = conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
+            let guard = conn
+                .lock()
+                .map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
             f(&guard).map_err(backend)
         })
         .await
@@ -117,7 +121,8 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(backend)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(backend)?;
         tx.commit().map_err(backend)?;
     }
     Ok(())
@@ -181,7 +186,8 @@ impl Store for SqliteStore {
 
     async fn list_accounts(&self) -> StoreResult<Vec<Account>> {
         self.with(|c| {
-            let mut st = c.prepare("SELECT id, name, created_at FROM accounts ORDER BY created_at, id")?;
+            let mut st =
+                c.prepare("SELECT id, name, created_at FROM accounts ORDER BY created_at, id")?;
             let rows = st.query_map([], |r| {
                 Ok(Account {
                     id: r.get(0)?,
@@ -302,7 +308,11 @@ impl Store for SqliteStore {
         let tunnel = self
             .with(move |c| {
                 let tunnel: Option<String> = c
-                    .query_row("SELECT tunnel_id FROM connections WHERE id = ?1", [&id], |r| r.get(0))
+                    .query_row(
+                        "SELECT tunnel_id FROM connections WHERE id = ?1",
+                        [&id],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 c.execute("DELETE FROM connections WHERE id = ?1", [&id])?;
                 Ok(tunnel)
@@ -377,11 +387,21 @@ mod tests {
             (a, t)
         };
         let s = SqliteStore::open(&path).expect("reopen");
-        assert_eq!(s.get_tunnel(&tunnel.id).await.expect("get"), Some(tunnel.clone()));
-        assert_eq!(s.list_tunnels(&account.id).await.expect("list"), vec![tunnel.clone()]);
+        assert_eq!(
+            s.get_tunnel(&tunnel.id).await.expect("get"),
+            Some(tunnel.clone())
+        );
+        assert_eq!(
+            s.list_tunnels(&account.id).await.expect("list"),
+            vec![tunnel.clone()]
+        );
         assert!(s.list_tunnels("other").await.expect("list").is_empty());
         assert!(!s.delete_tunnel("other", &tunnel.id).await.expect("delete"));
-        assert!(s.delete_tunnel(&account.id, &tunnel.id).await.expect("delete"));
+        assert!(
+            s.delete_tunnel(&account.id, &tunnel.id)
+                .await
+                .expect("delete")
+        );
         assert_eq!(s.get_tunnel(&tunnel.id).await.expect("get"), None);
     }
 
@@ -398,11 +418,21 @@ mod tests {
     async fn connections_expire_with_their_lease_and_publish_changes() {
         let s = SqliteStore::open_in_memory().expect("open");
         let a = s.create_account("demo").await.expect("account");
-        let t = s.create_tunnel(&a.id, "home", [1; 32]).await.expect("tunnel");
+        let t = s
+            .create_tunnel(&a.id, "home", [1; 32])
+            .await
+            .expect("tunnel");
         let mut watch = s.watch();
-        s.put_connection(&record("c1", &t.id), Duration::from_secs(60)).await.expect("put");
-        s.put_connection(&record("c2", &t.id), Duration::from_millis(1)).await.expect("put");
-        assert_eq!(watch.recv().await.expect("change"), Change::Connections(t.id.clone()));
+        s.put_connection(&record("c1", &t.id), Duration::from_secs(60))
+            .await
+            .expect("put");
+        s.put_connection(&record("c2", &t.id), Duration::from_millis(1))
+            .await
+            .expect("put");
+        assert_eq!(
+            watch.recv().await.expect("change"),
+            Change::Connections(t.id.clone())
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         let live: Vec<String> = s
             .list_connections(&t.id)

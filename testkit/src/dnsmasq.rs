@@ -20,7 +20,11 @@ pub struct Dnsmasq {
 
 impl Dnsmasq {
     /// Starts dnsmasq in `ns` on `listen:53` with `records` as `(name, ip)` pairs.
-    pub fn start(ns: &NetNs, listen: IpAddr, records: &[(&str, IpAddr)]) -> anyhow::Result<Dnsmasq> {
+    pub fn start(
+        ns: &NetNs,
+        listen: IpAddr,
+        records: &[(&str, IpAddr)],
+    ) -> anyhow::Result<Dnsmasq> {
         let mut cmd = ns.command("dnsmasq");
         cmd.args([
             "--no-daemon",
@@ -38,8 +42,12 @@ impl Dnsmasq {
         for (name, ip) in records {
             cmd.arg(format!("--host-record={name},{ip}"));
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("starting dnsmasq (package dnsmasq-base)")?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .context("starting dnsmasq (package dnsmasq-base)")?;
         let stderr = child.stderr.take().context("dnsmasq stderr")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();

@@ -23,7 +23,11 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
         .output()
         .context("running `ip` (package iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -38,10 +42,13 @@ impl NetNs {
                 continue;
             }
             let ns = NetNs { name, index };
-            ns.setup().with_context(|| format!("setting up namespace {}", ns.name))?;
+            ns.setup()
+                .with_context(|| format!("setting up namespace {}", ns.name))?;
             return Ok(ns);
         }
-        bail!("could not create a network namespace (need root and iproute2; stale wrn-t* namespaces? `ip netns list`)")
+        bail!(
+            "could not create a network namespace (need root and iproute2; stale wrn-t* namespaces? `ip netns list`)"
+        )
     }
 
     fn setup(&self) -> anyhow::Result<()> {
@@ -49,10 +56,24 @@ impl NetNs {
         let _ = ip(&["link", "del", &host]);
         ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
         ip(&["link", "set", &peer, "netns", &self.name])?;
-        ip(&["addr", "add", &format!("{}/24", self.host_ip()), "dev", &host])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.host_ip()),
+            "dev",
+            &host,
+        ])?;
         ip(&["link", "set", &host, "up"])?;
         let n = &self.name;
-        ip(&["-n", n, "addr", "add", &format!("{}/24", self.inner_ip()), "dev", &peer])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/24", self.inner_ip()),
+            "dev",
+            &peer,
+        ])?;
         ip(&["-n", n, "link", "set", &peer, "up"])?;
         ip(&["-n", n, "link", "set", "lo", "up"])?;
         Ok(())
@@ -91,7 +112,10 @@ impl NetNs {
 
     /// Runs `f` on a thread that has entered the namespace: sockets it creates
     /// live in the namespace for their whole life, whoever uses them later.
-    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    pub fn run_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         let path = format!("/var/run/netns/{}", self.name);
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
         std::thread::spawn(move || -> anyhow::Result<T> {

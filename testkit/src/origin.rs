@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 type Body = BoxBody<Bytes, std::io::Error>;
 
 fn full(s: &'static str) -> Body {
-    Full::new(Bytes::from_static(s.as_bytes())).map_err(|e| match e {}).boxed()
+    Full::new(Bytes::from_static(s.as_bytes()))
+        .map_err(|e| match e {})
+        .boxed()
 }
 
 fn chunks(count: u64, chunk: usize, delay: Duration, total: u64) -> Body {
@@ -53,7 +55,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
             Err(_) => bad(),
         },
         ("GET", ["slow", n]) => match n.parse::<u64>() {
-            Ok(n) => Response::new(chunks(n, 64 * 1024, Duration::from_millis(50), n * 64 * 1024)),
+            Ok(n) => Response::new(chunks(
+                n,
+                64 * 1024,
+                Duration::from_millis(50),
+                n * 64 * 1024,
+            )),
             Err(_) => bad(),
         },
         ("POST", ["echo"]) => Response::new(req.into_body().map_err(std::io::Error::other).boxed()),
@@ -93,9 +100,12 @@ pub async fn get_len<S>(io: S, host: &str, path: &str) -> anyhow::Result<(Status
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await?;
     tokio::spawn(conn);
-    let req = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let mut body = resp.into_body();
@@ -113,9 +123,12 @@ pub async fn get<S>(io: S, host: &str, path: &str) -> anyhow::Result<(StatusCode
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await?;
     tokio::spawn(conn);
-    let req = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     Ok((status, resp.into_body().collect().await?.to_bytes()))

@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzzes the `DnsAnswer` decoder (bytes from a peer).
+use libfuzzer_sys::fuzz_target;
+use warren_protocol::messages::DnsAnswer;
+
+fuzz_target!(|data: &[u8]| warren_protocol_fuzz::round_trip::<DnsAnswer>(data));

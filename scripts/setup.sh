@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what building and testing Warren needs on a fresh Debian machine.
+# Idempotent: installs only what is missing. Needs root (or sudo) for apt.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+
+# command -> Debian package
+declare -A NEED=(
+  [capnp]=capnproto          # Cap'n Proto compiler: protocol/build.rs generates code at build time
+  [dnsmasq]=dnsmasq-base     # the private network's DNS server in the tests
+  [ip]=iproute2              # network namespaces for the tests' private network
+)
+missing=()
+for cmd in "${!NEED[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+    missing+=("${NEED[$cmd]}")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+for comp in clippy rustfmt; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
+    rustup component add "$comp"
+  fi
+done

@@ -120,7 +120,11 @@ impl TunnelEdge {
             .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok())
             // The connector opens only its control stream and DNS answer streams.
             .max_concurrent_bidi_streams(4u32.into())
-            .max_concurrent_uni_streams(256u32.into());
+            .max_concurrent_uni_streams(256u32.into())
+            // Windows sized for fast links: a stream may have 8 MiB in flight.
+            .stream_receive_window((8u32 * 1024 * 1024).into())
+            .receive_window((32u32 * 1024 * 1024).into())
+            .send_window(32 * 1024 * 1024);
         server.transport_config(Arc::new(transport));
         let endpoint =
             quinn::Endpoint::server(server, config.listen).map_err(|source| EdgeError::Bind {

@@ -1,0 +1,326 @@
+//! bench/tunnel: how the Warren tunnel compares with direct loopback TCP and with
+//! rathole carrying the same traffic, measured in one run on this machine.
+//!
+//! 1. Bulk: one TCP download of BENCH_BYTES (default 1 GiB) from a local source,
+//!    best of 3 runs each, interleaved.
+//! 2. Short streams: connections opened, one byte echoed, closed, by 8 clients
+//!    for 3 s each.
+//!
+//! The tunnel runs in this process (edge + connector over QUIC on loopback);
+//! rathole runs as two processes (server + client). Both use the same 2 cores.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use warren_iris::{EdgeConfig, TunnelEdge, Tunnels};
+use warren_store::{SqliteStore, Store};
+
+const RUNS: usize = 3;
+const CLIENTS: usize = 8;
+const SHORT_FOR: Duration = Duration::from_secs(3);
+
+/// How to reach the source and echo servers through one transport.
+#[derive(Clone)]
+enum Path {
+    Direct { source: SocketAddr, echo: SocketAddr },
+    Tunnel { tunnels: Tunnels, tunnel: String, source: SocketAddr, echo: SocketAddr },
+    Rathole { source: SocketAddr, echo: SocketAddr },
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Path {
+    async fn open(&self, echo: bool) -> anyhow::Result<Box<dyn Io>> {
+        Ok(match self {
+            Path::Direct { source, echo: e } | Path::Rathole { source, echo: e } => {
+                let s = TcpStream::connect(if echo { *e } else { *source }).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Path::Tunnel { tunnels, tunnel, source, echo: e } => {
+                let dest = if echo { *e } else { *source };
+                Box::new(tunnels.open_tcp(tunnel, dest, Duration::from_secs(5), "bench").await?)
+            }
+        })
+    }
+}
+
+async fn source_server(bytes: u64) -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        let block = Arc::new(vec![0x5au8; 1 << 20]);
+        while let Ok((mut s, _)) = l.accept().await {
+            let block = block.clone();
+            tokio::spawn(async move {
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if s.write_all(&block[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn echo_server() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() {
+                    let _ = s.write_all(&b).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Downloads everything from the source; returns bytes per second.
+async fn bulk(path: &Path, expect: u64) -> anyhow::Result<f64> {
+    let mut s = path.open(false).await?;
+    let start = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if got != expect {
+        bail!("received {got} of {expect} bytes");
+    }
+    Ok(got as f64 / secs)
+}
+
+/// Short echo streams by CLIENTS concurrent clients for SHORT_FOR; returns streams per second.
+async fn short_streams(path: &Path) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + SHORT_FOR;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let mut s = path.open(true).await?;
+                s.write_all(b"x").await?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+struct Rathole {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Rathole {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn rathole_keys(bin: &PathBuf) -> anyhow::Result<(String, String)> {
+    let out = Command::new(bin).arg("--genkey").output().context("rathole --genkey")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let after = |label: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(label))
+            .and_then(|i| lines.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    match (after("Private Key"), after("Public Key")) {
+        (Some(private), Some(public)) => Ok((private, public)),
+        _ => bail!("unexpected rathole --genkey output: {text}"),
+    }
+}
+
+async fn start_rathole(bin: &PathBuf, noise: bool, source: SocketAddr, echo: SocketAddr) -> anyhow::Result<(Rathole, Path)> {
+    let dir = tempfile::tempdir()?;
+    let (control, src_port, echo_port) = (free_port()?, free_port()?, free_port()?);
+    let (server_transport, client_transport) = if noise {
+        let (private, public) = rathole_keys(bin)?;
+        (
+            format!("[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
+            format!("[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let server = format!(
+        "[server]\nbind_addr = \"127.0.0.1:{control}\"\n{server_transport}\
+         [server.services.src]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{src_port}\"\nnodelay = true\n\
+         [server.services.echo]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{echo_port}\"\nnodelay = true\n"
+    );
+    let client = format!(
+        "[client]\nremote_addr = \"127.0.0.1:{control}\"\n{client_transport}\
+         [client.services.src]\ntoken = \"bench\"\nlocal_addr = \"{source}\"\nnodelay = true\n\
+         [client.services.echo]\ntoken = \"bench\"\nlocal_addr = \"{echo}\"\nnodelay = true\n"
+    );
+    std::fs::write(dir.path().join("server.toml"), server)?;
+    std::fs::write(dir.path().join("client.toml"), client)?;
+    let spawn = |mode: &str, file: &str| {
+        Command::new(bin)
+            .arg(mode)
+            .arg(dir.path().join(file))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let children = vec![spawn("--server", "server.toml")?, spawn("--client", "client.toml")?];
+    let rathole = Rathole { children, _dir: dir };
+    let path = Path::Rathole {
+        source: SocketAddr::from(([127, 0, 0, 1], src_port)),
+        echo: SocketAddr::from(([127, 0, 0, 1], echo_port)),
+    };
+    // Ready when an echo goes through.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = async {
+            let mut s = path.open(true).await?;
+            s.write_all(b"x").await?;
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut b)).await??;
+            anyhow::Ok(())
+        }
+        .await;
+        if ok.is_ok() {
+            return Ok((rathole, path));
+        }
+        if Instant::now() > deadline {
+            bail!("rathole did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_tunnel(source: SocketAddr, echo: SocketAddr) -> anyhow::Result<(tempfile::TempDir, Path)> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SqliteStore::open_in_memory()?);
+    let account = store.create_account("bench").await?;
+    let edge = TunnelEdge::bind(EdgeConfig::new("127.0.0.1:0".parse()?, dir.path().to_owned()), store.clone())?;
+    let tunnels = edge.tunnels();
+    let (tunnel, token) = warren_iris::tunnel_admin::create_tunnel(
+        store.as_ref(),
+        &account.id,
+        "bench",
+        vec![edge.local_addr()?.to_string()],
+        edge.ca().fingerprint(),
+    )
+    .await?;
+    tokio::spawn(edge.run(std::future::pending()));
+    let mut config = warren_connector::ConnectorConfig::from_token(&token)?;
+    config.metrics_addr = None;
+    tokio::spawn(warren_connector::run(config, std::future::pending()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tunnels.registry().candidates(&tunnel.id).len() < 4 {
+        if Instant::now() > deadline {
+            bail!("connector did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((
+        dir,
+        Path::Tunnel {
+            tunnels,
+            tunnel: tunnel.id,
+            source,
+            echo,
+        },
+    ))
+}
+
+fn mib(bps: f64) -> String {
+    format!("{:.0} MiB/s", bps / (1024.0 * 1024.0))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut rathole_bin = None;
+    while let Some(a) = args.next() {
+        if a == "--rathole" {
+            rathole_bin = args.next().map(PathBuf::from);
+        }
+    }
+    let rathole_bin = rathole_bin.context("--rathole PATH is required (bench/tunnel/run.sh installs it)")?;
+    let bytes: u64 = std::env::var("BENCH_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
+
+    let source = source_server(bytes).await?;
+    let echo = echo_server().await?;
+    let direct = Path::Direct { source, echo };
+    let (_tdir, tunnel) = start_tunnel(source, echo).await?;
+    let (_rt, rathole_tcp) = start_rathole(&rathole_bin, false, source, echo).await?;
+    let (_rn, rathole_noise) = start_rathole(&rathole_bin, true, source, echo).await?;
+    let paths = [
+        ("direct TCP", &direct),
+        ("warren tunnel (QUIC+TLS)", &tunnel),
+        ("rathole (TCP, plaintext)", &rathole_tcp),
+        ("rathole (Noise, encrypted)", &rathole_noise),
+    ];
+
+    println!("bench/tunnel: {} MiB download, best of {RUNS} (interleaved); {CLIENTS} clients × {SHORT_FOR:?} of short echo streams", bytes >> 20);
+    let mut best = [0f64; 4];
+    for _ in 0..RUNS {
+        for (i, (_, p)) in paths.iter().enumerate() {
+            best[i] = best[i].max(bulk(p, bytes).await?);
+        }
+    }
+    let mut rate = [0f64; 4];
+    for (i, (_, p)) in paths.iter().enumerate() {
+        rate[i] = short_streams(p).await?;
+    }
+    println!("{:<28} {:>12} {:>16}", "path", "bulk", "short streams/s");
+    for (i, (name, _)) in paths.iter().enumerate() {
+        println!("{:<28} {:>12} {:>16.0}", name, mib(best[i]), rate[i]);
+    }
+    println!("ratios (warren tunnel / peer):");
+    for (i, (name, _)) in paths.iter().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        println!("  vs {:<26} bulk {:.2}x   short streams {:.2}x", name, best[1] / best[i], rate[1] / rate[i]);
+    }
+    let goal = best[1] >= best[2].max(best[3]);
+    println!("goal (tunnel bulk >= rathole's): {}", if goal { "met" } else { "NOT met" });
+    Ok(())
+}

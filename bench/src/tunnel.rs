@@ -28,9 +28,20 @@ const SHORT_FOR: Duration = Duration::from_secs(3);
 /// How to reach the source and echo servers through one transport.
 #[derive(Clone)]
 enum Path {
-    Direct { source: SocketAddr, echo: SocketAddr },
-    Tunnel { tunnels: Tunnels, tunnel: String, source: SocketAddr, echo: SocketAddr },
-    Rathole { source: SocketAddr, echo: SocketAddr },
+    Direct {
+        source: SocketAddr,
+        echo: SocketAddr,
+    },
+    Tunnel {
+        tunnels: Tunnels,
+        tunnel: String,
+        source: SocketAddr,
+        echo: SocketAddr,
+    },
+    Rathole {
+        source: SocketAddr,
+        echo: SocketAddr,
+    },
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -44,9 +55,18 @@ impl Path {
                 s.set_nodelay(true)?;
                 Box::new(s)
             }
-            Path::Tunnel { tunnels, tunnel, source, echo: e } => {
+            Path::Tunnel {
+                tunnels,
+                tunnel,
+                source,
+                echo: e,
+            } => {
                 let dest = if echo { *e } else { *source };
-                Box::new(tunnels.open_tcp(tunnel, dest, Duration::from_secs(5), "bench").await?)
+                Box::new(
+                    tunnels
+                        .open_tcp(tunnel, dest, Duration::from_secs(5), "bench")
+                        .await?,
+                )
             }
         })
     }
@@ -153,11 +173,16 @@ impl Drop for Rathole {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn rathole_keys(bin: &PathBuf) -> anyhow::Result<(String, String)> {
-    let out = Command::new(bin).arg("--genkey").output().context("rathole --genkey")?;
+    let out = Command::new(bin)
+        .arg("--genkey")
+        .output()
+        .context("rathole --genkey")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     let after = |label: &str| {
@@ -173,14 +198,23 @@ fn rathole_keys(bin: &PathBuf) -> anyhow::Result<(String, String)> {
     }
 }
 
-async fn start_rathole(bin: &PathBuf, noise: bool, source: SocketAddr, echo: SocketAddr) -> anyhow::Result<(Rathole, Path)> {
+async fn start_rathole(
+    bin: &PathBuf,
+    noise: bool,
+    source: SocketAddr,
+    echo: SocketAddr,
+) -> anyhow::Result<(Rathole, Path)> {
     let dir = tempfile::tempdir()?;
     let (control, src_port, echo_port) = (free_port()?, free_port()?, free_port()?);
     let (server_transport, client_transport) = if noise {
         let (private, public) = rathole_keys(bin)?;
         (
-            format!("[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
-            format!("[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
+            format!(
+                "[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"
+            ),
+            format!(
+                "[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"
+            ),
         )
     } else {
         (String::new(), String::new())
@@ -206,8 +240,14 @@ async fn start_rathole(bin: &PathBuf, noise: bool, source: SocketAddr, echo: Soc
             .stderr(Stdio::null())
             .spawn()
     };
-    let children = vec![spawn("--server", "server.toml")?, spawn("--client", "client.toml")?];
-    let rathole = Rathole { children, _dir: dir };
+    let children = vec![
+        spawn("--server", "server.toml")?,
+        spawn("--client", "client.toml")?,
+    ];
+    let rathole = Rathole {
+        children,
+        _dir: dir,
+    };
     let path = Path::Rathole {
         source: SocketAddr::from(([127, 0, 0, 1], src_port)),
         echo: SocketAddr::from(([127, 0, 0, 1], echo_port)),
@@ -233,11 +273,17 @@ async fn start_rathole(bin: &PathBuf, noise: bool, source: SocketAddr, echo: Soc
     }
 }
 
-async fn start_tunnel(source: SocketAddr, echo: SocketAddr) -> anyhow::Result<(tempfile::TempDir, Path)> {
+async fn start_tunnel(
+    source: SocketAddr,
+    echo: SocketAddr,
+) -> anyhow::Result<(tempfile::TempDir, Path)> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open_in_memory()?);
     let account = store.create_account("bench").await?;
-    let edge = TunnelEdge::bind(EdgeConfig::new("127.0.0.1:0".parse()?, dir.path().to_owned()), store.clone())?;
+    let edge = TunnelEdge::bind(
+        EdgeConfig::new("127.0.0.1:0".parse()?, dir.path().to_owned()),
+        store.clone(),
+    )?;
     let tunnels = edge.tunnels();
     let (tunnel, token) = warren_iris::tunnel_admin::create_tunnel(
         store.as_ref(),
@@ -282,8 +328,12 @@ async fn main() -> anyhow::Result<()> {
             rathole_bin = args.next().map(PathBuf::from);
         }
     }
-    let rathole_bin = rathole_bin.context("--rathole PATH is required (bench/tunnel/run.sh installs it)")?;
-    let bytes: u64 = std::env::var("BENCH_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
+    let rathole_bin =
+        rathole_bin.context("--rathole PATH is required (bench/tunnel/run.sh installs it)")?;
+    let bytes: u64 = std::env::var("BENCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
 
     let source = source_server(bytes).await?;
     let echo = echo_server().await?;
@@ -298,7 +348,10 @@ async fn main() -> anyhow::Result<()> {
         ("rathole (Noise, encrypted)", &rathole_noise),
     ];
 
-    println!("bench/tunnel: {} MiB download, best of {RUNS} (interleaved); {CLIENTS} clients × {SHORT_FOR:?} of short echo streams", bytes >> 20);
+    println!(
+        "bench/tunnel: {} MiB download, best of {RUNS} (interleaved); {CLIENTS} clients × {SHORT_FOR:?} of short echo streams",
+        bytes >> 20
+    );
     let mut best = [0f64; 4];
     for _ in 0..RUNS {
         for (i, (_, p)) in paths.iter().enumerate() {
@@ -318,9 +371,17 @@ async fn main() -> anyhow::Result<()> {
         if i == 1 {
             continue;
         }
-        println!("  vs {:<26} bulk {:.2}x   short streams {:.2}x", name, best[1] / best[i], rate[1] / rate[i]);
+        println!(
+            "  vs {:<26} bulk {:.2}x   short streams {:.2}x",
+            name,
+            best[1] / best[i],
+            rate[1] / rate[i]
+        );
     }
     let goal = best[1] >= best[2].max(best[3]);
-    println!("goal (tunnel bulk >= rathole's): {}", if goal { "met" } else { "NOT met" });
+    println!(
+        "goal (tunnel bulk >= rathole's): {}",
+        if goal { "met" } else { "NOT met" }
+    );
     Ok(())
 }

@@ -75,6 +75,18 @@ async fn answer(
     send.write_all(&frame).await.map_err(io::Error::other)
 }
 
+/// Tells the edge why no connection was made, ends the stream, and returns the code.
+async fn fail(
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+    message: String,
+) -> Result<(), ErrorCode> {
+    debug!(%code, %message, "stream refused");
+    let _ = answer(send, Some(code), message).await;
+    let _ = send.finish();
+    Err(code)
+}
+
 async fn connect_and_splice(
     shared: &Shared,
     req: &ConnectRequest,
@@ -83,15 +95,8 @@ async fn connect_and_splice(
 ) -> Result<(), ErrorCode> {
     let dest = req.destination;
     if !shared.policy.allows(dest).await {
-        debug!("refused by local policy");
-        let _ = answer(
-            send,
-            Some(ErrorCode::DestinationForbidden),
-            format!("{dest} is not allowed by the connector's policy"),
-        )
-        .await;
-        let _ = send.finish();
-        return Err(ErrorCode::DestinationForbidden);
+        let why = format!("{dest} is not allowed by the connector's policy");
+        return fail(send, ErrorCode::DestinationForbidden, why).await;
     }
     let timeout = match req.timeout_ms {
         0 => shared.config.connect_timeout,
@@ -106,21 +111,11 @@ async fn connect_and_splice(
                 }
                 _ => ErrorCode::ConnectionRefused,
             };
-            debug!(error = %e, %code, "origin connect failed");
-            let _ = answer(send, Some(code), format!("connect to {dest}: {e}")).await;
-            let _ = send.finish();
-            return Err(code);
+            return fail(send, code, format!("connect to {dest}: {e}")).await;
         }
         Err(_) => {
-            debug!("origin connect timed out");
-            let _ = answer(
-                send,
-                Some(ErrorCode::ConnectionTimeout),
-                format!("connect to {dest}: no answer in {timeout:?}"),
-            )
-            .await;
-            let _ = send.finish();
-            return Err(ErrorCode::ConnectionTimeout);
+            let why = format!("connect to {dest}: no answer in {timeout:?}");
+            return fail(send, ErrorCode::ConnectionTimeout, why).await;
         }
     };
     let _ = tcp.set_nodelay(true);

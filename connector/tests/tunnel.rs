@@ -105,11 +105,12 @@ impl Connector {
     }
 
     fn log_contains(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .expect("log lock")
-            .iter()
-            .any(|l| l.contains(needle))
+        self.log_count(needle) > 0
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        let log = self.log.lock().expect("log lock");
+        log.iter().filter(|l| l.contains(needle)).count()
     }
 
     /// GET a path of the connector's local HTTP port.
@@ -190,6 +191,10 @@ impl World {
         Connector::spawn(&self.ns, &self.token.encode(), extra)
     }
 
+    fn connections(&self) -> Vec<std::sync::Arc<warren_iris::registry::LiveConnection>> {
+        self.edge.tunnels.registry().connections(&self.tunnel_id)
+    }
+
     async fn wait_registered(&self, n: usize) {
         let tunnels = self.edge.tunnels.clone();
         let id = self.tunnel_id.clone();
@@ -205,13 +210,20 @@ impl World {
         origin::serve(self.ns.bind_tcp("127.0.0.1:0").expect("origin listener")).expect("origin")
     }
 
-    async fn get(&self, dest: SocketAddr, path: &str) -> Result<(StatusCode, u64), ErrorCode> {
-        let s = self
-            .edge
+    async fn open(
+        &self,
+        dest: SocketAddr,
+        flow: &str,
+    ) -> Result<warren_iris::TunnelStream, ErrorCode> {
+        self.edge
             .tunnels
-            .open_tcp(&self.tunnel_id, dest, Duration::from_secs(5), "test")
+            .open_tcp(&self.tunnel_id, dest, Duration::from_secs(5), flow)
             .await
-            .map_err(|e| e.code)?;
+            .map_err(|e| e.code)
+    }
+
+    async fn get(&self, dest: SocketAddr, path: &str) -> Result<(StatusCode, u64), ErrorCode> {
+        let s = self.open(dest, "test").await?;
         origin::get_len(s, "origin.internal", path)
             .await
             .map_err(|_| ErrorCode::ConnectionTerminated)
@@ -259,12 +271,7 @@ async fn http_through_the_tunnel_with_private_dns() {
     );
 
     let dest = SocketAddr::new(resolved.addrs[0], origin.port());
-    let s = w
-        .edge
-        .tunnels
-        .open_tcp(&w.tunnel_id, dest, Duration::from_secs(5), "req-1")
-        .await
-        .expect("stream");
+    let s = w.open(dest, "req-1").await.expect("stream");
     let (status, body) = origin::get(s, "origin.internal", "/hello")
         .await
         .expect("response");
@@ -403,13 +410,10 @@ async fn wrong_secret_is_refused_and_not_ready() {
     let (status, body) = w_local(&c, "/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains(r#""readyConnections":0"#), "{body}");
-    assert!(
-        w.edge
-            .tunnels
-            .registry()
-            .connections(&w.tunnel_id)
-            .is_empty()
-    );
+    assert!(w.connections().is_empty());
+    // Retried slowly, not in a hot loop: one refusal per connection in the next seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.log_count("the edge refused this connector"), 2);
 }
 
 fn base64_of(bytes: &[u8]) -> String {
@@ -476,14 +480,7 @@ async fn ha_survives_losing_three_of_four_connections() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let victims: Vec<_> = w
-        .edge
-        .tunnels
-        .registry()
-        .connections(&w.tunnel_id)
-        .into_iter()
-        .take(3)
-        .collect();
+    let victims: Vec<_> = w.connections().into_iter().take(3).collect();
     let dropped: Vec<String> = victims.iter().map(|c| c.record().id.clone()).collect();
     for v in &victims {
         v.drain_and_close("test drops this connection", Duration::from_secs(5))
@@ -502,10 +499,7 @@ async fn ha_survives_losing_three_of_four_connections() {
     }
     assert!(total > 0, "requests ran");
     let now: Vec<String> = w
-        .edge
-        .tunnels
-        .registry()
-        .connections(&w.tunnel_id)
+        .connections()
         .iter()
         .map(|c| c.record().id.clone())
         .collect();
@@ -515,14 +509,7 @@ async fn ha_survives_losing_three_of_four_connections() {
     );
 
     // An abrupt loss (no draining) is survived too: the next requests use what is left.
-    for v in w
-        .edge
-        .tunnels
-        .registry()
-        .connections(&w.tunnel_id)
-        .into_iter()
-        .take(3)
-    {
+    for v in w.connections().into_iter().take(3) {
         v.close("abrupt");
     }
     for _ in 0..10 {
@@ -575,12 +562,7 @@ async fn sigterm_lets_a_transfer_finish_then_exits_zero() {
     let mut c = w.connector(&["--ha-connections".into(), "2".into()]);
     w.wait_registered(2).await;
     // 30 chunks of 64 KiB, 50 ms apart: about 1.5 s of transfer.
-    let s = w
-        .edge
-        .tunnels
-        .open_tcp(&w.tunnel_id, origin, Duration::from_secs(5), "slow")
-        .await
-        .expect("stream");
+    let s = w.open(origin, "slow").await.expect("stream");
     let transfer = tokio::spawn(origin::get_len(s, "origin.internal", "/slow/30"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.terminate();
@@ -613,12 +595,7 @@ async fn malformed_streams_are_closed_and_the_connection_carries_on() {
     let origin = w.origin();
     let _c = w.connector(&["--ha-connections".into(), "1".into()]);
     w.wait_registered(1).await;
-    let conn = w
-        .edge
-        .tunnels
-        .registry()
-        .connections(&w.tunnel_id)
-        .remove(0);
+    let conn = w.connections().remove(0);
 
     let mut oversized =
         warren_protocol::preamble::encode(warren_protocol::preamble::StreamKind::Connect).to_vec();
@@ -642,5 +619,5 @@ async fn malformed_streams_are_closed_and_the_connection_carries_on() {
     // Same connection, same process: still serving.
     assert!(conn.is_usable());
     assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
-    assert_eq!(w.edge.tunnels.registry().connections(&w.tunnel_id).len(), 1);
+    assert_eq!(w.connections().len(), 1);
 }

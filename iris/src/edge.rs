@@ -231,71 +231,19 @@ async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStre
         Ok(r) => r,
         Err(ReadError::Decode(e)) => {
             debug!(error = %e, "malformed registration");
-            refuse(
-                conn,
-                &mut send,
-                RefusalReason::Malformed,
-                "malformed registration",
-                5_000,
-            )
-            .await;
+            let refusal = (RefusalReason::Malformed, "malformed registration", 5_000);
+            refuse(conn, &mut send, refusal).await;
             return None;
         }
         Err(ReadError::Io(_)) => return None,
     };
-    let tunnel = match ctx.store.get_tunnel(&req.tunnel_id).await {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(error = %e, "store unavailable during registration");
-            refuse(
-                conn,
-                &mut send,
-                RefusalReason::Overloaded,
-                "edge storage unavailable",
-                5_000,
-            )
-            .await;
+    let record = match admit(conn, ctx, req).await {
+        Ok(r) => r,
+        Err(refusal) => {
+            refuse(conn, &mut send, refusal).await;
             return None;
         }
     };
-    let valid = tunnel.as_ref().is_some_and(|t| {
-        t.account_id == req.account_id && secret_matches(&t.secret_hash, &req.secret)
-    });
-    if !valid {
-        info!(tunnel = %req.tunnel_id, "registration refused: unknown tunnel or wrong secret");
-        refuse(
-            conn,
-            &mut send,
-            RefusalReason::BadCredentials,
-            "unknown tunnel or wrong secret: check the token",
-            30_000,
-        )
-        .await;
-        return None;
-    }
-    let record = ConnectionRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        tunnel_id: req.tunnel_id,
-        connector_id: req.connector_id,
-        client_version: req.version,
-        edge_name: ctx.config.edge_name.clone(),
-        origin_ip: conn.remote_address().ip().to_string(),
-        opened_at: rfc3339(SystemTime::now()),
-        conn_index: req.conn_index,
-        ha_connections: req.ha_connections,
-    };
-    if let Err(e) = ctx.store.put_connection(&record, ctx.config.lease).await {
-        warn!(error = %e, "could not record the connection");
-        refuse(
-            conn,
-            &mut send,
-            RefusalReason::Overloaded,
-            "edge storage unavailable",
-            5_000,
-        )
-        .await;
-        return None;
-    }
     let ok = RegisterResponse::Ok {
         connection_id: record.id.clone(),
         edge_name: record.edge_name.clone(),
@@ -311,13 +259,55 @@ async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStre
     ))
 }
 
-async fn refuse(
+/// Why a registration is refused: reason, plain words, retry-after in ms.
+type Refusal = (RefusalReason, &'static str, u32);
+
+const STORE_DOWN: Refusal = (RefusalReason::Overloaded, "edge storage unavailable", 5_000);
+
+/// Checks the credentials and records the connection.
+async fn admit(
     conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    reason: RefusalReason,
-    message: &str,
-    retry_after_ms: u32,
-) {
+    ctx: &EdgeCtx,
+    req: RegisterRequest,
+) -> Result<ConnectionRecord, Refusal> {
+    let tunnel = ctx.store.get_tunnel(&req.tunnel_id).await.map_err(|e| {
+        warn!(error = %e, "store unavailable during registration");
+        STORE_DOWN
+    })?;
+    let valid = tunnel.as_ref().is_some_and(|t| {
+        t.account_id == req.account_id && secret_matches(&t.secret_hash, &req.secret)
+    });
+    if !valid {
+        info!(tunnel = %req.tunnel_id, "registration refused: unknown tunnel or wrong secret");
+        return Err((
+            RefusalReason::BadCredentials,
+            "unknown tunnel or wrong secret: check the token",
+            30_000,
+        ));
+    }
+    let record = ConnectionRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        tunnel_id: req.tunnel_id,
+        connector_id: req.connector_id,
+        client_version: req.version,
+        edge_name: ctx.config.edge_name.clone(),
+        origin_ip: conn.remote_address().ip().to_string(),
+        opened_at: rfc3339(SystemTime::now()),
+        conn_index: req.conn_index,
+        ha_connections: req.ha_connections,
+    };
+    ctx.store
+        .put_connection(&record, ctx.config.lease)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "could not record the connection");
+            STORE_DOWN
+        })?;
+    Ok(record)
+}
+
+async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, refusal: Refusal) {
+    let (reason, message, retry_after_ms) = refusal;
     let msg = RegisterResponse::Refused {
         reason,
         message: message.to_owned(),

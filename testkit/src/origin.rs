@@ -94,9 +94,7 @@ pub fn serve(listener: TcpListener) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Sends `GET path` with `Host: host` over `io` (any byte stream, e.g. a tunnel
-/// stream) and returns the status and the body's length, reading it as it streams.
-pub async fn get_len<S>(io: S, host: &str, path: &str) -> anyhow::Result<(StatusCode, u64)>
+async fn send_get<S>(io: S, host: &str, path: &str) -> anyhow::Result<Response<Incoming>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -106,7 +104,16 @@ where
     let req = Request::get(path)
         .header("host", host)
         .body(Full::new(Bytes::new()))?;
-    let resp = sender.send_request(req).await?;
+    Ok(sender.send_request(req).await?)
+}
+
+/// Sends `GET path` with `Host: host` over `io` (any byte stream, e.g. a tunnel
+/// stream) and returns the status and the body's length, reading it as it streams.
+pub async fn get_len<S>(io: S, host: &str, path: &str) -> anyhow::Result<(StatusCode, u64)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let resp = send_get(io, host, path).await?;
     let status = resp.status();
     let mut body = resp.into_body();
     let mut len = 0u64;
@@ -123,13 +130,7 @@ pub async fn get<S>(io: S, host: &str, path: &str) -> anyhow::Result<(StatusCode
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))?;
-    let resp = sender.send_request(req).await?;
+    let resp = send_get(io, host, path).await?;
     let status = resp.status();
     Ok((status, resp.into_body().collect().await?.to_bytes()))
 }

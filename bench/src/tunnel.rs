@@ -6,8 +6,9 @@
 //! 2. Short streams: connections opened, one byte echoed, closed, by 8 clients
 //!    for 3 s each.
 //!
-//! The tunnel runs in this process (edge + connector over QUIC on loopback);
-//! rathole runs as two processes (server + client). Both use the same 2 cores.
+//! The tunnel's edge runs in this process and the real `warren-connector` binary
+//! in its own; rathole runs as two processes (server + client). All share the
+//! same cores, and the bench's client runs in this process for every path.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -158,6 +159,7 @@ async fn short_streams(path: &Path) -> anyhow::Result<f64> {
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Child processes killed on drop (rathole's server and client, the connector).
 struct Rathole {
     children: Vec<Child>,
     _dir: tempfile::TempDir,
@@ -274,9 +276,10 @@ async fn start_rathole(
 }
 
 async fn start_tunnel(
+    connector_bin: &PathBuf,
     source: SocketAddr,
     echo: SocketAddr,
-) -> anyhow::Result<(tempfile::TempDir, Path)> {
+) -> anyhow::Result<(tempfile::TempDir, Rathole, Path)> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open_in_memory()?);
     let account = store.create_account("bench").await?;
@@ -294,9 +297,15 @@ async fn start_tunnel(
     )
     .await?;
     tokio::spawn(edge.run(std::future::pending()));
-    let mut config = warren_connector::ConnectorConfig::from_token(&token)?;
-    config.metrics_addr = None;
-    tokio::spawn(warren_connector::run(config, std::future::pending()));
+    // The real connector binary, in its own process (as rathole's client is).
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(connector_bin)
+        .args(["run", "--metrics", &metrics])
+        .env("WARREN_TUNNEL_TOKEN", token.encode())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", connector_bin.display()))?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while tunnels.registry().candidates(&tunnel.id).len() < 4 {
         if Instant::now() > deadline {
@@ -304,8 +313,13 @@ async fn start_tunnel(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let guard = Rathole {
+        children: vec![child],
+        _dir: tempfile::tempdir()?,
+    };
     Ok((
         dir,
+        guard,
         Path::Tunnel {
             tunnels,
             tunnel: tunnel.id,
@@ -323,9 +337,14 @@ fn mib(bps: f64) -> String {
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut rathole_bin = None;
+    let mut connector_bin = PathBuf::from("target/release/warren-connector");
     while let Some(a) = args.next() {
-        if a == "--rathole" {
-            rathole_bin = args.next().map(PathBuf::from);
+        match a.as_str() {
+            "--rathole" => rathole_bin = args.next().map(PathBuf::from),
+            "--connector" => {
+                connector_bin = args.next().map(PathBuf::from).context("--connector PATH")?
+            }
+            other => bail!("unknown argument {other}"),
         }
     }
     let rathole_bin =
@@ -338,7 +357,7 @@ async fn main() -> anyhow::Result<()> {
     let source = source_server(bytes).await?;
     let echo = echo_server().await?;
     let direct = Path::Direct { source, echo };
-    let (_tdir, tunnel) = start_tunnel(source, echo).await?;
+    let (_tdir, _connector, tunnel) = start_tunnel(&connector_bin, source, echo).await?;
     let (_rt, rathole_tcp) = start_rathole(&rathole_bin, false, source, echo).await?;
     let (_rn, rathole_noise) = start_rathole(&rathole_bin, true, source, echo).await?;
     let paths = [
@@ -357,6 +376,18 @@ async fn main() -> anyhow::Result<()> {
         for (i, (_, p)) in paths.iter().enumerate() {
             best[i] = best[i].max(bulk(p, bytes).await?);
         }
+    }
+    if let Path::Tunnel {
+        tunnels, tunnel, ..
+    } = &tunnel
+    {
+        let mtus: Vec<u16> = tunnels
+            .registry()
+            .connections(tunnel)
+            .iter()
+            .map(|c| c.path_mtu())
+            .collect();
+        println!("tunnel connections' path MTU: {mtus:?}");
     }
     let mut rate = [0f64; 4];
     for (i, (_, p)) in paths.iter().enumerate() {

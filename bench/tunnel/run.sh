@@ -12,5 +12,5 @@ if [ ! -x "$WORK/bin/rathole" ]; then
   # Not --locked: rathole 0.5's lockfile pins a `time` that newer compilers reject.
   cargo install --root "$WORK" rathole --version '^0.5' --no-default-features --features server,client,noise
 fi
-cargo build --release --locked -p warren-bench --bin bench-tunnel
-exec target/release/bench-tunnel --rathole "$WORK/bin/rathole" "$@"
+cargo build --release --locked -p warren-bench --bin bench-tunnel -p warren-connector --bin warren-connector
+exec target/release/bench-tunnel --rathole "$WORK/bin/rathole" --connector target/release/warren-connector "$@"

@@ -5,9 +5,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{Instrument, debug, info_span};
 use warren_protocol::ErrorCode;
 use warren_protocol::io::{read_message, read_preamble};
@@ -21,7 +23,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest connect timeout the edge may ask for.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Copy buffer per direction.
-const BUF: usize = 64 * 1024;
+const BUF: usize = 128 * 1024;
 
 /// Serves one data stream to completion.
 pub async fn serve_stream(
@@ -133,8 +135,8 @@ async fn connect_and_splice(
         .bytes
         .get_or_create(&vec![("direction", "from_origin")])
         .clone();
-    let up = copy_counted(recv, tcp_w, to_origin);
-    let down = copy_counted(tcp_r, send, from_origin);
+    let up = quic_to_tcp(recv, tcp_w, to_origin);
+    let down = tcp_to_quic(tcp_r, send, from_origin);
     match tokio::try_join!(up, down) {
         Ok(_) => Ok(()),
         Err(e) => {
@@ -144,22 +146,42 @@ async fn connect_and_splice(
     }
 }
 
-/// Copies `r` to `w` until EOF, then shuts `w` down (FIN / QUIC stream finish).
-async fn copy_counted<R, W>(mut r: R, mut w: W, counter: Counter) -> io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF];
+/// Origin → edge until the origin's FIN, then finishes the QUIC stream. Each read
+/// is handed to quinn as it is (no second copy); memory stays bounded by one
+/// buffer plus the stream's flow-control window.
+async fn tcp_to_quic(
+    mut tcp: OwnedReadHalf,
+    send: &mut quinn::SendStream,
+    counter: Counter,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        let n = r.read(&mut buf).await?;
+        let mut buf = BytesMut::with_capacity(BUF);
+        let n = tcp.read_buf(&mut buf).await?;
         if n == 0 {
-            w.shutdown().await?;
+            send.finish().map_err(io::Error::other)?;
             return Ok(total);
         }
-        w.write_all(&buf[..n]).await?;
+        send.write_chunk(buf.freeze())
+            .await
+            .map_err(io::Error::other)?;
         counter.inc_by(n as u64);
         total += n as u64;
     }
+}
+
+/// Edge → origin until the edge finishes its stream, then sends FIN to the origin.
+async fn quic_to_tcp(
+    mut recv: quinn::RecvStream,
+    mut tcp: OwnedWriteHalf,
+    counter: Counter,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(BUF, true).await.map_err(io::Error::other)? {
+        tcp.write_all(&chunk.bytes).await?;
+        counter.inc_by(chunk.bytes.len() as u64);
+        total += chunk.bytes.len() as u64;
+    }
+    tcp.shutdown().await?;
+    Ok(total)
 }

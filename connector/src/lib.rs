@@ -110,10 +110,7 @@ fn transport() -> quinn::TransportConfig {
     t.keep_alive_interval(Some(Duration::from_secs(5)))
         .max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(15)).ok())
         .max_concurrent_bidi_streams(4096u32.into())
-        .max_concurrent_uni_streams(16u32.into())
-        .stream_receive_window((8u32 * 1024 * 1024).into())
-        .receive_window((32u32 * 1024 * 1024).into())
-        .send_window(32 * 1024 * 1024);
+        .max_concurrent_uni_streams(16u32.into());
     t
 }
 

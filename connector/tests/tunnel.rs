@@ -621,3 +621,84 @@ async fn malformed_streams_are_closed_and_the_connection_carries_on() {
     assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
     assert_eq!(w.connections().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_another_edge_ca_is_refused_by_the_connector() {
+    let w = World::new().await;
+    let mut other = w.token.clone();
+    other.ca_sha256 = "0f".repeat(32);
+    let c = Connector::spawn(
+        &w.ns,
+        &other.encode(),
+        &["--ha-connections".into(), "1".into()],
+    );
+    wait_for("the certificate refusal in the log", LONG, || async {
+        c.log_contains("not issued by the CA pinned in the token")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        w.connections().is_empty(),
+        "nothing registered with an unverified edge"
+    );
+    assert_eq!(
+        w_local(&c, "/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_reaches_the_origin_and_the_answer_comes_back() {
+    let w = World::new().await;
+    // An origin that reads until EOF, then answers with the byte count and closes.
+    let listener = w.ns.bind_tcp("127.0.0.1:0").expect("listener");
+    let origin = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                if s.read_to_end(&mut all).await.is_ok() {
+                    let _ = s
+                        .write_all(format!("got {} bytes", all.len()).as_bytes())
+                        .await;
+                }
+            });
+        }
+    });
+    let _c = w.connector(&["--ha-connections".into(), "1".into()]);
+    w.wait_registered(1).await;
+    let mut s = w.open(origin, "half-close").await.expect("stream");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(&vec![7u8; 300_000]).await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .expect("answer arrives")
+        .expect("read");
+    assert_eq!(answer, "got 300000 bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_answer_too_large_for_a_datagram_arrives_whole() {
+    let w = World::new().await;
+    let ips: Vec<IpAddr> = (1..=120u8).map(|i| IpAddr::from([10, 77, 0, i])).collect();
+    let records: Vec<(&str, IpAddr)> = ips.iter().map(|ip| ("big.internal", *ip)).collect();
+    let dns = Dnsmasq::start(&w.ns, "127.0.0.53".parse().expect("ip"), &records).expect("dnsmasq");
+    let _c = w.connector(&[
+        "--ha-connections".into(),
+        "1".into(),
+        "--dns-resolver".into(),
+        dns.addr().to_string(),
+    ]);
+    w.wait_registered(1).await;
+    // 120 A records: truncated over UDP (retried over TCP by the connector) and
+    // larger than a QUIC datagram (carried back on a stream).
+    let r = resolve(&w.edge.tunnels, &w.tunnel_id, None, "big.internal")
+        .await
+        .expect("resolves");
+    let mut got = r.addrs.clone();
+    got.sort();
+    assert_eq!(got, ips);
+}

@@ -58,6 +58,11 @@ impl LiveConnection {
             .close(quinn::VarInt::from_u32(1), reason.as_bytes());
     }
 
+    /// The path MTU the QUIC connection has discovered (bytes of UDP payload).
+    pub fn path_mtu(&self) -> u16 {
+        self.conn.stats().path.current_mtu
+    }
+
     /// Data streams in flight on this connection.
     pub fn active_streams(&self) -> usize {
         self.active_streams.load(Ordering::Acquire)

@@ -3,8 +3,8 @@
 //! This crate holds the tunnel edge: the QUIC listener connectors dial
 //! ([`edge`]), the registry of live connections per tunnel ([`registry`]), the
 //! operations the VPC router performs through a tunnel ([`tunnels`]: open a TCP
-//! stream, ask a DNS question) and name resolution through the tunnel
-//! ([`resolve`]). The CONNECT front door and the API arrive with the VPC router
+//! stream, ask a DNS question), name resolution through the tunnel
+//! ([`resolve`]) and its cache ([`dns_cache`]). The CONNECT front door and the API arrive with the VPC router
 //! issue and sit on top of these.
 //!
 //! Module order follows a request: [`edge`] accepts connections →
@@ -12,6 +12,7 @@
 //! [`tunnels`] opens the data stream.
 
 pub mod ca;
+pub mod dns_cache;
 pub mod edge;
 pub mod registry;
 pub mod resolve;

@@ -42,8 +42,8 @@ pub fn build_query(name: &Name, rtype: RecordType, id: u16) -> Result<Vec<u8>, P
 /// What one answer said.
 enum Answer {
     Addrs(Vec<IpAddr>, u32),
-    /// NXDOMAIN: the name does not exist.
-    NoSuchName,
+    /// NXDOMAIN: the name does not exist (with the SOA rule's negative TTL).
+    NoSuchName(u32),
 }
 
 fn parse_answer(raw: &[u8], id: u16, host: &str) -> Result<Answer, ProxyError> {
@@ -62,7 +62,7 @@ fn parse_answer(raw: &[u8], id: u16, host: &str) -> Result<Answer, ProxyError> {
         .unwrap_or(0);
     match msg.response_code() {
         ResponseCode::NoError => {}
-        ResponseCode::NXDomain => return Ok(Answer::NoSuchName),
+        ResponseCode::NXDomain => return Ok(Answer::NoSuchName(soa_ttl)),
         other => return Err(dns_error(format!("resolver answered {other} for {host}"))),
     }
     let mut addrs = Vec::new();
@@ -82,6 +82,17 @@ fn parse_answer(raw: &[u8], id: u16, host: &str) -> Result<Answer, ProxyError> {
     Ok(Answer::Addrs(addrs, ttl))
 }
 
+/// A name that did not resolve, and whether the failure may be remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    /// The error callers see (`dns_error`, or the tunnel's own code).
+    pub error: ProxyError,
+    /// For an authoritative "no such name / no address" answer, how long it may be
+    /// cached (RFC 2308: the SOA's minimum, capped by the SOA record's TTL; zero
+    /// without an SOA). `None` for failures worth retrying at once.
+    pub negative_ttl: Option<Duration>,
+}
+
 /// Resolves `host` inside the tunnel's network, asking `resolver` (or the
 /// connector's default). An IP literal is returned as it is.
 pub async fn resolve(
@@ -90,6 +101,18 @@ pub async fn resolve(
     resolver: Option<SocketAddr>,
     host: &str,
 ) -> Result<Resolution, ProxyError> {
+    lookup(tunnels, tunnel_id, resolver, host)
+        .await
+        .map_err(|u| u.error)
+}
+
+/// Like [`resolve`], keeping what a cache needs to know about a failure.
+pub async fn lookup(
+    tunnels: &Tunnels,
+    tunnel_id: &str,
+    resolver: Option<SocketAddr>,
+    host: &str,
+) -> Result<Resolution, Unresolved> {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = literal.parse::<IpAddr>() {
         return Ok(Resolution {
@@ -97,12 +120,17 @@ pub async fn resolve(
             ttl: Duration::MAX,
         });
     }
-    let mut name =
-        Name::from_ascii(host).map_err(|e| dns_error(format!("invalid hostname {host:?}: {e}")))?;
+    let transient = |error| Unresolved {
+        error,
+        negative_ttl: None,
+    };
+    let mut name = Name::from_ascii(host)
+        .map_err(|e| dns_error(format!("invalid hostname {host:?}: {e}")))
+        .map_err(transient)?;
     name.set_fqdn(true);
     let (id_a, id_aaaa) = (rand::random::<u16>(), rand::random::<u16>());
-    let q_a = build_query(&name, RecordType::A, id_a)?;
-    let q_aaaa = build_query(&name, RecordType::AAAA, id_aaaa)?;
+    let q_a = build_query(&name, RecordType::A, id_a).map_err(transient)?;
+    let q_aaaa = build_query(&name, RecordType::AAAA, id_aaaa).map_err(transient)?;
     let (a, aaaa) = tokio::join!(
         tunnels.dns_query(tunnel_id, resolver, q_a),
         tunnels.dns_query(tunnel_id, resolver, q_aaaa)
@@ -111,27 +139,34 @@ pub async fn resolve(
     let aaaa = aaaa.and_then(|raw| parse_answer(&raw, id_aaaa, host));
     let mut addrs = Vec::new();
     let mut ttl = u32::MAX;
+    let mut negative_ttl = Some(u32::MAX);
     let mut first_err = None;
     for answer in [a, aaaa] {
         match answer {
             Ok(Answer::Addrs(found, t)) => {
-                if !found.is_empty() {
+                if found.is_empty() {
+                    negative_ttl = negative_ttl.map(|n| n.min(t));
+                } else {
                     ttl = ttl.min(t);
                 }
                 addrs.extend(found);
             }
-            Ok(Answer::NoSuchName) => {
+            Ok(Answer::NoSuchName(t)) => {
+                negative_ttl = negative_ttl.map(|n| n.min(t));
                 first_err.get_or_insert(dns_error(format!("NXDOMAIN: {host} does not exist")));
             }
             Err(e) => {
+                negative_ttl = None;
                 first_err.get_or_insert(e);
             }
         }
     }
     if addrs.is_empty() {
-        return Err(
-            first_err.unwrap_or_else(|| dns_error(format!("{host} has no A or AAAA records")))
-        );
+        return Err(Unresolved {
+            error: first_err
+                .unwrap_or_else(|| dns_error(format!("{host} has no A or AAAA records"))),
+            negative_ttl: negative_ttl.map(|n| Duration::from_secs(u64::from(n))),
+        });
     }
     Ok(Resolution {
         addrs,
@@ -183,12 +218,12 @@ mod tests {
         assert!(
             matches!(parse_answer(&raw, 9, "x.internal"), Ok(Answer::Addrs(a, 45)) if a.is_empty())
         );
-        let raw = response(4, ResponseCode::NXDomain)
-            .to_vec()
-            .expect("encode");
+        let mut nx = response(4, ResponseCode::NXDomain);
+        nx.add_name_servers(m.name_servers().to_vec());
+        let raw = nx.to_vec().expect("encode");
         assert!(matches!(
             parse_answer(&raw, 4, "x.internal"),
-            Ok(Answer::NoSuchName)
+            Ok(Answer::NoSuchName(45))
         ));
     }
 

@@ -19,11 +19,22 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq in `ns` on `listen:53` with `records` as `(name, ip)` pairs.
+    /// Starts dnsmasq in `ns` on `listen:53` with `records` as `(name, ip)` pairs,
+    /// answered with a TTL of 30 s.
     pub fn start(
         ns: &NetNs,
         listen: IpAddr,
         records: &[(&str, IpAddr)],
+    ) -> anyhow::Result<Dnsmasq> {
+        Self::start_with_ttl(ns, listen, records, 30)
+    }
+
+    /// Like [`Dnsmasq::start`], answering (and denying) with TTL `ttl` seconds.
+    pub fn start_with_ttl(
+        ns: &NetNs,
+        listen: IpAddr,
+        records: &[(&str, IpAddr)],
+        ttl: u32,
     ) -> anyhow::Result<Dnsmasq> {
         let mut cmd = ns.command("dnsmasq");
         cmd.args([
@@ -35,10 +46,11 @@ impl Dnsmasq {
             "--log-queries",
             "--log-facility=-",
             "--local=/internal/",
-            "--local-ttl=30",
             "--user=root",
         ]);
         cmd.arg(format!("--listen-address={listen}"));
+        cmd.arg(format!("--local-ttl={ttl}"));
+        cmd.arg(format!("--neg-ttl={ttl}"));
         for (name, ip) in records {
             cmd.arg(format!("--host-record={name},{ip}"));
         }

@@ -7,6 +7,7 @@
 //! a [`Store::watch`] channel so caches can be invalidated.
 
 mod secret;
+mod service;
 mod sqlite;
 
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 pub use secret::{hash_secret, secret_matches};
+pub use service::{CertVerificationMode, ServiceHost, ServiceType, VpcService};
 pub use sqlite::SqliteStore;
 
 /// An account: the owner of tunnels, services and workers.
@@ -76,6 +78,8 @@ pub enum Change {
     Tunnel(String),
     /// The live connections of a tunnel changed.
     Connections(String),
+    /// A VPC service was created, replaced or deleted.
+    Service(String),
 }
 
 /// Why a store operation failed.
@@ -124,6 +128,19 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_connection(&self, connection_id: &str) -> StoreResult<()>;
     /// The unexpired connections of a tunnel.
     async fn list_connections(&self, tunnel_id: &str) -> StoreResult<Vec<ConnectionRecord>>;
+
+    /// Stores a new VPC service (its `id` and times are set by the caller).
+    async fn create_service(&self, service: &VpcService) -> StoreResult<()>;
+    /// Looks a service up by id (any account: callers check ownership).
+    async fn get_service(&self, service_id: &str) -> StoreResult<Option<VpcService>>;
+    /// The services of an account, oldest first.
+    async fn list_services(&self, account_id: &str) -> StoreResult<Vec<VpcService>>;
+    /// Replaces a service of the account; `false` when it does not exist there.
+    async fn replace_service(&self, service: &VpcService) -> StoreResult<bool>;
+    /// Deletes a service of the account; `false` when it does not exist there.
+    async fn delete_service(&self, account_id: &str, service_id: &str) -> StoreResult<bool>;
+    /// How many services name a tunnel (a tunnel they name cannot be deleted).
+    async fn services_using_tunnel(&self, tunnel_id: &str) -> StoreResult<usize>;
 
     /// Subscribes to changes made through this store.
     fn watch(&self) -> broadcast::Receiver<Change>;

@@ -8,10 +8,13 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
-use crate::{Account, Change, ConnectionRecord, Store, StoreError, StoreResult, Tunnel, rfc3339};
+use crate::{
+    Account, Change, ConnectionRecord, Store, StoreError, StoreResult, Tunnel, VpcService, rfc3339,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id         TEXT PRIMARY KEY,
     name       TEXT NOT NULL,
@@ -39,7 +42,19 @@ CREATE TABLE connections (
     expires_at_ms  INTEGER NOT NULL
 );
 CREATE INDEX connections_by_tunnel ON connections(tunnel_id);
-"#];
+"#,
+    r#"
+CREATE TABLE services (
+    id         TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    tunnel_id  TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body       TEXT NOT NULL
+);
+CREATE INDEX services_by_account ON services(account_id, created_at);
+CREATE INDEX services_by_tunnel ON services(tunnel_id);
+"#,
+];
 
 /// The embedded store: SQLite in a file (or in memory for tests).
 #[derive(Clone)]
@@ -352,6 +367,99 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_service(&self, service: &VpcService) -> StoreResult<()> {
+        let body = serde_json::to_string(service).map_err(backend)?;
+        let v = service.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO services (id, account_id, tunnel_id, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![v.id, v.account_id, v.host.tunnel_id(), v.created_at, body],
+            )
+        })
+        .await?;
+        self.publish(Change::Service(service.id.clone()));
+        Ok(())
+    }
+
+    async fn get_service(&self, service_id: &str) -> StoreResult<Option<VpcService>> {
+        let id = service_id.to_owned();
+        let body: Option<String> = self
+            .with(move |c| {
+                c.query_row("SELECT body FROM services WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()
+            })
+            .await?;
+        body.map(|b| serde_json::from_str(&b).map_err(backend))
+            .transpose()
+    }
+
+    async fn list_services(&self, account_id: &str) -> StoreResult<Vec<VpcService>> {
+        let account = account_id.to_owned();
+        let bodies: Vec<String> = self
+            .with(move |c| {
+                let mut st = c.prepare(
+                    "SELECT body FROM services WHERE account_id = ?1 ORDER BY created_at, id",
+                )?;
+                let rows = st.query_map([account], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(backend))
+            .collect()
+    }
+
+    async fn replace_service(&self, service: &VpcService) -> StoreResult<bool> {
+        let body = serde_json::to_string(service).map_err(backend)?;
+        let v = service.clone();
+        let replaced = self
+            .with(move |c| {
+                c.execute(
+                    "UPDATE services SET tunnel_id = ?3, body = ?4 WHERE id = ?1 AND account_id = ?2",
+                    params![v.id, v.account_id, v.host.tunnel_id(), body],
+                )
+            })
+            .await?
+            > 0;
+        if replaced {
+            self.publish(Change::Service(service.id.clone()));
+        }
+        Ok(replaced)
+    }
+
+    async fn delete_service(&self, account_id: &str, service_id: &str) -> StoreResult<bool> {
+        let (account, id) = (account_id.to_owned(), service_id.to_owned());
+        let deleted = self
+            .with(move |c| {
+                c.execute(
+                    "DELETE FROM services WHERE id = ?1 AND account_id = ?2",
+                    params![id, account],
+                )
+            })
+            .await?
+            > 0;
+        if deleted {
+            self.publish(Change::Service(service_id.to_owned()));
+        }
+        Ok(deleted)
+    }
+
+    async fn services_using_tunnel(&self, tunnel_id: &str) -> StoreResult<usize> {
+        let id = tunnel_id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM services WHERE tunnel_id = ?1",
+                [id],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n as usize)
+    }
+
     fn watch(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
@@ -403,6 +511,60 @@ mod tests {
                 .expect("delete")
         );
         assert_eq!(s.get_tunnel(&tunnel.id).await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn services_are_stored_replaced_and_deleted_within_their_account() {
+        use crate::{CertVerificationMode, ServiceHost, ServiceType};
+        let s = SqliteStore::open_in_memory().expect("open");
+        let a = s.create_account("demo").await.expect("account");
+        let mut watch = s.watch();
+        let mut svc = VpcService {
+            id: "svc-1".into(),
+            account_id: a.id.clone(),
+            name: "inventory".into(),
+            service_type: ServiceType::Http,
+            http_port: Some(80),
+            https_port: None,
+            tcp_port: None,
+            host: ServiceHost::Hostname {
+                hostname: "inventory.internal".into(),
+                tunnel_id: "tun-1".into(),
+                resolver_ips: vec!["10.0.0.2".parse().expect("ip")],
+            },
+            cert_verification_mode: CertVerificationMode::VerifyFull,
+            created_at: rfc3339(SystemTime::now()),
+            updated_at: rfc3339(SystemTime::now()),
+        };
+        s.create_service(&svc).await.expect("create");
+        assert_eq!(
+            watch.recv().await.expect("change"),
+            Change::Service("svc-1".into())
+        );
+        assert_eq!(
+            s.get_service("svc-1").await.expect("get"),
+            Some(svc.clone())
+        );
+        assert_eq!(s.services_using_tunnel("tun-1").await.expect("count"), 1);
+        svc.host = ServiceHost::Addresses {
+            ipv4: Some("10.0.0.9".parse().expect("ip")),
+            ipv6: None,
+            tunnel_id: "tun-2".into(),
+        };
+        assert!(s.replace_service(&svc).await.expect("replace"));
+        assert_eq!(s.services_using_tunnel("tun-1").await.expect("count"), 0);
+        assert_eq!(
+            s.list_services(&a.id).await.expect("list"),
+            vec![svc.clone()]
+        );
+        let foreign = VpcService {
+            account_id: "other".into(),
+            ..svc.clone()
+        };
+        assert!(!s.replace_service(&foreign).await.expect("replace"));
+        assert!(!s.delete_service("other", "svc-1").await.expect("delete"));
+        assert!(s.delete_service(&a.id, "svc-1").await.expect("delete"));
+        assert_eq!(s.get_service("svc-1").await.expect("get"), None);
     }
 
     #[tokio::test]

@@ -12,13 +12,16 @@
 //! [`tunnels`] opens the data stream.
 
 pub mod ca;
+pub mod connect;
 pub mod dns_cache;
 pub mod edge;
+pub mod origin_tls;
 pub mod registry;
 pub mod resolve;
 pub mod tunnel_admin;
 pub mod tunnels;
 
 pub use ca::EdgeCa;
+pub use connect::{FrontDoor, FrontDoorConfig};
 pub use edge::{EdgeConfig, TunnelEdge};
 pub use tunnels::{TunnelStream, Tunnels};

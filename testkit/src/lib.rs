@@ -6,6 +6,7 @@
 pub mod dnsmasq;
 pub mod netns;
 pub mod origin;
+pub mod tls;
 
 use std::time::Duration;
 

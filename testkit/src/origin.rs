@@ -45,11 +45,16 @@ fn chunks(count: u64, chunk: usize, delay: Duration, total: u64) -> Body {
     StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(local: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match (req.method().as_str(), parts.as_slice()) {
         ("GET", ["hello"]) => Response::new(full("hello from origin")),
+        ("GET", ["addr"]) => Response::new(
+            Full::new(Bytes::from(local.to_string()))
+                .map_err(|e| match e {})
+                .boxed(),
+        ),
         ("GET", ["bytes", n]) => match n.parse::<u64>() {
             Ok(n) => Response::new(chunks(u64::MAX, 64 * 1024, Duration::ZERO, n)),
             Err(_) => bad(),
@@ -79,14 +84,38 @@ fn bad() -> Response<Body> {
     r
 }
 
-/// Serves the test routes on `listener` (in a background task) and returns its address.
+/// Serves the test routes on `listener` (in a background task) and returns its
+/// address. `GET /addr` answers with that address, to tell origins apart.
 pub fn serve(listener: TcpListener) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .serve_connection(TokioIo::new(stream), service_fn(move |r| handle(addr, r)))
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Like [`serve`], over TLS with `config` (see [`crate::tls`]).
+pub fn serve_tls(
+    listener: TcpListener,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service_fn(move |r| handle(addr, r)))
                     .await;
             });
         }

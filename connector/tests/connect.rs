@@ -1,0 +1,439 @@
+//! The CONNECT front door end to end: a client asks iris for a VPC service by
+//! id and speaks HTTP to a private origin (in the test's namespace, reached
+//! only through the connector), with DNS answered by dnsmasq inside.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
+use warren_iris::origin_tls::OriginTls;
+use warren_iris::{FrontDoor, FrontDoorConfig};
+use warren_store::{CertVerificationMode, ServiceHost, ServiceType, Store, VpcService, rfc3339};
+use warren_testkit::dnsmasq::Dnsmasq;
+use warren_testkit::origin;
+use warren_testkit::tls::{TestCa, self_signed};
+
+const SECRET: &str = "internal-secret-for-tests";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip literal")
+}
+
+/// A world with a connector, a front door trusting `origin_ca`, and the account id.
+async fn setup(
+    connector_args: &[String],
+    origin_ca: &[rustls::pki_types::CertificateDer<'static>],
+) -> (World, Connector, SocketAddr, String) {
+    let w = World::new().await;
+    let c = w.connector(connector_args);
+    w.wait_registered(1).await;
+    let account = w
+        .store
+        .get_tunnel(&w.tunnel_id)
+        .await
+        .expect("store")
+        .expect("tunnel")
+        .account_id;
+    let dns = Arc::new(DnsCache::new(
+        w.edge.tunnels.clone(),
+        DnsCacheConfig::default(),
+    ));
+    let door = FrontDoor::new(
+        w.store.clone(),
+        w.edge.tunnels.clone(),
+        dns,
+        OriginTls::new(origin_ca).expect("origin tls"),
+        FrontDoorConfig {
+            secret: SECRET.into(),
+            attempt_timeout: Duration::from_secs(2),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(door.serve(listener, std::future::pending()));
+    (w, c, addr, account)
+}
+
+async fn add_service(
+    w: &World,
+    account: &str,
+    host: ServiceHost,
+    http: Option<u16>,
+    https: Option<u16>,
+    mode: CertVerificationMode,
+) -> VpcService {
+    let now = rfc3339(SystemTime::now());
+    let s = VpcService {
+        id: uuid::Uuid::new_v4().to_string(),
+        account_id: account.to_owned(),
+        name: "svc".into(),
+        service_type: ServiceType::Http,
+        http_port: http,
+        https_port: https,
+        tcp_port: None,
+        host,
+        cert_verification_mode: mode,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    w.store.create_service(&s).await.expect("create service");
+    s
+}
+
+fn hostname(name: &str, w: &World, resolvers: &[&str]) -> ServiceHost {
+    ServiceHost::Hostname {
+        hostname: name.into(),
+        tunnel_id: w.tunnel_id.clone(),
+        resolver_ips: resolvers.iter().map(|r| ip(r)).collect(),
+    }
+}
+
+/// Sends CONNECT; on 200 returns the tunnel, else the status and the error code header.
+async fn connect(
+    front: SocketAddr,
+    secret: &str,
+    service: &str,
+    account: &str,
+    scheme: &str,
+    host: &str,
+) -> Result<TcpStream, (StatusCode, Option<String>)> {
+    let mut s = TcpStream::connect(front).await.expect("front door");
+    let req = format!(
+        "CONNECT {service}:443 HTTP/1.1\r\nHost: {service}:443\r\nProxy-Authorization: Bearer {secret}\r\n\
+         warren-account: {account}\r\nwarren-scheme: {scheme}\r\nwarren-host: {host}\r\nwarren-request-id: t-1\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut b).await.expect("read");
+        assert!(
+            n == 1,
+            "front door closed mid-answer: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let status = StatusCode::from_u16(status).expect("status");
+    if status == StatusCode::OK {
+        return Ok(s);
+    }
+    let code = head
+        .lines()
+        .find_map(|l| l.strip_prefix("warren-proxy-error: "))
+        .map(str::to_owned);
+    Err((status, code))
+}
+
+async fn fetch(s: TcpStream, host: &str, path: &str) -> (StatusCode, String) {
+    let (status, body) = origin::get(s, host, path)
+        .await
+        .expect("http through CONNECT");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn code(r: Result<TcpStream, (StatusCode, Option<String>)>) -> (StatusCode, Option<String>) {
+    r.expect_err("CONNECT must fail")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_by_hostname_ipv4_and_ipv6() {
+    let (w, _c, front, account) = setup(&["--ha-connections".into(), "1".into()], &[]).await;
+    let v4 = origin::serve(w.ns.bind_tcp("127.0.0.1:0").expect("listener")).expect("origin");
+    let v6 = origin::serve(
+        w.ns.bind_tcp(&format!("[::1]:{}", v4.port()))
+            .expect("listener"),
+    )
+    .expect("origin");
+    let dns = Dnsmasq::start(&w.ns, ip("127.0.0.53"), &[("inventory.internal", v4.ip())])
+        .expect("dnsmasq");
+    let by_name = add_service(
+        &w,
+        &account,
+        hostname("inventory.internal", &w, &["127.0.0.53"]),
+        Some(v4.port()),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let s = connect(
+        front,
+        SECRET,
+        &by_name.id,
+        &account,
+        "http",
+        "inventory.internal",
+    )
+    .await
+    .expect("CONNECT");
+    assert_eq!(
+        fetch(s, "inventory.internal", "/hello").await,
+        (StatusCode::OK, "hello from origin".into())
+    );
+    assert_eq!(dns.queries_for("inventory.internal"), 2);
+
+    let by_v4 = ServiceHost::Addresses {
+        ipv4: Some("127.0.0.1".parse().expect("ip")),
+        ipv6: None,
+        tunnel_id: w.tunnel_id.clone(),
+    };
+    let svc = add_service(
+        &w,
+        &account,
+        by_v4,
+        Some(v4.port()),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let s = connect(front, SECRET, &svc.id, &account, "http", "127.0.0.1")
+        .await
+        .expect("CONNECT");
+    assert_eq!(
+        fetch(s, "127.0.0.1", "/addr").await,
+        (StatusCode::OK, v4.to_string())
+    );
+
+    let by_v6 = ServiceHost::Addresses {
+        ipv4: None,
+        ipv6: Some("::1".parse().expect("ip")),
+        tunnel_id: w.tunnel_id.clone(),
+    };
+    let svc = add_service(
+        &w,
+        &account,
+        by_v6,
+        Some(v4.port()),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let s = connect(front, SECRET, &svc.id, &account, "http", "[::1]")
+        .await
+        .expect("CONNECT");
+    assert_eq!(
+        fetch(s, "[::1]", "/addr").await,
+        (StatusCode::OK, v6.to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolver_ips_are_honoured_and_a_service_update_applies_at_once() {
+    let (w, _c, front, account) = setup(&["--ha-connections".into(), "1".into()], &[]).await;
+    let a = origin::serve(w.ns.bind_tcp("127.0.0.1:0").expect("listener")).expect("origin a");
+    let b = origin::serve(
+        w.ns.bind_tcp(&format!("127.0.0.2:{}", a.port()))
+            .expect("listener"),
+    )
+    .expect("origin b");
+    let _dns_a =
+        Dnsmasq::start(&w.ns, ip("127.0.0.53"), &[("app.internal", a.ip())]).expect("dnsmasq a");
+    let _dns_b =
+        Dnsmasq::start(&w.ns, ip("127.0.0.54"), &[("app.internal", b.ip())]).expect("dnsmasq b");
+    let mut svc = add_service(
+        &w,
+        &account,
+        hostname("app.internal", &w, &["127.0.0.54"]),
+        Some(a.port()),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let s = connect(front, SECRET, &svc.id, &account, "http", "app.internal")
+        .await
+        .expect("CONNECT");
+    assert_eq!(fetch(s, "app.internal", "/addr").await.1, b.to_string());
+
+    svc.host = hostname("app.internal", &w, &["127.0.0.53"]);
+    assert!(w.store.replace_service(&svc).await.expect("replace"));
+    let s = connect(front, SECRET, &svc.id, &account, "http", "app.internal")
+        .await
+        .expect("CONNECT");
+    assert_eq!(fetch(s, "app.internal", "/addr").await.1, a.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_follows_the_certificate_verification_mode() {
+    let ca = TestCa::new().expect("ca");
+    let (w, _c, front, account) =
+        setup(&["--ha-connections".into(), "1".into()], &[ca.cert()]).await;
+    // Signed by the trusted CA but for another name; and self-signed (untrusted).
+    let wrong_name = origin::serve_tls(
+        w.ns.bind_tcp("127.0.0.1:0").expect("l"),
+        ca.server_config(&["other.name"]).expect("cfg"),
+    )
+    .expect("o");
+    let right_name = origin::serve_tls(
+        w.ns.bind_tcp("127.0.0.1:0").expect("l"),
+        ca.server_config(&["secure.internal"]).expect("cfg"),
+    )
+    .expect("o");
+    let untrusted = origin::serve_tls(
+        w.ns.bind_tcp("127.0.0.1:0").expect("l"),
+        self_signed(&["secure.internal"]).expect("cfg"),
+    )
+    .expect("o");
+    let at = || ServiceHost::Addresses {
+        ipv4: Some("127.0.0.1".parse().expect("ip")),
+        ipv6: None,
+        tunnel_id: w.tunnel_id.clone(),
+    };
+    for (origin, mode, ok) in [
+        (right_name, CertVerificationMode::VerifyFull, true),
+        (wrong_name, CertVerificationMode::VerifyFull, false),
+        (wrong_name, CertVerificationMode::VerifyCa, true),
+        (untrusted, CertVerificationMode::VerifyCa, false),
+        (untrusted, CertVerificationMode::Disabled, true),
+    ] {
+        let svc = add_service(&w, &account, at(), None, Some(origin.port()), mode).await;
+        let r = connect(front, SECRET, &svc.id, &account, "https", "secure.internal").await;
+        let got = match r {
+            Ok(s) => {
+                fetch(s, "secure.internal", "/hello").await
+                    == (StatusCode::OK, "hello from origin".into())
+            }
+            Err((status, code)) => {
+                assert_eq!(
+                    (status, code.as_deref()),
+                    (StatusCode::BAD_GATEWAY, Some("tls_error")),
+                    "{mode:?}"
+                );
+                false
+            }
+        };
+        assert_eq!(got, ok, "{origin} with {mode:?}");
+    }
+    // http is not allowed on an https-only service.
+    let svc = add_service(
+        &w,
+        &account,
+        at(),
+        None,
+        Some(right_name.port()),
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let r = connect(front, SECRET, &svc.id, &account, "http", "secure.internal").await;
+    assert_eq!(
+        code(r),
+        (StatusCode::FORBIDDEN, Some("destination_forbidden".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_answer_with_their_codes() {
+    let (w, _c, front, account) = setup(&["--ha-connections".into(), "1".into()], &[]).await;
+    let closed = {
+        let l = w.ns.bind_tcp("127.0.0.1:0").expect("listener");
+        l.local_addr().expect("addr").port()
+    };
+    let here = ServiceHost::Addresses {
+        ipv4: Some("127.0.0.1".parse().expect("ip")),
+        ipv6: None,
+        tunnel_id: w.tunnel_id.clone(),
+    };
+    let svc = add_service(
+        &w,
+        &account,
+        here,
+        Some(closed),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let r = connect(front, SECRET, &svc.id, &account, "http", "x").await;
+    assert_eq!(
+        code(r),
+        (StatusCode::BAD_GATEWAY, Some("connection_refused".into()))
+    );
+
+    let r = connect(front, "wrong-secret", &svc.id, &account, "http", "x").await;
+    assert_eq!(code(r), (StatusCode::PROXY_AUTHENTICATION_REQUIRED, None));
+
+    let r = connect(front, SECRET, "no-such-service", &account, "http", "x").await;
+    assert_eq!(
+        code(r),
+        (StatusCode::NOT_FOUND, Some("service_not_found".into()))
+    );
+    let r = connect(front, SECRET, &svc.id, "another-account", "http", "x").await;
+    assert_eq!(
+        code(r),
+        (StatusCode::NOT_FOUND, Some("service_not_found".into()))
+    );
+
+    let dns = Dnsmasq::start(&w.ns, ip("127.0.0.53"), &[]).expect("dnsmasq");
+    let missing = add_service(
+        &w,
+        &account,
+        hostname("missing.internal", &w, &["127.0.0.53"]),
+        Some(80),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let r = connect(
+        front,
+        SECRET,
+        &missing.id,
+        &account,
+        "http",
+        "missing.internal",
+    )
+    .await;
+    assert_eq!(code(r), (StatusCode::BAD_GATEWAY, Some("dns_error".into())));
+    drop(dns);
+
+    // A tunnel with no live connection: destination_unavailable, at once.
+    let (other, _) = warren_iris::tunnel_admin::create_tunnel(
+        w.store.as_ref(),
+        &account,
+        "idle",
+        vec![],
+        "00".repeat(32),
+    )
+    .await
+    .expect("tunnel");
+    let idle = ServiceHost::Addresses {
+        ipv4: Some("127.0.0.1".parse().expect("ip")),
+        ipv6: None,
+        tunnel_id: other.id,
+    };
+    let svc = add_service(
+        &w,
+        &account,
+        idle,
+        Some(80),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let started = Instant::now();
+    let r = connect(front, SECRET, &svc.id, &account, "http", "x").await;
+    assert_eq!(
+        code(r),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("destination_unavailable".into())
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+}

@@ -18,6 +18,7 @@ pub mod edge;
 pub mod origin_tls;
 pub mod registry;
 pub mod resolve;
+pub mod sealing;
 pub mod tunnel_admin;
 pub mod tunnels;
 

@@ -45,6 +45,9 @@ pub struct Tunnel {
     pub created_at: String,
     /// When a connector first registered, if ever (for `inactive` vs `down`).
     pub first_connected_at: Option<String>,
+    /// The secret sealed with the edge's sealing key (so the token can be shown
+    /// again); opaque to the store. `None` when the secret was not kept.
+    pub sealed_secret: Option<Vec<u8>>,
 }
 
 /// A live connection between a connector and an edge node, held under a lease.
@@ -113,6 +116,7 @@ pub trait Store: Send + Sync + 'static {
         account_id: &str,
         name: &str,
         secret_hash: [u8; 32],
+        sealed_secret: Option<Vec<u8>>,
     ) -> StoreResult<Tunnel>;
     /// Looks a tunnel up by id.
     async fn get_tunnel(&self, tunnel_id: &str) -> StoreResult<Option<Tunnel>>;
@@ -141,6 +145,16 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_service(&self, account_id: &str, service_id: &str) -> StoreResult<bool>;
     /// How many services name a tunnel (a tunnel they name cannot be deleted).
     async fn services_using_tunnel(&self, tunnel_id: &str) -> StoreResult<usize>;
+
+    /// Stores an API token's hash for an account; returns the token's id.
+    async fn create_api_token(
+        &self,
+        account_id: &str,
+        name: &str,
+        hash: [u8; 32],
+    ) -> StoreResult<String>;
+    /// The account an API token (by hash) belongs to.
+    async fn account_for_token(&self, hash: [u8; 32]) -> StoreResult<Option<String>>;
 
     /// Subscribes to changes made through this store.
     fn watch(&self) -> broadcast::Receiver<Change>;

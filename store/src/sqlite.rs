@@ -54,6 +54,16 @@ CREATE TABLE services (
 CREATE INDEX services_by_account ON services(account_id, created_at);
 CREATE INDEX services_by_tunnel ON services(tunnel_id);
 "#,
+    r#"
+ALTER TABLE tunnels ADD COLUMN sealed_secret BLOB;
+CREATE TABLE api_tokens (
+    id         TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    name       TEXT NOT NULL,
+    hash       BLOB NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// The embedded store: SQLite in a file (or in memory for tests).
@@ -156,10 +166,12 @@ fn tunnel_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tunnel> {
         secret_hash,
         created_at: r.get(4)?,
         first_connected_at: r.get(5)?,
+        sealed_secret: r.get(6)?,
     })
 }
 
-const TUNNEL_COLUMNS: &str = "id, account_id, name, secret_hash, created_at, first_connected_at";
+const TUNNEL_COLUMNS: &str =
+    "id, account_id, name, secret_hash, created_at, first_connected_at, sealed_secret";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -220,6 +232,7 @@ impl Store for SqliteStore {
         account_id: &str,
         name: &str,
         secret_hash: [u8; 32],
+        sealed_secret: Option<Vec<u8>>,
     ) -> StoreResult<Tunnel> {
         if self.get_account(account_id).await?.is_none() {
             return Err(StoreError::NotFound("account"));
@@ -231,12 +244,21 @@ impl Store for SqliteStore {
             secret_hash,
             created_at: rfc3339(SystemTime::now()),
             first_connected_at: None,
+            sealed_secret,
         };
         let t = tunnel.clone();
         self.with(move |c| {
             c.execute(
-                "INSERT INTO tunnels (id, account_id, name, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.id, t.account_id, t.name, &t.secret_hash[..], t.created_at],
+                "INSERT INTO tunnels (id, account_id, name, secret_hash, created_at, sealed_secret)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    t.id,
+                    t.account_id,
+                    t.name,
+                    &t.secret_hash[..],
+                    t.created_at,
+                    t.sealed_secret
+                ],
             )
         })
         .await?;
@@ -460,6 +482,41 @@ impl Store for SqliteStore {
         .map(|n| n as usize)
     }
 
+    async fn create_api_token(
+        &self,
+        account_id: &str,
+        name: &str,
+        hash: [u8; 32],
+    ) -> StoreResult<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (i, a, n, now) = (
+            id.clone(),
+            account_id.to_owned(),
+            name.to_owned(),
+            rfc3339(SystemTime::now()),
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO api_tokens (id, account_id, name, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![i, a, n, &hash[..], now],
+            )
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn account_for_token(&self, hash: [u8; 32]) -> StoreResult<Option<String>> {
+        self.with(move |c| {
+            c.query_row(
+                "SELECT account_id FROM api_tokens WHERE hash = ?1",
+                [&hash[..]],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
     fn watch(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
@@ -491,7 +548,10 @@ mod tests {
         let (account, tunnel) = {
             let s = SqliteStore::open(&path).expect("open");
             let a = s.create_account("demo").await.expect("account");
-            let t = s.create_tunnel(&a.id, "home", hash).await.expect("tunnel");
+            let t = s
+                .create_tunnel(&a.id, "home", hash, None)
+                .await
+                .expect("tunnel");
             (a, t)
         };
         let s = SqliteStore::open(&path).expect("reopen");
@@ -571,7 +631,7 @@ mod tests {
     async fn a_tunnel_needs_an_existing_account() {
         let s = SqliteStore::open_in_memory().expect("open");
         assert!(matches!(
-            s.create_tunnel("nope", "x", [0; 32]).await,
+            s.create_tunnel("nope", "x", [0; 32], None).await,
             Err(StoreError::NotFound("account"))
         ));
     }
@@ -581,7 +641,7 @@ mod tests {
         let s = SqliteStore::open_in_memory().expect("open");
         let a = s.create_account("demo").await.expect("account");
         let t = s
-            .create_tunnel(&a.id, "home", [1; 32])
+            .create_tunnel(&a.id, "home", [1; 32], None)
             .await
             .expect("tunnel");
         let mut watch = s.watch();

@@ -11,6 +11,7 @@
 //! [`registry`] tracks them → [`resolve`] asks DNS through one →
 //! [`tunnels`] opens the data stream.
 
+pub mod api;
 pub mod ca;
 pub mod connect;
 pub mod dns_cache;

@@ -1,11 +1,13 @@
-//! `warren`: run an edge, create tunnels, or watch the whole tunnel work in one
-//! process (`warren demo`). The API-backed client commands arrive with the VPC
-//! router issue.
+//! `warren`: run an edge node (`serve`), watch the tunnel work in one process
+//! (`demo`), and manage tunnels and VPC services through the API.
 
+mod client;
+mod commands;
+mod config;
 mod demo;
-mod edge;
+mod profile;
+mod serve;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -17,43 +19,43 @@ use clap::{Parser, Subcommand};
     about = "Warren: an open edge runtime with private-network bindings."
 )]
 struct Cli {
+    #[command(flatten)]
+    api: client::ApiFlags,
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start an edge, a tunnel and a connector in this process and send a request
     /// through the tunnel to a private service, step by step.
     Demo,
-    /// Run the tunnel edge (iris's QUIC listener) with its state in a data directory.
-    Edge {
-        /// State directory (SQLite database, edge CA).
-        #[arg(long, default_value = "warren-data")]
-        data_dir: PathBuf,
-        /// UDP address for connectors.
-        #[arg(long, default_value = "0.0.0.0:7844")]
-        listen: SocketAddr,
+    /// Run an edge node: API, tunnel edge and CONNECT front door, per edge.toml.
+    Serve {
+        /// The node's configuration (strict TOML; see docs/edge.md).
+        #[arg(long, default_value = "edge.toml")]
+        config: PathBuf,
     },
-    /// Tunnels.
+    /// Tunnels (Cloudflare's cfd_tunnel resources).
     Tunnel {
         #[command(subcommand)]
-        command: TunnelCommand,
+        command: commands::TunnelCommand,
+    },
+    /// VPC networking.
+    Vpc {
+        #[command(subcommand)]
+        command: VpcCommand,
     },
 }
 
 #[derive(Subcommand)]
-enum TunnelCommand {
-    /// Create a tunnel in the edge's data directory and print its token (shown once).
-    Create {
-        /// Tunnel name.
-        name: String,
-        /// State directory of the edge.
-        #[arg(long, default_value = "warren-data")]
-        data_dir: PathBuf,
-        /// Edge address(es) the connector should dial, host:port (repeatable).
-        #[arg(long = "edge", default_value = "127.0.0.1:7844")]
-        edges: Vec<String>,
+enum VpcCommand {
+    /// VPC services.
+    Service {
+        #[command(subcommand)]
+        command: commands::ServiceCommand,
     },
 }
 
@@ -71,18 +73,14 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo => demo::run().await,
-        Command::Edge { data_dir, listen } => {
+        Command::Serve { config } => {
             init_logging();
-            edge::run(&data_dir, listen).await
+            serve::run(&config).await
         }
-        Command::Tunnel {
-            command:
-                TunnelCommand::Create {
-                    name,
-                    data_dir,
-                    edges,
-                },
-        } => edge::create_tunnel(&data_dir, &name, edges).await,
+        Command::Tunnel { command } => commands::tunnel(&cli.api, command).await,
+        Command::Vpc {
+            command: VpcCommand::Service { command },
+        } => commands::service(&cli.api, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

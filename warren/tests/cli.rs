@@ -1,0 +1,218 @@
+//! The `warren` client commands against a live `warren serve`: first start
+//! writes the profile, then tunnels and VPC services are created, listed, read,
+//! updated and deleted from the command line; errors print the API's words.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+struct Node {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn start() -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n[connect]\nlisten = \"127.0.0.1:0\"\n";
+        std::fs::write(dir.path().join("edge.toml"), config).expect("config");
+        let child = Command::new(WARREN)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("edge.toml"))
+            .env("WARREN_PROFILE", dir.path().join("profile.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("warren serve starts");
+        let node = Node { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !node.profile().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no profile written by first start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+
+    fn profile(&self) -> PathBuf {
+        self.dir.path().join("profile.json")
+    }
+
+    fn warren(&self, args: &[&str]) -> Output {
+        Command::new(WARREN)
+            .args(args)
+            .env("WARREN_PROFILE", self.profile())
+            .env_remove("WARREN_API")
+            .env_remove("WARREN_API_TOKEN")
+            .env_remove("WARREN_ACCOUNT_ID")
+            .output()
+            .expect("warren runs")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.warren(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn tunnels_and_services_from_the_command_line() {
+    let node = Node::start();
+    assert_eq!(mode(&node.profile()), 0o600);
+
+    let t = node.json(&["tunnel", "create", "home-lab", "--json"]);
+    let tunnel = t["id"].as_str().expect("id").to_owned();
+    assert_eq!(t["status"], "inactive");
+    let token_out = node.warren(&["tunnel", "token", &tunnel]);
+    assert_eq!(
+        String::from_utf8_lossy(&token_out.stdout).trim(),
+        t["token"].as_str().expect("token")
+    );
+    let list = node.json(&["tunnel", "list", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+
+    let s = node.json(&[
+        "vpc",
+        "service",
+        "create",
+        "inventory",
+        "--type",
+        "http",
+        "--tunnel-id",
+        &tunnel,
+        "--hostname",
+        "inventory.internal",
+        "--resolver-ips",
+        "10.0.0.2,10.0.0.3",
+        "--json",
+    ]);
+    let id = s["service_id"].as_str().expect("service id").to_owned();
+    assert_eq!(
+        s["host"]["resolver_network"]["resolver_ips"],
+        serde_json::json!(["10.0.0.2", "10.0.0.3"])
+    );
+    assert_eq!(
+        (s["http_port"].clone(), s["https_port"].clone()),
+        (80.into(), 443.into())
+    );
+
+    let got = node.json(&["vpc", "service", "get", &id, "--json"]);
+    assert_eq!(got, s);
+    let updated = node.json(&[
+        "vpc",
+        "service",
+        "update",
+        &id,
+        "--https-port",
+        "8443",
+        "--cert-verification-mode",
+        "verify_ca",
+        "--json",
+    ]);
+    assert_eq!(updated["https_port"], 8443);
+    assert_eq!(
+        updated["tls_settings"]["cert_verification_mode"],
+        "verify_ca"
+    );
+    assert_eq!(
+        updated["host"]["hostname"], "inventory.internal",
+        "fields not given are kept"
+    );
+
+    // --from-json with the API's shape.
+    let file = node.dir.path().join("svc.json");
+    let body = serde_json::json!({ "type": "http", "name": "db-front", "host": { "ipv4": "10.1.0.5", "network": { "tunnel_id": tunnel } } });
+    std::fs::write(&file, body.to_string()).expect("write");
+    let from_file = node.json(&[
+        "vpc",
+        "service",
+        "create",
+        "--from-json",
+        file.to_str().expect("path"),
+        "--json",
+    ]);
+    assert_eq!(from_file["host"]["ipv4"], "10.1.0.5");
+    let list = node.json(&["vpc", "service", "list", "--type", "http", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+
+    // Errors print the API's message and field, not a stack trace.
+    let bad = node.warren(&[
+        "vpc",
+        "service",
+        "create",
+        "x",
+        "--tunnel-id",
+        &tunnel,
+        "--hostname",
+        "http://bad",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("must not contain a scheme") && err.contains("/host/hostname"),
+        "{err}"
+    );
+    let busy = node.warren(&["tunnel", "delete", &tunnel]);
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("used by 2 VPC service"));
+
+    for sid in [id.as_str(), from_file["service_id"].as_str().expect("id")] {
+        assert!(
+            node.warren(&["vpc", "service", "delete", sid])
+                .status
+                .success()
+        );
+    }
+    assert!(node.warren(&["tunnel", "delete", &tunnel]).status.success());
+    assert_eq!(
+        node.json(&["tunnel", "list", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn flags_and_environment_override_the_profile() {
+    let node = Node::start();
+    let out = Command::new(WARREN)
+        .args(["tunnel", "list"])
+        .env("WARREN_PROFILE", node.profile())
+        .env("WARREN_API_TOKEN", "wrong-token")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Authentication error"));
+    let out = Command::new(WARREN)
+        .args(["tunnel", "list"])
+        .env("WARREN_PROFILE", node.dir.path().join("none.json"))
+        .env_remove("WARREN_API")
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no API address"));
+}

@@ -437,3 +437,67 @@ async fn failures_answer_with_their_codes() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_carries_several_tunnels_on_one_connection() {
+    let (w, _c, front, account) = setup(&["--ha-connections".into(), "1".into()], &[]).await;
+    let a = origin::serve(w.ns.bind_tcp("127.0.0.1:0").expect("listener")).expect("origin");
+    let b = origin::serve(w.ns.bind_tcp("127.0.0.1:0").expect("listener")).expect("origin");
+    let at = || ServiceHost::Addresses {
+        ipv4: Some("127.0.0.1".parse().expect("ip")),
+        ipv6: None,
+        tunnel_id: w.tunnel_id.clone(),
+    };
+    let sa = add_service(
+        &w,
+        &account,
+        at(),
+        Some(a.port()),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+    let sb = add_service(
+        &w,
+        &account,
+        at(),
+        Some(b.port()),
+        None,
+        CertVerificationMode::VerifyFull,
+    )
+    .await;
+
+    let tcp = TcpStream::connect(front).await.expect("front door");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut tunnels = Vec::new();
+    for (svc, expect) in [(&sa, a), (&sb, b), (&sa, a)] {
+        let mut sender = sender.clone();
+        let req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(format!("{}:443", svc.id))
+            .header("proxy-authorization", format!("Bearer {SECRET}"))
+            .header("warren-account", &account)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("CONNECT over h2");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let upgraded = hyper::upgrade::on(resp).await.expect("tunnel");
+        tunnels.push((hyper_util::rt::TokioIo::new(upgraded), expect));
+    }
+    // All three tunnels are open at once on one connection, each to its own origin.
+    for (io, expect) in tunnels {
+        let (status, body) = origin::get(io, "svc", "/addr")
+            .await
+            .expect("http inside h2 tunnel");
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).into_owned()),
+            (StatusCode::OK, expect.to_string())
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! The CONNECT front door: binding-workers ask for a tunnel to a VPC service by
+//! The CONNECT front door (HTTP/1.1, and HTTP/2 over h2c): binding-workers ask for a tunnel to a VPC service by
 //! id; iris loads the service, picks the port by scheme, resolves the host
 //! through the service's tunnel, opens the stream (and TLS for `https`), answers
 //! 200 and splices bytes both ways. Every failure is a non-2xx answer with a
@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -136,9 +136,10 @@ impl FrontDoor {
                     let door = door.clone();
                     async move { Ok::<_, std::convert::Infallible>(door.handle(req).await) }
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
+                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c): many tunnels on one connection.
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await
                 {
                     debug!(%peer, error = %e, "front door connection ended");

@@ -1,0 +1,296 @@
+//! bench/iris: HTTP requests through pooled CONNECT tunnels (front door → QUIC
+//! tunnel → the real connector binary → origin) against the same requests sent
+//! straight to the origin, in one run: requests/s and p50/p99 latency, with 1
+//! client (latency) and 8 clients (throughput), each client on one keep-alive
+//! connection (its own CONNECT tunnel on the tunnel path).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
+use warren_iris::origin_tls::OriginTls;
+use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
+use warren_store::{
+    CertVerificationMode, ServiceHost, ServiceType, SqliteStore, Store, VpcService, rfc3339,
+};
+
+const SECRET: &str = "bench-secret";
+const RUN_FOR: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 2;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn origin() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"inventory: 42\n"),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Opens a CONNECT tunnel to `service` through the front door.
+async fn connect(front: SocketAddr, service: &str, account: &str) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(front).await?;
+    s.set_nodelay(true)?;
+    let req = format!(
+        "CONNECT {service}:80 HTTP/1.1\r\nHost: {service}:80\r\nProxy-Authorization: Bearer {SECRET}\r\nwarren-account: {account}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 {
+            bail!("front door closed");
+        }
+        head.push(b[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        bail!("CONNECT refused: {}", String::from_utf8_lossy(&head));
+    }
+    Ok(s)
+}
+
+#[derive(Clone)]
+enum Target {
+    Direct(SocketAddr),
+    Tunnel {
+        front: SocketAddr,
+        service: String,
+        account: String,
+    },
+}
+
+/// `clients` keep-alive clients for RUN_FOR; returns every request's latency.
+async fn load(target: &Target, clients: usize) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let start = Instant::now();
+    let deadline = start + RUN_FOR;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let io = match &target {
+                Target::Direct(a) => {
+                    let s = TcpStream::connect(a).await?;
+                    s.set_nodelay(true)?;
+                    s
+                }
+                Target::Tunnel {
+                    front,
+                    service,
+                    account,
+                } => connect(*front, service, account).await?,
+            };
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await?;
+            tokio::spawn(conn);
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let req = Request::get("/items")
+                    .header("host", "inventory.internal")
+                    .body(Empty::new())?;
+                let resp = sender.send_request(req).await?;
+                resp.into_body().collect().await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
+    lat.sort();
+    let at = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        rps: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut connector_bin = std::path::PathBuf::from("target/release/warren-connector");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--connector" => {
+                connector_bin = args.next().map(Into::into).context("--connector PATH")?
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let origin = origin().await?;
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SqliteStore::open_in_memory()?);
+    let account = store.create_account("bench").await?.id;
+    let edge = TunnelEdge::bind(
+        EdgeConfig::new("127.0.0.1:0".parse()?, dir.path().to_owned()),
+        store.clone(),
+    )?;
+    let tunnels = edge.tunnels();
+    let (tunnel, token) = warren_iris::tunnel_admin::create_tunnel(
+        store.as_ref(),
+        &account,
+        "bench",
+        vec![edge.local_addr()?.to_string()],
+        edge.ca().fingerprint(),
+    )
+    .await?;
+    tokio::spawn(edge.run(std::future::pending()));
+    let metrics = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    );
+    let _connector = Kill(
+        Command::new(&connector_bin)
+            .args(["run", "--metrics", &metrics])
+            .env("WARREN_TUNNEL_TOKEN", token.encode())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", connector_bin.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tunnels.registry().candidates(&tunnel.id).len() < 4 {
+        if Instant::now() > deadline {
+            bail!("connector did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let now = rfc3339(SystemTime::now());
+    let service = VpcService {
+        id: "bench-service".into(),
+        account_id: account.clone(),
+        name: "inventory".into(),
+        service_type: ServiceType::Http,
+        http_port: Some(origin.port()),
+        https_port: None,
+        tcp_port: None,
+        host: ServiceHost::Addresses {
+            ipv4: Some("127.0.0.1".parse()?),
+            ipv6: None,
+            tunnel_id: tunnel.id.clone(),
+        },
+        cert_verification_mode: CertVerificationMode::VerifyFull,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    store.create_service(&service).await?;
+    let door = FrontDoor::new(
+        store.clone(),
+        tunnels.clone(),
+        Arc::new(DnsCache::new(tunnels.clone(), DnsCacheConfig::default())),
+        OriginTls::new(&[]).map_err(|e| anyhow::anyhow!("{e}"))?,
+        FrontDoorConfig {
+            secret: SECRET.into(),
+            attempt_timeout: Duration::from_secs(5),
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let front = listener.local_addr()?;
+    tokio::spawn(door.serve(listener, std::future::pending()));
+
+    let direct = Target::Direct(origin);
+    let through = Target::Tunnel {
+        front,
+        service: service.id.clone(),
+        account,
+    };
+    println!(
+        "bench/iris: GET through pooled CONNECT tunnels vs straight to the origin; {ROUNDS} interleaved rounds of {RUN_FOR:?}"
+    );
+    println!(
+        "{:<10} {:<8} {:>10} {:>10} {:>10}",
+        "clients", "path", "req/s", "p50", "p99"
+    );
+    for clients in [1usize, 8] {
+        let (mut d_lat, mut t_lat) = (Vec::new(), Vec::new());
+        let (mut d_time, mut t_time) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            let (l, e) = load(&direct, clients).await?;
+            d_lat.extend(l);
+            d_time += e;
+            let (l, e) = load(&through, clients).await?;
+            t_lat.extend(l);
+            t_time += e;
+        }
+        let d = stats(d_lat, d_time);
+        let t = stats(t_lat, t_time);
+        for (name, s) in [("direct", &d), ("tunnel", &t)] {
+            println!(
+                "{:<10} {:<8} {:>10.0} {:>8}µs {:>8}µs",
+                clients,
+                name,
+                s.rps,
+                s.p50.as_micros(),
+                s.p99.as_micros()
+            );
+        }
+        let added = t.p50.saturating_sub(d.p50);
+        println!(
+            "{:<10} ratio    {:>9.2}x  added p50 {}µs, p99 {}µs",
+            clients,
+            t.rps / d.rps,
+            added.as_micros(),
+            t.p99.saturating_sub(d.p99).as_micros()
+        );
+        if clients == 1 {
+            println!(
+                "goal (added p50 on the warm path <= 250µs): {}",
+                if added <= Duration::from_micros(250) {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            );
+        }
+    }
+    Ok(())
+}

@@ -182,6 +182,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Completes on SIGTERM or Ctrl-C (SIGINT): the shutdown signal of Warren's daemons.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 /// Keeps connection `index` up: reconnects with full-jitter backoff forever.
 async fn supervise(
     shared: Arc<Shared>,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use warren_connector::policy::{AllowRule, Policy};
 use warren_connector::tls::EdgeTrust;
-use warren_connector::{ConnectorConfig, run};
+use warren_connector::{ConnectorConfig, run, shutdown_signal};
 use warren_protocol::token::TunnelToken;
 
 #[derive(Parser)]
@@ -127,21 +127,6 @@ fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
     config.grace_period = args.grace_period;
     config.connect_timeout = args.connect_timeout;
     Ok(config)
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }
 
 #[tokio::main]

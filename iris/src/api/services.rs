@@ -363,7 +363,14 @@ fn build(spec: Spec, id: String, account: &str, created_at: String) -> VpcServic
     }
 }
 
-async fn find(state: &ApiState, account: &str, id: &str) -> Result<VpcService, ApiError> {
+/// Authorizes the caller for `account`, then loads the resource of that account.
+async fn find(
+    state: &ApiState,
+    headers: &HeaderMap,
+    account: &str,
+    id: &str,
+) -> Result<VpcService, ApiError> {
+    authorize(state, headers, account).await?;
     match state.store.get_service(id).await.map_err(ApiError::store)? {
         Some(s) if s.account_id == account => Ok(s),
         _ => Err(ApiError::not_found("service")),
@@ -422,8 +429,9 @@ async fn show(
     Path((account, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &account).await?;
-    Ok(ok(service_json(&find(&state, &account, &id).await?)))
+    Ok(ok(service_json(
+        &find(&state, &headers, &account, &id).await?,
+    )))
 }
 
 async fn replace(
@@ -432,8 +440,7 @@ async fn replace(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &account).await?;
-    let old = find(&state, &account, &id).await?;
+    let old = find(&state, &headers, &account, &id).await?;
     let spec = spec(&state, &account, &body).await?;
     let service = build(spec, old.id, &account, old.created_at);
     if !state
@@ -452,8 +459,7 @@ async fn remove(
     Path((account, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &account).await?;
-    let s = find(&state, &account, &id).await?;
+    let s = find(&state, &headers, &account, &id).await?;
     state
         .store
         .delete_service(&account, &s.id)

@@ -75,7 +75,14 @@ async fn tunnel_json(state: &ApiState, t: &Tunnel) -> Result<Value, ApiError> {
     }))
 }
 
-async fn find(state: &ApiState, account: &str, id: &str) -> Result<Tunnel, ApiError> {
+/// Authorizes the caller for `account`, then loads the resource of that account.
+async fn find(
+    state: &ApiState,
+    headers: &HeaderMap,
+    account: &str,
+    id: &str,
+) -> Result<Tunnel, ApiError> {
+    authorize(state, headers, account).await?;
     match state.store.get_tunnel(id).await.map_err(ApiError::store)? {
         Some(t) if t.account_id == account => Ok(t),
         _ => Err(ApiError::not_found("tunnel")),
@@ -156,8 +163,7 @@ async fn show(
     Path((account, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &account).await?;
-    let t = find(&state, &account, &id).await?;
+    let t = find(&state, &headers, &account, &id).await?;
     Ok(ok(tunnel_json(&state, &t).await?))
 }
 
@@ -166,8 +172,7 @@ async fn token(
     Path((account, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &account).await?;
-    let t = find(&state, &account, &id).await?;
+    let t = find(&state, &headers, &account, &id).await?;
     let token = state.admin.token(&t).ok_or_else(|| {
         ApiError::conflict(
             "this tunnel's secret was not kept (created outside the API); create a new tunnel",
@@ -181,8 +186,7 @@ async fn connections(
     Path((account, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &account).await?;
-    let t = find(&state, &account, &id).await?;
+    let t = find(&state, &headers, &account, &id).await?;
     let live = state
         .store
         .list_connections(&t.id)
@@ -198,8 +202,7 @@ async fn remove(
     Path((account, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &account).await?;
-    let t = find(&state, &account, &id).await?;
+    let t = find(&state, &headers, &account, &id).await?;
     let users = state
         .store
         .services_using_tunnel(&t.id)

@@ -30,6 +30,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$'; then
+  echo "setup: adding the wasm32-wasip2 target (test workers are built for it)"
+  rustup target add wasm32-wasip2
+fi
 for comp in clippy rustfmt; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
     rustup component add "$comp"

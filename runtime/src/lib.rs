@@ -1,2 +1,21 @@
-//! The worker host (wasmtime): arrives with the runtime issue. Present so the
-//! workspace has the shape of DESIGN.md §2 from the start.
+//! The worker host: wasmtime running `wasi:http/proxy` components, one fresh
+//! instance per request from a pre-instantiated template, with Workers-style
+//! limits (CPU time, memory, wall clock, subrequests) and a gated outbound
+//! (bindings go to a [`outbound::BindingClient`]; everything else to the global
+//! outbound policy, which refuses private addresses).
+//!
+//! Modules in the order a request meets them: [`serve`] routes by Host →
+//! [`worker`] instantiates and calls the guest within its [`limits`] →
+//! the guest's outgoing requests pass [`outbound`]. [`engine`] holds the
+//! shared wasmtime engine and the compiled-code cache.
+
+pub mod engine;
+pub mod limits;
+pub mod outbound;
+pub mod serve;
+pub mod worker;
+
+pub use engine::{EngineConfig, RuntimeEngine};
+pub use limits::Limits;
+pub use outbound::{BindingClient, BindingContext, OutboundPolicy};
+pub use worker::{Worker, WorkerConfig};

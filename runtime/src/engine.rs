@@ -1,0 +1,124 @@
+//! The shared wasmtime engine: pooling allocator, epoch interruption driven by
+//! one ticker thread, and compiled components cached on disk by content hash
+//! (a restart loads them with `deserialize_file` instead of compiling).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Engine settings. Defaults from [`EngineConfig::new`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where compiled components are kept (`<hash>.cwasm`).
+    pub cache_dir: PathBuf,
+    /// Epoch tick: the granularity of CPU-limit checks (default 2 ms).
+    pub tick: Duration,
+    /// Instances alive at once (default 1000).
+    pub max_instances: u32,
+    /// Largest linear memory any instance may reach (default 128 MiB; workers
+    /// may set lower limits).
+    pub max_memory_bytes: usize,
+}
+
+impl EngineConfig {
+    /// Defaults, caching compiled code in `cache_dir`.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        EngineConfig {
+            cache_dir,
+            tick: Duration::from_millis(2),
+            max_instances: 1000,
+            max_memory_bytes: 128 << 20,
+        }
+    }
+}
+
+/// The engine, its ticker and its compiled-code cache.
+pub struct RuntimeEngine {
+    engine: Engine,
+    config: EngineConfig,
+    compiles: AtomicU64,
+}
+
+impl RuntimeEngine {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(config: EngineConfig) -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 4)
+            .total_tables(config.max_instances * 4)
+            .max_memory_size(config.max_memory_bytes);
+        let mut c = Config::new();
+        c.epoch_interruption(true)
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&c)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+        std::fs::create_dir_all(&config.cache_dir)
+            .with_context(|| format!("cannot create {}", config.cache_dir.display()))?;
+        let ticker = engine.weak();
+        let tick = config.tick;
+        std::thread::Builder::new()
+            .name("warren-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(tick);
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Arc::new(RuntimeEngine {
+            engine,
+            config,
+            compiles: AtomicU64::new(0),
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Epoch ticks per millisecond of CPU budget checks.
+    pub fn tick(&self) -> Duration {
+        self.config.tick
+    }
+
+    /// Components compiled (not loaded from the cache) since start.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// The component for `wasm`, from the on-disk cache when this engine has
+    /// compiled it before, else compiled and cached.
+    pub fn component(&self, wasm: &[u8]) -> anyhow::Result<Component> {
+        let key = hex::encode(Sha256::digest(wasm));
+        let path = self.config.cache_dir.join(format!("{key}.cwasm"));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an engine
+            // with this configuration, into a directory only this runtime writes;
+            // wasmtime checks the engine's compatibility on load.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(error = %e, "cached component unusable; recompiling"),
+            }
+        }
+        let component = Component::new(&self.engine, wasm)
+            .map_err(anyhow::Error::from)
+            .context("compiling the worker")?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let bytes = component.serialize()?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(component)
+    }
+}

@@ -1,0 +1,232 @@
+//! The outbound gate. A request carrying the binding marker header goes to the
+//! [`BindingClient`] with its binding context (the marker stripped); a binding
+//! the worker does not have is `binding_not_found`. Any other request goes to
+//! the global outbound policy: public internet only by default — loopback,
+//! private, link-local, CGNAT, ULA and metadata addresses are refused after DNS
+//! resolution — or nothing at all.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use http_body_util::BodyExt;
+use warren_protocol::ProxyError;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// The header a guest sets to call a binding: `warren-binding: <NAME>`.
+pub const BINDING_HEADER: &str = "warren-binding";
+
+/// Who is calling a binding, passed with every binding request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingContext {
+    /// Account of the worker.
+    pub account_id: String,
+    /// Worker name.
+    pub worker: String,
+    /// Binding name as the worker calls it.
+    pub binding: String,
+    /// The VPC service the binding names.
+    pub service_id: String,
+    /// Id of the incoming request that caused the call.
+    pub request_id: String,
+}
+
+/// Carries binding calls onward (the binding-worker, over Cap'n Proto).
+#[async_trait]
+pub trait BindingClient: Send + Sync + 'static {
+    /// Sends `request` (marker removed) for `ctx`; failures are ProxyErrors the
+    /// worker sees.
+    async fn fetch(
+        &self,
+        ctx: BindingContext,
+        request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, ProxyError>;
+}
+
+/// Where requests without a binding may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutboundPolicy {
+    /// Public addresses only (the default).
+    #[default]
+    PublicInternet,
+    /// Nothing.
+    None,
+}
+
+/// Whether `ip` is an address a worker may reach on the public internet.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let [o0, o1, ..] = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || o0 == 0
+                || (o0 == 100 && (64..=127).contains(&o1)) // CGNAT 100.64/10
+                || (o0 == 192 && o1 == 0 && a.octets()[2] == 0) // IETF 192.0.0/24
+                || o0 >= 240)
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = a.segments();
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // ULA fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 can reach private v4
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+        }
+    }
+}
+
+/// The per-request outbound state: the worker's bindings and policy.
+pub struct Outbound {
+    /// Binding name → VPC service id.
+    pub bindings: Arc<HashMap<String, String>>,
+    /// Where binding calls go.
+    pub client: Option<Arc<dyn BindingClient>>,
+    /// Global outbound policy.
+    pub policy: OutboundPolicy,
+    /// Context fields shared by every binding call of this request.
+    pub account_id: String,
+    /// Worker name.
+    pub worker: String,
+    /// Incoming request id.
+    pub request_id: String,
+    /// Subrequests left.
+    pub remaining: Arc<AtomicU32>,
+}
+
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
+
+fn proxy_error(e: &ProxyError) -> HttpError {
+    HttpError::InternalError(Some(format!("ProxyError: {}", e.code)))
+}
+
+async fn public_only(
+    authority: Option<&http::uri::Authority>,
+    default_port: u16,
+) -> Result<(), HttpError> {
+    let Some(a) = authority else {
+        return Err(HttpError::HttpRequestUriInvalid);
+    };
+    let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    let port = a.port_u16().unwrap_or(default_port);
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| HttpError::DnsError {
+                rcode: None,
+                info_code: None,
+            })?
+            .map(|s| s.ip())
+            .collect(),
+    };
+    if addrs.is_empty() || !addrs.into_iter().all(is_public) {
+        return Err(HttpError::DestinationIpProhibited);
+    }
+    Ok(())
+}
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        drop(fut);
+        let left = self
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if left.is_err() {
+            return Box::new(async {
+                Err(HttpError::InternalError(Some(
+                    "Too many subrequests".into(),
+                )))
+            });
+        }
+        let marker = request.headers_mut().remove(BINDING_HEADER);
+        if let Some(name) = marker {
+            let name = name.to_str().unwrap_or("").to_owned();
+            let ctx = self.bindings.get(&name).map(|service_id| BindingContext {
+                account_id: self.account_id.clone(),
+                worker: self.worker.clone(),
+                binding: name.clone(),
+                service_id: service_id.clone(),
+                request_id: self.request_id.clone(),
+            });
+            let client = self.client.clone();
+            return Box::new(async move {
+                let (Some(ctx), Some(client)) = (ctx, client) else {
+                    return Err(HttpError::InternalError(Some(
+                        "ProxyError: binding_not_found".into(),
+                    )));
+                };
+                let resp = client
+                    .fetch(ctx, request)
+                    .await
+                    .map_err(|e| proxy_error(&e))?;
+                let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((resp, done))
+            });
+        }
+        let policy = self.policy;
+        Box::new(async move {
+            if policy == OutboundPolicy::None {
+                return Err(HttpError::HttpRequestDenied);
+            }
+            let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+            public_only(request.uri().authority(), if https { 443 } else { 80 }).await?;
+            let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
+            Ok((resp.map(BodyExt::boxed_unsync), io))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_special_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+            "::",
+        ] {
+            assert!(!is_public(ip.parse().expect("ip")), "{ip} must be refused");
+        }
+        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().expect("ip")), "{ip} is public");
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Serving workers over HTTP: `<worker>.<workers domain>` in `Host` picks the
+//! worker; deploying swaps a worker's version atomically (requests in flight
+//! finish on the version they started with).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::worker::{Body, Worker, text};
+
+/// The deployed workers, by name.
+pub struct Router {
+    domain: String,
+    workers: RwLock<HashMap<String, Arc<Worker>>>,
+}
+
+impl Router {
+    /// Routes `<name>.<domain>` hosts.
+    pub fn new(domain: &str) -> Arc<Router> {
+        Arc::new(Router {
+            domain: domain.trim_matches('.').to_ascii_lowercase(),
+            workers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Deploys (or replaces) a worker.
+    pub fn deploy(&self, worker: Worker) {
+        let name = worker.config().name.clone();
+        if let Ok(mut w) = self.workers.write() {
+            w.insert(name, Arc::new(worker));
+        }
+    }
+
+    fn worker_for(&self, host: &str) -> Option<Arc<Worker>> {
+        let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+        let name = host.strip_suffix(&format!(".{}", self.domain))?;
+        self.workers.read().ok()?.get(name).cloned()
+    }
+
+    /// Handles one request.
+    pub async fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Body> {
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().host())
+            .unwrap_or("")
+            .to_owned();
+        let mut resp = match self.worker_for(&host) {
+            Some(w) => w.handle(req, &request_id).await,
+            None => text(404, &format!("no worker serves {host}")),
+        };
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("warren-request-id", v);
+        }
+        resp
+    }
+
+    /// Serves HTTP/1.1 on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let router = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let router = router.clone();
+                    async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+}

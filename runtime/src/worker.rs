@@ -1,0 +1,232 @@
+//! One deployed worker: its pre-instantiated template and how a request runs —
+//! a fresh instance per request, within the worker's limits, with a 5xx naming
+//! the limit (or the exception) when the guest cannot answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::engine::RuntimeEngine;
+use crate::limits::{CpuMeter, LimitHit, Limits, MemoryLimiter, Metered};
+use crate::outbound::{BindingClient, Outbound, OutboundPolicy};
+
+/// What a deployment says about a worker.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerConfig {
+    /// Worker name (its host is `<name>.<workers domain>`).
+    pub name: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Binding name → VPC service id.
+    pub bindings: HashMap<String, String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Global outbound policy.
+    pub outbound: OutboundPolicy,
+}
+
+/// Per-request store state.
+pub struct State {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: Outbound,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// A deployed worker version.
+pub struct Worker {
+    config: WorkerConfig,
+    bindings: Arc<HashMap<String, String>>,
+    pre: ProxyPre<State>,
+    engine: Arc<RuntimeEngine>,
+    client: Option<Arc<dyn BindingClient>>,
+}
+
+/// The answer body type of workers.
+pub type Body = HyperOutgoingBody;
+
+/// A plain-text answer (for errors the runtime produces itself).
+pub fn text(status: u16, msg: &str) -> hyper::Response<Body> {
+    let body = Full::new(Bytes::from(format!("{msg}\n")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+impl Worker {
+    /// Compiles (or loads from the cache) `wasm` and pre-instantiates it.
+    pub fn new(
+        engine: Arc<RuntimeEngine>,
+        config: WorkerConfig,
+        wasm: &[u8],
+        client: Option<Arc<dyn BindingClient>>,
+    ) -> anyhow::Result<Worker> {
+        let component = engine.component(wasm)?;
+        let mut linker = Linker::<State>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+        Ok(Worker {
+            bindings: Arc::new(config.bindings.clone()),
+            config,
+            pre,
+            engine,
+            client,
+        })
+    }
+
+    /// The worker's configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Runs one request in a fresh instance.
+    pub async fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        request_id: &str,
+    ) -> hyper::Response<Body> {
+        let limits = self.config.limits.clone();
+        let meter = CpuMeter::new();
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: Outbound {
+                bindings: self.bindings.clone(),
+                client: self.client.clone(),
+                policy: self.config.outbound,
+                account_id: self.config.account_id.clone(),
+                worker: self.config.name.clone(),
+                request_id: request_id.to_owned(),
+                remaining: Arc::new(AtomicU32::new(limits.subrequests)),
+            },
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        let cpu = Duration::from_millis(limits.cpu_ms);
+        let m = meter.clone();
+        store.epoch_deadline_callback(move |_| {
+            if m.used() > cpu {
+                m.set_exceeded();
+                wasmtime::bail!("CPU limit of {} ms exceeded", cpu.as_millis());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let prepared = (|| -> wasmtime::Result<_> {
+            let wreq = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, req)?;
+            let out = store.data_mut().http().new_response_outparam(tx)?;
+            Ok((wreq, out))
+        })();
+        let (wreq, out) = match prepared {
+            Ok(p) => p,
+            Err(e) => return text(400, &format!("bad request: {e}")),
+        };
+        let pre = self.pre.clone();
+        let task = tokio::spawn(Metered::new(
+            async move {
+                let run = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, wreq, out)
+                        .await
+                };
+                let result = run.await;
+                (result, store.data().limiter.hit)
+            },
+            meter.clone(),
+        ));
+        let worker = &self.config.name;
+        match tokio::time::timeout(limits.wall_clock, rx).await {
+            Ok(Ok(Ok(resp))) => resp,
+            Ok(Ok(Err(code))) => {
+                tracing::warn!(worker, request_id, error = ?code, "worker answered with an error");
+                text(500, &format!("worker error: {code:?}"))
+            }
+            Ok(Err(_)) => {
+                let (result, memory_hit) = match task.await {
+                    Ok(r) => r,
+                    Err(e) => (Err(wasmtime::format_err!("worker task failed: {e}")), false),
+                };
+                let hit = if meter.exceeded() {
+                    Some(LimitHit::Cpu)
+                } else if memory_hit {
+                    Some(LimitHit::Memory)
+                } else {
+                    None
+                };
+                match (hit, result) {
+                    (Some(limit), _) => {
+                        tracing::error!(
+                            worker,
+                            request_id,
+                            limit = limit.name(),
+                            "worker exceeded its {} limit",
+                            limit.name()
+                        );
+                        text(503, &format!("worker exceeded its {} limit", limit.name()))
+                    }
+                    (None, Err(e)) => {
+                        tracing::error!(worker, request_id, error = %format!("{e:#}"), "worker threw an exception");
+                        text(500, "worker threw an exception")
+                    }
+                    (None, Ok(())) => {
+                        tracing::error!(worker, request_id, "worker returned without a response");
+                        text(500, "worker returned without a response")
+                    }
+                }
+            }
+            Err(_) => {
+                task.abort();
+                tracing::error!(
+                    worker,
+                    request_id,
+                    limit = "wall_clock",
+                    "worker exceeded its wall_clock limit"
+                );
+                text(503, "worker exceeded its wall_clock limit")
+            }
+        }
+    }
+}

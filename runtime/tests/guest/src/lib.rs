@@ -1,0 +1,111 @@
+//! A small wasi:http worker the runtime's tests build for wasm32-wasip2.
+//! Routes: /hello, /loop (never ends), /alloc (grows memory until stopped),
+//! /panic, /fetch?<url> (global outbound), /bind?<binding> (a binding call).
+
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+
+struct Worker;
+
+wasi::http::proxy::export!(Worker);
+
+fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let resp = OutgoingResponse::new(Fields::new());
+    let _ = resp.set_status_code(status);
+    let Ok(outgoing) = resp.body() else { return };
+    ResponseOutparam::set(out, Ok(resp));
+    if let Ok(stream) = outgoing.write() {
+        for chunk in body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// Sends a GET; returns the status and body, or the error code's Debug text.
+fn get(scheme: Scheme, authority: &str, path: &str, headers: &[(&str, &str)]) -> Result<(u16, Vec<u8>), String> {
+    let fields = Fields::new();
+    for (k, v) in headers {
+        fields
+            .append(&k.to_string(), &v.as_bytes().to_vec())
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    let req = OutgoingRequest::new(fields);
+    let _ = req.set_scheme(Some(&scheme));
+    let _ = req.set_authority(Some(authority));
+    let _ = req.set_path_with_query(Some(path));
+    let fut = wasi::http::outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
+    fut.subscribe().block();
+    let resp = fut
+        .get()
+        .ok_or("no response")?
+        .map_err(|_| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status();
+    let body = resp.consume().map_err(|_| "no body")?;
+    let stream = body.stream().map_err(|_| "no stream")?;
+    let mut data = Vec::new();
+    loop {
+        match stream.blocking_read(65536) {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(_) => break,
+        }
+    }
+    Ok((status, data))
+}
+
+fn split_url(url: &str) -> (Scheme, String, String) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("https", r)) => (Scheme::Https, r),
+        Some((_, r)) => (Scheme::Http, r),
+        None => (Scheme::Http, url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (scheme, authority.to_string(), path.to_string())
+}
+
+impl wasi::exports::http::incoming_handler::Guest for Worker {
+    fn handle(req: IncomingRequest, out: ResponseOutparam) {
+        let path = req.path_with_query().unwrap_or_default();
+        let (route, arg) = path.split_once('?').unwrap_or((path.as_str(), ""));
+        match route {
+            "/hello" => respond(out, 200, b"hello from a wasm worker"),
+            "/loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "/alloc" => {
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "/panic" => panic!("the worker threw"),
+            "/fetch" => {
+                let (scheme, authority, p) = split_url(arg);
+                match get(scheme, &authority, &p, &[]) {
+                    Ok((status, body)) => respond(out, status, &body),
+                    Err(e) => respond(out, 502, e.as_bytes()),
+                }
+            }
+            "/bind" => {
+                let (name, url) = arg.split_once('&').unwrap_or((arg, "http://inventory.internal/items"));
+                let (scheme, authority, p) = split_url(url);
+                match get(scheme, &authority, &p, &[("warren-binding", name), ("x-from-worker", "yes")]) {
+                    Ok((status, body)) => respond(out, status, &body),
+                    Err(e) => respond(out, 502, e.as_bytes()),
+                }
+            }
+            _ => respond(out, 404, b"no such route"),
+        }
+    }
+}

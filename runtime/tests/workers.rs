@@ -1,0 +1,277 @@
+//! Wasm workers end to end: a real Rust component (built for wasm32-wasip2 here)
+//! served over HTTP by the runtime, against its limits and its outbound gate.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use warren_protocol::ProxyError;
+use warren_runtime::serve::Router;
+use warren_runtime::{
+    BindingClient, BindingContext, EngineConfig, Limits, OutboundPolicy, RuntimeEngine, Worker,
+    WorkerConfig,
+};
+use wasmtime_wasi_http::WasiBody;
+
+/// Builds the test guest once per test process and returns its bytes.
+fn guest() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(dir.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the guest failed (is the wasm32-wasip2 target installed? scripts/setup.sh adds it)");
+        std::fs::read(dir.join("target/wasm32-wasip2/release/warren_test_guest.wasm")).expect("guest wasm")
+    })
+}
+
+/// A binding call as the client saw it: its context and the request headers.
+type Call = (BindingContext, Vec<(String, String)>);
+
+#[derive(Default)]
+struct RecordingClient {
+    calls: Mutex<Vec<Call>>,
+}
+
+#[async_trait]
+impl BindingClient for RecordingClient {
+    async fn fetch(
+        &self,
+        ctx: BindingContext,
+        req: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, ProxyError> {
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = format!(
+            "from binding {} to service {} for {}",
+            ctx.binding,
+            ctx.service_id,
+            req.uri()
+        );
+        self.calls.lock().expect("lock").push((ctx, headers));
+        let body = Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Ok(http::Response::new(body))
+    }
+}
+
+struct Host {
+    addr: SocketAddr,
+    client: Arc<RecordingClient>,
+    _cache: tempfile::TempDir,
+}
+
+async fn host(limits: Limits, outbound: OutboundPolicy) -> Host {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    let client = Arc::new(RecordingClient::default());
+    let config = WorkerConfig {
+        name: "shop".into(),
+        account_id: "acct-1".into(),
+        bindings: HashMap::from([("API".to_string(), "svc-123".to_string())]),
+        limits,
+        outbound,
+    };
+    let worker = Worker::new(
+        engine.clone(),
+        config,
+        guest(),
+        Some(client.clone() as Arc<dyn BindingClient>),
+    )
+    .expect("worker");
+    let router = Router::new("workers.test");
+    router.deploy(worker);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(router.serve(listener));
+    Host {
+        addr,
+        client,
+        _cache: cache,
+    }
+}
+
+async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_answers_by_host() {
+    let h = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    assert_eq!(
+        get(h.addr, "shop.workers.test", "/hello").await,
+        (StatusCode::OK, "hello from a wasm worker".into())
+    );
+    let (status, body) = get(h.addr, "other.workers.test", "/hello").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_ends_at_the_cpu_limit_while_others_are_served() {
+    let h = host(
+        Limits {
+            cpu_ms: 200,
+            ..Limits::default()
+        },
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    let looping = tokio::spawn(get(h.addr, "shop.workers.test", "/loop"));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(h.addr, "shop.workers.test", "/hello").await.0,
+            StatusCode::OK,
+            "served while another request loops"
+        );
+    }
+    let (status, body) = looping.await.expect("task");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("cpu_ms"), "{body}");
+    assert_eq!(
+        get(h.addr, "shop.workers.test", "/hello").await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_ends_at_the_memory_limit_and_an_exception_is_a_500() {
+    let h = host(
+        Limits {
+            memory_bytes: 32 << 20,
+            ..Limits::default()
+        },
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    let (status, body) = get(h.addr, "shop.workers.test", "/alloc").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("memory"), "{body}");
+    let (status, body) = get(h.addr, "shop.workers.test", "/panic").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("exception"), "{body}");
+    assert_eq!(
+        get(h.addr, "shop.workers.test", "/hello").await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_fetch_to_private_addresses_is_refused() {
+    let h = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    // A real local server the worker must not reach.
+    let secret = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = secret.local_addr().expect("addr").port();
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        "http://10.0.0.1/".to_string(),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        format!("http://[::1]:{port}/"),
+    ] {
+        let (status, body) = get(h.addr, "shop.workers.test", &format!("/fetch?{url}")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{url}: {body}");
+        assert!(body.contains("DestinationIpProhibited"), "{url}: {body}");
+    }
+    let none = host(Limits::default(), OutboundPolicy::None).await;
+    let (_, body) = get(
+        none.addr,
+        "shop.workers.test",
+        "/fetch?http://93.184.216.34/",
+    )
+    .await;
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_call_reaches_the_client_with_its_context_and_no_marker() {
+    let h = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    let (status, body) = get(
+        h.addr,
+        "shop.workers.test",
+        "/bind?API&http://inventory.internal/items",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "from binding API to service svc-123 for http://inventory.internal/items"
+    );
+    let calls = h.client.calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 1);
+    let (ctx, headers) = &calls[0];
+    assert_eq!(
+        (
+            ctx.account_id.as_str(),
+            ctx.worker.as_str(),
+            ctx.binding.as_str(),
+            ctx.service_id.as_str()
+        ),
+        ("acct-1", "shop", "API", "svc-123")
+    );
+    assert_eq!(ctx.request_id.len(), 32);
+    assert!(
+        headers.iter().all(|(k, _)| k != "warren-binding"),
+        "marker stripped: {headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "x-from-worker" && v == "yes"),
+        "{headers:?}"
+    );
+
+    let (status, body) = get(h.addr, "shop.workers.test", "/bind?NOPE").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("ProxyError: binding_not_found"), "{body}");
+    assert_eq!(
+        h.client.calls.lock().expect("lock").len(),
+        1,
+        "an unknown binding never reaches the client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_compiled_code_instead_of_compiling() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let first = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    Worker::new(first.clone(), WorkerConfig::default(), guest(), None).expect("worker");
+    assert_eq!(first.compiles(), 1);
+    let second = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    Worker::new(second.clone(), WorkerConfig::default(), guest(), None).expect("worker");
+    assert_eq!(
+        second.compiles(),
+        0,
+        "the restarted engine loaded the cached code"
+    );
+}

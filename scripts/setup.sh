@@ -2,6 +2,7 @@
 # Installs what building and testing Warren needs on a fresh Debian machine.
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -39,3 +40,15 @@ for comp in clippy rustfmt; do
     rustup component add "$comp"
   fi
 done
+
+# ComponentizeJS, pinned by runtime/js/package-lock.json: builds JS workers into components.
+if [ ! -d runtime/js/node_modules/@bytecodealliance/componentize-js ] \
+   || [ runtime/js/package-lock.json -nt runtime/js/node_modules/.package-lock.json ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing nodejs and npm"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  echo "setup: npm ci in runtime/js"
+  npm ci --prefix runtime/js --no-audit --no-fund
+fi

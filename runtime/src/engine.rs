@@ -116,7 +116,8 @@ impl RuntimeEngine {
             .context("compiling the worker")?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         let bytes = component.serialize()?;
-        let tmp = path.with_extension("tmp");
+        // A unique temporary name: other processes may be writing the same entry.
+        let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &path)?;
         Ok(component)

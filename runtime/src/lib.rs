@@ -10,6 +10,7 @@
 //! shared wasmtime engine and the compiled-code cache.
 
 pub mod engine;
+pub mod js;
 pub mod limits;
 pub mod outbound;
 pub mod serve;

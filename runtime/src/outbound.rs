@@ -18,6 +18,13 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 /// The header a guest sets to call a binding: `warren-binding: <NAME>`.
 pub const BINDING_HEADER: &str = "warren-binding";
 
+/// On a failed binding call the guest gets a `502` carrying this header with the
+/// ProxyError code (JS runtimes report fetch failures without detail, so the
+/// code travels in a response; the generated JS entry turns it into
+/// `Error("ProxyError: <code>")`). Stripped from every real response, so an
+/// origin cannot forge it.
+pub const PROXY_ERROR_HEADER: &str = "warren-proxy-error";
+
 /// Who is calling a binding, passed with every binding request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindingContext {
@@ -114,8 +121,18 @@ type SendResult = Result<
     HttpError,
 >;
 
-fn proxy_error(e: &ProxyError) -> HttpError {
-    HttpError::InternalError(Some(format!("ProxyError: {}", e.code)))
+/// The response a guest gets for a failed binding call.
+fn proxy_error_response(code: warren_protocol::ErrorCode) -> http::Response<WasiBody> {
+    let body = http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut r = http::Response::new(body);
+    *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+    r.headers_mut().insert(
+        PROXY_ERROR_HEADER,
+        http::HeaderValue::from_static(code.as_str()),
+    );
+    r
 }
 
 async fn public_only(
@@ -174,17 +191,22 @@ impl WasiHttpHooks for Outbound {
             });
             let client = self.client.clone();
             return Box::new(async move {
-                let (Some(ctx), Some(client)) = (ctx, client) else {
-                    return Err(HttpError::InternalError(Some(
-                        "ProxyError: binding_not_found".into(),
-                    )));
-                };
-                let resp = client
-                    .fetch(ctx, request)
-                    .await
-                    .map_err(|e| proxy_error(&e))?;
                 let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
                     Box::new(async { Ok(()) });
+                let (Some(ctx), Some(client)) = (ctx, client) else {
+                    let code = warren_protocol::ErrorCode::BindingNotFound;
+                    return Ok((proxy_error_response(code), done));
+                };
+                let resp = match client.fetch(ctx, request).await {
+                    Ok(mut r) => {
+                        r.headers_mut().remove(PROXY_ERROR_HEADER);
+                        r
+                    }
+                    Err(e) => {
+                        tracing::debug!(code = %e.code, detail = %e.detail, "binding call failed");
+                        proxy_error_response(e.code)
+                    }
+                };
                 Ok((resp, done))
             });
         }

@@ -1,7 +1,7 @@
 //! Wasm workers end to end: a real Rust component (built for wasm32-wasip2 here)
 //! served over HTTP by the runtime, against its limits and its outbound gate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use warren_protocol::ProxyError;
+use warren_runtime::js::{JsBuildError, JsBuilder};
 use warren_runtime::serve::Router;
 use warren_runtime::{
     BindingClient, BindingContext, EngineConfig, Limits, OutboundPolicy, RuntimeEngine, Worker,
@@ -50,11 +51,18 @@ impl BindingClient for RecordingClient {
         ctx: BindingContext,
         req: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, ProxyError> {
-        let headers = req
+        let mut headers: Vec<(String, String)> = req
             .headers()
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
             .collect();
+        headers.push((":uri".into(), req.uri().to_string()));
+        if req.uri().path() == "/fail" {
+            return Err(ProxyError::new(
+                warren_protocol::ErrorCode::ConnectionRefused,
+                "test origin down",
+            ));
+        }
         let body = format!(
             "from binding {} to service {} for {}",
             ctx.binding,
@@ -76,8 +84,34 @@ struct Host {
 }
 
 async fn host(limits: Limits, outbound: OutboundPolicy) -> Host {
+    host_for(guest(), limits, outbound).await
+}
+
+/// Builds the JS test worker once per test process (ComponentizeJS).
+fn js_guest() -> &'static [u8] {
+    // (Each test process builds it once; the compiled code is shared through
+    // the engine cache in the target's temporary directory.)
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let vars = BTreeMap::from([("GREETING".to_string(), "hi".to_string())]);
+        JsBuilder::new(dir.join("js"))
+            .build(
+                &dir.join("tests/js-worker"),
+                "worker.js",
+                &vars,
+                &["API".to_string()],
+            )
+            .expect("the JS worker builds (scripts/setup.sh installs ComponentizeJS)")
+    })
+}
+
+async fn host_for(wasm: &[u8], limits: Limits, outbound: OutboundPolicy) -> Host {
     let cache = tempfile::tempdir().expect("tempdir");
-    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    // Compiled code is shared by the test processes (compiling the 13 MB JS
+    // engine once, not per test); the restart test uses a cache of its own.
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let engine = RuntimeEngine::new(EngineConfig::new(shared)).expect("engine");
     let client = Arc::new(RecordingClient::default());
     let config = WorkerConfig {
         name: "shop".into(),
@@ -89,7 +123,7 @@ async fn host(limits: Limits, outbound: OutboundPolicy) -> Host {
     let worker = Worker::new(
         engine.clone(),
         config,
-        guest(),
+        wasm,
         Some(client.clone() as Arc<dyn BindingClient>),
     )
     .expect("worker");
@@ -274,4 +308,120 @@ async fn a_restart_loads_compiled_code_instead_of_compiling() {
         0,
         "the restarted engine loaded the cached code"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_js_worker_serves_with_env_modules_and_bindings() {
+    let h = host_for(
+        js_guest(),
+        Limits::default(),
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    let at = "shop.workers.test";
+    assert_eq!(
+        get(h.addr, at, "/hello").await,
+        (StatusCode::OK, "hi from a JS worker".into())
+    );
+    let (status, body) = get(h.addr, at, "/bind").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "binding said: from binding API to service svc-123 for http://inventory.internal/items"
+    );
+    {
+        let calls = h.client.calls.lock().expect("lock");
+        let (ctx, headers) = &calls[0];
+        assert_eq!(
+            (ctx.worker.as_str(), ctx.service_id.as_str()),
+            ("shop", "svc-123")
+        );
+        assert!(
+            headers.iter().all(|(k, _)| k != "warren-binding"),
+            "{headers:?}"
+        );
+        assert!(
+            headers.iter().any(|(k, v)| k == "x-from-js" && v == "1"),
+            "{headers:?}"
+        );
+    }
+    // A binding failure is a catchable Error("ProxyError: <code>").
+    assert_eq!(
+        get(h.addr, at, "/bindfail").await,
+        (
+            StatusCode::BAD_GATEWAY,
+            "caught: ProxyError: connection_refused".into()
+        )
+    );
+    // An uncaught exception is a 500 for that request only.
+    let (status, _) = get(h.addr, at, "/throw").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(get(h.addr, at, "/hello").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_until_work_completes_after_the_response() {
+    let h = host_for(
+        js_guest(),
+        Limits::default(),
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    assert_eq!(
+        get(h.addr, "shop.workers.test", "/later").await,
+        (StatusCode::OK, "sent".into())
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let done = h
+            .client
+            .calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(_, _)| true);
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waitUntil work never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn a_syntax_error_names_the_file_and_line() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let err = JsBuilder::new(dir.join("js"))
+        .build(
+            &dir.join("tests/js-bad"),
+            "worker.js",
+            &BTreeMap::new(),
+            &[],
+        )
+        .expect_err("a syntax error must fail the build");
+    match err {
+        JsBuildError::Script(msg) => {
+            assert!(
+                msg.contains("worker.js:4") && msg.contains("SyntaxError"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a script error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_binding_call_gives_the_guest_the_proxy_error() {
+    let h = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    let (status, body) = get(
+        h.addr,
+        "shop.workers.test",
+        "/bind?API&http://inventory.internal/fail",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("ProxyError: connection_refused"), "{body}");
 }

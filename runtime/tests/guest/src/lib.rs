@@ -46,6 +46,10 @@ fn get(scheme: Scheme, authority: &str, path: &str, headers: &[(&str, &str)]) ->
         .map_err(|_| "response taken twice")?
         .map_err(|e| format!("{e:?}"))?;
     let status = resp.status();
+    let proxy_error = resp.headers().get(&"warren-proxy-error".to_string());
+    if let Some(code) = proxy_error.first() {
+        return Err(format!("ProxyError: {}", String::from_utf8_lossy(code)));
+    }
     let body = resp.consume().map_err(|_| "no body")?;
     let stream = body.stream().map_err(|_| "no stream")?;
     let mut data = Vec::new();

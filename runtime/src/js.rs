@@ -1,0 +1,147 @@
+//! JS workers: a Workers-style module (`export default { fetch(request, env, ctx) }`)
+//! is wrapped in a generated entry that builds `env` (vars as strings, VPC
+//! bindings as objects with `.fetch()`) and `ctx` (`waitUntil`,
+//! `passThroughOnException`), then turned into a `wasi:http/proxy` component by
+//! ComponentizeJS (`runtime/js/build.mjs`, pinned in `runtime/js/package.json`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Name of the generated entry file, written next to the worker's modules.
+pub const ENTRY_FILE: &str = "__warren_entry.js";
+
+/// Why a JS worker could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JsBuildError {
+    /// The worker's code did not load (syntax error, exception at top level…);
+    /// the message names the file and line.
+    #[error("{0}")]
+    Script(String),
+    /// The build tooling is missing or failed (run scripts/setup.sh).
+    #[error("JS build tooling failed: {0}")]
+    Tooling(String),
+}
+
+/// Builds JS workers with the pinned ComponentizeJS.
+#[derive(Debug, Clone)]
+pub struct JsBuilder {
+    /// The `runtime/js` directory (with its `node_modules`).
+    pub js_dir: PathBuf,
+    /// The `node` executable.
+    pub node: PathBuf,
+}
+
+/// The generated entry: imports the user's module and serves its `fetch`.
+pub fn entry_source(
+    main_module: &str,
+    vars: &BTreeMap<String, String>,
+    bindings: &[String],
+) -> String {
+    let main = serde_json::to_string(&format!("./{}", main_module.trim_start_matches("./")))
+        .unwrap_or_default();
+    let vars = serde_json::to_string(vars).unwrap_or_else(|_| "{}".into());
+    let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
+    format!(
+        r#"import worker from {main};
+const VARS = {vars};
+const BINDINGS = {bindings};
+function binding(name) {{
+  return {{
+    async fetch(input, init) {{
+      const request = new Request(input, init);
+      request.headers.set("{marker}", name);
+      const response = await fetch(request);
+      const code = response.headers.get("{error_header}");
+      if (code) throw new Error(`ProxyError: ${{code}}`);
+      return response;
+    }},
+  }};
+}}
+const env = {{ ...VARS }};
+for (const b of BINDINGS) env[b] = binding(b);
+addEventListener("fetch", (event) => {{
+  const ctx = {{ waitUntil: (p) => event.waitUntil(p), passThroughOnException() {{}} }};
+  event.respondWith(Promise.resolve().then(() => worker.fetch(event.request, env, ctx)));
+}});
+"#,
+        marker = crate::outbound::BINDING_HEADER,
+        error_header = crate::outbound::PROXY_ERROR_HEADER,
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "node_modules" || name == ".git" {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &to.join(&name))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+impl JsBuilder {
+    /// A builder using `js_dir` and `node` from PATH.
+    pub fn new(js_dir: PathBuf) -> Self {
+        JsBuilder {
+            js_dir,
+            node: PathBuf::from("node"),
+        }
+    }
+
+    /// Builds the worker whose modules are in `source_dir` (entry `main_module`)
+    /// into component bytes.
+    pub fn build(
+        &self,
+        source_dir: &Path,
+        main_module: &str,
+        vars: &BTreeMap<String, String>,
+        bindings: &[String],
+    ) -> Result<Vec<u8>, JsBuildError> {
+        let tooling = |e: std::io::Error| JsBuildError::Tooling(e.to_string());
+        let work = tempfile::tempdir().map_err(tooling)?;
+        let src = work.path().join("src");
+        copy_dir(source_dir, &src).map_err(tooling)?;
+        if !src.join(main_module).is_file() {
+            return Err(JsBuildError::Script(format!(
+                "{main_module}: no such module in {}",
+                source_dir.display()
+            )));
+        }
+        std::fs::write(
+            src.join(ENTRY_FILE),
+            entry_source(main_module, vars, bindings),
+        )
+        .map_err(tooling)?;
+        let out = work.path().join("out").join("worker.wasm");
+        std::fs::create_dir_all(work.path().join("out")).map_err(tooling)?;
+        let output = Command::new(&self.node)
+            .arg(self.js_dir.join("build.mjs"))
+            .arg(src.join(ENTRY_FILE))
+            .arg(&out)
+            .current_dir(&src)
+            .output()
+            .map_err(|e| {
+                JsBuildError::Tooling(format!("cannot run {}: {e}", self.node.display()))
+            })?;
+        if !output.status.success() {
+            let text = String::from_utf8_lossy(&output.stderr).into_owned();
+            let script: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
+            return Err(if script.iter().any(|l| l.contains(".js:")) {
+                JsBuildError::Script(script.join("\n"))
+            } else {
+                JsBuildError::Tooling(text)
+            });
+        }
+        std::fs::read(&out).map_err(tooling)
+    }
+}

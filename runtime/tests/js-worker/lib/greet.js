@@ -1,0 +1,3 @@
+export function greet(greeting) {
+  return `${greeting} from a JS worker`;
+}

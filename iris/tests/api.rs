@@ -47,6 +47,7 @@ async fn start() -> Api {
     let state = ApiState {
         store: store.clone(),
         admin: Arc::new(admin),
+        service_users: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

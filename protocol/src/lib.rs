@@ -4,12 +4,16 @@
 //! runtime (the optional `tokio` feature adds one helper that reads a frame from a
 //! stream). iris and the connector wrap it with QUIC.
 //!
+//! - [`binding`]: the binding RPC's call and reply heads (runtime ↔ binding-worker).
 //! - [`error`]: the ProxyError taxonomy with stable string names.
 //! - [`frame`]: length-prefixed frames with explicit size limits.
 //! - [`messages`]: the tunnel's messages (control stream, data streams, DNS).
 //! - [`preamble`]: the magic + version + kind that opens every tunnel stream.
 //! - [`token`]: the tunnel token a connector is started with.
 
+pub mod binding;
+#[cfg(feature = "body")]
+pub mod body;
 pub mod error;
 pub mod frame;
 #[cfg(feature = "tokio")]
@@ -21,6 +25,11 @@ pub mod token;
 #[allow(clippy::all, missing_docs, unused_qualifications, dead_code)]
 pub(crate) mod tunnel_capnp {
     include!(concat!(env!("OUT_DIR"), "/tunnel_capnp.rs"));
+}
+
+#[allow(clippy::all, missing_docs, unused_qualifications, dead_code)]
+pub(crate) mod binding_capnp {
+    include!(concat!(env!("OUT_DIR"), "/binding_capnp.rs"));
 }
 
 pub use error::{ErrorCode, ProxyError};
@@ -35,3 +44,7 @@ pub const EDGE_SERVER_NAME: &str = "warren-edge";
 
 /// Default UDP port of the tunnel edge.
 pub const DEFAULT_EDGE_PORT: u16 = 7844;
+
+/// Header naming the ProxyError code wherever a failure crosses HTTP: iris's
+/// refused CONNECT answers, and the answer a guest gets for a failed binding call.
+pub const PROXY_ERROR_HEADER: &str = "warren-proxy-error";

@@ -34,7 +34,7 @@ pub trait WireMessage: Sized {
     }
 }
 
-fn check_body<T: WireMessage>(body: &[u8]) -> Result<(), DecodeError> {
+pub(crate) fn check_body<T: WireMessage>(body: &[u8]) -> Result<(), DecodeError> {
     if body.len() > T::LIMIT {
         return Err(DecodeError::TooLarge {
             len: body.len(),
@@ -44,7 +44,7 @@ fn check_body<T: WireMessage>(body: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn text(
+pub(crate) fn text(
     r: capnp::Result<capnp::text::Reader<'_>>,
     field: &'static str,
 ) -> Result<String, DecodeError> {
@@ -96,7 +96,7 @@ fn get_addr(r: wire::socket_address::Reader<'_>) -> Result<Option<SocketAddr>, D
     Ok(ip_from_bytes(r.get_ip()?)?.map(|ip| SocketAddr::new(ip, r.get_port())))
 }
 
-fn code_to_wire(code: Option<ErrorCode>) -> wire::ErrorCode {
+pub(crate) fn code_to_wire(code: Option<ErrorCode>) -> wire::ErrorCode {
     use wire::ErrorCode as W;
     match code {
         None => W::None,
@@ -113,7 +113,7 @@ fn code_to_wire(code: Option<ErrorCode>) -> wire::ErrorCode {
     }
 }
 
-fn code_from_wire(code: wire::ErrorCode) -> Option<ErrorCode> {
+pub(crate) fn code_from_wire(code: wire::ErrorCode) -> Option<ErrorCode> {
     use wire::ErrorCode as W;
     match code {
         W::None => None,

@@ -100,7 +100,7 @@ impl RuntimeEngine {
     /// The component for `wasm`, from the on-disk cache when this engine has
     /// compiled it before, else compiled and cached.
     pub fn component(&self, wasm: &[u8]) -> anyhow::Result<Component> {
-        let key = hex::encode(Sha256::digest(wasm));
+        let key = content_hash(wasm);
         let path = self.config.cache_dir.join(format!("{key}.cwasm"));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an engine
@@ -122,4 +122,9 @@ impl RuntimeEngine {
         std::fs::rename(&tmp, &path)?;
         Ok(component)
     }
+}
+
+/// Hex SHA-256 of a component: its cache key and deployed version tag.
+pub fn content_hash(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
 }

@@ -52,6 +52,7 @@ function binding(name) {{
     async fetch(input, init) {{
       const request = new Request(input, init);
       request.headers.set("{marker}", name);
+      if (request.redirect === "manual") request.headers.set("{redirect}", "manual");
       const response = await fetch(request);
       const code = response.headers.get("{error_header}");
       if (code) throw new Error(`ProxyError: ${{code}}`);
@@ -68,6 +69,7 @@ addEventListener("fetch", (event) => {{
 "#,
         marker = crate::outbound::BINDING_HEADER,
         error_header = crate::outbound::PROXY_ERROR_HEADER,
+        redirect = warren_protocol::binding::REDIRECT_HEADER,
     )
 }
 

@@ -9,9 +9,12 @@
 //! the guest's outgoing requests pass [`outbound`]. [`engine`] holds the
 //! shared wasmtime engine and the compiled-code cache.
 
+pub mod binding_rpc;
+pub mod deploy;
 pub mod engine;
 pub mod js;
 pub mod limits;
+pub mod logs;
 pub mod outbound;
 pub mod serve;
 pub mod worker;

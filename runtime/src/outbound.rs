@@ -23,22 +23,9 @@ pub const BINDING_HEADER: &str = "warren-binding";
 /// code travels in a response; the generated JS entry turns it into
 /// `Error("ProxyError: <code>")`). Stripped from every real response, so an
 /// origin cannot forge it.
-pub const PROXY_ERROR_HEADER: &str = "warren-proxy-error";
+pub const PROXY_ERROR_HEADER: &str = warren_protocol::PROXY_ERROR_HEADER;
 
-/// Who is calling a binding, passed with every binding request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindingContext {
-    /// Account of the worker.
-    pub account_id: String,
-    /// Worker name.
-    pub worker: String,
-    /// Binding name as the worker calls it.
-    pub binding: String,
-    /// The VPC service the binding names.
-    pub service_id: String,
-    /// Id of the incoming request that caused the call.
-    pub request_id: String,
-}
+pub use warren_protocol::binding::BindingContext;
 
 /// Carries binding calls onward (the binding-worker, over Cap'n Proto).
 #[async_trait]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::worker::{Body, Worker, text};
@@ -15,6 +15,7 @@ use crate::worker::{Body, Worker, text};
 pub struct Router {
     domain: String,
     workers: RwLock<HashMap<String, Arc<Worker>>>,
+    fallback: RwLock<Option<String>>,
 }
 
 impl Router {
@@ -23,6 +24,7 @@ impl Router {
         Arc::new(Router {
             domain: domain.trim_matches('.').to_ascii_lowercase(),
             workers: RwLock::new(HashMap::new()),
+            fallback: RwLock::new(None),
         })
     }
 
@@ -34,10 +36,34 @@ impl Router {
         }
     }
 
+    /// Stops serving a worker (requests in flight finish).
+    pub fn remove(&self, name: &str) {
+        if let Ok(mut w) = self.workers.write() {
+            w.remove(name);
+        }
+    }
+
+    /// Serves `name` for hosts no worker matches (`warren dev`: plain
+    /// `localhost:8787` reaches the worker being developed).
+    pub fn set_fallback(&self, name: Option<String>) {
+        if let Ok(mut f) = self.fallback.write() {
+            *f = name;
+        }
+    }
+
     fn worker_for(&self, host: &str) -> Option<Arc<Worker>> {
         let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
-        let name = host.strip_suffix(&format!(".{}", self.domain))?;
-        self.workers.read().ok()?.get(name).cloned()
+        let workers = self.workers.read().ok()?;
+        let named = host
+            .strip_suffix(&format!(".{}", self.domain))
+            .and_then(|name| workers.get(name));
+        match named {
+            Some(w) => Some(w.clone()),
+            None => {
+                let fallback = self.fallback.read().ok()?.clone()?;
+                workers.get(&fallback).cloned()
+            }
+        }
     }
 
     /// Handles one request.
@@ -63,7 +89,7 @@ impl Router {
         resp
     }
 
-    /// Serves HTTP/1.1 on `listener` until the task is dropped.
+    /// Serves HTTP/1.1 and h2c on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         while let Ok((stream, _)) = listener.accept().await {
             let router = self.clone();
@@ -72,9 +98,9 @@ impl Router {
                     let router = router.clone();
                     async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -19,6 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::RuntimeEngine;
 use crate::limits::{CpuMeter, LimitHit, Limits, MemoryLimiter, Metered};
+use crate::logs::{LogHub, RequestInfo, TailEvent, lines};
 use crate::outbound::{BindingClient, Outbound, OutboundPolicy};
 
 /// What a deployment says about a worker.
@@ -30,6 +32,9 @@ pub struct WorkerConfig {
     pub account_id: String,
     /// Binding name → VPC service id.
     pub bindings: HashMap<String, String>,
+    /// Plain-text vars, given to Wasm workers as environment variables (JS
+    /// workers get them in `env`, built in).
+    pub env: Vec<(String, String)>,
     /// Limits.
     pub limits: Limits,
     /// Global outbound policy.
@@ -71,7 +76,11 @@ pub struct Worker {
     pre: ProxyPre<State>,
     engine: Arc<RuntimeEngine>,
     client: Option<Arc<dyn BindingClient>>,
+    logs: Option<Arc<LogHub>>,
 }
+
+/// Most bytes of stdout (and of stderr) kept per request for tail events.
+const CAPTURE_BYTES: usize = 256 * 1024;
 
 /// The answer body type of workers.
 pub type Body = HyperOutgoingBody;
@@ -106,7 +115,14 @@ impl Worker {
             pre,
             engine,
             client,
+            logs: None,
         })
+    }
+
+    /// Publishes this worker's tail events to `hub`.
+    pub fn with_logs(mut self, hub: Arc<LogHub>) -> Self {
+        self.logs = Some(hub);
+        self
     }
 
     /// The worker's configuration.
@@ -114,16 +130,37 @@ impl Worker {
         &self.config
     }
 
-    /// Runs one request in a fresh instance.
+    /// Runs one request in a fresh instance; when someone tails the worker, its
+    /// output, outcome and timing are published once the guest is done.
     pub async fn handle(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
         request_id: &str,
     ) -> hyper::Response<Body> {
+        let started = std::time::Instant::now();
+        let hub = self
+            .logs
+            .clone()
+            .filter(|h| h.has_subscribers(&self.config.name));
+        let info = hub.as_ref().map(|_| RequestInfo {
+            method: req.method().to_string(),
+            url: req.uri().to_string(),
+        });
+        let capture = hub.as_ref().map(|_| {
+            (
+                MemoryOutputPipe::new(CAPTURE_BYTES),
+                MemoryOutputPipe::new(CAPTURE_BYTES),
+            )
+        });
         let limits = self.config.limits.clone();
         let meter = CpuMeter::new();
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.config.env);
+        if let Some((out, err)) = &capture {
+            wasi.stdout(out.clone()).stderr(err.clone());
+        }
         let state = State {
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: Outbound {
@@ -137,6 +174,53 @@ impl Worker {
             },
             limiter: MemoryLimiter::new(limits.memory_bytes),
         };
+        let (resp, outcome, pending) = self.run(state, req, request_id, &limits, &meter).await;
+        if let (Some(hub), Some(info), Some((out, err))) = (hub, info, capture) {
+            let event_timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+                .saturating_sub(started.elapsed().as_millis() as u64);
+            let status = resp.status().as_u16();
+            let script_name = self.config.name.clone();
+            let request_id = request_id.to_owned();
+            tokio::spawn(async move {
+                let mut outcome = outcome;
+                if let Some(task) = pending
+                    && let Ok((Err(e), _)) = task.await
+                {
+                    outcome = Outcome::Exception(format!("{e:#}"));
+                }
+                let mut logs = lines("log", &out.contents());
+                logs.extend(lines("error", &err.contents()));
+                let (outcome, exceptions) = outcome.parts();
+                hub.publish(TailEvent {
+                    script_name,
+                    outcome,
+                    event_timestamp,
+                    request_id,
+                    request: info,
+                    status,
+                    wall_ms: started.elapsed().as_millis() as u64,
+                    cpu_ms: meter.used().as_millis() as u64,
+                    logs,
+                    exceptions,
+                });
+            });
+        }
+        resp
+    }
+
+    /// Instantiates and runs the guest; returns the answer, how it went, and
+    /// the guest task when it is still running (streaming a body, waitUntil).
+    async fn run(
+        &self,
+        state: State,
+        req: hyper::Request<hyper::body::Incoming>,
+        request_id: &str,
+        limits: &Limits,
+        meter: &Arc<CpuMeter>,
+    ) -> (hyper::Response<Body>, Outcome, Option<GuestTask>) {
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -160,10 +244,13 @@ impl Worker {
         })();
         let (wreq, out) = match prepared {
             Ok(p) => p,
-            Err(e) => return text(400, &format!("bad request: {e}")),
+            Err(e) => {
+                let msg = format!("bad request: {e}");
+                return (text(400, &msg), Outcome::Exception(msg), None);
+            }
         };
         let pre = self.pre.clone();
-        let task = tokio::spawn(Metered::new(
+        let task: GuestTask = tokio::spawn(Metered::new(
             async move {
                 let run = async {
                     let proxy = pre.instantiate_async(&mut store).await?;
@@ -179,10 +266,11 @@ impl Worker {
         ));
         let worker = &self.config.name;
         match tokio::time::timeout(limits.wall_clock, rx).await {
-            Ok(Ok(Ok(resp))) => resp,
+            Ok(Ok(Ok(resp))) => (resp, Outcome::Ok, Some(task)),
             Ok(Ok(Err(code))) => {
                 tracing::warn!(worker, request_id, error = ?code, "worker answered with an error");
-                text(500, &format!("worker error: {code:?}"))
+                let msg = format!("worker error: {code:?}");
+                (text(500, &msg), Outcome::Exception(msg), Some(task))
             }
             Ok(Err(_)) => {
                 let (result, memory_hit) = match task.await {
@@ -205,15 +293,25 @@ impl Worker {
                             "worker exceeded its {} limit",
                             limit.name()
                         );
-                        text(503, &format!("worker exceeded its {} limit", limit.name()))
+                        (
+                            text(503, &format!("worker exceeded its {} limit", limit.name())),
+                            Outcome::Limit(limit),
+                            None,
+                        )
                     }
                     (None, Err(e)) => {
-                        tracing::error!(worker, request_id, error = %format!("{e:#}"), "worker threw an exception");
-                        text(500, "worker threw an exception")
+                        let msg = format!("{e:#}");
+                        tracing::error!(worker, request_id, error = %msg, "worker threw an exception");
+                        (
+                            text(500, "worker threw an exception"),
+                            Outcome::Exception(msg),
+                            None,
+                        )
                     }
                     (None, Ok(())) => {
-                        tracing::error!(worker, request_id, "worker returned without a response");
-                        text(500, "worker returned without a response")
+                        let msg = "worker returned without a response";
+                        tracing::error!(worker, request_id, "{msg}");
+                        (text(500, msg), Outcome::Exception(msg.into()), None)
                     }
                 }
             }
@@ -225,7 +323,41 @@ impl Worker {
                     limit = "wall_clock",
                     "worker exceeded its wall_clock limit"
                 );
-                text(503, "worker exceeded its wall_clock limit")
+                (
+                    text(503, "worker exceeded its wall_clock limit"),
+                    Outcome::Limit(LimitHit::WallClock),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// The guest's task: its result and whether it hit the memory limit.
+type GuestTask = tokio::task::JoinHandle<(wasmtime::Result<()>, bool)>;
+
+/// How a request ended, for tail events.
+enum Outcome {
+    Ok,
+    Exception(String),
+    Limit(LimitHit),
+}
+
+impl Outcome {
+    fn parts(self) -> (String, Vec<String>) {
+        match self {
+            Outcome::Ok => ("ok".into(), vec![]),
+            Outcome::Exception(m) => ("exception".into(), vec![m]),
+            Outcome::Limit(l) => {
+                let name = match l {
+                    LimitHit::Cpu => "exceededCpu",
+                    LimitHit::Memory => "exceededMemory",
+                    LimitHit::WallClock => "exceededWallClock",
+                };
+                (
+                    name.into(),
+                    vec![format!("worker exceeded its {} limit", l.name())],
+                )
             }
         }
     }

@@ -117,6 +117,7 @@ async fn host_for(wasm: &[u8], limits: Limits, outbound: OutboundPolicy) -> Host
         name: "shop".into(),
         account_id: "acct-1".into(),
         bindings: HashMap::from([("API".to_string(), "svc-123".to_string())]),
+        env: vec![],
         limits,
         outbound,
     };

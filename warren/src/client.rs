@@ -93,14 +93,23 @@ impl Client {
         })
     }
 
-    /// Calls `method` on `…/accounts/{account}/{path}` and returns the envelope's result
-    /// (and `result_info` for lists).
-    pub async fn call(
+    /// A client for `api` (an `http://` URL), `account` and `token`.
+    pub fn with(api: &str, account: &str, token: &str) -> anyhow::Result<Client> {
+        Client::new(&ApiFlags {
+            api: Some(api.to_owned()),
+            api_token: Some(token.to_owned()),
+            account_id: Some(account.to_owned()),
+        })
+    }
+
+    /// Sends `method` to `…/accounts/{account}/{path}` with an optional
+    /// `(content type, bytes)` body and returns the raw response.
+    pub async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(Value, Value)> {
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let uri = format!(
             "{}/client/v4/accounts/{}/{path}",
             self.base_path, self.account
@@ -115,13 +124,36 @@ impl Client {
             .uri(uri)
             .header("host", &self.host)
             .header("authorization", format!("Bearer {}", self.token));
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let resp = sender
-            .send_request(req.body(Full::new(Bytes::from(payload)))?)
-            .await?;
+        let payload = match body {
+            Some((ctype, bytes)) => {
+                req = req.header("content-type", ctype);
+                bytes
+            }
+            None => Bytes::new(),
+        };
+        Ok(sender.send_request(req.body(Full::new(payload))?).await?)
+    }
+
+    /// Calls `method` on `…/accounts/{account}/{path}` and returns the envelope's result
+    /// (and `result_info` for lists).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(Value, Value)> {
+        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        self.call_raw(method, path, body).await
+    }
+
+    /// Like [`Client::call`] with a body of any content type.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<(Value, Value)> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
         let v: Value = serde_json::from_slice(&bytes).map_err(|_| {

@@ -36,6 +36,12 @@ pub struct EdgeFile {
     /// DNS cache bounds.
     #[serde(default)]
     pub dns_cache: DnsCacheSection,
+    /// The worker runtime.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// The binding-worker.
+    #[serde(default)]
+    pub binding: BindingSection,
     /// Storage.
     #[serde(default)]
     pub store: StoreSection,
@@ -55,6 +61,10 @@ pub struct Parts {
     pub tunnel: bool,
     /// The CONNECT front door (default true).
     pub connect: bool,
+    /// The worker runtime and its deploy API (default true).
+    pub runtime: bool,
+    /// The binding-worker (default true).
+    pub binding: bool,
 }
 
 impl Default for Parts {
@@ -63,6 +73,8 @@ impl Default for Parts {
             api: true,
             tunnel: true,
             connect: true,
+            runtime: true,
+            binding: true,
         }
     }
 }
@@ -128,6 +140,56 @@ impl Default for ConnectSection {
     }
 }
 
+/// `[runtime]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Where workers are served (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// Workers answer at `<name>.<workers_domain>` (default `workers.localhost`).
+    pub workers_domain: String,
+    /// The binding-worker's RPC address: `host:port`, or `unix:/path` (default:
+    /// this node's `[binding] listen`).
+    pub binding_rpc: Option<String>,
+    /// The `runtime/js` folder with ComponentizeJS installed (default: found
+    /// next to the binary's source checkout, or `$WARREN_JS_DIR`).
+    pub js_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            workers_domain: "workers.localhost".into(),
+            binding_rpc: None,
+            js_dir: None,
+        }
+    }
+}
+
+/// `[binding]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BindingSection {
+    /// Binding RPC listen address: `host:port` or `unix:/path` (default `127.0.0.1:8789`).
+    pub listen: String,
+    /// iris's CONNECT front door (default: this node's `[connect] listen`).
+    pub front_door: Option<SocketAddr>,
+    /// Idle CONNECT tunnels close after this long (default 90 s).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for BindingSection {
+    fn default() -> Self {
+        BindingSection {
+            listen: "127.0.0.1:8789".into(),
+            front_door: None,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
 /// `[dns_cache]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -189,6 +251,11 @@ pub fn load(path: &Path) -> anyhow::Result<EdgeFile> {
     let base = path.parent().unwrap_or(Path::new("."));
     if file.data_dir.is_relative() {
         file.data_dir = base.join(&file.data_dir);
+    }
+    if let Some(js) = &mut file.runtime.js_dir
+        && js.is_relative()
+    {
+        *js = base.join(&*js);
     }
     for ca in &mut file.connect.origin_ca_files {
         if ca.is_relative() {

@@ -5,8 +5,11 @@ mod client;
 mod commands;
 mod config;
 mod demo;
+mod dev;
 mod profile;
+mod scripts_api;
 mod serve;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -38,6 +41,22 @@ enum Command {
         #[arg(long, default_value = "edge.toml")]
         config: PathBuf,
     },
+    /// Develop a worker: an edge, a tunnel, a local connector, the folder's VPC
+    /// services and worker, its URL and live logs — in one process.
+    Dev(dev::DevArgs),
+    /// Deploy a worker from warren.json / wrangler.json / wrangler.jsonc.
+    Deploy {
+        /// The config file, or its folder (default: the current folder).
+        config: Option<PathBuf>,
+    },
+    /// Follow a worker's live logs.
+    Tail {
+        /// Worker name.
+        worker: String,
+        /// `pretty` or `json` (one tail event per line).
+        #[arg(long, default_value = "pretty", value_parser = ["pretty", "json"])]
+        format: String,
+    },
     /// Tunnels (Cloudflare's cfd_tunnel resources).
     Tunnel {
         #[command(subcommand)]
@@ -59,9 +78,21 @@ enum VpcCommand {
     },
 }
 
+async fn deploy(flags: &client::ApiFlags, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let client = client::Client::new(flags)?;
+    let path = workers::find_config(config.as_deref())?;
+    let file = workers::read_config(&path)?;
+    workers::deploy(&client, &path, &file).await?;
+    Ok(())
+}
+
 fn init_logging() {
+    init_logging_default("info");
+}
+
+fn init_logging_default(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -77,6 +108,15 @@ async fn main() -> std::process::ExitCode {
             init_logging();
             serve::run(&config).await
         }
+        Command::Dev(args) => {
+            init_logging_default("warn");
+            dev::run(args).await
+        }
+        Command::Deploy { config } => deploy(&cli.api, config).await,
+        Command::Tail { worker, format } => match client::Client::new(&cli.api) {
+            Ok(c) => workers::tail(&c, &worker, format == "json").await,
+            Err(e) => Err(e),
+        },
         Command::Tunnel { command } => commands::tunnel(&cli.api, command).await,
         Command::Vpc {
             command: VpcCommand::Service { command },

@@ -1,7 +1,9 @@
 //! `warren serve --config edge.toml`: an edge node with the parts its config
-//! names — the API, the tunnel edge, the CONNECT front door — sharing one store.
+//! names — the API (with worker deploys), the tunnel edge, the CONNECT front
+//! door, the binding-worker and the worker runtime — sharing one store.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,12 +11,19 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use tokio::sync::watch;
-use warren_iris::api::{ApiState, router};
+use warren_binding_worker::{BindingWorker, FrontDoorConfig as BindingFrontDoor, RpcServer};
+use warren_iris::api::{ApiState, ServiceUsers, router};
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
 use warren_iris::origin_tls::OriginTls;
 use warren_iris::sealing::Sealer;
 use warren_iris::tunnel_admin::TunnelAdmin;
 use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
+use warren_runtime::binding_rpc::{Endpoint, RpcBindingClient};
+use warren_runtime::deploy::{Scripts, ScriptsConfig, ServiceDirectory};
+use warren_runtime::js::JsBuilder;
+use warren_runtime::logs::LogHub;
+use warren_runtime::serve::Router;
+use warren_runtime::{BindingClient, EngineConfig, RuntimeEngine};
 use warren_store::{SqliteStore, Store, hash_secret};
 
 use crate::config::{self, EdgeFile, StoreBackend};
@@ -50,8 +59,9 @@ fn internal_secret(file: &EdgeFile) -> anyhow::Result<String> {
     }
 }
 
-/// On an empty store: an account, an admin API token (printed once), a profile.
-async fn first_start(store: &dyn Store, api_url: &str) -> anyhow::Result<()> {
+/// On an empty store: an account and an admin API token (printed once), and
+/// with `write_profile` a client profile.
+async fn first_start(store: &dyn Store, api_url: &str, write_profile: bool) -> anyhow::Result<()> {
     if !store.list_accounts().await?.is_empty() {
         return Ok(());
     }
@@ -60,6 +70,9 @@ async fn first_start(store: &dyn Store, api_url: &str) -> anyhow::Result<()> {
     store
         .create_api_token(&account.id, "admin", hash_secret(token.as_bytes()))
         .await?;
+    if !write_profile {
+        return Ok(());
+    }
     let path = profile::write(&Profile {
         api: api_url.to_owned(),
         account_id: account.id.clone(),
@@ -90,9 +103,77 @@ fn origin_roots(
     Ok(roots)
 }
 
-/// Runs the node until Ctrl-C or SIGTERM.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let file = config::load(config_path)?;
+/// Where ComponentizeJS lives: the config, `$WARREN_JS_DIR`, the source
+/// checkout the binary was built from, or `./runtime/js`.
+pub fn js_dir(configured: Option<&Path>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.to_owned();
+    }
+    if let Some(p) = std::env::var_os("WARREN_JS_DIR") {
+        return PathBuf::from(p);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/js");
+    if built.join("build.mjs").is_file() {
+        return built;
+    }
+    PathBuf::from("runtime/js")
+}
+
+/// A binding RPC address: `unix:/path` or `host:port`.
+fn rpc_endpoint(s: &str) -> anyhow::Result<Endpoint> {
+    match s.strip_prefix("unix:") {
+        Some(p) => Ok(Endpoint::Unix(PathBuf::from(p))),
+        None => Ok(Endpoint::Tcp(s.parse().with_context(|| {
+            format!("{s:?} is neither host:port nor unix:/path")
+        })?)),
+    }
+}
+
+/// Deploy-time binding verification against the store.
+struct StoreDirectory(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl ServiceDirectory for StoreDirectory {
+    async fn service_owner(&self, service_id: &str) -> Result<Option<String>, String> {
+        self.0
+            .get_service(service_id)
+            .await
+            .map(|s| s.map(|s| s.account_id))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A running node: its parts' addresses and handles, and how to stop it.
+pub struct Running {
+    /// The node's store.
+    pub store: Arc<dyn Store>,
+    /// The API's URL, when this node runs the API.
+    pub api_url: Option<String>,
+    /// Where workers are served, when this node runs the runtime.
+    pub runtime_addr: Option<SocketAddr>,
+    /// Workers' domain.
+    pub workers_domain: String,
+    /// The tunnel edge's UDP address.
+    pub tunnel_addr: SocketAddr,
+    /// Tunnel creation and tokens.
+    pub admin: Arc<TunnelAdmin>,
+    /// Deployed workers, when this node runs the runtime.
+    pub scripts: Option<Arc<Scripts>>,
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Stops every part and waits for them.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the parts `file` names; `write_profile` writes the first-start
+/// client profile.
+pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&file.data_dir)
         .with_context(|| format!("cannot create {}", file.data_dir.display()))?;
     let store: Arc<dyn Store> = match file.store.backend {
@@ -106,6 +187,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let secret = internal_secret(file)?;
 
     let mut edge_config = EdgeConfig::new(file.tunnel.listen, file.data_dir.clone());
     if let Some(n) = &file.node_name {
@@ -113,8 +195,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let edge = TunnelEdge::bind(edge_config, store.clone())?;
     let tunnels = edge.tunnels();
+    let tunnel_addr = edge.local_addr()?;
     let edges = if file.tunnel.public_addresses.is_empty() {
-        vec![edge.local_addr()?.to_string()]
+        vec![tunnel_addr.to_string()]
     } else {
         file.tunnel.public_addresses.clone()
     };
@@ -124,9 +207,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         sealer: Sealer::load_or_create(&file.data_dir)?,
     });
     if file.parts.tunnel {
-        tracing::info!(addr = %edge.local_addr()?, "tunnel edge listening");
+        tracing::info!(addr = %tunnel_addr, "tunnel edge listening");
         tasks.spawn(edge.run(stopped()));
     }
+    let mut front_door_addr = file.connect.listen;
     if file.parts.connect {
         let dns = Arc::new(DnsCache::new(
             tunnels.clone(),
@@ -141,18 +225,83 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             store.clone(),
             tunnels.clone(),
             dns,
-            OriginTls::new(&origin_roots(&file)?).map_err(|e| anyhow::anyhow!("{e}"))?,
+            OriginTls::new(&origin_roots(file)?).map_err(|e| anyhow::anyhow!("{e}"))?,
             FrontDoorConfig {
-                secret: internal_secret(&file)?,
+                secret: secret.clone(),
                 attempt_timeout: file.connect.attempt_timeout,
             },
         );
         let listener = tokio::net::TcpListener::bind(file.connect.listen)
             .await
             .with_context(|| format!("cannot listen on {}", file.connect.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, "CONNECT front door listening");
+        front_door_addr = listener.local_addr()?;
+        tracing::info!(addr = %front_door_addr, "CONNECT front door listening");
         tasks.spawn(door.serve(listener, stopped()));
     }
+    let mut binding_endpoint = rpc_endpoint(&file.binding.listen)?;
+    if file.parts.binding {
+        let mut fd = BindingFrontDoor::new(
+            file.binding.front_door.unwrap_or(front_door_addr),
+            secret.clone(),
+        );
+        fd.idle_timeout = file.binding.idle_timeout;
+        let server = RpcServer::new(BindingWorker::new(store.clone(), fd), secret.clone());
+        match &binding_endpoint {
+            Endpoint::Tcp(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a}"))?;
+                binding_endpoint = Endpoint::Tcp(l.local_addr()?);
+                tasks.spawn(server.serve(l, stopped()));
+            }
+            Endpoint::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                let l = tokio::net::UnixListener::bind(p)
+                    .with_context(|| format!("cannot listen on {}", p.display()))?;
+                tasks.spawn(server.serve(l, stopped()));
+            }
+        }
+        tracing::info!(endpoint = ?binding_endpoint, "binding-worker listening");
+    }
+    let mut runtime_addr = None;
+    let mut scripts = None;
+    if file.parts.runtime {
+        let engine = RuntimeEngine::new(EngineConfig::new(file.data_dir.join("compiled")))?;
+        let router = Router::new(&file.runtime.workers_domain);
+        let rpc = match &file.runtime.binding_rpc {
+            Some(s) => rpc_endpoint(s)?,
+            None => binding_endpoint.clone(),
+        };
+        let client: Arc<dyn BindingClient> =
+            Arc::new(RpcBindingClient::new(rpc, secret.clone(), 4));
+        let s = Scripts::new(
+            engine,
+            router.clone(),
+            Arc::new(LogHub::default()),
+            ScriptsConfig {
+                dir: file.data_dir.join("workers"),
+                js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref())),
+                client: Some(client),
+                directory: Arc::new(StoreDirectory(store.clone())),
+            },
+        );
+        let n = s.restore().await?;
+        let listener = tokio::net::TcpListener::bind(file.runtime.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", file.runtime.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, workers = n, domain = %file.runtime.workers_domain, "serving workers");
+        let stop = stopped();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = router.serve(listener) => {}
+                () = stop => {}
+            }
+        });
+        runtime_addr = Some(addr);
+        scripts = Some(s);
+    }
+    let mut api_url = None;
     if file.parts.api {
         let listener = tokio::net::TcpListener::bind(file.api.listen)
             .await
@@ -163,22 +312,48 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        first_start(store.as_ref(), &url).await?;
+        first_start(store.as_ref(), &url, write_profile).await?;
         tracing::info!(%addr, "API listening");
-        let app = router(ApiState {
-            store: store.clone(),
-            admin,
+        let users: Option<ServiceUsers> = scripts.clone().map(|s| {
+            let f: ServiceUsers = Arc::new(move |id: &str| s.workers_binding(id));
+            f
         });
+        let state = ApiState {
+            store: store.clone(),
+            admin: admin.clone(),
+            service_users: users,
+        };
+        let mut app = router(state.clone());
+        if let Some(s) = &scripts {
+            app = app.merge(crate::scripts_api::routes(state, s.clone()));
+        }
         let stop = stopped();
         tasks.spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await;
         });
+        api_url = Some(url);
     }
+    Ok(Running {
+        store,
+        api_url,
+        runtime_addr,
+        workers_domain: file.runtime.workers_domain.clone(),
+        tunnel_addr,
+        admin,
+        scripts,
+        stop: stop_tx,
+        tasks,
+    })
+}
+
+/// Runs the node until Ctrl-C or SIGTERM.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let file = config::load(config_path)?;
+    let node = start(&file, true).await?;
     warren_connector::shutdown_signal().await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    node.stop().await;
     Ok(())
 }

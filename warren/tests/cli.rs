@@ -25,7 +25,7 @@ impl Drop for Node {
 impl Node {
     fn start() -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n[connect]\nlisten = \"127.0.0.1:0\"\n";
+        let config = "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n[connect]\nlisten = \"127.0.0.1:0\"\n[runtime]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n";
         std::fs::write(dir.path().join("edge.toml"), config).expect("config");
         let child = Command::new(WARREN)
             .args(["serve", "--config"])

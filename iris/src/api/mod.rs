@@ -3,7 +3,7 @@
 //! (`…/connectivity/directory/services`). Every answer is the v4 envelope;
 //! bearer API tokens are checked per account (401 unknown, 403 another account).
 
-mod envelope;
+pub mod envelope;
 mod services;
 mod tunnels;
 
@@ -24,7 +24,13 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// Tunnel creation and tokens.
     pub admin: Arc<TunnelAdmin>,
+    /// Names the deployed workers binding a service (a bound service cannot be
+    /// deleted); `None` when this node runs no workers.
+    pub service_users: Option<ServiceUsers>,
 }
+
+/// Given a VPC service id, the names of the workers that bind it.
+pub type ServiceUsers = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
 /// The routes of tunnels and VPC services.
 pub fn router(state: ApiState) -> Router {
@@ -35,7 +41,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Checks the bearer token against `account_id`.
-pub(crate) async fn authorize(
+pub async fn authorize(
     state: &ApiState,
     headers: &HeaderMap,
     account_id: &str,

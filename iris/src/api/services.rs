@@ -460,6 +460,16 @@ async fn remove(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let s = find(&state, &headers, &account, &id).await?;
+    if let Some(users) = &state.service_users {
+        let workers = users(&s.id);
+        if !workers.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "service {} is bound by worker(s) {}; remove the bindings first",
+                s.id,
+                workers.join(", ")
+            )));
+        }
+    }
     state
         .store
         .delete_service(&account, &s.id)

@@ -1,0 +1,344 @@
+//! CONNECT tunnels to iris, pooled per (service, scheme, authority). Each
+//! pooled tunnel carries an HTTP/1.1 connection to the origin (hyper); after a
+//! response body ends its connection goes back to the pool, so a warm path
+//! costs no handshakes. Idle tunnels are closed after the idle timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Empty;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+use warren_protocol::binding::BindingContext;
+use warren_protocol::{ErrorCode, ProxyError};
+
+/// Error type of streamed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body of requests sent to origins.
+pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Where iris's CONNECT front door is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct FrontDoorConfig {
+    /// The front door's address.
+    pub addr: SocketAddr,
+    /// The internal secret iris expects in `Proxy-Authorization`.
+    pub secret: String,
+    /// Timeout for reaching the front door and getting its answer (default 30 s:
+    /// iris itself tries each origin address with its own timeout).
+    pub connect_timeout: Duration,
+    /// Idle tunnels are closed after this long (default 90 s).
+    pub idle_timeout: Duration,
+    /// Most idle tunnels kept per key (default 64).
+    pub max_idle_per_key: usize,
+}
+
+impl FrontDoorConfig {
+    /// Defaults for a front door at `addr` with `secret`.
+    pub fn new(addr: SocketAddr, secret: impl Into<String>) -> Self {
+        FrontDoorConfig {
+            addr,
+            secret: secret.into(),
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_key: 64,
+        }
+    }
+}
+
+/// What a pooled tunnel reaches: a tunnel is reused only for the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TunnelKey {
+    /// VPC service id.
+    pub service_id: String,
+    /// `http` or `https` (iris originates TLS for `https`).
+    pub scheme: String,
+    /// URL host (no port; the port never routes): SNI for `https`.
+    pub authority: String,
+}
+
+struct Idle {
+    sender: SendRequest<ReqBody>,
+    since: Instant,
+}
+
+struct PoolInner {
+    config: FrontDoorConfig,
+    idle: Mutex<HashMap<TunnelKey, Vec<Idle>>>,
+}
+
+impl PoolInner {
+    fn checkin(&self, key: TunnelKey, sender: SendRequest<ReqBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(key).or_default();
+            if list.len() < self.config.max_idle_per_key {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    fn take_idle(&self, key: &TunnelKey) -> Option<SendRequest<ReqBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some(i) = list.pop() {
+            if !i.sender.is_closed() && i.since.elapsed() < self.config.idle_timeout {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    fn sweep(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let timeout = self.config.idle_timeout;
+            idle.retain(|_, list| {
+                list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < timeout);
+                !list.is_empty()
+            });
+        }
+    }
+}
+
+/// The pool of CONNECT tunnels.
+#[derive(Clone)]
+pub struct TunnelPool {
+    inner: Arc<PoolInner>,
+}
+
+fn terminated(detail: impl std::fmt::Display) -> ProxyError {
+    ProxyError::new(ErrorCode::ConnectionTerminated, detail.to_string())
+}
+
+fn header(v: &str, what: &str) -> Result<HeaderValue, ProxyError> {
+    HeaderValue::from_str(v).map_err(|_| {
+        ProxyError::new(
+            ErrorCode::ServiceNotFound,
+            format!("{what} is not a valid header value"),
+        )
+    })
+}
+
+impl TunnelPool {
+    /// A pool; must be created inside a tokio runtime (a task closes idle tunnels).
+    pub fn new(config: FrontDoorConfig) -> Self {
+        let inner = Arc::new(PoolInner {
+            config,
+            idle: Mutex::new(HashMap::new()),
+        });
+        let weak: Weak<PoolInner> = Arc::downgrade(&inner);
+        let every = (inner.config.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match weak.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        });
+        TunnelPool { inner }
+    }
+
+    /// Idle tunnels currently pooled (all keys).
+    pub fn idle_count(&self) -> usize {
+        self.inner
+            .idle
+            .lock()
+            .map(|i| i.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) over a pooled tunnel for `key`,
+    /// or a new one. A request a dead pooled tunnel did not take is retried on
+    /// the next.
+    pub async fn send(
+        &self,
+        key: &TunnelKey,
+        ctx: &BindingContext,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        while let Some(mut sender) = self.inner.take_idle(key) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(key, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        debug!(error = %e.into_error(), "pooled tunnel was dead; retrying");
+                        req = r;
+                    }
+                    None => return Err(terminated(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.open(key, ctx).await?;
+        let resp = sender.send_request(req).await.map_err(terminated)?;
+        Ok(self.wrap(key, sender, resp))
+    }
+
+    fn wrap(
+        &self,
+        key: &TunnelKey,
+        sender: SendRequest<ReqBody>,
+        resp: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        let ret = Returner {
+            pool: Arc::downgrade(&self.inner),
+            key: key.clone(),
+            sender,
+        };
+        resp.map(|inner| {
+            let mut b = PooledBody {
+                inner,
+                ret: Some(ret),
+            };
+            b.finish_if_done();
+            b
+        })
+    }
+
+    /// Opens a CONNECT tunnel for `key` and an HTTP/1.1 connection inside it.
+    async fn open(
+        &self,
+        key: &TunnelKey,
+        ctx: &BindingContext,
+    ) -> Result<SendRequest<ReqBody>, ProxyError> {
+        let cfg = &self.inner.config;
+        let connect = async {
+            let tcp = TcpStream::connect(cfg.addr).await.map_err(|e| {
+                ProxyError::new(
+                    ErrorCode::DestinationUnavailable,
+                    format!("iris front door {} unreachable: {e}", cfg.addr),
+                )
+            })?;
+            let _ = tcp.set_nodelay(true);
+            let (mut s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+                .await
+                .map_err(terminated)?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let target = format!("{}:443", key.service_id);
+            let req = Request::builder()
+                .method(Method::CONNECT)
+                .uri(&target)
+                .header(http::header::HOST, header(&target, "service id")?)
+                .header(
+                    http::header::PROXY_AUTHORIZATION,
+                    header(&format!("Bearer {}", cfg.secret), "internal secret")?,
+                )
+                .header("warren-account", header(&ctx.account_id, "account id")?)
+                .header("warren-scheme", header(&key.scheme, "scheme")?)
+                .header("warren-host", header(&key.authority, "URL host")?)
+                .header("warren-request-id", header(&ctx.request_id, "request id")?)
+                .body(Empty::new())
+                .map_err(|e| ProxyError::new(ErrorCode::ServiceNotFound, e.to_string()))?;
+            let resp = s.send_request(req).await.map_err(terminated)?;
+            if !resp.status().is_success() {
+                let code = resp
+                    .headers()
+                    .get(warren_protocol::PROXY_ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<ErrorCode>().ok())
+                    .unwrap_or(ErrorCode::ConnectionTerminated);
+                return Err(ProxyError::new(
+                    code,
+                    format!("iris refused the tunnel with {}", resp.status()),
+                ));
+            }
+            let upgraded = hyper::upgrade::on(resp).await.map_err(terminated)?;
+            let (sender, conn) = http1::handshake::<_, ReqBody>(upgraded)
+                .await
+                .map_err(terminated)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "origin connection ended");
+                }
+            });
+            Ok(sender)
+        };
+        tokio::time::timeout(cfg.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                ProxyError::new(
+                    ErrorCode::ConnectionTimeout,
+                    format!("no tunnel within {:?}", cfg.connect_timeout),
+                )
+            })?
+    }
+}
+
+struct Returner {
+    pool: Weak<PoolInner>,
+    key: TunnelKey,
+    sender: SendRequest<ReqBody>,
+}
+
+/// An origin's response body; when it ends, its tunnel returns to the pool
+/// (dropped early, the tunnel closes).
+pub struct PooledBody {
+    inner: Incoming,
+    ret: Option<Returner>,
+}
+
+impl PooledBody {
+    fn finish_if_done(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(r) = self.ret.take()
+            && let Some(pool) = r.pool.upgrade()
+        {
+            pool.checkin(r.key, r.sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(r) = self.ret.take()
+                    && let Some(pool) = r.pool.upgrade()
+                {
+                    pool.checkin(r.key, r.sender);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => self.finish_if_done(),
+            Poll::Ready(Some(Err(_))) => self.ret = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,159 @@
+//! The binding RPC server: the runtime's binding calls arrive as HTTP/2 streams
+//! (over TCP or a Unix socket) whose bodies start with a Cap'n Proto
+//! [`CallHead`]; each answer starts with a [`ReplyHead`] and streams the origin's
+//! body after it. Every stream must present the shared secret.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+use warren_protocol::binding::{CallHead, RPC_PATH, ReplyHead};
+use warren_protocol::body::{Prefixed, read_head};
+use warren_protocol::messages::WireMessage;
+
+use crate::fetch::BindingWorker;
+use crate::pool::BoxError;
+
+/// Body of RPC answers: the framed reply head, then the origin's body.
+pub type ReplyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Serves the binding RPC for a [`BindingWorker`].
+pub struct RpcServer {
+    worker: Arc<BindingWorker>,
+    secret: String,
+}
+
+fn plain(status: StatusCode, msg: &str) -> Response<ReplyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.to_owned()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+fn reply(head: &ReplyHead, rest: ReplyBody) -> Response<ReplyBody> {
+    Response::new(Prefixed::new(Bytes::from(head.to_frame()), rest).boxed_unsync())
+}
+
+/// The connection types the server accepts (TCP and Unix streams).
+pub trait Accept {
+    /// The stream type.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Accepts the next connection.
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        Ok(tokio::net::UnixListener::accept(self).await?.0)
+    }
+}
+
+impl RpcServer {
+    /// A server for `worker` that requires `secret` on every call.
+    pub fn new(worker: Arc<BindingWorker>, secret: impl Into<String>) -> Arc<Self> {
+        Arc::new(RpcServer {
+            worker,
+            secret: secret.into(),
+        })
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes.
+    pub async fn serve<L: Accept>(
+        self: Arc<Self>,
+        listener: L,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let io = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(io) => io,
+                    Err(e) => { warn!(error = %e, "binding RPC accept failed"); continue; }
+                },
+                () = &mut shutdown => return,
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, std::convert::Infallible>(server.call(req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await
+                {
+                    debug!(error = %e, "binding RPC connection ended");
+                }
+            });
+        }
+    }
+
+    async fn call(&self, req: Request<Incoming>) -> Response<ReplyBody> {
+        if req.uri().path() != RPC_PATH || req.method() != http::Method::POST {
+            return plain(StatusCode::NOT_FOUND, "not a binding RPC path");
+        }
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.ct_eq(self.secret.as_bytes())) {
+            warn!("binding RPC call without the shared secret refused");
+            return plain(
+                StatusCode::UNAUTHORIZED,
+                "the binding RPC secret is missing or wrong",
+            );
+        }
+        let (head, body) = match read_head::<CallHead, _>(req.into_body()).await {
+            Ok(h) => h,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let body = body.map_err(BoxError::from).boxed_unsync();
+        match self.worker.fetch(head, body).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let headers = parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect();
+                reply(
+                    &ReplyHead::Response {
+                        status: parts.status.as_u16(),
+                        headers,
+                    },
+                    body.map_err(BoxError::from).boxed_unsync(),
+                )
+            }
+            Err(e) => reply(
+                &ReplyHead::Error {
+                    code: e.code,
+                    message: e.detail,
+                },
+                Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            ),
+        }
+    }
+}

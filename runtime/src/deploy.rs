@@ -1,0 +1,569 @@
+//! Worker scripts: validating an upload (metadata + modules), verifying its
+//! bindings against the [`ServiceDirectory`], building JS with ComponentizeJS,
+//! compiling, storing the result on disk and swapping it into the [`Router`].
+//! On start, stored scripts come back without rebuilding or recompiling.
+//! The HTTP shape (multipart `PUT`, `GET`, `DELETE`) lives with the rest of the
+//! API in `warren`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::RuntimeEngine;
+use crate::js::{JsBuildError, JsBuilder};
+use crate::limits::Limits;
+use crate::logs::LogHub;
+use crate::outbound::BindingClient;
+use crate::serve::Router;
+use crate::worker::{Worker, WorkerConfig};
+
+/// Who owns a VPC service: deploy-time binding verification asks this.
+#[async_trait]
+pub trait ServiceDirectory: Send + Sync + 'static {
+    /// The owning account of `service_id`, or `None` when there is no such service.
+    async fn service_owner(&self, service_id: &str) -> Result<Option<String>, String>;
+}
+
+/// The `metadata` part of an upload (SPEC.md, Workers field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptMetadata {
+    /// The entry module's part name (`worker.js`, or a `.wasm` component).
+    pub main_module: String,
+    /// Accepted and kept; Warren has one behaviour per version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility_date: Option<String>,
+    /// VPC service bindings and plain-text vars.
+    #[serde(default)]
+    pub bindings: Vec<BindingSpec>,
+    /// Limits (`cpu_ms`).
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// One binding of the metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BindingSpec {
+    /// `env.NAME.fetch()` reaches the VPC service.
+    VpcService {
+        /// Binding name.
+        name: String,
+        /// VPC service id (verified at deploy).
+        service_id: String,
+    },
+    /// `env.NAME` is a string.
+    PlainText {
+        /// Var name.
+        name: String,
+        /// Its value.
+        text: String,
+    },
+}
+
+/// `limits` of the metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// CPU milliseconds per request (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+}
+
+/// One uploaded module file.
+#[derive(Debug, Clone)]
+pub struct Module {
+    /// Its part name: a relative path (`worker.js`, `lib/util.js`).
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A stored script as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScriptInfo {
+    /// Worker name.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// The metadata it was uploaded with.
+    pub metadata: ScriptMetadata,
+    /// SHA-256 of the deployed component (changes with every different build).
+    pub etag: String,
+    /// RFC 3339 time of the first upload.
+    pub created_on: String,
+    /// RFC 3339 time of the last upload.
+    pub modified_on: String,
+}
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// A field is wrong (`pointer` is a JSON pointer into the metadata, or the part name).
+    #[error("{pointer}: {message}")]
+    Invalid {
+        /// Where.
+        pointer: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A binding names a service that is not in the account.
+    #[error("binding {binding}: {message}")]
+    Binding {
+        /// The binding's name.
+        binding: String,
+        /// Why.
+        message: String,
+    },
+    /// The name belongs to another account's worker.
+    #[error("{0}")]
+    Conflict(String),
+    /// The code did not build or load (message names file and line).
+    #[error("{0}")]
+    Script(String),
+    /// Storage, tooling or compilation failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn invalid(pointer: &str, message: impl Into<String>) -> DeployError {
+    DeployError::Invalid {
+        pointer: pointer.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> DeployError {
+    DeployError::Internal(e.to_string())
+}
+
+/// Worker names: lowercase letters, digits and dashes, 1–63 long, as on Workers.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn valid_binding_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn valid_module_path(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+fn now() -> String {
+    warren_store::rfc3339(std::time::SystemTime::now())
+}
+
+/// What `Scripts` needs to build and run workers.
+pub struct ScriptsConfig {
+    /// Where scripts are stored (`<dir>/<name>/script.json` + `worker.wasm`).
+    pub dir: PathBuf,
+    /// JS build tooling.
+    pub js: JsBuilder,
+    /// Where binding calls go.
+    pub client: Option<Arc<dyn BindingClient>>,
+    /// Binding verification.
+    pub directory: Arc<dyn ServiceDirectory>,
+}
+
+/// The deployed scripts of this node.
+pub struct Scripts {
+    engine: Arc<RuntimeEngine>,
+    router: Arc<Router>,
+    logs: Arc<LogHub>,
+    config: ScriptsConfig,
+    infos: Mutex<HashMap<String, ScriptInfo>>,
+    /// One upload at a time per node keeps storage swaps simple.
+    deploying: tokio::sync::Mutex<()>,
+}
+
+impl Scripts {
+    /// Scripts served by `router`, logging to `logs`.
+    pub fn new(
+        engine: Arc<RuntimeEngine>,
+        router: Arc<Router>,
+        logs: Arc<LogHub>,
+        config: ScriptsConfig,
+    ) -> Arc<Self> {
+        Arc::new(Scripts {
+            engine,
+            router,
+            logs,
+            config,
+            infos: Mutex::new(HashMap::new()),
+            deploying: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The router serving these workers.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The live-log hub of these workers.
+    pub fn logs(&self) -> &Arc<LogHub> {
+        &self.logs
+    }
+
+    fn worker(&self, info: &ScriptInfo, wasm: Vec<u8>) -> Result<Worker, DeployError> {
+        let mut limits = Limits::default();
+        if let Some(cpu) = info.metadata.limits.cpu_ms {
+            limits.cpu_ms = cpu;
+        }
+        let mut bindings = HashMap::new();
+        let mut env = Vec::new();
+        for b in &info.metadata.bindings {
+            match b {
+                BindingSpec::VpcService { name, service_id } => {
+                    bindings.insert(name.clone(), service_id.clone());
+                }
+                BindingSpec::PlainText { name, text } => env.push((name.clone(), text.clone())),
+            }
+        }
+        let config = WorkerConfig {
+            name: info.id.clone(),
+            account_id: info.account_id.clone(),
+            bindings,
+            env,
+            limits,
+            ..Default::default()
+        };
+        Worker::new(
+            self.engine.clone(),
+            config,
+            &wasm,
+            self.config.client.clone(),
+        )
+        .map(|w| w.with_logs(self.logs.clone()))
+        .map_err(|e| DeployError::Script(format!("the component does not load: {e:#}")))
+    }
+
+    /// Loads every stored script (at start): no JS rebuild, no recompilation
+    /// when the compiled-code cache has the component.
+    pub async fn restore(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let dir = self.config.dir.clone();
+        std::fs::create_dir_all(&dir)?;
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !valid_name(name) {
+                continue;
+            }
+            let loaded = (|| -> anyhow::Result<(ScriptInfo, Vec<u8>)> {
+                let info: ScriptInfo =
+                    serde_json::from_slice(&std::fs::read(path.join("script.json"))?)?;
+                Ok((info, std::fs::read(path.join("worker.wasm"))?))
+            })();
+            let (info, wasm) = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(script = name, error = %e, "stored script unreadable; skipped");
+                    continue;
+                }
+            };
+            let this = self.clone();
+            let info2 = info.clone();
+            let worker = tokio::task::spawn_blocking(move || this.worker(&info2, wasm)).await?;
+            match worker {
+                Ok(w) => {
+                    self.router.deploy(w);
+                    if let Ok(mut i) = self.infos.lock() {
+                        i.insert(info.id.clone(), info);
+                    }
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::error!(script = name, error = %e, "stored script failed to load")
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The script `name` of `account_id`.
+    pub fn get(&self, account_id: &str, name: &str) -> Option<ScriptInfo> {
+        let i = self.infos.lock().ok()?;
+        i.get(name).filter(|s| s.account_id == account_id).cloned()
+    }
+
+    /// The scripts of `account_id`.
+    pub fn list(&self, account_id: &str) -> Vec<ScriptInfo> {
+        let Ok(i) = self.infos.lock() else {
+            return vec![];
+        };
+        let mut v: Vec<ScriptInfo> = i
+            .values()
+            .filter(|s| s.account_id == account_id)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Names of the workers that bind `service_id`.
+    pub fn workers_binding(&self, service_id: &str) -> Vec<String> {
+        let Ok(i) = self.infos.lock() else {
+            return vec![];
+        };
+        let mut v: Vec<String> = i
+            .values()
+            .filter(|s| {
+                s.metadata.bindings.iter().any(
+                    |b| matches!(b, BindingSpec::VpcService { service_id: id, .. } if id == service_id),
+                )
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Removes a script; `false` when the account has no such script.
+    pub async fn delete(&self, account_id: &str, name: &str) -> Result<bool, DeployError> {
+        let _one = self.deploying.lock().await;
+        if self.get(account_id, name).is_none() {
+            return Ok(false);
+        }
+        self.router.remove(name);
+        if let Ok(mut i) = self.infos.lock() {
+            i.remove(name);
+        }
+        let path = self.config.dir.join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(internal)?;
+        }
+        Ok(true)
+    }
+
+    /// Validates, verifies, builds, stores and deploys an upload. Requests in
+    /// flight finish on the version they started with.
+    pub async fn put(
+        self: &Arc<Self>,
+        account_id: &str,
+        name: &str,
+        metadata: ScriptMetadata,
+        modules: Vec<Module>,
+    ) -> Result<ScriptInfo, DeployError> {
+        if !valid_name(name) {
+            return Err(invalid(
+                "/script_name",
+                "use 1 to 63 lowercase letters, digits and dashes, not starting with a dash",
+            ));
+        }
+        self.check(account_id, name, &metadata, &modules).await?;
+        let _one = self.deploying.lock().await;
+        if let Some(other) = self
+            .infos
+            .lock()
+            .ok()
+            .and_then(|i| i.get(name).map(|s| s.account_id.clone()))
+            && other != account_id
+        {
+            return Err(DeployError::Conflict(format!(
+                "the worker name {name} is taken"
+            )));
+        }
+        let wasm = self.build(&metadata, modules).await?;
+        let previous = self.get(account_id, name);
+        let t = now();
+        let info = ScriptInfo {
+            id: name.to_owned(),
+            account_id: account_id.to_owned(),
+            etag: crate::engine::content_hash(&wasm),
+            created_on: previous.map_or_else(|| t.clone(), |p| p.created_on),
+            modified_on: t,
+            metadata,
+        };
+        let this = self.clone();
+        let (info2, wasm2) = (info.clone(), wasm.clone());
+        let worker = tokio::task::spawn_blocking(move || this.worker(&info2, wasm2))
+            .await
+            .map_err(internal)??;
+        store_script(&self.config.dir, &info, &wasm).map_err(internal)?;
+        self.router.deploy(worker);
+        if let Ok(mut i) = self.infos.lock() {
+            i.insert(name.to_owned(), info.clone());
+        }
+        tracing::info!(worker = name, etag = %info.etag, "worker deployed");
+        Ok(info)
+    }
+
+    async fn check(
+        &self,
+        account_id: &str,
+        name: &str,
+        metadata: &ScriptMetadata,
+        modules: &[Module],
+    ) -> Result<(), DeployError> {
+        let _ = name;
+        for m in modules {
+            if !valid_module_path(&m.name) {
+                return Err(invalid(
+                    &format!("/modules/{}", m.name),
+                    "module names are relative paths without . or .. segments",
+                ));
+            }
+        }
+        if !modules.iter().any(|m| m.name == metadata.main_module) {
+            return Err(invalid(
+                "/main_module",
+                format!("no uploaded module is named {:?}", metadata.main_module),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in metadata.bindings.iter().enumerate() {
+            let bname = match b {
+                BindingSpec::VpcService { name, .. } | BindingSpec::PlainText { name, .. } => name,
+            };
+            if !valid_binding_name(bname) {
+                return Err(invalid(
+                    &format!("/bindings/{i}/name"),
+                    format!("{bname:?} is not a valid binding name (a JS identifier)"),
+                ));
+            }
+            if !seen.insert(bname.clone()) {
+                return Err(invalid(
+                    &format!("/bindings/{i}/name"),
+                    format!("binding {bname} is declared twice"),
+                ));
+            }
+            if let BindingSpec::VpcService { name, service_id } = b {
+                let owner = self
+                    .config
+                    .directory
+                    .service_owner(service_id)
+                    .await
+                    .map_err(DeployError::Internal)?;
+                if owner.as_deref() != Some(account_id) {
+                    return Err(DeployError::Binding {
+                        binding: name.clone(),
+                        message: format!("VPC service {service_id} does not exist in this account"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn build(
+        &self,
+        metadata: &ScriptMetadata,
+        modules: Vec<Module>,
+    ) -> Result<Vec<u8>, DeployError> {
+        if metadata.main_module.ends_with(".wasm") {
+            return modules
+                .into_iter()
+                .find(|m| m.name == metadata.main_module)
+                .map(|m| m.bytes)
+                .ok_or_else(|| invalid("/main_module", "missing"));
+        }
+        let vars: BTreeMap<String, String> = metadata
+            .bindings
+            .iter()
+            .filter_map(|b| match b {
+                BindingSpec::PlainText { name, text } => Some((name.clone(), text.clone())),
+                BindingSpec::VpcService { .. } => None,
+            })
+            .collect();
+        let bindings: Vec<String> = metadata
+            .bindings
+            .iter()
+            .filter_map(|b| match b {
+                BindingSpec::VpcService { name, .. } => Some(name.clone()),
+                BindingSpec::PlainText { .. } => None,
+            })
+            .collect();
+        let js = self.config.js.clone();
+        let main = metadata.main_module.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>, DeployError> {
+            let src = tempfile::tempdir().map_err(internal)?;
+            for m in &modules {
+                let p = src.path().join(&m.name);
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent).map_err(internal)?;
+                }
+                std::fs::write(&p, &m.bytes).map_err(internal)?;
+            }
+            js.build(src.path(), &main, &vars, &bindings)
+                .map_err(|e| match e {
+                    JsBuildError::Script(m) => DeployError::Script(m),
+                    other => DeployError::Internal(other.to_string()),
+                })
+        })
+        .await
+        .map_err(internal)?
+    }
+}
+
+/// Writes `<dir>/<name>/{script.json,worker.wasm}`, replacing the old copy only
+/// once the new one is complete.
+fn store_script(dir: &Path, info: &ScriptInfo, wasm: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.{}", info.id, uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("worker.wasm"), wasm)?;
+    std::fs::write(
+        tmp.join("script.json"),
+        serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?,
+    )?;
+    let target = dir.join(&info.id);
+    let old = dir.join(format!(
+        ".{}.old.{}",
+        info.id,
+        uuid::Uuid::new_v4().simple()
+    ));
+    if target.exists() {
+        std::fs::rename(&target, &old)?;
+    }
+    std::fs::rename(&tmp, &target)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_workers_rules() {
+        assert!(valid_name("inventory-proxy"));
+        assert!(!valid_name("Inventory"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name(&"a".repeat(64)));
+        assert!(valid_binding_name("API_2"));
+        assert!(!valid_binding_name("2API"));
+        assert!(valid_module_path("lib/greet.js"));
+        assert!(!valid_module_path("../etc/passwd"));
+        assert!(!valid_module_path("/abs.js"));
+    }
+
+    #[test]
+    fn metadata_is_strict() {
+        let ok: ScriptMetadata = serde_json::from_str(
+            r#"{"main_module":"worker.js","bindings":[{"type":"vpc_service","name":"API","service_id":"s"},{"type":"plain_text","name":"G","text":"hi"}],"limits":{"cpu_ms":20}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.limits.cpu_ms, Some(20));
+        let bad = serde_json::from_str::<ScriptMetadata>(r#"{"main_module":"w.js","colour":1}"#);
+        assert!(bad.unwrap_err().to_string().contains("colour"));
+    }
+}

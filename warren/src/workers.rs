@@ -1,0 +1,353 @@
+//! `warren deploy` and `warren tail`: the worker config file (`warren.json`,
+//! `wrangler.json`, `wrangler.jsonc`; strict), the multipart upload of its
+//! modules, and following a worker's live logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+/// Config file names looked for, in order.
+pub const CONFIG_NAMES: [&str; 3] = ["warren.json", "wrangler.json", "wrangler.jsonc"];
+
+/// The worker config file (Workers field names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFile {
+    /// Editor schema hint; accepted and ignored.
+    #[allow(dead_code)]
+    #[serde(rename = "$schema", default)]
+    pub schema: Option<String>,
+    /// Worker name.
+    pub name: String,
+    /// Entry module, relative to the config file.
+    pub main: PathBuf,
+    /// Kept with the script.
+    #[serde(default)]
+    pub compatibility_date: Option<String>,
+    /// Plain-text vars.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// VPC service bindings.
+    #[serde(default)]
+    pub vpc_services: Vec<VpcBinding>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Option<FileLimits>,
+}
+
+/// `vpc_services[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpcBinding {
+    /// Binding name (`env.<binding>`).
+    pub binding: String,
+    /// VPC service id.
+    pub service_id: String,
+}
+
+/// `limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// CPU milliseconds per request.
+    pub cpu_ms: Option<u64>,
+}
+
+/// Finds the config: `path` itself, or the first of [`CONFIG_NAMES`] in `path`
+/// (a folder) or the current folder.
+pub fn find_config(path: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = match path {
+        Some(p) if p.is_file() => return Ok(p.to_owned()),
+        Some(p) if p.is_dir() => p.to_owned(),
+        Some(p) => anyhow::bail!("{} does not exist", p.display()),
+        None => PathBuf::from("."),
+    };
+    CONFIG_NAMES
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("no {} in {}", CONFIG_NAMES.join(" / "), dir.display()))
+}
+
+/// Reads a config file; unknown keys are errors naming their path. JSONC
+/// (comments, trailing commas) is accepted.
+pub fn read_config(path: &Path) -> anyhow::Result<WorkerFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut de = json5::Deserializer::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        anyhow::anyhow!("{}: {at}: {}", path.display(), e.into_inner())
+    })
+}
+
+/// The upload's `metadata` part.
+pub fn metadata(file: &WorkerFile, main_module: &str) -> Value {
+    let mut bindings: Vec<Value> = file
+        .vpc_services
+        .iter()
+        .map(|b| json!({ "type": "vpc_service", "name": b.binding, "service_id": b.service_id }))
+        .collect();
+    for (name, text) in &file.vars {
+        bindings.push(json!({ "type": "plain_text", "name": name, "text": text }));
+    }
+    let mut m = json!({ "main_module": main_module, "bindings": bindings });
+    if let Some(d) = &file.compatibility_date {
+        m["compatibility_date"] = json!(d);
+    }
+    if let Some(cpu) = file.limits.as_ref().and_then(|l| l.cpu_ms) {
+        m["limits"] = json!({ "cpu_ms": cpu });
+    }
+    m
+}
+
+/// Uploaded module files: (name relative to the entry's folder, bytes).
+pub type Modules = Vec<(String, Vec<u8>)>;
+
+/// The modules next to the entry: every `.js`/`.mjs`/`.wasm` file in the
+/// entry's folder and below (not `node_modules`), named relative to it.
+pub fn collect_modules(main: &Path) -> anyhow::Result<(String, Modules)> {
+    let root = main.parent().unwrap_or(Path::new("."));
+    let main_name = main
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("bad entry path {}", main.display()))?
+        .to_owned();
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let entry = entry?;
+            let p = entry.path();
+            let name = entry.file_name();
+            if name == "node_modules" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                stack.push(p);
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("js" | "mjs" | "wasm")
+            ) {
+                let rel = p
+                    .strip_prefix(root)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.push((rel, std::fs::read(&p)?));
+            }
+        }
+    }
+    if !out.iter().any(|(n, _)| *n == main_name) {
+        anyhow::bail!("the entry {} does not exist", main.display());
+    }
+    out.sort();
+    Ok((main_name, out))
+}
+
+/// A `multipart/form-data` body: the metadata part, then one part per module.
+pub fn multipart(metadata: &Value, modules: &[(String, Vec<u8>)]) -> (String, Bytes) {
+    let boundary = format!("warren-{}", uuid_like());
+    let mut body = Vec::new();
+    let mut part = |name: &str, filename: Option<&str>, ctype: &str, bytes: &[u8]| {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let file = filename
+            .map(|f| format!("; filename=\"{f}\""))
+            .unwrap_or_default();
+        body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"{name}\"{file}\r\nContent-Type: {ctype}\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    };
+    part(
+        "metadata",
+        None,
+        "application/json",
+        metadata.to_string().as_bytes(),
+    );
+    for (name, bytes) in modules {
+        let ctype = if name.ends_with(".wasm") {
+            "application/wasm"
+        } else {
+            "application/javascript+module"
+        };
+        part(name, Some(name), ctype, bytes);
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        Bytes::from(body),
+    )
+}
+
+fn uuid_like() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 12];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Uploads the worker `file` (read from `config_path`) and prints a line per step.
+pub async fn deploy(
+    client: &Client,
+    config_path: &Path,
+    file: &WorkerFile,
+) -> anyhow::Result<Value> {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let (main, modules) = collect_modules(&base.join(&file.main))?;
+    let size: usize = modules.iter().map(|(_, b)| b.len()).sum();
+    println!(
+        "[1/3] read {}: worker {}, {} module(s), {} bytes",
+        config_path.display(),
+        file.name,
+        modules.len(),
+        size
+    );
+    let (ctype, body) = multipart(&metadata(file, &main), &modules);
+    println!(
+        "[2/3] uploading; the edge verifies {} binding(s) and builds the component",
+        file.vpc_services.len()
+    );
+    let started = std::time::Instant::now();
+    let (result, _) = client
+        .call_raw(
+            Method::PUT,
+            &format!("workers/scripts/{}", file.name),
+            Some((&ctype, body)),
+        )
+        .await?;
+    println!(
+        "[3/3] deployed {} (etag {}) in {:.1?}",
+        file.name,
+        result["etag"]
+            .as_str()
+            .unwrap_or("?")
+            .get(..12)
+            .unwrap_or("?"),
+        started.elapsed()
+    );
+    Ok(result)
+}
+
+/// Prints one tail line (`pretty`) or the event as JSON.
+pub fn print_event(line: &str, json_format: bool) {
+    if json_format {
+        println!("{line}");
+        return;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(line) else {
+        return;
+    };
+    if v.get("connected").is_some() {
+        println!("connected; waiting for requests (Ctrl-C to stop)");
+        return;
+    }
+    if let Some(n) = v.get("dropped") {
+        println!("… {n} event(s) dropped (the tail could not keep up)");
+        return;
+    }
+    println!(
+        "{} {} → {} {} ({} ms, cpu {} ms) rid={}",
+        v["request"]["method"].as_str().unwrap_or("?"),
+        v["request"]["url"].as_str().unwrap_or("?"),
+        v["status"],
+        v["outcome"].as_str().unwrap_or("?"),
+        v["wall_ms"].as_u64().or(v["wallMs"].as_u64()).unwrap_or(0),
+        v["cpuMs"].as_u64().unwrap_or(0),
+        v["requestId"].as_str().unwrap_or("?"),
+    );
+    for l in v["logs"].as_array().into_iter().flatten() {
+        println!(
+            "  ({}) {}",
+            l["level"].as_str().unwrap_or("log"),
+            l["message"].as_str().unwrap_or("")
+        );
+    }
+    for e in v["exceptions"].as_array().into_iter().flatten() {
+        println!("  (exception) {}", e.as_str().unwrap_or(""));
+    }
+}
+
+/// Follows `worker`'s live logs until the stream ends.
+pub async fn tail(client: &Client, worker: &str, json_format: bool) -> anyhow::Result<()> {
+    let resp = client
+        .send(Method::GET, &format!("workers/scripts/{worker}/tail"), None)
+        .await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        anyhow::bail!(
+            "{} ({status})",
+            v["errors"][0]["message"].as_str().unwrap_or("tail refused")
+        );
+    }
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            print_event(String::from_utf8_lossy(&line).trim(), json_format);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonc_is_read_and_unknown_keys_name_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wrangler.jsonc");
+        std::fs::write(
+            &p,
+            "{ // comment\n \"name\": \"w\", \"main\": \"src/index.js\",\n \"vpc_services\": [{\"binding\": \"API\", \"service_id\": \"s\",}],\n}",
+        )
+        .unwrap();
+        let f = read_config(&p).unwrap();
+        assert_eq!(f.vpc_services[0].binding, "API");
+        std::fs::write(&p, "{\"name\": \"w\", \"main\": \"x.js\", \"vpc_services\": [{\"binding\": \"A\", \"service\": \"s\"}]}").unwrap();
+        let e = read_config(&p).unwrap_err().to_string();
+        assert!(e.contains("vpc_services[0]"), "{e}");
+        assert!(e.contains("service"), "{e}");
+    }
+
+    #[test]
+    fn metadata_carries_bindings_vars_and_limits() {
+        let f = WorkerFile {
+            schema: None,
+            name: "w".into(),
+            main: "index.js".into(),
+            compatibility_date: Some("2026-11-01".into()),
+            vars: BTreeMap::from([("G".into(), "hi".into())]),
+            vpc_services: vec![VpcBinding {
+                binding: "API".into(),
+                service_id: "s".into(),
+            }],
+            limits: Some(FileLimits { cpu_ms: Some(20) }),
+        };
+        let m = metadata(&f, "index.js");
+        assert_eq!(m["bindings"][0]["type"], "vpc_service");
+        assert_eq!(m["bindings"][1]["text"], "hi");
+        assert_eq!(m["limits"]["cpu_ms"], 20);
+    }
+}

@@ -50,5 +50,8 @@ if [ ! -d runtime/js/node_modules/@bytecodealliance/componentize-js ] \
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
   fi
   echo "setup: npm ci in runtime/js"
-  npm ci --prefix runtime/js --no-audit --no-fund
+  # npm 11 refuses `ci` when optional platform packages of other OSes are missing
+  # from the lock; `install` still follows the lock's pinned versions.
+  npm ci --prefix runtime/js --no-audit --no-fund \
+    || npm install --prefix runtime/js --no-audit --no-fund --no-save
 fi

@@ -34,7 +34,7 @@ use crate::origin_tls::OriginTls;
 use crate::tunnels::Tunnels;
 
 /// Header carrying the ProxyError code of a refused CONNECT.
-pub const PROXY_ERROR_HEADER: &str = "warren-proxy-error";
+pub use warren_protocol::PROXY_ERROR_HEADER;
 /// Buffer per direction while splicing.
 const SPLICE_BUF: usize = 64 * 1024;
 

@@ -37,7 +37,8 @@ pub enum Endpoint {
 /// Binding calls to a binding-worker over the binding RPC.
 pub struct RpcBindingClient {
     endpoint: Endpoint,
-    secret: String,
+    /// `Bearer <secret>`, or why the secret cannot be a header value.
+    auth: Result<http::HeaderValue, String>,
     connections: Vec<Mutex<Option<SendRequest<CallBody>>>>,
     next: AtomicUsize,
 }
@@ -53,9 +54,11 @@ impl RpcBindingClient {
     /// A client spreading calls over `connections` (at least 1) connections,
     /// opened on first use and reopened when they fail.
     pub fn new(endpoint: Endpoint, secret: impl Into<String>, connections: usize) -> Self {
+        let auth = http::HeaderValue::from_str(&format!("Bearer {}", secret.into()))
+            .map_err(|_| "the shared secret is not a valid header value".to_owned());
         RpcBindingClient {
             endpoint,
-            secret: secret.into(),
+            auth,
             connections: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
@@ -143,8 +146,7 @@ impl BindingClient for RpcBindingClient {
         let mut call = http::Request::new(body);
         *call.method_mut() = http::Method::POST;
         *call.uri_mut() = http::Uri::from_static(RPC_PATH);
-        let auth = http::HeaderValue::from_str(&format!("Bearer {}", self.secret))
-            .map_err(|_| terminated("the shared secret is not a valid header value"))?;
+        let auth = self.auth.clone().map_err(terminated)?;
         call.headers_mut().insert(http::header::AUTHORIZATION, auth);
         let mut sender = self.sender().await?;
         sender.ready().await.map_err(terminated)?;

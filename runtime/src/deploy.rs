@@ -367,7 +367,7 @@ impl Scripts {
                 "use 1 to 63 lowercase letters, digits and dashes, not starting with a dash",
             ));
         }
-        self.check(account_id, name, &metadata, &modules).await?;
+        self.check(account_id, &metadata, &modules).await?;
         let _one = self.deploying.lock().await;
         if let Some(other) = self
             .infos
@@ -408,11 +408,9 @@ impl Scripts {
     async fn check(
         &self,
         account_id: &str,
-        name: &str,
         metadata: &ScriptMetadata,
         modules: &[Module],
     ) -> Result<(), DeployError> {
-        let _ = name;
         for m in modules {
             if !valid_module_path(&m.name) {
                 return Err(invalid(

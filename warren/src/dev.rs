@@ -135,7 +135,7 @@ async fn session(
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("the dev edge has no account"))?;
-    let token = format!("wrn_dev_{}", uuid_token());
+    let token = serve::random_token("wrn_dev_");
     store
         .create_api_token(&account.id, "warren dev", hash_secret(token.as_bytes()))
         .await?;
@@ -225,11 +225,4 @@ async fn session(
         let _ = c.await;
     }
     Ok(())
-}
-
-fn uuid_token() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 24];
-    rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -43,29 +43,20 @@ pub fn routes(api: ApiState, scripts: Arc<Scripts>) -> Router {
 }
 
 fn deploy_error(e: DeployError) -> ApiError {
-    match e {
-        DeployError::Invalid { pointer, message } => ApiError::invalid(&pointer, message),
-        DeployError::Binding { binding, message } => {
-            let mut err = ApiError::invalid(
-                "/metadata/bindings",
-                format!("binding {binding}: {message}"),
-            );
-            err.message = format!("binding {binding}: {message}");
-            err
-        }
-        DeployError::Conflict(m) => ApiError::conflict(m),
-        DeployError::Script(m) => {
-            let mut err = ApiError::invalid("/modules", m.clone());
-            err.message = m;
-            err.code = 10021; // Workers' "script failed to validate"
-            err
-        }
-        DeployError::Internal(m) => {
-            let mut err = ApiError::conflict(m);
-            err.status = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
-            err.code = 1500;
-            err
-        }
+    use axum::http::StatusCode;
+    let (status, code, pointer) = match &e {
+        DeployError::Invalid { pointer, message } => return ApiError::invalid(pointer, message),
+        DeployError::Conflict(m) => return ApiError::conflict(m),
+        DeployError::Binding { .. } => (StatusCode::BAD_REQUEST, 1002, Some("/metadata/bindings")),
+        // Workers' "script failed to validate".
+        DeployError::Script(_) => (StatusCode::BAD_REQUEST, 10021, Some("/modules")),
+        DeployError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 1500, None),
+    };
+    ApiError {
+        status,
+        code,
+        message: e.to_string(),
+        pointer: pointer.map(str::to_owned),
     }
 }
 

@@ -29,7 +29,8 @@ use warren_store::{SqliteStore, Store, hash_secret};
 use crate::config::{self, EdgeFile, StoreBackend};
 use crate::profile::{self, Profile};
 
-fn random_token(prefix: &str) -> String {
+/// `prefix` followed by 32 random bytes, base64url: tokens, secrets, boundaries.
+pub fn random_token(prefix: &str) -> String {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b))

@@ -158,7 +158,7 @@ pub fn collect_modules(main: &Path) -> anyhow::Result<(String, Modules)> {
 
 /// A `multipart/form-data` body: the metadata part, then one part per module.
 pub fn multipart(metadata: &Value, modules: &[(String, Vec<u8>)]) -> (String, Bytes) {
-    let boundary = format!("warren-{}", uuid_like());
+    let boundary = crate::serve::random_token("warren-");
     let mut body = Vec::new();
     let mut part = |name: &str, filename: Option<&str>, ctype: &str, bytes: &[u8]| {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
@@ -191,13 +191,6 @@ pub fn multipart(metadata: &Value, modules: &[(String, Vec<u8>)]) -> (String, By
         format!("multipart/form-data; boundary={boundary}"),
         Bytes::from(body),
     )
-}
-
-fn uuid_like() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 12];
-    rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Uploads the worker `file` (read from `config_path`) and prints a line per step.
@@ -265,7 +258,7 @@ pub fn print_event(line: &str, json_format: bool) {
         v["request"]["url"].as_str().unwrap_or("?"),
         v["status"],
         v["outcome"].as_str().unwrap_or("?"),
-        v["wall_ms"].as_u64().or(v["wallMs"].as_u64()).unwrap_or(0),
+        v["wallMs"].as_u64().unwrap_or(0),
         v["cpuMs"].as_u64().unwrap_or(0),
         v["requestId"].as_str().unwrap_or("?"),
     );

@@ -1,6 +1,9 @@
 //! The shared wasmtime engine: pooling allocator, epoch interruption driven by
 //! one ticker thread, and compiled components cached on disk by content hash
-//! (a restart loads them with `deserialize_file` instead of compiling).
+//! (a restart loads them with `deserialize_file` instead of compiling), plus
+//! Cranelift's incremental cache on disk: functions already compiled for any
+//! earlier component (every JS worker shares the StarlingMonkey engine) are
+//! reused, so a second JS worker compiles in a fraction of the first's time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,12 +13,13 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{CacheStore, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Engine settings. Defaults from [`EngineConfig::new`].
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Where compiled components are kept (`<hash>.cwasm`).
+    /// Where compiled components are kept (`<hash>.cwasm`), with Cranelift's
+    /// per-function incremental cache under `functions/`.
     pub cache_dir: PathBuf,
     /// Epoch tick: the granularity of CPU-limit checks (default 2 ms).
     pub tick: Duration,
@@ -43,6 +47,7 @@ pub struct RuntimeEngine {
     engine: Engine,
     config: EngineConfig,
     compiles: AtomicU64,
+    functions: Arc<FunctionCache>,
 }
 
 impl RuntimeEngine {
@@ -54,10 +59,13 @@ impl RuntimeEngine {
             .total_memories(config.max_instances * 4)
             .total_tables(config.max_instances * 4)
             .max_memory_size(config.max_memory_bytes);
+        let functions = Arc::new(FunctionCache::new(config.cache_dir.join("functions"))?);
         let mut c = Config::new();
         c.epoch_interruption(true)
             .wasm_component_model(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .enable_incremental_compilation(functions.clone())
+            .map_err(anyhow::Error::from)?;
         let engine = Engine::new(&c)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
@@ -79,6 +87,7 @@ impl RuntimeEngine {
             engine,
             config,
             compiles: AtomicU64::new(0),
+            functions,
         }))
     }
 
@@ -95,6 +104,12 @@ impl RuntimeEngine {
     /// Components compiled (not loaded from the cache) since start.
     pub fn compiles(&self) -> u64 {
         self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Functions Cranelift took from the incremental cache instead of
+    /// compiling them, since start.
+    pub fn reused_functions(&self) -> u64 {
+        self.functions.hits.load(Ordering::Relaxed)
     }
 
     /// The component for `wasm`, from the on-disk cache when this engine has
@@ -121,6 +136,46 @@ impl RuntimeEngine {
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &path)?;
         Ok(component)
+    }
+}
+
+/// Cranelift's incremental cache kept as one file per compiled function
+/// (named by the hash of Cranelift's key), shared by every engine that uses
+/// the same cache directory.
+#[derive(Debug)]
+struct FunctionCache {
+    dir: PathBuf,
+    hits: AtomicU64,
+}
+
+impl FunctionCache {
+    fn new(dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(FunctionCache {
+            dir,
+            hits: AtomicU64::new(0),
+        })
+    }
+
+    fn path(&self, key: &[u8]) -> PathBuf {
+        self.dir.join(hex::encode(Sha256::digest(key)))
+    }
+}
+
+impl CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let bytes = std::fs::read(self.path(key)).ok()?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(bytes.into())
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let path = self.path(key);
+        let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&tmp, value)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_ok()
     }
 }
 

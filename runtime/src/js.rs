@@ -31,6 +31,9 @@ pub struct JsBuilder {
     pub js_dir: PathBuf,
     /// The `node` executable.
     pub node: PathBuf,
+    /// Where built components are kept by the hash of their inputs (modules,
+    /// generated entry, pinned tooling); `None` builds every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The generated entry: imports the user's module and serves its `fetch`.
@@ -73,6 +76,25 @@ addEventListener("fetch", (event) => {{
     )
 }
 
+static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Every file under `dir`, as paths relative to `root`.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_name() == "node_modules" || e.file_name() == ".git" {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            list_files(root, &p, out)?;
+        } else if let Ok(rel) = p.strip_prefix(root) {
+            out.push(rel.to_owned());
+        }
+    }
+    Ok(())
+}
+
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -97,7 +119,48 @@ impl JsBuilder {
         JsBuilder {
             js_dir,
             node: PathBuf::from("node"),
+            cache_dir: None,
         }
+    }
+
+    /// The same builder, keeping built components in `dir` so an unchanged
+    /// worker (same modules, vars and bindings) is not rebuilt.
+    pub fn with_cache(mut self, dir: PathBuf) -> Self {
+        self.cache_dir = Some(dir);
+        self
+    }
+
+    /// The cache key of a build: SHA-256 over the pinned tooling (lockfile and
+    /// build script), the generated entry and every module (sorted by path).
+    fn build_key(&self, source_dir: &Path, entry: &str) -> std::io::Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"warren-js-build-v1\0");
+        for f in ["package-lock.json", "build.mjs"] {
+            let bytes = std::fs::read(self.js_dir.join(f)).unwrap_or_default();
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        h.update((entry.len() as u64).to_le_bytes());
+        h.update(entry.as_bytes());
+        let mut files = Vec::new();
+        list_files(source_dir, source_dir, &mut files)?;
+        files.sort();
+        for rel in files {
+            let bytes = std::fs::read(source_dir.join(&rel))?;
+            let name = rel.to_string_lossy();
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Components built (not found in the cache) by builders sharing this
+    /// process, for tests and logs.
+    pub fn builds() -> u64 {
+        BUILDS.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Builds the worker whose modules are in `source_dir` (entry `main_module`)
@@ -110,6 +173,44 @@ impl JsBuilder {
         bindings: &[String],
     ) -> Result<Vec<u8>, JsBuildError> {
         let tooling = |e: std::io::Error| JsBuildError::Tooling(e.to_string());
+        let entry = entry_source(main_module, vars, bindings);
+        let cached = match &self.cache_dir {
+            Some(dir) => {
+                let key = self.build_key(source_dir, &entry).map_err(tooling)?;
+                let path = dir.join(format!("{key}.wasm"));
+                if let Ok(bytes) = std::fs::read(&path) {
+                    return Ok(bytes);
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        let wasm = self.build_uncached(source_dir, main_module, &entry)?;
+        BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(path) = cached {
+            // Best effort: a full disk costs a rebuild next time, not this deploy.
+            let stored = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+                    std::fs::write(&tmp, &wasm)?;
+                    std::fs::rename(&tmp, &path)
+                });
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "cannot cache the built JS component");
+            }
+        }
+        Ok(wasm)
+    }
+
+    fn build_uncached(
+        &self,
+        source_dir: &Path,
+        main_module: &str,
+        entry: &str,
+    ) -> Result<Vec<u8>, JsBuildError> {
+        let tooling = |e: std::io::Error| JsBuildError::Tooling(e.to_string());
         let work = tempfile::tempdir().map_err(tooling)?;
         let src = work.path().join("src");
         copy_dir(source_dir, &src).map_err(tooling)?;
@@ -119,11 +220,7 @@ impl JsBuilder {
                 source_dir.display()
             )));
         }
-        std::fs::write(
-            src.join(ENTRY_FILE),
-            entry_source(main_module, vars, bindings),
-        )
-        .map_err(tooling)?;
+        std::fs::write(src.join(ENTRY_FILE), entry).map_err(tooling)?;
         let out = work.path().join("out").join("worker.wasm");
         std::fs::create_dir_all(work.path().join("out")).map_err(tooling)?;
         let output = Command::new(&self.node)

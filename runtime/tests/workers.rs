@@ -87,6 +87,11 @@ async fn host(limits: Limits, outbound: OutboundPolicy) -> Host {
     host_for(guest(), limits, outbound).await
 }
 
+/// Built JS components shared by the test processes.
+fn js_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-js-cache")
+}
+
 /// Builds the JS test worker once per test process (ComponentizeJS).
 fn js_guest() -> &'static [u8] {
     // (Each test process builds it once; the compiled code is shared through
@@ -96,6 +101,7 @@ fn js_guest() -> &'static [u8] {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let vars = BTreeMap::from([("GREETING".to_string(), "hi".to_string())]);
         JsBuilder::new(dir.join("js"))
+            .with_cache(js_cache())
             .build(
                 &dir.join("tests/js-worker"),
                 "worker.js",
@@ -308,6 +314,51 @@ async fn a_restart_loads_compiled_code_instead_of_compiling() {
         second.compiles(),
         0,
         "the restarted engine loaded the cached code"
+    );
+}
+
+#[test]
+fn an_unchanged_js_worker_is_not_rebuilt() {
+    let first = js_guest().to_vec();
+    let builds = JsBuilder::builds();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let vars = BTreeMap::from([("GREETING".to_string(), "hi".to_string())]);
+    let again = JsBuilder::new(dir.join("js"))
+        .with_cache(js_cache())
+        .build(
+            &dir.join("tests/js-worker"),
+            "worker.js",
+            &vars,
+            &["API".to_string()],
+        )
+        .expect("build");
+    assert_eq!(JsBuilder::builds(), builds, "served from the build cache");
+    assert!(again == first, "the same component");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_component_reuses_the_functions_compiled_before() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    Worker::new(engine.clone(), WorkerConfig::default(), guest(), None).expect("worker");
+    // (Identical functions inside one component already hit the cache.)
+    let before = engine.reused_functions();
+    // The same code with a custom section appended: a new component (new hash,
+    // so no whole-component cache hit) whose functions are all known.
+    let mut changed = guest().to_vec();
+    let name = b"warren-test";
+    let payload = b"v2";
+    changed.push(0); // custom section id
+    changed.push((1 + name.len() + payload.len()) as u8); // section size (LEB128, < 128)
+    changed.push(name.len() as u8);
+    changed.extend_from_slice(name);
+    changed.extend_from_slice(payload);
+    let w = Worker::new(engine.clone(), WorkerConfig::default(), &changed, None);
+    assert!(w.is_ok(), "the changed component loads");
+    assert_eq!(engine.compiles(), 2, "the changed component was compiled");
+    assert!(
+        engine.reused_functions() > before,
+        "its functions came from the incremental cache ({before} before)"
     );
 }
 

@@ -281,7 +281,8 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             Arc::new(LogHub::default()),
             ScriptsConfig {
                 dir: file.data_dir.join("workers"),
-                js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref())),
+                js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
+                    .with_cache(file.data_dir.join("built")),
                 client: Some(client),
                 directory: Arc::new(StoreDirectory(store.clone())),
             },

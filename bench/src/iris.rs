@@ -5,17 +5,19 @@
 //! connection (its own CONNECT tunnel on the tunnel path).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use warren_bench::load::{self, Samples};
+use warren_bench::procs::Kill;
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
 use warren_iris::origin_tls::OriginTls;
 use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
@@ -26,14 +28,6 @@ use warren_store::{
 const SECRET: &str = "bench-secret";
 const RUN_FOR: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 2;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn origin() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
@@ -79,6 +73,7 @@ async fn connect(front: SocketAddr, service: &str, account: &str) -> anyhow::Res
     Ok(s)
 }
 
+/// Opens one client connection: straight to the origin, or a CONNECT tunnel.
 #[derive(Clone)]
 enum Target {
     Direct(SocketAddr),
@@ -89,67 +84,30 @@ enum Target {
     },
 }
 
-/// `clients` keep-alive clients for RUN_FOR; returns every request's latency.
+impl Target {
+    async fn open(self) -> anyhow::Result<TcpStream> {
+        match self {
+            Target::Direct(a) => Ok(TcpStream::connect(a).await?),
+            Target::Tunnel {
+                front,
+                service,
+                account,
+            } => connect(front, &service, &account).await,
+        }
+    }
+}
+
+/// `clients` keep-alive clients for RUN_FOR: latencies and elapsed time.
 async fn load(target: &Target, clients: usize) -> anyhow::Result<(Vec<Duration>, Duration)> {
-    let start = Instant::now();
-    let deadline = start + RUN_FOR;
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let target = target.clone();
-        tasks.push(tokio::spawn(async move {
-            let io = match &target {
-                Target::Direct(a) => {
-                    let s = TcpStream::connect(a).await?;
-                    s.set_nodelay(true)?;
-                    s
-                }
-                Target::Tunnel {
-                    front,
-                    service,
-                    account,
-                } => connect(*front, service, account).await?,
-            };
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await?;
-            tokio::spawn(conn);
-            let mut lat = Vec::new();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let req = Request::get("/items")
-                    .header("host", "inventory.internal")
-                    .body(Empty::new())?;
-                let resp = sender.send_request(req).await?;
-                resp.into_body().collect().await?;
-                lat.push(t.elapsed());
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    Ok((all, start.elapsed()))
-}
-
-struct Stats {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
-    lat.sort();
-    let at = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Stats {
-        rps: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    let target = target.clone();
+    load::run(
+        clients,
+        RUN_FOR,
+        move || target.clone().open(),
+        "inventory.internal",
+        "/items",
+    )
+    .await
 }
 
 #[tokio::main]
@@ -251,18 +209,12 @@ async fn main() -> anyhow::Result<()> {
         "clients", "path", "req/s", "p50", "p99"
     );
     for clients in [1usize, 8] {
-        let (mut d_lat, mut t_lat) = (Vec::new(), Vec::new());
-        let (mut d_time, mut t_time) = (Duration::ZERO, Duration::ZERO);
+        let (mut d, mut t) = (Samples::default(), Samples::default());
         for _ in 0..ROUNDS {
-            let (l, e) = load(&direct, clients).await?;
-            d_lat.extend(l);
-            d_time += e;
-            let (l, e) = load(&through, clients).await?;
-            t_lat.extend(l);
-            t_time += e;
+            d.add(load(&direct, clients).await?);
+            t.add(load(&through, clients).await?);
         }
-        let d = stats(d_lat, d_time);
-        let t = stats(t_lat, t_time);
+        let (d, t) = (d.stats(), t.stats());
         for (name, s) in [("direct", &d), ("tunnel", &t)] {
             println!(
                 "{:<10} {:<8} {:>10.0} {:>8}µs {:>8}µs",

@@ -130,6 +130,8 @@ impl FrontDoor {
                 },
                 () = &mut shutdown => return,
             };
+            // Tunnelled bytes go out as they come: no Nagle delay on small writes.
+            let _ = stream.set_nodelay(true);
             let door = self.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {

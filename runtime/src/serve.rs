@@ -92,6 +92,9 @@ impl Router {
     /// Serves HTTP/1.1 and h2c on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         while let Ok((stream, _)) = listener.accept().await {
+            // Answers are written as head then body: without NODELAY, Nagle
+            // holds the body until the client's delayed ACK (40 ms).
+            let _ = stream.set_nodelay(true);
             let router = self.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {

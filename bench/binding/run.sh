@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# bench/binding: a worker calling a private origin through its VPC binding
+# (through the real tunnel and connector) vs the same worker.js on workerd with
+# a plain service binding; a bulk download through the binding vs curl direct.
+# Usage: bench/binding/run.sh            (BENCH_BYTES=N to change the 1 GiB download)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+./scripts/setup.sh
+bench/workerd/install.sh
+cargo build --release --locked -p warren --bin warren -p warren-connector --bin warren-connector \
+  -p warren-bench --bin bench-binding
+exec target/release/bench-binding "$@"

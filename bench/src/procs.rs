@@ -1,0 +1,199 @@
+//! The processes a benchmark runs: `warren serve` nodes, `workerd`, the
+//! connector; each is killed when its handle is dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A child process killed (and reaped) on drop.
+pub struct Kill(pub Child);
+
+impl Kill {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback TCP port (free when asked; good enough on a quiet machine).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub async fn wait_port(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Resident memory of `pid` in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kib * 1024)
+}
+
+/// Starts workerd serving `worker.js` (from `dir`) on `port`; with `origin`,
+/// the worker gets a service binding `API` to that plain HTTP server.
+pub fn workerd(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    origin: Option<SocketAddr>,
+) -> anyhow::Result<Kill> {
+    let (service, binding) = match origin {
+        Some(o) => (
+            format!("    (name = \"origin\", external = (address = \"{o}\", http = ())),\n"),
+            "  bindings = [ (name = \"API\", service = \"origin\") ],\n".to_owned(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let config = format!(
+        "using Workerd = import \"/workerd/workerd.capnp\";\n\
+         const config :Workerd.Config = (\n  services = [\n    (name = \"main\", worker = .main),\n{service}  ],\n  \
+         sockets = [ (name = \"http\", address = \"127.0.0.1:{port}\", http = (), service = \"main\") ],\n);\n\
+         const main :Workerd.Worker = (\n  modules = [ (name = \"worker.js\", esModule = embed \"worker.js\") ],\n  \
+         compatibilityDate = \"2025-01-01\",\n{binding});\n"
+    );
+    std::fs::write(dir.join("workerd.capnp"), config)?;
+    let log = std::fs::File::create(dir.join("workerd.log"))?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(dir.join("workerd.capnp"))
+        .current_dir(dir)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Kill(child))
+}
+
+/// A `warren serve` node in its own directory, with its CLI profile.
+pub struct WarrenNode {
+    /// The `warren` binary.
+    pub bin: PathBuf,
+    /// The node's process.
+    pub process: Kill,
+    /// The CLI profile the node wrote at first start.
+    pub profile: PathBuf,
+    /// Where workers are served (`<name>.workers.localhost`).
+    pub runtime: SocketAddr,
+}
+
+impl WarrenNode {
+    /// Starts `warren serve` with its data in `dir/data`, JS tooling from
+    /// `js_dir`, every listener on loopback.
+    pub async fn start(bin: &Path, dir: &Path, js_dir: &Path) -> anyhow::Result<Self> {
+        let runtime: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let config = format!(
+            "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
+             [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\
+             [runtime]\nlisten = \"{runtime}\"\njs_dir = \"{}\"\n",
+            js_dir.display()
+        );
+        std::fs::write(dir.join("edge.toml"), config)?;
+        let profile = dir.join("profile.json");
+        let log = std::fs::File::create(dir.join("warren.log"))?;
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(dir.join("edge.toml"))
+            .env("WARREN_PROFILE", &profile)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let process = Kill(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !profile.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "warren serve did not start (see {}/warren.log)",
+                    dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wait_port(runtime, Duration::from_secs(30)).await?;
+        Ok(WarrenNode {
+            bin: bin.to_owned(),
+            process,
+            profile,
+            runtime,
+        })
+    }
+
+    /// Runs a `warren` CLI command against this node; fails with its stderr.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("WARREN_PROFILE", &self.profile)
+            .env_remove("WARREN_API")
+            .env_remove("WARREN_API_TOKEN")
+            .env_remove("WARREN_ACCOUNT_ID")
+            .output()?;
+        if !out.status.success() {
+            bail!("warren {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out)
+    }
+
+    /// `warren deploy DIR`.
+    pub fn deploy(&self, worker_dir: &Path) -> anyhow::Result<()> {
+        let dir = worker_dir.to_str().context("non-UTF-8 path")?;
+        self.cli(&["deploy", dir]).map(drop)
+    }
+
+    /// Waits for the first 200 from worker `name` (within `within`).
+    pub async fn first_ok(&self, name: &str, within: Duration) -> anyhow::Result<()> {
+        let host = format!("{name}.workers.localhost");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok((200, _)) = crate::load::get(self.runtime, &host, "/").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("worker {name} did not answer 200 within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Writes a worker folder: `warren.json` naming `name` with `extra` config
+/// keys (a JSON object body, may be empty) and `worker.js` with `source`.
+pub fn worker_dir(dir: &Path, name: &str, source: &str, extra: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("worker.js"), source)?;
+    let sep = if extra.is_empty() { "" } else { ", " };
+    std::fs::write(
+        dir.join("warren.json"),
+        format!("{{ \"name\": \"{name}\", \"main\": \"worker.js\"{sep}{extra} }}"),
+    )?;
+    Ok(())
+}

@@ -175,6 +175,34 @@ impl Worker {
             limiter: MemoryLimiter::new(limits.memory_bytes),
         };
         let (resp, outcome, pending) = self.run(state, req, request_id, &limits, &meter).await;
+        // A guest still running after its answer's head (streaming the body,
+        // waitUntil) can still fail: watch it so the failure is logged and
+        // the tail event tells the real outcome.
+        let worker = self.config.name.clone();
+        let rid = request_id.to_owned();
+        let watch_meter = meter.clone();
+        let ended = async move {
+            let task = pending?;
+            let (result, memory_hit) = task.await.ok()?;
+            let e = result.err()?;
+            let outcome = if watch_meter.exceeded() {
+                Outcome::Limit(LimitHit::Cpu)
+            } else if memory_hit {
+                Outcome::Limit(LimitHit::Memory)
+            } else {
+                Outcome::Exception(format!("{e:#}"))
+            };
+            let what = match &outcome {
+                Outcome::Limit(l) => format!("exceeded its {} limit", l.name()),
+                _ => format!("failed: {e:#}"),
+            };
+            tracing::warn!(
+                worker,
+                request_id = rid,
+                "worker {what} after its answer began"
+            );
+            Some(outcome)
+        };
         if let (Some(hub), Some(info), Some((out, err))) = (hub, info, capture) {
             let event_timestamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -185,12 +213,7 @@ impl Worker {
             let script_name = self.config.name.clone();
             let request_id = request_id.to_owned();
             tokio::spawn(async move {
-                let mut outcome = outcome;
-                if let Some(task) = pending
-                    && let Ok((Err(e), _)) = task.await
-                {
-                    outcome = Outcome::Exception(format!("{e:#}"));
-                }
+                let outcome = ended.await.unwrap_or(outcome);
                 let mut logs = lines("log", &out.contents());
                 logs.extend(lines("error", &err.contents()));
                 let (outcome, exceptions) = outcome.parts();
@@ -207,6 +230,8 @@ impl Worker {
                     exceptions,
                 });
             });
+        } else {
+            tokio::spawn(ended);
         }
         resp
     }
@@ -222,6 +247,11 @@ impl Worker {
         meter: &Arc<CpuMeter>,
     ) -> (hyper::Response<Body>, Outcome, Option<GuestTask>) {
         let mut store = Store::new(self.engine.engine(), state);
+        // StarlingMonkey keeps a few component handles alive per body chunk it
+        // pipes (about 8 per 64 KiB), so wasmtime's default of 100 000 live
+        // handles cuts a streamed body near 800 MB. Handles are small host
+        // entries and die with the request's store.
+        store.set_max_component_handles(MAX_HANDLES);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         let cpu = Duration::from_millis(limits.cpu_ms);
@@ -332,6 +362,9 @@ impl Worker {
         }
     }
 }
+
+/// Live component handles a request's store may hold (see `run`).
+const MAX_HANDLES: usize = 4 << 20;
 
 /// The guest's task: its result and whether it hit the memory limit.
 type GuestTask = tokio::task::JoinHandle<(wasmtime::Result<()>, bool)>;

@@ -154,6 +154,36 @@ where
     Ok((status, len))
 }
 
+/// Sends `POST path` with a generated body of `len` bytes (streamed in 64 KiB
+/// chunks) and returns the status and the answer's length, read as it streams.
+pub async fn post_len<S>(
+    io: S,
+    host: &str,
+    path: &str,
+    len: u64,
+) -> anyhow::Result<(StatusCode, u64)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    let req = Request::post(path)
+        .header("host", host)
+        .header("content-length", len)
+        .body(chunks(u64::MAX, 64 * 1024, Duration::ZERO, len))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            got += data.len() as u64;
+        }
+    }
+    Ok((status, got))
+}
+
 /// Like [`get_len`] but returns the body (for small responses).
 pub async fn get<S>(io: S, host: &str, path: &str) -> anyhow::Result<(StatusCode, Bytes)>
 where

@@ -12,6 +12,17 @@ export default {
       if (path.startsWith("/bytes/")) {
         return await env.API.fetch("http://inventory.internal" + path);
       }
+      if (path === "/echo") {
+        return await env.API.fetch("http://inventory.internal/echo", {
+          method: "POST",
+          body: request.body,
+          duplex: "half",
+        });
+      }
+      if (path === "/nodns") {
+        await env.NODNS.fetch("http://nowhere.internal/hello");
+        return new Response("unexpected success");
+      }
       if (path === "/refused") {
         await env.DOWN.fetch("http://inventory.internal/hello");
         return new Response("unexpected success");

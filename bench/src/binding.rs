@@ -19,7 +19,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use warren_bench::load::{self, Samples};
+use warren_bench::load;
 use warren_bench::procs::{self, Kill, WarrenNode};
 
 const ROUNDS: usize = 3;
@@ -240,32 +240,15 @@ async fn main() -> anyhow::Result<()> {
         "{:<28} {:>10} {:>10} {:>10}",
         "clients / runtime", "req/s", "p50", "p99"
     );
-    let runtime = node.runtime;
     for clients in [1usize, 8] {
-        let (mut w, mut d) = (Samples::default(), Samples::default());
-        for _ in 0..ROUNDS {
-            w.add(
-                load::run(
-                    clients,
-                    RUN_FOR,
-                    move || async move { Ok(tokio::net::TcpStream::connect(runtime).await?) },
-                    host,
-                    "/items",
-                )
-                .await?,
-            );
-            d.add(
-                load::run(
-                    clients,
-                    RUN_FOR,
-                    move || async move { Ok(tokio::net::TcpStream::connect(wd).await?) },
-                    "localhost",
-                    "/items",
-                )
-                .await?,
-            );
-        }
-        let (w, d) = (w.stats(), d.stats());
+        let [w, d] = load::interleaved(
+            ROUNDS,
+            clients,
+            RUN_FOR,
+            [(node.runtime, host), (wd, "localhost")],
+            "/items",
+        )
+        .await?;
         load::row(&format!("{clients} warren"), &w);
         load::row(&format!("{clients} workerd"), &d);
         println!(

@@ -104,6 +104,34 @@ where
     Ok((all, start.elapsed()))
 }
 
+/// Alternates `rounds` runs of `GET path` against each `(address, host)`
+/// target (plain TCP), so both see the same machine state; their [`Stats`].
+pub async fn interleaved(
+    rounds: usize,
+    clients: usize,
+    run_for: Duration,
+    targets: [(std::net::SocketAddr, &str); 2],
+    path: &str,
+) -> anyhow::Result<[Stats; 2]> {
+    let mut samples = [Samples::default(), Samples::default()];
+    for _ in 0..rounds {
+        for (s, (addr, host)) in samples.iter_mut().zip(targets) {
+            s.add(
+                run(
+                    clients,
+                    run_for,
+                    move || async move { Ok(TcpStream::connect(addr).await?) },
+                    host,
+                    path,
+                )
+                .await?,
+            );
+        }
+    }
+    let [a, b] = samples;
+    Ok([a.stats(), b.stats()])
+}
+
 /// One GET on a fresh connection: (status, body).
 pub async fn get(
     addr: std::net::SocketAddr,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use warren_bench::load::{self, Samples};
+use warren_bench::load;
 use warren_bench::procs::{self, WarrenNode};
 
 const ROUNDS: usize = 3;
@@ -143,31 +143,17 @@ async fn main() -> anyhow::Result<()> {
         "{:<28} {:>10} {:>10} {:>10}",
         "runtime", "req/s", "p50", "p99"
     );
-    let (mut w, mut d) = (Samples::default(), Samples::default());
-    let runtime = node.runtime;
-    for _ in 0..ROUNDS {
-        w.add(
-            load::run(
-                CLIENTS,
-                RUN_FOR,
-                move || async move { Ok(tokio::net::TcpStream::connect(runtime).await?) },
-                "hello.workers.localhost",
-                "/",
-            )
-            .await?,
-        );
-        d.add(
-            load::run(
-                CLIENTS,
-                RUN_FOR,
-                move || async move { Ok(tokio::net::TcpStream::connect(wd_addr).await?) },
-                "localhost",
-                "/",
-            )
-            .await?,
-        );
-    }
-    let (w, d) = (w.stats(), d.stats());
+    let [w, d] = load::interleaved(
+        ROUNDS,
+        CLIENTS,
+        RUN_FOR,
+        [
+            (node.runtime, "hello.workers.localhost"),
+            (wd_addr, "localhost"),
+        ],
+        "/",
+    )
+    .await?;
     load::row("warren", &w);
     load::row("workerd", &d);
     println!(

@@ -17,6 +17,7 @@ use crate::js::{JsBuildError, JsBuilder};
 use crate::limits::Limits;
 use crate::logs::LogHub;
 use crate::outbound::BindingClient;
+use crate::routes::RoutePattern;
 use crate::serve::Router;
 use crate::worker::{Worker, WorkerConfig};
 
@@ -42,6 +43,10 @@ pub struct ScriptMetadata {
     /// Limits (`cpu_ms`).
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Route patterns the worker serves (Warren's addition: Workers keeps
+    /// routes per zone; Warren has no zones, so they travel with the script).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }
 
 /// One binding of the metadata.
@@ -234,12 +239,14 @@ impl Scripts {
                 BindingSpec::PlainText { name, text } => env.push((name.clone(), text.clone())),
             }
         }
+        let routes = parse_routes(&info.metadata.routes)?;
         let config = WorkerConfig {
             name: info.id.clone(),
             account_id: info.account_id.clone(),
             bindings,
             env,
             limits,
+            routes,
             ..Default::default()
         };
         Worker::new(
@@ -380,6 +387,20 @@ impl Scripts {
                 "the worker name {name} is taken"
             )));
         }
+        for pattern in &metadata.routes {
+            let Some(owner) = self.router.route_owner(pattern) else {
+                continue;
+            };
+            if owner == name {
+                continue;
+            }
+            let same_account = self.get(account_id, &owner).is_some();
+            return Err(DeployError::Conflict(if same_account {
+                format!("route {pattern} is already served by worker {owner}")
+            } else {
+                format!("route {pattern} is taken")
+            }));
+        }
         let wasm = self.build(&metadata, modules).await?;
         let previous = self.get(account_id, name);
         let t = now();
@@ -425,6 +446,7 @@ impl Scripts {
                 format!("no uploaded module is named {:?}", metadata.main_module),
             ));
         }
+        parse_routes(&metadata.routes)?;
         let mut seen = std::collections::HashSet::new();
         for (i, b) in metadata.bindings.iter().enumerate() {
             let bname = match b {
@@ -508,6 +530,24 @@ impl Scripts {
         .await
         .map_err(internal)?
     }
+}
+
+/// Parses route patterns; the first bad one is an error pointing at it.
+fn parse_routes(routes: &[String]) -> Result<Vec<RoutePattern>, DeployError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(routes.len());
+    for (i, r) in routes.iter().enumerate() {
+        let parsed =
+            RoutePattern::parse(r).map_err(|e| invalid(&format!("/routes/{i}"), e.to_string()))?;
+        if !seen.insert(r.as_str()) {
+            return Err(invalid(
+                &format!("/routes/{i}"),
+                format!("route {r:?} is listed twice"),
+            ));
+        }
+        out.push(parsed);
+    }
+    Ok(out)
 }
 
 /// Writes `<dir>/<name>/{script.json,worker.wasm}`, replacing the old copy only

@@ -4,7 +4,8 @@
 //! (bindings go to a [`outbound::BindingClient`]; everything else to the global
 //! outbound policy, which refuses private addresses).
 //!
-//! Modules in the order a request meets them: [`serve`] routes by Host →
+//! Modules in the order a request meets them: [`serve`] routes by Host (and
+//! [`routes`] patterns) →
 //! [`worker`] instantiates and calls the guest within its [`limits`] →
 //! the guest's outgoing requests pass [`outbound`]. [`engine`] holds the
 //! shared wasmtime engine and the compiled-code cache.
@@ -16,6 +17,7 @@ pub mod js;
 pub mod limits;
 pub mod logs;
 pub mod outbound;
+pub mod routes;
 pub mod serve;
 pub mod worker;
 

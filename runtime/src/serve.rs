@@ -1,6 +1,7 @@
 //! Serving workers over HTTP: `<worker>.<workers domain>` in `Host` picks the
-//! worker; deploying swaps a worker's version atomically (requests in flight
-//! finish on the version they started with).
+//! worker, else the most specific of the workers' routes (see [`crate::routes`]);
+//! deploying swaps a worker's version atomically (requests in flight finish on
+//! the version they started with).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -9,12 +10,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::routes::RouteTable;
 use crate::worker::{Body, Worker, text};
 
 /// The deployed workers, by name.
 pub struct Router {
     domain: String,
     workers: RwLock<HashMap<String, Arc<Worker>>>,
+    routes: RwLock<RouteTable>,
     fallback: RwLock<Option<String>>,
 }
 
@@ -24,23 +27,38 @@ impl Router {
         Arc::new(Router {
             domain: domain.trim_matches('.').to_ascii_lowercase(),
             workers: RwLock::new(HashMap::new()),
+            routes: RwLock::new(RouteTable::default()),
             fallback: RwLock::new(None),
         })
     }
 
-    /// Deploys (or replaces) a worker.
+    /// Deploys (or replaces) a worker, with its routes.
     pub fn deploy(&self, worker: Worker) {
         let name = worker.config().name.clone();
+        // Workers first, so a new route never points at a missing worker.
+        let routes = worker.config().routes.clone();
         if let Ok(mut w) = self.workers.write() {
-            w.insert(name, Arc::new(worker));
+            w.insert(name.clone(), Arc::new(worker));
+        }
+        if let Ok(mut r) = self.routes.write() {
+            r.set(&name, &routes);
         }
     }
 
-    /// Stops serving a worker (requests in flight finish).
+    /// Stops serving a worker and its routes (requests in flight finish).
     pub fn remove(&self, name: &str) {
+        if let Ok(mut r) = self.routes.write() {
+            r.set(name, &[]);
+        }
         if let Ok(mut w) = self.workers.write() {
             w.remove(name);
         }
+    }
+
+    /// The worker serving exactly the route `pattern`, if any.
+    pub fn route_owner(&self, pattern: &str) -> Option<String> {
+        let r = self.routes.read().ok()?;
+        r.owner_of(pattern).map(str::to_owned)
     }
 
     /// Serves `name` for hosts no worker matches (`warren dev`: plain
@@ -51,19 +69,25 @@ impl Router {
         }
     }
 
-    fn worker_for(&self, host: &str) -> Option<Arc<Worker>> {
-        let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    fn worker_for(&self, host: &str, path: &str) -> Option<Arc<Worker>> {
+        let bare = host.split(':').next().unwrap_or("").to_ascii_lowercase();
         let workers = self.workers.read().ok()?;
-        let named = host
+        if let Some(w) = bare
             .strip_suffix(&format!(".{}", self.domain))
-            .and_then(|name| workers.get(name));
-        match named {
-            Some(w) => Some(w.clone()),
-            None => {
-                let fallback = self.fallback.read().ok()?.clone()?;
-                workers.get(&fallback).cloned()
-            }
+            .and_then(|name| workers.get(name))
+        {
+            return Some(w.clone());
         }
+        let routed = self
+            .routes
+            .read()
+            .ok()
+            .and_then(|r| r.lookup(host, path).map(str::to_owned));
+        let name = match routed {
+            Some(n) => n,
+            None => self.fallback.read().ok()?.clone()?,
+        };
+        workers.get(&name).cloned()
     }
 
     /// Handles one request.
@@ -79,7 +103,8 @@ impl Router {
             .or_else(|| req.uri().host())
             .unwrap_or("")
             .to_owned();
-        let mut resp = match self.worker_for(&host) {
+        let path = req.uri().path().to_owned();
+        let mut resp = match self.worker_for(&host, &path) {
             Some(w) => w.handle(req, &request_id).await,
             None => text(404, &format!("no worker serves {host}")),
         };

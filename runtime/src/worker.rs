@@ -22,6 +22,7 @@ use crate::engine::RuntimeEngine;
 use crate::limits::{CpuMeter, LimitHit, Limits, MemoryLimiter, Metered};
 use crate::logs::{LogHub, RequestInfo, TailEvent, lines};
 use crate::outbound::{BindingClient, Outbound, OutboundPolicy};
+use crate::routes::RoutePattern;
 
 /// What a deployment says about a worker.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +40,8 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Global outbound policy.
     pub outbound: OutboundPolicy,
+    /// Route patterns this worker serves besides `<name>.<workers domain>`.
+    pub routes: Vec<RoutePattern>,
 }
 
 /// Per-request store state.

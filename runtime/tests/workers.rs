@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod common;
+use common::{get, guest};
+
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
-use hyper_util::rt::TokioIo;
 use warren_protocol::ProxyError;
 use warren_runtime::js::{JsBuildError, JsBuilder};
 use warren_runtime::serve::Router;
@@ -19,22 +21,6 @@ use warren_runtime::{
     WorkerConfig,
 };
 use wasmtime_wasi_http::WasiBody;
-
-/// Builds the test guest once per test process and returns its bytes.
-fn guest() -> &'static [u8] {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(dir.join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", dir.join("target"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the guest failed (is the wasm32-wasip2 target installed? scripts/setup.sh adds it)");
-        std::fs::read(dir.join("target/wasm32-wasip2/release/warren_test_guest.wasm")).expect("guest wasm")
-    })
-}
 
 /// A binding call as the client saw it: its context and the request headers.
 type Call = (BindingContext, Vec<(String, String)>);
@@ -126,6 +112,7 @@ async fn host_for(wasm: &[u8], limits: Limits, outbound: OutboundPolicy) -> Host
         env: vec![],
         limits,
         outbound,
+        routes: vec![],
     };
     let worker = Worker::new(
         engine.clone(),
@@ -146,22 +133,6 @@ async fn host_for(wasm: &[u8], limits: Limits, outbound: OutboundPolicy) -> Host
         client,
         _cache: cache,
     }
-}
-
-async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", host)
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = sender.send_request(req).await.expect("response");
-    let status = resp.status();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

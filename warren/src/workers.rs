@@ -41,6 +41,66 @@ pub struct WorkerFile {
     /// Limits.
     #[serde(default)]
     pub limits: Option<FileLimits>,
+    /// One route pattern (wrangler's `route`).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Route patterns (wrangler's `routes`).
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+}
+
+/// `routes[]`: a pattern, or wrangler's object form. Warren has no zones, so
+/// `zone_name` / `zone_id` are accepted and not used; `custom_domain: true`
+/// takes a bare hostname, which serves every path of that host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RouteEntry {
+    /// `"shop.example.com/*"`.
+    Pattern(String),
+    /// `{ "pattern": "shop.example.com/*", "zone_name": "example.com" }`.
+    Object(RouteObject),
+}
+
+/// The object form of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteObject {
+    /// The pattern.
+    pub pattern: String,
+    /// Accepted for wrangler compatibility; not used.
+    #[allow(dead_code)]
+    #[serde(default)]
+    pub zone_name: Option<String>,
+    /// Accepted for wrangler compatibility; not used.
+    #[allow(dead_code)]
+    #[serde(default)]
+    pub zone_id: Option<String>,
+    /// A whole hostname (no path).
+    #[serde(default)]
+    pub custom_domain: bool,
+}
+
+impl WorkerFile {
+    /// Every route pattern of `route` and `routes`, checked for the
+    /// custom-domain rule (a bare hostname).
+    pub fn route_patterns(&self) -> anyhow::Result<Vec<String>> {
+        let mut out: Vec<String> = self.route.iter().cloned().collect();
+        for (i, r) in self.routes.iter().enumerate() {
+            match r {
+                RouteEntry::Pattern(p) => out.push(p.clone()),
+                RouteEntry::Object(o) => {
+                    if o.custom_domain && o.pattern.contains(['/', '*']) {
+                        anyhow::bail!(
+                            "routes[{i}]: a custom domain is a bare hostname, not {:?}",
+                            o.pattern
+                        );
+                    }
+                    out.push(o.pattern.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// `vpc_services[]`.
@@ -91,7 +151,7 @@ pub fn read_config(path: &Path) -> anyhow::Result<WorkerFile> {
 }
 
 /// The upload's `metadata` part.
-pub fn metadata(file: &WorkerFile, main_module: &str) -> Value {
+pub fn metadata(file: &WorkerFile, main_module: &str) -> anyhow::Result<Value> {
     let mut bindings: Vec<Value> = file
         .vpc_services
         .iter()
@@ -107,7 +167,11 @@ pub fn metadata(file: &WorkerFile, main_module: &str) -> Value {
     if let Some(cpu) = file.limits.as_ref().and_then(|l| l.cpu_ms) {
         m["limits"] = json!({ "cpu_ms": cpu });
     }
-    m
+    let routes = file.route_patterns()?;
+    if !routes.is_empty() {
+        m["routes"] = json!(routes);
+    }
+    Ok(m)
 }
 
 /// Uploaded module files: (name relative to the entry's folder, bytes).
@@ -209,7 +273,7 @@ pub async fn deploy(
         modules.len(),
         size
     );
-    let (ctype, body) = multipart(&metadata(file, &main), &modules);
+    let (ctype, body) = multipart(&metadata(file, &main)?, &modules);
     println!(
         "[2/3] uploading; the edge verifies {} binding(s) and builds the component",
         file.vpc_services.len()
@@ -337,10 +401,38 @@ mod tests {
                 service_id: "s".into(),
             }],
             limits: Some(FileLimits { cpu_ms: Some(20) }),
+            route: Some("a.example.com/*".into()),
+            routes: vec![RouteEntry::Object(RouteObject {
+                pattern: "b.example.com".into(),
+                zone_name: None,
+                zone_id: None,
+                custom_domain: true,
+            })],
         };
-        let m = metadata(&f, "index.js");
+        let m = metadata(&f, "index.js").unwrap();
         assert_eq!(m["bindings"][0]["type"], "vpc_service");
         assert_eq!(m["bindings"][1]["text"], "hi");
         assert_eq!(m["limits"]["cpu_ms"], 20);
+        assert_eq!(m["routes"], json!(["a.example.com/*", "b.example.com"]));
+    }
+
+    #[test]
+    fn routes_take_both_wrangler_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wrangler.jsonc");
+        std::fs::write(
+            &p,
+            r#"{ "name": "w", "main": "i.js", "routes": ["a.test/*", { "pattern": "b.test/api/*", "zone_name": "b.test" }] }"#,
+        )
+        .unwrap();
+        let f = read_config(&p).unwrap();
+        assert_eq!(f.route_patterns().unwrap(), ["a.test/*", "b.test/api/*"]);
+        std::fs::write(
+            &p,
+            r#"{ "name": "w", "main": "i.js", "routes": [{ "pattern": "c.test/*", "custom_domain": true }] }"#,
+        )
+        .unwrap();
+        let e = read_config(&p).unwrap().route_patterns().unwrap_err();
+        assert!(e.to_string().contains("routes[0]: a custom domain"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! A small wasi:http worker the runtime's tests build for wasm32-wasip2.
 //! Routes: /hello, /loop (never ends), /alloc (grows memory until stopped),
-//! /panic, /fetch?<url> (global outbound), /bind?<binding> (a binding call).
+//! /panic, /fetch?<url> (global outbound), /bind?<binding> (a binding call),
+//! /env?<NAME> (an environment variable: which version answered),
+//! /sleep?<ms> (waits, then answers like /env?VERSION).
 
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
@@ -62,6 +64,15 @@ fn get(scheme: Scheme, authority: &str, path: &str, headers: &[(&str, &str)]) ->
     Ok((status, data))
 }
 
+/// The value of the environment variable `name`, or empty.
+fn env(name: &str) -> String {
+    wasi::cli::environment::get_environment()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
 fn split_url(url: &str) -> (Scheme, String, String) {
     let (scheme, rest) = match url.split_once("://") {
         Some(("https", r)) => (Scheme::Https, r),
@@ -94,6 +105,12 @@ impl wasi::exports::http::incoming_handler::Guest for Worker {
                 }
             }
             "/panic" => panic!("the worker threw"),
+            "/env" => respond(out, 200, env(arg).as_bytes()),
+            "/sleep" => {
+                let ms: u64 = arg.parse().unwrap_or(0);
+                wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                respond(out, 200, env("VERSION").as_bytes())
+            }
             "/fetch" => {
                 let (scheme, authority, p) = split_url(arg);
                 match get(scheme, &authority, &p, &[]) {

@@ -448,3 +448,74 @@ async fn a_failing_binding_call_gives_the_guest_the_proxy_error() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("ProxyError: connection_refused"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_js_worker_streams_a_50_mb_body_back_with_bounded_memory() {
+    use futures_util::StreamExt;
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS: usize = 800; // 50 MiB (52 MB)
+    let h = host_for(
+        js_guest(),
+        Limits {
+            cpu_ms: 60_000,
+            ..Limits::default()
+        },
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    // Warm up (instantiation, first-request allocations) before measuring.
+    assert_eq!(
+        get(h.addr, "shop.workers.test", "/hello").await.0,
+        StatusCode::OK
+    );
+    let pid = std::process::id();
+    let before = warren_testkit::rss_bytes(pid).expect("rss");
+    let sampler = warren_testkit::RssPeak::start(vec![pid]);
+
+    // Chunk i is filled with byte i % 251, so order and content are checked.
+    let frames = futures_util::stream::iter(0..CHUNKS).map(|i| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
+            (i % 251)
+                as u8;
+            CHUNK
+        ])))
+    });
+    let tcp = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::put("/stream")
+        .header("host", "shop.workers.test")
+        .header("x-test", "streamed")
+        .header("content-length", CHUNK * CHUNKS)
+        .body(http_body_util::StreamBody::new(frames))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-method"], "PUT");
+    assert_eq!(resp.headers()["x-test"], "streamed");
+    let mut body = resp.into_body();
+    let mut at = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.expect("body frame").into_data() else {
+            continue;
+        };
+        for (k, b) in data.iter().enumerate() {
+            let want = (((at + k) / CHUNK) % 251) as u8;
+            assert_eq!(*b, want, "byte {} of the echo", at + k);
+        }
+        at += data.len();
+    }
+    let peak = sampler.peaks()[0];
+    assert_eq!(at, CHUNK * CHUNKS, "the whole body came back");
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 32 << 20,
+        "the runtime grew by {} MiB while echoing 50 MiB",
+        grew >> 20
+    );
+}

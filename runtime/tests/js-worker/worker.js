@@ -11,6 +11,11 @@ export default {
         const body = await request.text();
         return new Response(`${request.method} ${request.headers.get("x-test")} ${body}`);
       }
+      case "/stream":
+        // The request body streams straight back (no buffering in JS).
+        return new Response(request.body, {
+          headers: { "x-method": request.method, "x-test": request.headers.get("x-test") ?? "" },
+        });
       case "/bind": {
         const r = await env.API.fetch("http://inventory.internal/items", { headers: { "x-from-js": "1" } });
         return new Response(`binding said: ${await r.text()}`, { status: r.status });

@@ -1,6 +1,7 @@
 //! `warren`: run an edge node (`serve`), watch the tunnel work in one process
 //! (`demo`), and manage tunnels and VPC services through the API.
 
+mod accounts;
 mod client;
 mod commands;
 mod config;
@@ -67,6 +68,26 @@ enum Command {
         #[command(subcommand)]
         command: VpcCommand,
     },
+    /// Accounts of a node (operator command: works on the node's store).
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account and print its id and an admin API token (shown once).
+    Create {
+        /// Display name.
+        name: String,
+        /// The node's configuration, naming its store.
+        #[arg(long, default_value = "edge.toml")]
+        config: PathBuf,
+        /// Print JSON: `{ "account_id", "name", "token" }`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +142,9 @@ async fn main() -> std::process::ExitCode {
         Command::Vpc {
             command: VpcCommand::Service { command },
         } => commands::service(&cli.api, command).await,
+        Command::Account {
+            command: AccountCommand::Create { name, config, json },
+        } => accounts::create(&config, &name, json).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

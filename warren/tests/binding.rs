@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,66 +20,8 @@ use warren_testkit::dnsmasq::Dnsmasq;
 use warren_testkit::netns::NetNs;
 use warren_testkit::origin;
 
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
-
-/// The `warren-connector` binary next to `warren` (built here if the run has not).
-fn connector_bin() -> String {
-    let p = Path::new(WARREN).with_file_name("warren-connector");
-    if !p.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "warren-connector"])
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "building warren-connector failed");
-    }
-    p.to_string_lossy().into_owned()
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn warren(profile: &Path, args: &[&str]) -> Output {
-    Command::new(WARREN)
-        .args(args)
-        .env("WARREN_PROFILE", profile)
-        .env_remove("WARREN_API")
-        .env_remove("WARREN_API_TOKEN")
-        .env_remove("WARREN_ACCOUNT_ID")
-        .output()
-        .expect("warren runs")
-}
-
-fn ok_json(profile: &Path, args: &[&str]) -> Value {
-    let out = warren(profile, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-/// GET through the runtime with the worker's Host; (status, body).
-async fn get(runtime: SocketAddr, host: &str, path: &str) -> (u16, bytes::Bytes) {
-    let tcp = tokio::net::TcpStream::connect(runtime)
-        .await
-        .expect("runtime");
-    let (status, body) = origin::get(tcp, host, path).await.expect("request");
-    (status.as_u16(), body)
-}
+mod common;
+use common::{Kill, WARREN, connector_bin, free_tcp, get, ok_json, warren};
 
 fn write_worker(dir: &Path, api: &str, down: &str, nodns: &str) {
     std::fs::create_dir_all(dir.join("src")).expect("dir");

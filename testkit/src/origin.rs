@@ -1,5 +1,6 @@
 //! A real HTTP/1.1 origin (hyper) with a few routes tests use:
-//! `GET /hello` → `hello from origin`; `GET /bytes/N` → N bytes, streamed;
+//! `GET /hello` → `hello from origin`; `GET /items` → the JSON inventory of
+//! `examples/private-api`; `GET /bytes/N` → N bytes, streamed;
 //! `GET /slow/N` → N chunks of 64 KiB, 50 ms apart; `POST /echo` → the body back, streamed.
 
 use std::convert::Infallible;
@@ -50,6 +51,14 @@ async fn handle(local: SocketAddr, req: Request<Incoming>) -> Result<Response<Bo
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match (req.method().as_str(), parts.as_slice()) {
         ("GET", ["hello"]) => Response::new(full("hello from origin")),
+        ("GET", ["items"]) => {
+            let mut r = Response::new(full(ITEMS));
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         ("GET", ["addr"]) => Response::new(
             Full::new(Bytes::from(local.to_string()))
                 .map_err(|e| match e {})
@@ -77,6 +86,9 @@ async fn handle(local: SocketAddr, req: Request<Incoming>) -> Result<Response<Bo
     };
     Ok(resp)
 }
+
+/// The inventory `examples/private-api/inventory/server.mjs` serves.
+pub const ITEMS: &str = r#"[{"name":"bolts","stock":120},{"name":"nuts","stock":3},{"name":"washers","stock":48},{"name":"springs","stock":1}]"#;
 
 fn bad() -> Response<Body> {
     let mut r = Response::new(full("bad request"));

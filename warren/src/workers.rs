@@ -178,7 +178,9 @@ pub fn metadata(file: &WorkerFile, main_module: &str) -> anyhow::Result<Value> {
 pub type Modules = Vec<(String, Vec<u8>)>;
 
 /// The modules next to the entry: every `.js`/`.mjs`/`.wasm` file in the
-/// entry's folder and below (not `node_modules`), named relative to it.
+/// entry's folder and below (not `node_modules`), named relative to it. A
+/// `.wasm` entry is a whole component and goes alone (its folder is often a
+/// build directory full of other artifacts).
 pub fn collect_modules(main: &Path) -> anyhow::Result<(String, Modules)> {
     let root = main.parent().unwrap_or(Path::new("."));
     let main_name = main
@@ -186,6 +188,15 @@ pub fn collect_modules(main: &Path) -> anyhow::Result<(String, Modules)> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow::anyhow!("bad entry path {}", main.display()))?
         .to_owned();
+    if main_name.ends_with(".wasm") {
+        let bytes = std::fs::read(main).with_context(|| {
+            format!(
+                "cannot read the component {} (built it yet?)",
+                main.display()
+            )
+        })?;
+        return Ok((main_name.clone(), vec![(main_name, bytes)]));
+    }
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {

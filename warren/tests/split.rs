@@ -3,7 +3,8 @@
 //! (with the worker-scripts API), each a `warren serve` with only its parts,
 //! sharing one store. A JS worker reaches private http and https origins (one
 //! per `cert_verification_mode` outcome) through a real connector in a network
-//! namespace; a second account cannot bind the first one's service.
+//! namespace, and so does `examples/rust-worker` (a Rust component); a second
+//! account cannot bind the first one's service.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -270,6 +271,63 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
             "{binding}"
         );
     }
+
+    // examples/rust-worker, built for wasm32-wasip2 and uploaded as a
+    // component, calls the same service through its binding helper.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rust-worker");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(example.join("Cargo.toml"))
+        .status()
+        .expect("cargo runs");
+    assert!(built.success(), "building examples/rust-worker failed");
+    let wasm = example.join("target/wasm32-wasip2/release/inventory_worker.wasm");
+    for (name, service) in [
+        ("stock-rs", &bindings[0].1),
+        ("stock-rs-down", &bindings[1].1),
+    ] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        std::fs::write(
+            d.join("warren.json"),
+            serde_json::json!({
+                "name": name,
+                "main": wasm,
+                "vars": { "GREETING": "Stock report" },
+                "vpc_services": [{ "binding": "INVENTORY", "service_id": service }],
+            })
+            .to_string(),
+        )
+        .expect("config");
+        let out = warren(
+            &profile,
+            &["deploy", d.to_str().expect("path"), "--api", &api_flag],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (status, body) = get(runtime, "stock-rs.workers.localhost", "/").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).expect("JSON summary");
+    assert_eq!(
+        summary,
+        serde_json::json!({ "title": "Stock report", "items": 4, "total": 172, "low_stock": ["nuts", "springs"] })
+    );
+    let (status, body) = get(runtime, "stock-rs-down.workers.localhost", "/").await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (502, "ProxyError: connection_refused\n")
+    );
 
     // A second account cannot bind the first one's service.
     let other = warren(

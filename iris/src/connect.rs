@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -54,8 +54,14 @@ pub struct FrontDoor {
     dns: Arc<DnsCache>,
     tls: OriginTls,
     config: FrontDoorConfig,
-    services: Mutex<HashMap<String, VpcService>>,
+    /// service id → (service, when it was read from the store).
+    services: Mutex<HashMap<String, (VpcService, Instant)>>,
 }
+
+/// How long a cached service is used without a store change notice. The
+/// change feed invalidates at once within this process; the TTL bounds how
+/// stale a service edited by another process over a shared store can be.
+const SERVICE_TTL: Duration = Duration::from_secs(10);
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -246,7 +252,12 @@ impl FrontDoor {
     }
 
     async fn service(&self, id: &str) -> Result<Option<VpcService>, ProxyError> {
-        if let Some(s) = self.services.lock().ok().and_then(|m| m.get(id).cloned()) {
+        let cached = self.services.lock().ok().and_then(|m| {
+            m.get(id)
+                .filter(|(_, at)| at.elapsed() < SERVICE_TTL)
+                .map(|(s, _)| s.clone())
+        });
+        if let Some(s) = cached {
             return Ok(Some(s));
         }
         let found = self.store.get_service(id).await.map_err(|e| {
@@ -256,7 +267,7 @@ impl FrontDoor {
             )
         })?;
         if let (Some(s), Ok(mut m)) = (&found, self.services.lock()) {
-            m.insert(id.to_owned(), s.clone());
+            m.insert(id.to_owned(), (s.clone(), Instant::now()));
         }
         Ok(found)
     }

@@ -13,6 +13,13 @@ use tokio::net::TcpListener;
 use crate::routes::RouteTable;
 use crate::worker::{Body, Worker, text};
 
+/// Largest request head (request line and headers) a worker is handed:
+/// 128 KiB, Workers' limit on request headers.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 128 << 10;
+
+/// Most header fields in one HTTP/1.1 request (hyper's default is 100).
+pub const MAX_REQUEST_HEADERS: usize = 500;
+
 /// The deployed workers, by name.
 pub struct Router {
     domain: String,
@@ -126,8 +133,18 @@ impl Router {
                     let router = router.clone();
                     async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
                 });
-                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c). A request
+                // head over the limit gets 431 (HTTP/1.1) or a stream reset
+                // (HTTP/2) before any worker runs.
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+                    .max_headers(MAX_REQUEST_HEADERS);
+                builder
+                    .http2()
+                    .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }

@@ -519,3 +519,39 @@ async fn a_js_worker_streams_a_50_mb_body_back_with_bounded_memory() {
         grew >> 20
     );
 }
+
+/// GET `/hello` with `headers`; the status.
+async fn get_with(addr: SocketAddr, headers: &[(String, String)]) -> StatusCode {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get("/hello").header("host", "shop.workers.test");
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    sender.send_request(req).await.expect("response").status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_over_128_kib_are_refused_before_the_worker_runs() {
+    let h = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    let big = |kib: usize| vec![("x-big".to_string(), "a".repeat(kib << 10))];
+    assert_eq!(get_with(h.addr, &big(100)).await, StatusCode::OK);
+    assert_eq!(
+        get_with(h.addr, &big(200)).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    // Many fields are fine (hyper's own default would refuse over 100).
+    let many: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("x-field-{i}"), "v".to_string()))
+        .collect();
+    assert_eq!(get_with(h.addr, &many).await, StatusCode::OK);
+    // The server carries on.
+    assert_eq!(get_with(h.addr, &[]).await, StatusCode::OK);
+}

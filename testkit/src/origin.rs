@@ -1,7 +1,8 @@
 //! A real HTTP/1.1 origin (hyper) with a few routes tests use:
 //! `GET /hello` → `hello from origin`; `GET /items` → the JSON inventory of
 //! `examples/private-api`; `GET /bytes/N` → N bytes, streamed;
-//! `GET /slow/N` → N chunks of 64 KiB, 50 ms apart; `POST /echo` → the body back, streamed.
+//! `GET /slow/N` → N chunks of 64 KiB, 50 ms apart; `POST /echo` → the body back, streamed;
+//! `POST /count` → the number of body bytes received (read as they stream).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -77,6 +78,21 @@ async fn handle(local: SocketAddr, req: Request<Incoming>) -> Result<Response<Bo
             )),
             Err(_) => bad(),
         },
+        ("POST", ["count"]) => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => return Ok(bad()),
+                }
+            }
+            Response::new(
+                Full::new(Bytes::from(n.to_string()))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+        }
         ("POST", ["echo"]) => Response::new(req.into_body().map_err(std::io::Error::other).boxed()),
         _ => {
             let mut r = Response::new(full("not found"));
@@ -194,6 +210,23 @@ where
         }
     }
     Ok((status, got))
+}
+
+/// Like [`post_len`] but returns the answer's body (for small answers).
+pub async fn post<S>(io: S, host: &str, path: &str, len: u64) -> anyhow::Result<(StatusCode, Bytes)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    let req = Request::post(path)
+        .header("host", host)
+        .header("content-length", len)
+        .body(chunks(u64::MAX, 64 * 1024, Duration::ZERO, len))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
 }
 
 /// Like [`get_len`] but returns the body (for small responses).

@@ -12,6 +12,13 @@ export default {
       if (path.startsWith("/bytes/")) {
         return await env.API.fetch("http://inventory.internal" + path);
       }
+      if (path === "/upload") {
+        return await env.API.fetch("http://inventory.internal/count", {
+          method: "POST",
+          body: request.body,
+          duplex: "half",
+        });
+      }
       if (path === "/echo") {
         return await env.API.fetch("http://inventory.internal/echo", {
           method: "POST",

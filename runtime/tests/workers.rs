@@ -555,3 +555,37 @@ async fn request_heads_over_128_kib_are_refused_before_the_worker_runs() {
     // The server carries on.
     assert_eq!(get_with(h.addr, &[]).await, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_survives_from_one_request_to_the_next() {
+    // Instance slots are reused and their memory is reset in place (only the
+    // written pages are copied back): nothing a request wrote may show.
+    let wasm = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    let js = host_for(
+        js_guest(),
+        Limits::default(),
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    for _ in 0..30 {
+        assert_eq!(
+            get(wasm.addr, "shop.workers.test", "/count").await,
+            (StatusCode::OK, "1 0".into())
+        );
+        assert_eq!(
+            get(js.addr, "shop.workers.test", "/count").await,
+            (StatusCode::OK, "1".into())
+        );
+    }
+    // Concurrent requests use several slots; each still starts clean.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        calls.spawn(get(wasm.addr, "shop.workers.test", "/count"));
+        calls.spawn(get(js.addr, "shop.workers.test", "/count"));
+    }
+    while let Some(r) = calls.join_next().await {
+        let (status, body) = r.expect("task");
+        assert_eq!(status, StatusCode::OK);
+        assert!(body == "1 0" || body == "1", "{body}");
+    }
+}

@@ -11,6 +11,10 @@ export default {
         const body = await request.text();
         return new Response(`${request.method} ${request.headers.get("x-test")} ${body}`);
       }
+      case "/count":
+        // A fresh instance per request: a global set here never survives.
+        globalThis.hits = (globalThis.hits ?? 0) + 1;
+        return new Response(String(globalThis.hits));
       case "/stream":
         // The request body streams straight back (no buffering in JS).
         return new Response(request.body, {

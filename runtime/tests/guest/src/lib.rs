@@ -2,7 +2,8 @@
 //! Routes: /hello, /loop (never ends), /alloc (grows memory until stopped),
 //! /panic, /fetch?<url> (global outbound), /bind?<binding> (a binding call),
 //! /env?<NAME> (an environment variable: which version answered),
-//! /sleep?<ms> (waits, then answers like /env?VERSION).
+//! /sleep?<ms> (waits, then answers like /env?VERSION), /count (bumps a
+//! counter in linear memory and a 1 MiB heap buffer: a fresh instance says 1).
 
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
@@ -10,6 +11,8 @@ use wasi::http::types::{
 };
 
 struct Worker;
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 wasi::http::proxy::export!(Worker);
 
@@ -106,6 +109,16 @@ impl wasi::exports::http::incoming_handler::Guest for Worker {
             }
             "/panic" => panic!("the worker threw"),
             "/env" => respond(out, 200, env(arg).as_bytes()),
+            "/count" => {
+                // A fresh instance starts from the image: the counter at 0
+                // and the buffer (grown heap) all zero.
+                let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let mut buf = vec![0u8; 1 << 20];
+                let dirty = buf.iter().filter(|b| **b != 0).count();
+                buf.fill(0xAB);
+                std::hint::black_box(&buf);
+                respond(out, 200, format!("{n} {dirty}").as_bytes())
+            }
             "/sleep" => {
                 let ms: u64 = arg.parse().unwrap_or(0);
                 wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();

@@ -70,6 +70,27 @@ impl Accept for tokio::net::UnixListener {
     }
 }
 
+/// In-process connections: the runtime of the same process dials by sending
+/// one end of an in-memory duplex pipe (see `warren_runtime::binding_rpc::
+/// Endpoint::Memory`), which keeps the RPC boundary without kernel sockets.
+pub struct MemoryListener(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>>);
+
+impl MemoryListener {
+    /// Accepts the pipes sent on the other side of `rx`.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>) -> Self {
+        MemoryListener(tokio::sync::Mutex::new(rx))
+    }
+}
+
+impl Accept for MemoryListener {
+    type Io = tokio::io::DuplexStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        self.0.lock().await.recv().await.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "no more in-process callers")
+        })
+    }
+}
+
 impl RpcServer {
     /// A server for `worker` that requires `secret` on every call.
     pub fn new(worker: Arc<BindingWorker>, secret: impl Into<String>) -> Arc<Self> {

@@ -32,7 +32,14 @@ pub enum Endpoint {
     Tcp(SocketAddr),
     /// A Unix socket.
     Unix(PathBuf),
+    /// A binding-worker in this process: each connection is an in-memory
+    /// duplex pipe whose other end is sent here (the binding-worker's
+    /// `MemoryListener` accepts it).
+    Memory(tokio::sync::mpsc::Sender<tokio::io::DuplexStream>),
 }
+
+/// Buffer of each direction of an in-process connection.
+const MEMORY_PIPE_BYTES: usize = 256 << 10;
 
 /// Binding calls to a binding-worker over the binding RPC.
 pub struct RpcBindingClient {
@@ -99,6 +106,16 @@ impl RpcBindingClient {
                     .await
                     .map_err(unavailable)?;
                 handshake!(s)
+            }
+            Endpoint::Memory(tx) => {
+                let (ours, theirs) = tokio::io::duplex(MEMORY_PIPE_BYTES);
+                tx.send(theirs).await.map_err(|_| {
+                    unavailable(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "the in-process binding-worker has stopped",
+                    ))
+                })?;
+                handshake!(ours)
             }
         })
     }

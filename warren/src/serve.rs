@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use tokio::sync::watch;
+use warren_binding_worker::rpc::MemoryListener;
 use warren_binding_worker::{BindingWorker, FrontDoorConfig as BindingFrontDoor, RpcServer};
 use warren_iris::api::{ApiState, ServiceUsers, router};
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
@@ -240,6 +241,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         tasks.spawn(door.serve(listener, stopped()));
     }
     let mut binding_endpoint = rpc_endpoint(&file.binding.listen)?;
+    // A runtime in this process reaches this process's binding-worker over
+    // in-memory pipes (still the binding RPC, without kernel sockets).
+    let mut in_process_rpc = None;
     if file.parts.binding {
         let mut fd = BindingFrontDoor::new(
             file.binding.front_door.unwrap_or(front_door_addr),
@@ -247,6 +251,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         );
         fd.idle_timeout = file.binding.idle_timeout;
         let server = RpcServer::new(BindingWorker::new(store.clone(), fd), secret.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tasks.spawn(server.clone().serve(MemoryListener::new(rx), stopped()));
+        in_process_rpc = Some(Endpoint::Memory(tx));
         match &binding_endpoint {
             Endpoint::Tcp(a) => {
                 let l = tokio::net::TcpListener::bind(a)
@@ -261,6 +268,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
                     .with_context(|| format!("cannot listen on {}", p.display()))?;
                 tasks.spawn(server.serve(l, stopped()));
             }
+            Endpoint::Memory(_) => {} // (never from a config file)
         }
         tracing::info!(endpoint = ?binding_endpoint, "binding-worker listening");
     }
@@ -271,7 +279,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         let router = Router::new(&file.runtime.workers_domain);
         let rpc = match &file.runtime.binding_rpc {
             Some(s) => rpc_endpoint(s)?,
-            None => binding_endpoint.clone(),
+            None => in_process_rpc
+                .clone()
+                .unwrap_or_else(|| binding_endpoint.clone()),
         };
         let client: Arc<dyn BindingClient> =
             Arc::new(RpcBindingClient::new(rpc, secret.clone(), 4));

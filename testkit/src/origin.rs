@@ -182,6 +182,20 @@ where
     Ok((status, len))
 }
 
+async fn send_post<S>(io: S, host: &str, path: &str, len: u64) -> anyhow::Result<Response<Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    let req = Request::post(path)
+        .header("host", host)
+        .header("content-length", len)
+        .body(chunks(u64::MAX, 64 * 1024, Duration::ZERO, len))?;
+    Ok(sender.send_request(req).await?)
+}
+
 /// Sends `POST path` with a generated body of `len` bytes (streamed in 64 KiB
 /// chunks) and returns the status and the answer's length, read as it streams.
 pub async fn post_len<S>(
@@ -193,14 +207,7 @@ pub async fn post_len<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    let req = Request::post(path)
-        .header("host", host)
-        .header("content-length", len)
-        .body(chunks(u64::MAX, 64 * 1024, Duration::ZERO, len))?;
-    let resp = sender.send_request(req).await?;
+    let resp = send_post(io, host, path, len).await?;
     let status = resp.status();
     let mut body = resp.into_body();
     let mut got = 0u64;
@@ -217,14 +224,7 @@ pub async fn post<S>(io: S, host: &str, path: &str, len: u64) -> anyhow::Result<
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    let req = Request::post(path)
-        .header("host", host)
-        .header("content-length", len)
-        .body(chunks(u64::MAX, 64 * 1024, Duration::ZERO, len))?;
-    let resp = sender.send_request(req).await?;
+    let resp = send_post(io, host, path, len).await?;
     let status = resp.status();
     Ok((status, resp.into_body().collect().await?.to_bytes()))
 }

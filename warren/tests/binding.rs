@@ -21,7 +21,9 @@ use warren_testkit::netns::NetNs;
 use warren_testkit::origin;
 
 mod common;
-use common::{Kill, WARREN, connector_bin, free_tcp, get, ok_json, warren};
+use common::{
+    Kill, WARREN, first_ok, free_tcp, get, service, tunnel_with_connector, wait_for_profile, warren,
+};
 
 fn write_worker(dir: &Path, api: &str, down: &str, nodns: &str) {
     std::fs::create_dir_all(dir.join("src")).expect("dir");
@@ -76,51 +78,19 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
             .spawn()
             .expect("warren serve"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !profile.exists() {
-        assert!(Instant::now() < deadline, "the edge did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_profile(&profile);
 
     // A tunnel, a connector inside the private network, two services.
-    let tunnel = ok_json(&profile, &["tunnel", "create", "lab", "--json"]);
-    let tunnel_id = tunnel["id"].as_str().expect("tunnel id").to_owned();
-    let token = warren(&profile, &["tunnel", "token", &tunnel_id]);
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
-    let mut connector = Kill(
-        ns.command(&connector_bin())
-            .args(["run", "--token", &token, "--ha-connections", "2"])
-            .args(["--grace-period", "1s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("connector"),
-    );
+    let (tunnel_id, mut connector) = tunnel_with_connector(&profile, &ns);
     let resolver = dns.addr().ip().to_string();
     let svc = |host: &str, port: &str| {
-        ok_json(
+        service(
             &profile,
-            &[
-                "vpc",
-                "service",
-                "create",
-                "inv",
-                "--type",
-                "http",
-                "--tunnel-id",
-                &tunnel_id,
-                "--hostname",
-                host,
-                "--resolver-ips",
-                &resolver,
-                "--http-port",
-                port,
-                "--json",
-            ],
-        )["service_id"]
-            .as_str()
-            .expect("service id")
-            .to_owned()
+            &tunnel_id,
+            host,
+            &resolver,
+            &["--http-port", port],
+        )
     };
     let api = svc("inventory.internal", "8000");
     let down = svc("inventory.internal", "8001");
@@ -160,15 +130,7 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
     assert!(hello.contains("connected"), "{hello}");
 
     let host = "shop.workers.localhost";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (status, body) = loop {
-        let (s, b) = get(runtime, host, "/hello").await;
-        if s == 200 || Instant::now() > deadline {
-            break (s, b);
-        }
-        // The connector may still be registering.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (status, body) = first_ok(runtime, host, "/hello").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(&body[..], b"via binding: hello from origin");
 

@@ -18,7 +18,9 @@ use warren_testkit::origin;
 use warren_testkit::tls::{TestCa, self_signed};
 
 mod common;
-use common::{Kill, WARREN, connector_bin, free_tcp, get, ok_json, warren};
+use common::{
+    Kill, WARREN, first_ok, free_tcp, get, service, tunnel_with_connector, wait_for_profile, warren,
+};
 
 /// Starts `warren serve --config DIR/NAME` with `config` written there.
 fn serve(dir: &Path, name: &str, config: &str, profile: &Path) -> Kill {
@@ -111,11 +113,7 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
         ),
         &profile,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !profile.exists() {
-        assert!(Instant::now() < deadline, "iris did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_profile(&profile);
     wait_listening(connect, "the CONNECT front door");
     let _binding = serve(
         dir.path(),
@@ -141,45 +139,16 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
     wait_listening(runtime_api, "the runtime's API");
 
     // A tunnel with a connector inside the private network, and services.
-    let t = ok_json(&profile, &["tunnel", "create", "lab", "--json"]);
-    let tunnel_id = t["id"].as_str().expect("tunnel id").to_owned();
-    let token = warren(&profile, &["tunnel", "token", &tunnel_id]);
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
-    let _connector = Kill(
-        ns.command(&connector_bin())
-            .args(["run", "--token", &token, "--ha-connections", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("connector"),
-    );
+    let (tunnel_id, _connector) = tunnel_with_connector(&profile, &ns);
     let resolver = dns.addr().ip().to_string();
     let svc = |port_flag: &str, port: &str, mode: &str| {
-        ok_json(
+        service(
             &profile,
-            &[
-                "vpc",
-                "service",
-                "create",
-                "inv",
-                "--type",
-                "http",
-                "--tunnel-id",
-                &tunnel_id,
-                "--hostname",
-                "inventory.internal",
-                "--resolver-ips",
-                &resolver,
-                port_flag,
-                port,
-                "--cert-verification-mode",
-                mode,
-                "--json",
-            ],
-        )["service_id"]
-            .as_str()
-            .expect("service id")
-            .to_owned()
+            &tunnel_id,
+            "inventory.internal",
+            &resolver,
+            &[port_flag, port, "--cert-verification-mode", mode],
+        )
     };
     let bindings = [
         ("API", svc("--http-port", "8000", "verify_full")),
@@ -237,15 +206,7 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
     );
 
     let host = "split.workers.localhost";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (status, body) = loop {
-        let (s, b) = get(runtime, host, "/hello").await;
-        if s == 200 || Instant::now() > deadline {
-            break (s, b);
-        }
-        // The connector may still be registering.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (status, body) = first_ok(runtime, host, "/hello").await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),
         (200, "200: hello from origin")

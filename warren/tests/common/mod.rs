@@ -75,3 +75,78 @@ pub async fn get(runtime: SocketAddr, host: &str, path: &str) -> (u16, bytes::By
     let (status, body) = origin::get(tcp, host, path).await.expect("request");
     (status.as_u16(), body)
 }
+
+/// Creates a tunnel named `lab` and starts `warren-connector` for it inside
+/// `ns` (2 HA connections, 1 s grace period); the tunnel id and the connector.
+pub fn tunnel_with_connector(profile: &Path, ns: &warren_testkit::netns::NetNs) -> (String, Kill) {
+    let tunnel = ok_json(profile, &["tunnel", "create", "lab", "--json"]);
+    let tunnel_id = tunnel["id"].as_str().expect("tunnel id").to_owned();
+    let token = warren(profile, &["tunnel", "token", &tunnel_id]);
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let connector = Kill(
+        ns.command(&connector_bin())
+            .args(["run", "--token", &token, "--ha-connections", "2"])
+            .args(["--grace-period", "1s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("connector"),
+    );
+    (tunnel_id, connector)
+}
+
+/// Creates an http VPC service `inv` for `hostname` through `tunnel_id`,
+/// resolved by `resolver`, with the extra `flags` (ports, TLS mode); its id.
+pub fn service(
+    profile: &Path,
+    tunnel_id: &str,
+    hostname: &str,
+    resolver: &str,
+    flags: &[&str],
+) -> String {
+    let mut args = vec![
+        "vpc",
+        "service",
+        "create",
+        "inv",
+        "--type",
+        "http",
+        "--tunnel-id",
+        tunnel_id,
+        "--hostname",
+        hostname,
+        "--resolver-ips",
+        resolver,
+        "--json",
+    ];
+    args.extend_from_slice(flags);
+    ok_json(profile, &args)["service_id"]
+        .as_str()
+        .expect("service id")
+        .to_owned()
+}
+
+/// Waits until `warren serve` has written the first-start profile.
+pub fn wait_for_profile(profile: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !profile.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// GETs `path` until it answers 200 (the connector may still be
+/// registering) or 30 s pass; the last answer.
+pub async fn first_ok(runtime: SocketAddr, host: &str, path: &str) -> (u16, bytes::Bytes) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, b) = get(runtime, host, path).await;
+        if s == 200 || std::time::Instant::now() > deadline {
+            return (s, b);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

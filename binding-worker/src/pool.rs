@@ -42,7 +42,13 @@ pub struct FrontDoorConfig {
     pub idle_timeout: Duration,
     /// Most idle tunnels kept per key (default 64).
     pub max_idle_per_key: usize,
+    /// A front door in this process: connections are in-memory duplex pipes
+    /// sent here instead of TCP to `addr` (default none).
+    pub in_process: Option<tokio::sync::mpsc::Sender<tokio::io::DuplexStream>>,
 }
+
+/// Buffer of each direction of an in-process front-door connection.
+const MEMORY_PIPE_BYTES: usize = 256 << 10;
 
 impl FrontDoorConfig {
     /// Defaults for a front door at `addr` with `secret`.
@@ -53,6 +59,7 @@ impl FrontDoorConfig {
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_key: 64,
+            in_process: None,
         }
     }
 }
@@ -223,19 +230,37 @@ impl TunnelPool {
     ) -> Result<SendRequest<ReqBody>, ProxyError> {
         let cfg = &self.inner.config;
         let connect = async {
-            let tcp = TcpStream::connect(cfg.addr).await.map_err(|e| {
-                ProxyError::new(
-                    ErrorCode::DestinationUnavailable,
-                    format!("iris front door {} unreachable: {e}", cfg.addr),
-                )
-            })?;
-            let _ = tcp.set_nodelay(true);
-            let (mut s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-                .await
-                .map_err(terminated)?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
+            // The connection task drives the CONNECT exchange and its upgrade.
+            let mut s = match &cfg.in_process {
+                Some(tx) => {
+                    let (ours, theirs) = tokio::io::duplex(MEMORY_PIPE_BYTES);
+                    tx.send(theirs).await.map_err(|_| {
+                        ProxyError::new(
+                            ErrorCode::DestinationUnavailable,
+                            "the in-process front door has stopped",
+                        )
+                    })?;
+                    let (s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(ours))
+                        .await
+                        .map_err(terminated)?;
+                    tokio::spawn(async move { conn.with_upgrades().await });
+                    s
+                }
+                None => {
+                    let tcp = TcpStream::connect(cfg.addr).await.map_err(|e| {
+                        ProxyError::new(
+                            ErrorCode::DestinationUnavailable,
+                            format!("iris front door {} unreachable: {e}", cfg.addr),
+                        )
+                    })?;
+                    let _ = tcp.set_nodelay(true);
+                    let (s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+                        .await
+                        .map_err(terminated)?;
+                    tokio::spawn(async move { conn.with_upgrades().await });
+                    s
+                }
+            };
             let target = format!("{}:443", key.service_id);
             let req = Request::builder()
                 .method(Method::CONNECT)

@@ -138,21 +138,46 @@ impl FrontDoor {
             };
             // Tunnelled bytes go out as they come: no Nagle delay on small writes.
             let _ = stream.set_nodelay(true);
+            tokio::spawn(self.clone().serve_connection(stream, peer.to_string()));
+        }
+    }
+
+    /// Serves connections from a binding-worker in this process: each is one
+    /// end of an in-memory duplex pipe received on `pipes`.
+    pub async fn serve_in_process(
+        self: Arc<Self>,
+        mut pipes: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let pipe = tokio::select! {
+                p = pipes.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                () = &mut shutdown => return,
+            };
+            tokio::spawn(self.clone().serve_connection(pipe, "in-process".to_owned()));
+        }
+    }
+
+    /// Serves one connection: HTTP/1.1, or HTTP/2 with prior knowledge (h2c),
+    /// many tunnels on one connection.
+    async fn serve_connection<I>(self: Arc<Self>, io: I, peer: String)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = service_fn(move |req| {
             let door = self.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let door = door.clone();
-                    async move { Ok::<_, std::convert::Infallible>(door.handle(req).await) }
-                });
-                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c): many tunnels on one connection.
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await
-                {
-                    debug!(%peer, error = %e, "front door connection ended");
-                }
-            });
+            async move { Ok::<_, std::convert::Infallible>(door.handle(req).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .await
+        {
+            debug!(%peer, error = %e, "front door connection ended");
         }
     }
 

@@ -213,6 +213,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         tasks.spawn(edge.run(stopped()));
     }
     let mut front_door_addr = file.connect.listen;
+    // A binding-worker in this process reaches this process's front door over
+    // in-memory pipes (still CONNECT over HTTP, without kernel sockets).
+    let mut in_process_door = None;
     if file.parts.connect {
         let dns = Arc::new(DnsCache::new(
             tunnels.clone(),
@@ -238,6 +241,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             .with_context(|| format!("cannot listen on {}", file.connect.listen))?;
         front_door_addr = listener.local_addr()?;
         tracing::info!(addr = %front_door_addr, "CONNECT front door listening");
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tasks.spawn(door.clone().serve_in_process(rx, stopped()));
+        in_process_door = Some(tx);
         tasks.spawn(door.serve(listener, stopped()));
     }
     let mut binding_endpoint = rpc_endpoint(&file.binding.listen)?;
@@ -250,6 +256,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             secret.clone(),
         );
         fd.idle_timeout = file.binding.idle_timeout;
+        if file.binding.front_door.is_none() {
+            fd.in_process = in_process_door.clone();
+        }
         let server = RpcServer::new(BindingWorker::new(store.clone(), fd), secret.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tasks.spawn(server.clone().serve(MemoryListener::new(rx), stopped()));

@@ -185,7 +185,7 @@ async fn http_by_hostname_ipv4_and_ipv6() {
         fetch(s, "inventory.internal", "/hello").await,
         (StatusCode::OK, "hello from origin".into())
     );
-    assert_eq!(dns.queries_for("inventory.internal"), 2);
+    assert_eq!(dns.logged_queries("inventory.internal", 2).await, 2);
 
     let by_v4 = ServiceHost::Addresses {
         ipv4: Some("127.0.0.1".parse().expect("ip")),

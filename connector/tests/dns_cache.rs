@@ -41,19 +41,6 @@ fn cache(w: &World, min_ttl: Duration) -> DnsCache {
     )
 }
 
-/// dnsmasq's count of questions for `name`, once its log has caught up with
-/// `expected` (it may write a line just after answering), or after 2 s.
-async fn logged_queries(dns: &Dnsmasq, name: &str, expected: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let n = dns.queries_for(name);
-        if n >= expected || std::time::Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_answer_is_not_queried_again_until_its_ttl_ends() {
     let (w, dns, _c) = world_with_dns(1, &[("db.internal", ip("127.0.0.9"))]).await;
@@ -63,13 +50,13 @@ async fn a_cached_answer_is_not_queried_again_until_its_ttl_ends() {
         assert_eq!(addrs, Ok(vec![ip("127.0.0.9")]));
     }
     // One lookup = one A and one AAAA question.
-    assert_eq!(logged_queries(&dns, "db.internal", 2).await, 2);
+    assert_eq!(dns.logged_queries("db.internal", 2).await, 2);
     assert_eq!(cache.lookups(), 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let addrs = cache.resolve(&w.tunnel_id, None, "DB.internal.").await;
     assert_eq!(addrs, Ok(vec![ip("127.0.0.9")]));
     assert_eq!(
-        logged_queries(&dns, "db.internal", 4).await,
+        dns.logged_queries("db.internal", 4).await,
         4,
         "asked again after the TTL"
     );
@@ -83,7 +70,7 @@ async fn nxdomain_is_a_dns_error_and_is_cached() {
         let r = cache.resolve(&w.tunnel_id, None, "missing.internal").await;
         assert_eq!(r.map_err(|e| e.code), Err(ErrorCode::DnsError));
     }
-    assert_eq!(dns.queries_for("missing.internal"), 2);
+    assert_eq!(dns.logged_queries("missing.internal", 2).await, 2);
     assert_eq!(cache.lookups(), 1);
     // A failure of the tunnel itself is not remembered: the next call tries again.
     for expected_lookups in [2, 3] {
@@ -113,7 +100,7 @@ async fn concurrent_lookups_of_one_name_share_one_query() {
         assert_eq!(t.await.expect("task"), Ok(vec![ip("127.0.0.7")]));
     }
     assert_eq!(cache.lookups(), 1);
-    assert_eq!(dns.queries_for("api.internal"), 2);
+    assert_eq!(dns.logged_queries("api.internal", 2).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +113,7 @@ async fn a_name_with_only_aaaa_resolves_and_invalidation_forgets() {
     let r = cache.resolve(&w.tunnel_id, None, "v6.internal").await;
     assert_eq!(r, Ok(vec![ip("fd00::5")]));
     assert_eq!(
-        dns.queries_for("v6.internal"),
+        dns.logged_queries("v6.internal", 4).await,
         4,
         "asked again after invalidation"
     );

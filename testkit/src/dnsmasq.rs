@@ -106,6 +106,19 @@ impl Dnsmasq {
             .filter(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
             .count()
     }
+
+    /// [`Self::queries_for`] once the log has caught up with `expected`
+    /// (dnsmasq may write a line just after answering), or after 2 s.
+    pub async fn logged_queries(&self, name: &str, expected: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let n = self.queries_for(name);
+            if n >= expected || std::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Dnsmasq {

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 use warren_protocol::binding::BindingContext;
+use warren_protocol::pipe::PipeDialer;
 use warren_protocol::{ErrorCode, ProxyError};
 
 /// Error type of streamed bodies.
@@ -42,13 +43,14 @@ pub struct FrontDoorConfig {
     pub idle_timeout: Duration,
     /// Most idle tunnels kept per key (default 64).
     pub max_idle_per_key: usize,
-    /// A front door in this process: connections are in-memory duplex pipes
-    /// sent here instead of TCP to `addr` (default none).
-    pub in_process: Option<tokio::sync::mpsc::Sender<tokio::io::DuplexStream>>,
+    /// A front door in this process, reached over in-memory pipes instead
+    /// of TCP to `addr` (default none).
+    pub in_process: Option<PipeDialer>,
 }
 
-/// Buffer of each direction of an in-process front-door connection.
-const MEMORY_PIPE_BYTES: usize = 256 << 10;
+/// A connection to the front door: TCP, or an in-memory pipe.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 impl FrontDoorConfig {
     /// Defaults for a front door at `addr` with `secret`.
@@ -230,22 +232,13 @@ impl TunnelPool {
     ) -> Result<SendRequest<ReqBody>, ProxyError> {
         let cfg = &self.inner.config;
         let connect = async {
-            // The connection task drives the CONNECT exchange and its upgrade.
-            let mut s = match &cfg.in_process {
-                Some(tx) => {
-                    let (ours, theirs) = tokio::io::duplex(MEMORY_PIPE_BYTES);
-                    tx.send(theirs).await.map_err(|_| {
-                        ProxyError::new(
-                            ErrorCode::DestinationUnavailable,
-                            "the in-process front door has stopped",
-                        )
-                    })?;
-                    let (s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(ours))
-                        .await
-                        .map_err(terminated)?;
-                    tokio::spawn(async move { conn.with_upgrades().await });
-                    s
-                }
+            let io: Box<dyn Io> = match &cfg.in_process {
+                Some(pipes) => Box::new(pipes.dial().await.map_err(|e| {
+                    ProxyError::new(
+                        ErrorCode::DestinationUnavailable,
+                        format!("in-process front door unreachable: {e}"),
+                    )
+                })?),
                 None => {
                     let tcp = TcpStream::connect(cfg.addr).await.map_err(|e| {
                         ProxyError::new(
@@ -254,13 +247,15 @@ impl TunnelPool {
                         )
                     })?;
                     let _ = tcp.set_nodelay(true);
-                    let (s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-                        .await
-                        .map_err(terminated)?;
-                    tokio::spawn(async move { conn.with_upgrades().await });
-                    s
+                    Box::new(tcp)
                 }
             };
+            let (mut s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+                .await
+                .map_err(terminated)?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
             let target = format!("{}:443", key.service_id);
             let req = Request::builder()
                 .method(Method::CONNECT)

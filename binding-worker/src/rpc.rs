@@ -46,7 +46,7 @@ fn reply(head: &ReplyHead, rest: ReplyBody) -> Response<ReplyBody> {
     Response::new(Prefixed::new(Bytes::from(head.to_frame()), rest).boxed_unsync())
 }
 
-/// The connection types the server accepts (TCP and Unix streams).
+/// The connection types the server accepts (TCP, Unix and in-memory streams).
 pub trait Accept {
     /// The stream type.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -70,24 +70,11 @@ impl Accept for tokio::net::UnixListener {
     }
 }
 
-/// In-process connections: the runtime of the same process dials by sending
-/// one end of an in-memory duplex pipe (see `warren_runtime::binding_rpc::
-/// Endpoint::Memory`), which keeps the RPC boundary without kernel sockets.
-pub struct MemoryListener(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>>);
-
-impl MemoryListener {
-    /// Accepts the pipes sent on the other side of `rx`.
-    pub fn new(rx: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>) -> Self {
-        MemoryListener(tokio::sync::Mutex::new(rx))
-    }
-}
-
-impl Accept for MemoryListener {
+/// A runtime in this process dials over in-memory pipes.
+impl Accept for warren_protocol::pipe::PipeListener {
     type Io = tokio::io::DuplexStream;
     async fn accept(&self) -> std::io::Result<Self::Io> {
-        self.0.lock().await.recv().await.ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "no more in-process callers")
-        })
+        warren_protocol::pipe::PipeListener::accept(self).await
     }
 }
 

@@ -26,6 +26,7 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{Instrument, debug, info_span, warn};
+use warren_protocol::pipe::PipeListener;
 use warren_protocol::{ErrorCode, ProxyError};
 use warren_store::{Change, ServiceHost, Store, VpcService};
 
@@ -54,8 +55,34 @@ pub struct FrontDoor {
     dns: Arc<DnsCache>,
     tls: OriginTls,
     config: FrontDoorConfig,
+    services: Mutex<ServiceCache>,
+}
+
+/// Services read from the store, with the store's change feed: pending
+/// changes are applied before every lookup, so an update made through this
+/// process's store is seen by the next request.
+struct ServiceCache {
     /// service id → (service, when it was read from the store).
-    services: Mutex<HashMap<String, (VpcService, Instant)>>,
+    entries: HashMap<String, (VpcService, Instant)>,
+    changes: tokio::sync::broadcast::Receiver<Change>,
+}
+
+impl ServiceCache {
+    /// Drops the entries the store has reported changed since the last call.
+    fn apply_changes(&mut self) {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            match self.changes.try_recv() {
+                Ok(Change::Service(id)) => {
+                    self.entries.remove(&id);
+                }
+                Ok(_) => {}
+                // Missed changes: forget everything.
+                Err(TryRecvError::Lagged(_)) => self.entries.clear(),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
 }
 
 /// How long a cached service is used without a store change notice. The
@@ -110,19 +137,18 @@ impl FrontDoor {
         tls: OriginTls,
         config: FrontDoorConfig,
     ) -> Arc<Self> {
-        let door = Arc::new(FrontDoor {
+        let services = Mutex::new(ServiceCache {
+            entries: HashMap::new(),
+            changes: store.watch(),
+        });
+        Arc::new(FrontDoor {
             store,
             tunnels,
             dns,
             tls,
             config,
-            services: Mutex::new(HashMap::new()),
-        });
-        tokio::spawn(invalidate_on_change(
-            Arc::downgrade(&door),
-            door.store.watch(),
-        ));
-        door
+            services,
+        })
     }
 
     /// Serves CONNECT requests on `listener` until `shutdown` completes.
@@ -142,19 +168,19 @@ impl FrontDoor {
         }
     }
 
-    /// Serves connections from a binding-worker in this process: each is one
-    /// end of an in-memory duplex pipe received on `pipes`.
+    /// Serves connections from a binding-worker in this process, over
+    /// in-memory pipes.
     pub async fn serve_in_process(
         self: Arc<Self>,
-        mut pipes: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
+        pipes: PipeListener,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
         loop {
             let pipe = tokio::select! {
-                p = pipes.recv() => match p {
-                    Some(p) => p,
-                    None => return,
+                p = pipes.accept() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
                 },
                 () = &mut shutdown => return,
             };
@@ -277,8 +303,10 @@ impl FrontDoor {
     }
 
     async fn service(&self, id: &str) -> Result<Option<VpcService>, ProxyError> {
-        let cached = self.services.lock().ok().and_then(|m| {
-            m.get(id)
+        let cached = self.services.lock().ok().and_then(|mut c| {
+            c.apply_changes();
+            c.entries
+                .get(id)
                 .filter(|(_, at)| at.elapsed() < SERVICE_TTL)
                 .map(|(s, _)| s.clone())
         });
@@ -291,8 +319,8 @@ impl FrontDoor {
                 format!("service store unavailable: {e}"),
             )
         })?;
-        if let (Some(s), Ok(mut m)) = (&found, self.services.lock()) {
-            m.insert(id.to_owned(), (s.clone(), Instant::now()));
+        if let (Some(s), Ok(mut c)) = (&found, self.services.lock()) {
+            c.entries.insert(id.to_owned(), (s.clone(), Instant::now()));
         }
         Ok(found)
     }
@@ -371,27 +399,5 @@ async fn splice(mut client: TokioIo<hyper::upgrade::Upgraded>, mut origin: Box<d
     {
         Ok((up, down)) => debug!(up, down, "tunnel closed"),
         Err(e) => debug!(error = %e, "tunnel ended with an error"),
-    }
-}
-
-/// Drops cached services when the store says they changed.
-async fn invalidate_on_change(
-    door: std::sync::Weak<FrontDoor>,
-    mut changes: tokio::sync::broadcast::Receiver<Change>,
-) {
-    loop {
-        let change = changes.recv().await;
-        let Some(door) = door.upgrade() else { return };
-        let Ok(mut services) = door.services.lock() else {
-            return;
-        };
-        match change {
-            Ok(Change::Service(id)) => {
-                services.remove(&id);
-            }
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => services.clear(),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
     }
 }

@@ -19,6 +19,8 @@ pub mod frame;
 #[cfg(feature = "tokio")]
 pub mod io;
 pub mod messages;
+#[cfg(feature = "tokio")]
+pub mod pipe;
 pub mod preamble;
 pub mod token;
 

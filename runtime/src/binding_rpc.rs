@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use warren_protocol::binding::{CallHead, REDIRECT_HEADER, RPC_PATH, ReplyHead};
 use warren_protocol::body::{Prefixed, read_head};
 use warren_protocol::messages::WireMessage;
+use warren_protocol::pipe::PipeDialer;
 use warren_protocol::{ErrorCode, ProxyError};
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
@@ -32,14 +33,9 @@ pub enum Endpoint {
     Tcp(SocketAddr),
     /// A Unix socket.
     Unix(PathBuf),
-    /// A binding-worker in this process: each connection is an in-memory
-    /// duplex pipe whose other end is sent here (the binding-worker's
-    /// `MemoryListener` accepts it).
-    Memory(tokio::sync::mpsc::Sender<tokio::io::DuplexStream>),
+    /// A binding-worker in this process, over in-memory pipes.
+    Memory(PipeDialer),
 }
-
-/// Buffer of each direction of an in-process connection.
-const MEMORY_PIPE_BYTES: usize = 256 << 10;
 
 /// Binding calls to a binding-worker over the binding RPC.
 pub struct RpcBindingClient {
@@ -107,16 +103,7 @@ impl RpcBindingClient {
                     .map_err(unavailable)?;
                 handshake!(s)
             }
-            Endpoint::Memory(tx) => {
-                let (ours, theirs) = tokio::io::duplex(MEMORY_PIPE_BYTES);
-                tx.send(theirs).await.map_err(|_| {
-                    unavailable(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
-                        "the in-process binding-worker has stopped",
-                    ))
-                })?;
-                handshake!(ours)
-            }
+            Endpoint::Memory(pipes) => handshake!(pipes.dial().await.map_err(unavailable)?),
         })
     }
 

@@ -6,8 +6,6 @@
 //! wins: an exact host over a wildcard one, a longer host over a shorter one,
 //! then an exact path over a prefix, a longer path over a shorter one.
 
-use std::fmt;
-
 /// One parsed route pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePattern {
@@ -108,11 +106,6 @@ impl RoutePattern {
         })
     }
 
-    /// The pattern as it was given.
-    pub fn as_str(&self) -> &str {
-        &self.raw
-    }
-
     /// How specifically this pattern matches `host` (lowercase, no port) and
     /// `path` (no query), or `None` when it does not match.
     fn matches(&self, host: &str, path: &str) -> Option<Specificity> {
@@ -131,12 +124,6 @@ impl RoutePattern {
             _ => return None,
         };
         Some((!self.host_wildcard, self.host.len(), len, exact))
-    }
-}
-
-impl fmt::Display for RoutePattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.raw)
     }
 }
 

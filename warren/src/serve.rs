@@ -11,7 +11,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use tokio::sync::watch;
-use warren_binding_worker::rpc::MemoryListener;
 use warren_binding_worker::{BindingWorker, FrontDoorConfig as BindingFrontDoor, RpcServer};
 use warren_iris::api::{ApiState, ServiceUsers, router};
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
@@ -19,6 +18,7 @@ use warren_iris::origin_tls::OriginTls;
 use warren_iris::sealing::Sealer;
 use warren_iris::tunnel_admin::TunnelAdmin;
 use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
+use warren_protocol::pipe::pipe_pair;
 use warren_runtime::binding_rpc::{Endpoint, RpcBindingClient};
 use warren_runtime::deploy::{Scripts, ScriptsConfig, ServiceDirectory};
 use warren_runtime::js::JsBuilder;
@@ -241,9 +241,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             .with_context(|| format!("cannot listen on {}", file.connect.listen))?;
         front_door_addr = listener.local_addr()?;
         tracing::info!(addr = %front_door_addr, "CONNECT front door listening");
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tasks.spawn(door.clone().serve_in_process(rx, stopped()));
-        in_process_door = Some(tx);
+        let (dialer, pipes) = pipe_pair();
+        tasks.spawn(door.clone().serve_in_process(pipes, stopped()));
+        in_process_door = Some(dialer);
         tasks.spawn(door.serve(listener, stopped()));
     }
     let mut binding_endpoint = rpc_endpoint(&file.binding.listen)?;
@@ -260,9 +260,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             fd.in_process = in_process_door.clone();
         }
         let server = RpcServer::new(BindingWorker::new(store.clone(), fd), secret.clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tasks.spawn(server.clone().serve(MemoryListener::new(rx), stopped()));
-        in_process_rpc = Some(Endpoint::Memory(tx));
+        let (dialer, pipes) = pipe_pair();
+        tasks.spawn(server.clone().serve(pipes, stopped()));
+        in_process_rpc = Some(Endpoint::Memory(dialer));
         match &binding_endpoint {
             Endpoint::Tcp(a) => {
                 let l = tokio::net::TcpListener::bind(a)

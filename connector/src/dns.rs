@@ -1,18 +1,25 @@
 //! Answers the edge's DNS questions inside the private network: the resolver the
 //! query names, else `--dns-resolver`, else the host's own resolution
 //! (`/etc/hosts`, then the name servers of `/etc/resolv.conf`).
+//!
+//! Only one A or AAAA question of class IN is forwarded; anything else gets a
+//! REFUSED answer from the connector itself. Under an `--allow` policy, a resolver
+//! the edge names must be a `--dns-resolver` or an address the policy allows, on
+//! port 53; else the answer is `destination_forbidden` and nothing is sent.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::debug;
 use warren_protocol::ErrorCode;
+
+use crate::policy::{Policy, canonical};
 
 /// TTL given to answers synthesised from `/etc/hosts`.
 const HOSTS_TTL: u32 = 60;
@@ -24,6 +31,7 @@ pub struct DnsForwarder {
     hosts_file: PathBuf,
     resolv_conf: PathBuf,
     timeout: Duration,
+    policy: Policy,
 }
 
 impl DnsForwarder {
@@ -34,20 +42,42 @@ impl DnsForwarder {
             hosts_file: "/etc/hosts".into(),
             resolv_conf: "/etc/resolv.conf".into(),
             timeout: Duration::from_secs(2),
+            policy: Policy::default(),
         }
     }
 
+    /// Limits the resolvers the edge may name to `policy` (see the module docs).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Answers one raw query; `resolver` is the one the edge asked for, if any.
+    /// A question other than one A/AAAA is answered REFUSED here; a resolver
+    /// outside the policy is `destination_forbidden`; an unreadable query is a
+    /// `dns_error`. None of them leaves the connector.
     pub async fn answer(
         &self,
         resolver: Option<SocketAddr>,
         query: &[u8],
     ) -> Result<Vec<u8>, ErrorCode> {
+        let Ok(msg) = Message::from_vec(query) else {
+            debug!("dns query refused: not a readable DNS message");
+            return Err(ErrorCode::DnsError);
+        };
+        if let Some(refused) = refuse_unless_address_question(&msg) {
+            return refused;
+        }
         if let Some(r) = resolver {
+            let r = canonical(r);
+            if !self.resolver_allowed(r).await {
+                debug!(resolver = %r, "dns query refused: the resolver is neither a --dns-resolver nor allowed by --allow on port 53");
+                return Err(ErrorCode::DestinationForbidden);
+            }
             return forward(r, query, self.timeout).await;
         }
         let servers = if self.resolvers.is_empty() {
-            if let Some(answer) = self.answer_from_hosts_file(query).await {
+            if let Some(answer) = self.answer_from_hosts_file(&msg).await {
                 return Ok(answer);
             }
             self.system_servers().await
@@ -62,6 +92,13 @@ impl DnsForwarder {
             }
         }
         Err(last)
+    }
+
+    /// Whether the edge may have a question sent to `resolver` (canonical).
+    async fn resolver_allowed(&self, resolver: SocketAddr) -> bool {
+        !self.policy.restricts()
+            || self.resolvers.iter().any(|c| canonical(*c) == resolver)
+            || (resolver.port() == 53 && self.policy.allows(resolver).await)
     }
 
     async fn system_servers(&self) -> Vec<SocketAddr> {
@@ -82,8 +119,7 @@ impl DnsForwarder {
     }
 
     /// An answer built from `/etc/hosts` for an A/AAAA question it covers.
-    async fn answer_from_hosts_file(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let q = Message::from_vec(query).ok()?;
+    async fn answer_from_hosts_file(&self, q: &Message) -> Option<Vec<u8>> {
         let question = q.queries().first()?.clone();
         let rtype = question.query_type();
         if rtype != RecordType::A && rtype != RecordType::AAAA {
@@ -123,6 +159,35 @@ impl DnsForwarder {
         }
         answer.to_vec().ok()
     }
+}
+
+/// `None` for a standard query with exactly one A or AAAA question of class IN
+/// (what the edge asks); else the answer to give instead: REFUSED, echoing the
+/// id and question.
+fn refuse_unless_address_question(q: &Message) -> Option<Result<Vec<u8>, ErrorCode>> {
+    let fine = q.message_type() == MessageType::Query
+        && q.op_code() == OpCode::Query
+        && q.queries().len() == 1
+        && q.queries().iter().all(|question| {
+            matches!(question.query_type(), RecordType::A | RecordType::AAAA)
+                && question.query_class() == DNSClass::IN
+        });
+    if fine {
+        return None;
+    }
+    debug!(
+        questions = ?q.queries().iter().map(|x| x.query_type()).collect::<Vec<_>>(),
+        "dns query refused: only one A or AAAA question is forwarded"
+    );
+    let mut answer = Message::new();
+    answer
+        .set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(q.op_code())
+        .set_recursion_desired(q.recursion_desired())
+        .set_response_code(ResponseCode::Refused)
+        .add_queries(q.queries().to_vec());
+    Some(answer.to_vec().map_err(|_| ErrorCode::DnsError))
 }
 
 /// Addresses `/etc/hosts` text gives `name` (lowercase, no trailing dot).
@@ -208,6 +273,39 @@ async fn forward_tcp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn query(types: &[RecordType]) -> Message {
+        let mut m = Message::new();
+        m.set_id(42).set_message_type(MessageType::Query);
+        for t in types {
+            m.add_query(hickory_proto::op::Query::query(
+                hickory_proto::rr::Name::from_ascii("db.internal.").expect("name"),
+                *t,
+            ));
+        }
+        m
+    }
+
+    #[test]
+    fn only_one_address_question_passes() {
+        assert!(refuse_unless_address_question(&query(&[RecordType::A])).is_none());
+        assert!(refuse_unless_address_question(&query(&[RecordType::AAAA])).is_none());
+        for types in [
+            &[RecordType::TXT][..],
+            &[RecordType::ANY],
+            &[RecordType::PTR],
+            &[],
+            &[RecordType::A, RecordType::AAAA],
+        ] {
+            let answer = refuse_unless_address_question(&query(types))
+                .expect("refused")
+                .expect("encodes");
+            let m = Message::from_vec(&answer).expect("a DNS message");
+            assert_eq!(m.id(), 42);
+            assert_eq!(m.message_type(), MessageType::Response);
+            assert_eq!(m.response_code(), ResponseCode::Refused, "{types:?}");
+        }
+    }
 
     #[test]
     fn hosts_lookup_reads_aliases_and_skips_comments() {

@@ -95,7 +95,8 @@ async fn connect_and_splice(
     send: &mut quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> Result<(), ErrorCode> {
-    let dest = req.destination;
+    // An IPv4-mapped destination is checked and dialled as the IPv4 address it is.
+    let dest = crate::policy::canonical(req.destination);
     if !shared.policy.allows(dest).await {
         let why = format!("{dest} is not allowed by the connector's policy");
         return fail(send, ErrorCode::DestinationForbidden, why).await;

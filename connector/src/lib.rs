@@ -134,7 +134,7 @@ pub async fn run(
     let client_config = tls::client_config(&config.trust, transport())?;
     let shared = Arc::new(Shared {
         policy: config.policy.clone(),
-        dns: DnsForwarder::new(config.dns_resolvers.clone()),
+        dns: DnsForwarder::new(config.dns_resolvers.clone()).with_policy(config.policy.clone()),
         metrics,
         tracker: TaskTracker::new(),
         client_config,

@@ -1,5 +1,7 @@
 //! The connector's local policy (`--allow`): which destinations the edge may reach.
-//! Checked before anything the edge asks; absent rules mean "allow all".
+//! Checked before anything the edge asks — data streams and the resolvers its DNS
+//! questions go to; absent rules mean "allow all". An IPv4-mapped IPv6 address
+//! (`::ffff:a.b.c.d`) is the IPv4 address it carries, for rules and for dialling.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -51,10 +53,34 @@ fn parse_ports(s: &str) -> Result<PortRange, &'static str> {
     Ok(PortRange { start, end })
 }
 
+/// `ip` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into the IPv4
+/// address it reaches.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// `addr` with its address made canonical ([`canonical_ip`]).
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
 fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
+    let net = s
+        .parse::<IpNet>()
         .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
+    // A rule inside ::ffff:0:0/96 names IPv4 addresses: keep it as IPv4, as
+    // destinations are.
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+    {
+        return IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).ok();
+    }
+    Some(net)
 }
 
 fn valid_hostname(s: &str) -> bool {
@@ -124,12 +150,19 @@ impl Policy {
         Policy { rules }
     }
 
-    /// Whether `dest` may be dialled. Host-name rules are resolved by the
-    /// connector host at check time (so they follow DNS changes).
+    /// Whether there are rules (else everything is allowed).
+    pub fn restricts(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// Whether `dest` may be dialled. An IPv4-mapped IPv6 address is checked as
+    /// its IPv4 address. Host-name rules are resolved by the connector host at
+    /// check time (so they follow DNS changes).
     pub async fn allows(&self, dest: SocketAddr) -> bool {
         if self.rules.is_empty() {
             return true;
         }
+        let dest = canonical(dest);
         for rule in &self.rules {
             if let Some(p) = rule.ports
                 && (dest.port() < p.start || dest.port() > p.end)
@@ -139,7 +172,9 @@ impl Policy {
             let hit = match &rule.target {
                 Target::Net(net) => net.contains(&dest.ip()),
                 Target::Host(h) => match tokio::net::lookup_host((h.as_str(), 0)).await {
-                    Ok(addrs) => addrs.map(|a| a.ip()).any(|ip| ip == dest.ip()),
+                    Ok(addrs) => addrs
+                        .map(|a| canonical_ip(a.ip()))
+                        .any(|ip| ip == dest.ip()),
                     Err(_) => false,
                 },
             };
@@ -219,5 +254,26 @@ mod tests {
                 .allows("1.2.3.4:1".parse().expect("addr"))
                 .await
         );
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_mapped_address_is_its_ipv4_address() {
+        let p = Policy::new(vec![rule("10.0.0.0/8"), rule("[::/0]")]);
+        assert!(
+            !p.allows("[::ffff:127.0.0.1]:80".parse().expect("addr"))
+                .await
+        );
+        assert!(
+            p.allows("[::ffff:10.1.2.3]:80".parse().expect("addr"))
+                .await
+        );
+        assert!(p.allows("[fd00::1]:80".parse().expect("addr")).await);
+        // A rule written as a mapped address is an IPv4 rule.
+        assert_eq!(
+            rule("[::ffff:10.0.0.0/104]:53").target,
+            Target::Net("10.0.0.0/8".parse().expect("net"))
+        );
+        let mapped = Policy::new(vec![rule("::ffff:127.0.0.1")]);
+        assert!(mapped.allows("127.0.0.1:1".parse().expect("addr")).await);
     }
 }

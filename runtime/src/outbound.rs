@@ -64,6 +64,8 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || o0 == 0
                 || (o0 == 100 && (64..=127).contains(&o1)) // CGNAT 100.64/10
                 || (o0 == 192 && o1 == 0 && a.octets()[2] == 0) // IETF 192.0.0/24
+                || (o0 == 198 && (o1 & 0xfe) == 18) // benchmarking 198.18/15
+                || (o0 == 192 && o1 == 88 && a.octets()[2] == 99) // 6to4 relay 192.88.99/24
                 || o0 >= 240)
         }
         IpAddr::V6(a) => {
@@ -74,9 +76,14 @@ pub fn is_public(ip: IpAddr) -> bool {
             !(a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
+                || s[..6] == [0; 6] // IPv4-compatible ::/96
                 || (s[0] & 0xfe00) == 0xfc00 // ULA fc00::/7
                 || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
                 || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 can reach private v4
+                || s[0] == 0x2002 // 6to4 2002::/16 embeds any v4
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32 embeds any v4
+                || s[..4] == [0x100, 0, 0, 0] // discard 100::/64
                 || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
         }
     }
@@ -231,10 +238,28 @@ mod tests {
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
             "::",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.88.99.1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
+            "::7f00:1",
+            "::a00:1",
+            "fec0::1",
+            "feff::1",
+            "100::1",
         ] {
             assert!(!is_public(ip.parse().expect("ip")), "{ip} must be refused");
         }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        for ip in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "198.20.0.1",
+            "192.88.98.1",
+            "2001:4860:4860::8888",
+            "100:0:0:1::1",
+        ] {
             assert!(is_public(ip.parse().expect("ip")), "{ip} is public");
         }
     }

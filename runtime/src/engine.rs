@@ -39,7 +39,8 @@ pub struct EngineConfig {
     /// (6.7+; silently off where unavailable), so only those are reset
     /// (default on). Measured by bench/runtime: hello-world requests/s
     /// 1650 → 3000 on a 2-core machine, the CPU saved being page faults and
-    /// TLB-shootdown IPIs.
+    /// TLB-shootdown IPIs. Forced off when the node has swap active at start
+    /// (see [`swap_active`]).
     pub pagemap_scan: bool,
 }
 
@@ -64,11 +65,46 @@ pub struct RuntimeEngine {
     config: EngineConfig,
     compiles: AtomicU64,
     functions: Arc<FunctionCache>,
+    pagemap_scan: bool,
+}
+
+/// Whether `/proc/swaps` text lists an active swap area (zram and the swap
+/// behind zswap included): any line after the header.
+pub fn swap_active(proc_swaps: &str) -> bool {
+    proc_swaps.lines().skip(1).any(|l| !l.trim().is_empty())
+}
+
+/// Whether in-place memory reset with `PAGEMAP_SCAN` is safe on this node.
+/// wasmtime resets only the written pages the scan reports, and it reports only
+/// pages that are present: a written page swapped out at the end of a request
+/// would keep its contents for the next request on that slot. So the scan is
+/// used only when no swap is active at start (an unreadable `/proc/swaps`
+/// counts as swap). Swap turned on later is not seen: restart the node.
+fn pagemap_scan_is_safe() -> bool {
+    match std::fs::read_to_string("/proc/swaps") {
+        Ok(text) => !swap_active(&text),
+        Err(e) => {
+            tracing::info!(error = %e, "cannot read /proc/swaps; assuming swap is on");
+            false
+        }
+    }
 }
 
 impl RuntimeEngine {
     /// Builds the engine and starts its epoch ticker.
     pub fn new(config: EngineConfig) -> anyhow::Result<Arc<Self>> {
+        let pagemap_scan = config.pagemap_scan && pagemap_scan_is_safe();
+        if pagemap_scan {
+            tracing::info!(
+                "instance memory reset: pages found written by PAGEMAP_SCAN are restored in place (no swap active)"
+            );
+        } else if config.pagemap_scan {
+            tracing::info!(
+                "instance memory reset: without PAGEMAP_SCAN, because swap is active (a swapped-out page would escape the scan)"
+            );
+        } else {
+            tracing::info!("instance memory reset: without PAGEMAP_SCAN (turned off)");
+        }
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(config.max_instances)
             .total_core_instances(config.max_instances * 4)
@@ -77,7 +113,7 @@ impl RuntimeEngine {
             .max_memory_size(config.max_memory_bytes)
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(config.table_keep_resident_bytes)
-            .pagemap_scan(if config.pagemap_scan {
+            .pagemap_scan(if pagemap_scan {
                 wasmtime::Enabled::Auto
             } else {
                 wasmtime::Enabled::No
@@ -111,7 +147,15 @@ impl RuntimeEngine {
             config,
             compiles: AtomicU64::new(0),
             functions,
+            pagemap_scan,
         }))
+    }
+
+    /// Whether instances' memory is reset with `PAGEMAP_SCAN` (asked for, and
+    /// no swap active at start; wasmtime still turns it off on kernels
+    /// without the ioctl).
+    pub fn pagemap_scan(&self) -> bool {
+        self.pagemap_scan
     }
 
     /// The wasmtime engine.
@@ -205,4 +249,24 @@ impl CacheStore for FunctionCache {
 /// Hex SHA-256 of a component: its cache key and deployed version tag.
 pub fn content_hash(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_is_active_when_proc_swaps_lists_an_area() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swap_active(header));
+        assert!(!swap_active(""));
+        assert!(!swap_active(&format!("{header}\n")));
+        assert!(swap_active(&format!(
+            "{header}/swapfile                               file\t\t2097148\t\t0\t\t-2\n"
+        )));
+        assert!(swap_active(&format!(
+            "{header}/dev/zram0                              partition\t8388604\t\t1024\t\t100\n\
+             /dev/sda2                               partition\t1048572\t\t0\t\t-2\n"
+        )));
+    }
 }

@@ -12,6 +12,7 @@
 
 pub mod binding_rpc;
 pub mod deploy;
+pub mod egress;
 pub mod engine;
 pub mod js;
 pub mod limits;

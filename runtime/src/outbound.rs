@@ -18,6 +18,43 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 /// The header a guest sets to call a binding: `warren-binding: <NAME>`.
 pub const BINDING_HEADER: &str = "warren-binding";
 
+/// The header that must accompany [`BINDING_HEADER`]: this request's binding
+/// key. The runtime hands a fresh random key to each request (in this header
+/// of the incoming request, which the generated JS entry removes before the
+/// worker's code sees it, and in the [`BINDING_KEY_ENV`] environment
+/// variable); a marker without the right key is refused, so nothing a client
+/// sends can select a binding.
+pub const BINDING_KEY_HEADER: &str = "warren-binding-key";
+
+/// The environment variable carrying the request's binding key (for Wasm
+/// workers; see [`BINDING_KEY_HEADER`]).
+pub const BINDING_KEY_ENV: &str = "WARREN_BINDING_KEY";
+
+/// Whether `name` is a header of Warren's own (`warren-…`), which clients may
+/// not send and public origins never receive.
+pub fn is_warren_header(name: &http::HeaderName) -> bool {
+    // Header names are lowercase once parsed, whatever the client sent.
+    let n = name.as_str();
+    n.starts_with("warren-") || n.starts_with("warren_")
+}
+
+/// Removes every Warren header from `headers`.
+pub fn strip_warren_headers(headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| is_warren_header(n))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+/// A fresh binding key (128 random bits, hex).
+pub fn new_binding_key() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
 /// On a failed binding call the guest gets a `502` carrying this header with the
 /// ProxyError code (JS runtimes report fetch failures without detail, so the
 /// code travels in a response; the generated JS entry turns it into
@@ -103,6 +140,8 @@ pub struct Outbound {
     pub worker: String,
     /// Incoming request id.
     pub request_id: String,
+    /// This request's binding key (see [`BINDING_KEY_HEADER`]).
+    pub binding_key: String,
     /// Subrequests left.
     pub remaining: Arc<AtomicU32>,
 }
@@ -129,32 +168,6 @@ fn proxy_error_response(code: warren_protocol::ErrorCode) -> http::Response<Wasi
     r
 }
 
-async fn public_only(
-    authority: Option<&http::uri::Authority>,
-    default_port: u16,
-) -> Result<(), HttpError> {
-    let Some(a) = authority else {
-        return Err(HttpError::HttpRequestUriInvalid);
-    };
-    let host = a.host().trim_start_matches('[').trim_end_matches(']');
-    let port = a.port_u16().unwrap_or(default_port);
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| HttpError::DnsError {
-                rcode: None,
-                info_code: None,
-            })?
-            .map(|s| s.ip())
-            .collect(),
-    };
-    if addrs.is_empty() || !addrs.into_iter().all(is_public) {
-        return Err(HttpError::DestinationIpProhibited);
-    }
-    Ok(())
-}
-
 impl WasiHttpHooks for Outbound {
     fn send_request(
         &mut self,
@@ -174,7 +187,18 @@ impl WasiHttpHooks for Outbound {
             });
         }
         let marker = request.headers_mut().remove(BINDING_HEADER);
+        let key = request.headers_mut().remove(BINDING_KEY_HEADER);
         if let Some(name) = marker {
+            let genuine = key.is_some_and(|k| {
+                subtle::ConstantTimeEq::ct_eq(k.as_bytes(), self.binding_key.as_bytes()).into()
+            });
+            if !genuine {
+                // A marker without this request's key did not come from the
+                // worker's binding object (a client's header forwarded by a
+                // proxying worker, say): it selects nothing and goes nowhere.
+                tracing::debug!(request_id = %self.request_id, "binding marker without the request's key refused");
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            }
             let name = name.to_str().unwrap_or("").to_owned();
             let ctx = self.bindings.get(&name).map(|service_id| BindingContext {
                 account_id: self.account_id.clone(),
@@ -209,11 +233,10 @@ impl WasiHttpHooks for Outbound {
             if policy == OutboundPolicy::None {
                 return Err(HttpError::HttpRequestDenied);
             }
-            let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-            public_only(request.uri().authority(), if https { 443 } else { 80 }).await?;
-            let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
-            Ok((resp.map(BodyExt::boxed_unsync), io))
+            strip_warren_headers(request.headers_mut());
+            crate::egress::PublicDialer::global()
+                .send(request, options)
+                .await
         })
     }
 }

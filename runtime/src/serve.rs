@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use warren_protocol::listen::{Backoff, ConnLimits, HTTP_REFUSAL, TcpAcceptor};
 
 use crate::routes::RouteTable;
 use crate::worker::{Body, Worker, text};
@@ -100,8 +101,11 @@ impl Router {
     /// Handles one request.
     pub async fn handle(
         &self,
-        req: hyper::Request<hyper::body::Incoming>,
+        mut req: hyper::Request<hyper::body::Incoming>,
     ) -> hyper::Response<Body> {
+        // Warren's own headers are never a client's to send (a proxying
+        // worker would forward them).
+        crate::outbound::strip_warren_headers(req.headers_mut());
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         let host = req
             .headers()
@@ -121,9 +125,20 @@ impl Router {
         resp
     }
 
-    /// Serves HTTP/1.1 and h2c on `listener` until the task is dropped.
+    /// Serves HTTP/1.1 and h2c on `listener` with the default connection
+    /// limits, until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        while let Ok((stream, _)) = listener.accept().await {
+        self.serve_with(listener, ConnLimits::default()).await
+    }
+
+    /// Serves HTTP/1.1 and h2c on `listener` within `limits` (accept errors
+    /// back off, connections over the cap get a 503, slow heads and idle
+    /// connections are closed), until the task is dropped.
+    pub async fn serve_with(self: Arc<Self>, listener: TcpListener, limits: ConnLimits) {
+        let acceptor = TcpAcceptor::new("workers", listener, limits, HTTP_REFUSAL);
+        let mut backoff = Backoff::default();
+        loop {
+            let (stream, _, guard) = acceptor.accept(&mut backoff).await;
             // Answers are written as head then body: without NODELAY, Nagle
             // holds the body until the client's delayed ACK (40 ms).
             let _ = stream.set_nodelay(true);
@@ -135,17 +150,22 @@ impl Router {
                 });
                 // HTTP/1.1, or HTTP/2 with prior knowledge (h2c). A request
                 // head over the limit gets 431 (HTTP/1.1) or a stream reset
-                // (HTTP/2) before any worker runs.
+                // (HTTP/2) before any worker runs; one that does not arrive
+                // within the header timeout closes the connection.
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
                     .max_buf_size(MAX_REQUEST_HEAD_BYTES)
                     .max_headers(MAX_REQUEST_HEADERS);
                 builder
                     .http2()
+                    .timer(TokioTimer::new())
                     .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                let io = TokioIo::new(guard.track(stream));
+                let _ = guard.run(builder.serve_connection(io, svc)).await;
             });
         }
     }

@@ -20,12 +20,23 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::RuntimeEngine;
 use crate::limits::{CpuMeter, LimitHit, Limits, MemoryLimiter, Metered};
-use crate::logs::{LogHub, RequestInfo, TailEvent, lines};
-use crate::outbound::{BindingClient, Outbound, OutboundPolicy};
+use crate::logs::{LogHub, RequestInfo, TailEvent, WorkerKey, lines};
+use crate::outbound::{
+    BINDING_KEY_ENV, BINDING_KEY_HEADER, BindingClient, Outbound, OutboundPolicy, new_binding_key,
+};
 use crate::routes::RoutePattern;
 
+/// Requests of one worker running at once, by default: a quarter of the
+/// engine's default pool (1000 instances), so one busy worker cannot take
+/// every instance from the others.
+pub const DEFAULT_MAX_CONCURRENT: usize = 250;
+
+/// How long a request's guest may keep running after its answer has been
+/// sent (`ctx.waitUntil` work), as on Workers.
+pub const DEFAULT_WAIT_UNTIL: Duration = Duration::from_secs(30);
+
 /// What a deployment says about a worker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Worker name (its host is `<name>.<workers domain>`).
     pub name: String,
@@ -42,6 +53,41 @@ pub struct WorkerConfig {
     pub outbound: OutboundPolicy,
     /// Route patterns this worker serves besides `<name>.<workers domain>`.
     pub routes: Vec<RoutePattern>,
+    /// The tag minted when the worker was created (kept by redeploys): with
+    /// the account, the key of its tail subscriptions.
+    pub tag: String,
+    /// A JS worker built by Warren: its generated entry takes the request's
+    /// binding key from the incoming request's `warren-binding-key` header
+    /// (and removes it before the worker's code runs). Other Wasm workers get
+    /// the key only in the `WARREN_BINDING_KEY` environment variable.
+    pub js: bool,
+    /// Requests of this worker running at once (an instance each, from its
+    /// answer's start until its guest ends); one more gets a `503` at once
+    /// (default [`DEFAULT_MAX_CONCURRENT`]).
+    pub max_concurrent: usize,
+    /// How long the guest may run on once its answer has been sent
+    /// (`waitUntil`); then it is cancelled (default [`DEFAULT_WAIT_UNTIL`]).
+    /// A client that goes away before the answer's body is complete cancels
+    /// the guest at once.
+    pub wait_until: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            name: String::new(),
+            account_id: String::new(),
+            bindings: HashMap::new(),
+            env: Vec::new(),
+            limits: Limits::default(),
+            outbound: OutboundPolicy::default(),
+            routes: Vec::new(),
+            tag: String::new(),
+            js: false,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            wait_until: DEFAULT_WAIT_UNTIL,
+        }
+    }
 }
 
 /// Per-request store state.
@@ -75,6 +121,7 @@ impl WasiHttpView for State {
 /// A deployed worker version.
 pub struct Worker {
     config: WorkerConfig,
+    running: Arc<tokio::sync::Semaphore>,
     bindings: Arc<HashMap<String, String>>,
     pre: ProxyPre<State>,
     engine: Arc<RuntimeEngine>,
@@ -113,6 +160,7 @@ impl Worker {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
         Ok(Worker {
+            running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
             bindings: Arc::new(config.bindings.clone()),
             config,
             pre,
@@ -133,6 +181,13 @@ impl Worker {
         &self.config
     }
 
+    fn log_key(&self) -> WorkerKey {
+        WorkerKey {
+            account_id: self.config.account_id.clone(),
+            tag: self.config.tag.clone(),
+        }
+    }
+
     /// Runs one request in a fresh instance; when someone tails the worker, its
     /// output, outcome and timing are published once the guest is done.
     pub async fn handle(
@@ -141,10 +196,21 @@ impl Worker {
         request_id: &str,
     ) -> hyper::Response<Body> {
         let started = std::time::Instant::now();
+        let Ok(slot) = self.running.clone().try_acquire_owned() else {
+            let n = self.config.max_concurrent.max(1);
+            tracing::warn!(worker = %self.config.name, request_id, "worker at its concurrency limit");
+            return text(
+                503,
+                &format!(
+                    "worker {} is at its limit of {n} concurrent requests; try again later",
+                    self.config.name
+                ),
+            );
+        };
         let hub = self
             .logs
             .clone()
-            .filter(|h| h.has_subscribers(&self.config.name));
+            .filter(|h| h.has_subscribers(&self.log_key()));
         let info = hub.as_ref().map(|_| RequestInfo {
             method: req.method().to_string(),
             url: req.uri().to_string(),
@@ -157,8 +223,18 @@ impl Worker {
         });
         let limits = self.config.limits.clone();
         let meter = CpuMeter::new();
+        // A fresh key per request lets the worker's own binding objects (and
+        // nothing a client sends) select a binding; see `outbound`.
+        let binding_key = new_binding_key();
+        let mut req = req;
+        if self.config.js
+            && let Ok(v) = hyper::header::HeaderValue::from_str(&binding_key)
+        {
+            req.headers_mut().insert(BINDING_KEY_HEADER, v);
+        }
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.config.env);
+        wasi.env(BINDING_KEY_ENV, &binding_key);
         if let Some((out, err)) = &capture {
             wasi.stdout(out.clone()).stderr(err.clone());
         }
@@ -173,11 +249,21 @@ impl Worker {
                 account_id: self.config.account_id.clone(),
                 worker: self.config.name.clone(),
                 request_id: request_id.to_owned(),
+                binding_key,
                 remaining: Arc::new(AtomicU32::new(limits.subrequests)),
             },
             limiter: MemoryLimiter::new(limits.memory_bytes),
         };
-        let (resp, outcome, pending) = self.run(state, req, request_id, &limits, &meter).await;
+        let (resp, outcome, pending) = self
+            .run(state, req, request_id, &limits, &meter, slot)
+            .await;
+        // The guest may run on after the answer's head (streaming its body,
+        // waitUntil), but not for ever: it is cancelled when the client goes
+        // away before the body is complete, or `wait_until` after the body
+        // was sent.
+        let (delivered_tx, delivered) = tokio::sync::oneshot::channel();
+        let resp = resp.map(|b| Watched::new(b, delivered_tx).boxed_unsync());
+        let wait_until = self.config.wait_until;
         // A guest still running after its answer's head (streaming the body,
         // waitUntil) can still fail: watch it so the failure is logged and
         // the tail event tells the real outcome.
@@ -185,8 +271,25 @@ impl Worker {
         let rid = request_id.to_owned();
         let watch_meter = meter.clone();
         let ended = async move {
-            let task = pending?;
-            let (result, memory_hit) = task.await.ok()?;
+            let mut task = pending?;
+            let bound = async {
+                if let Ok(true) = delivered.await {
+                    tokio::time::sleep(wait_until).await;
+                }
+            };
+            let joined = tokio::select! {
+                r = &mut task => r,
+                () = bound => {
+                    task.abort();
+                    let complete = task.await.is_ok();
+                    if !complete {
+                        tracing::info!(worker, request_id = rid, "worker cancelled: its client went away or its waitUntil work ran past the limit");
+                        return Some(Outcome::Canceled);
+                    }
+                    return None;
+                }
+            };
+            let (result, memory_hit) = joined.ok()?;
             let e = result.err()?;
             let outcome = if watch_meter.exceeded() {
                 Outcome::Limit(LimitHit::Cpu)
@@ -214,24 +317,28 @@ impl Worker {
                 .saturating_sub(started.elapsed().as_millis() as u64);
             let status = resp.status().as_u16();
             let script_name = self.config.name.clone();
+            let key = self.log_key();
             let request_id = request_id.to_owned();
             tokio::spawn(async move {
                 let outcome = ended.await.unwrap_or(outcome);
                 let mut logs = lines("log", &out.contents());
                 logs.extend(lines("error", &err.contents()));
                 let (outcome, exceptions) = outcome.parts();
-                hub.publish(TailEvent {
-                    script_name,
-                    outcome,
-                    event_timestamp,
-                    request_id,
-                    request: info,
-                    status,
-                    wall_ms: started.elapsed().as_millis() as u64,
-                    cpu_ms: meter.used().as_millis() as u64,
-                    logs,
-                    exceptions,
-                });
+                hub.publish(
+                    &key,
+                    TailEvent {
+                        script_name,
+                        outcome,
+                        event_timestamp,
+                        request_id,
+                        request: info,
+                        status,
+                        wall_ms: started.elapsed().as_millis() as u64,
+                        cpu_ms: meter.used().as_millis() as u64,
+                        logs,
+                        exceptions,
+                    },
+                );
             });
         } else {
             tokio::spawn(ended);
@@ -248,6 +355,7 @@ impl Worker {
         request_id: &str,
         limits: &Limits,
         meter: &Arc<CpuMeter>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> (hyper::Response<Body>, Outcome, Option<GuestTask>) {
         let mut store = Store::new(self.engine.engine(), state);
         // StarlingMonkey keeps a few component handles alive per body chunk it
@@ -285,6 +393,8 @@ impl Worker {
         let pre = self.pre.clone();
         let task: GuestTask = tokio::spawn(Metered::new(
             async move {
+                // The worker's concurrency slot is held while the guest runs.
+                let _slot = slot;
                 let run = async {
                     let proxy = pre.instantiate_async(&mut store).await?;
                     proxy
@@ -375,6 +485,7 @@ type GuestTask = tokio::task::JoinHandle<(wasmtime::Result<()>, bool)>;
 /// How a request ended, for tail events.
 enum Outcome {
     Ok,
+    Canceled,
     Exception(String),
     Limit(LimitHit),
 }
@@ -383,6 +494,7 @@ impl Outcome {
     fn parts(self) -> (String, Vec<String>) {
         match self {
             Outcome::Ok => ("ok".into(), vec![]),
+            Outcome::Canceled => ("canceled".into(), vec![]),
             Outcome::Exception(m) => ("exception".into(), vec![m]),
             Outcome::Limit(l) => {
                 let name = match l {
@@ -395,6 +507,56 @@ impl Outcome {
                     vec![format!("worker exceeded its {} limit", l.name())],
                 )
             }
+        }
+    }
+}
+
+/// An answer body that reports, when it is done with, whether it was sent
+/// whole (`true`) or dropped early by a client that went away (`false`).
+struct Watched {
+    inner: Body,
+    done: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+impl Watched {
+    fn new(inner: Body, done: tokio::sync::oneshot::Sender<bool>) -> Self {
+        Watched {
+            inner,
+            done: Some(done),
+        }
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = &r
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(true);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(hyper::body::Body::is_end_stream(&self.inner));
         }
     }
 }

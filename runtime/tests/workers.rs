@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod common;
-use common::{get, guest};
+use common::{get, get_headers, guest};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,7 +70,7 @@ struct Host {
 }
 
 async fn host(limits: Limits, outbound: OutboundPolicy) -> Host {
-    host_for(guest(), limits, outbound).await
+    host_for(guest(), false, limits, outbound).await
 }
 
 /// Built JS components shared by the test processes.
@@ -98,7 +98,7 @@ fn js_guest() -> &'static [u8] {
     })
 }
 
-async fn host_for(wasm: &[u8], limits: Limits, outbound: OutboundPolicy) -> Host {
+async fn host_for(wasm: &[u8], js: bool, limits: Limits, outbound: OutboundPolicy) -> Host {
     let cache = tempfile::tempdir().expect("tempdir");
     // Compiled code is shared by the test processes (compiling the 13 MB JS
     // engine once, not per test); the restart test uses a cache of its own.
@@ -113,6 +113,8 @@ async fn host_for(wasm: &[u8], limits: Limits, outbound: OutboundPolicy) -> Host
         limits,
         outbound,
         routes: vec![],
+        js,
+        ..Default::default()
     };
     let worker = Worker::new(
         engine.clone(),
@@ -337,6 +339,7 @@ async fn a_changed_component_reuses_the_functions_compiled_before() {
 async fn a_js_worker_serves_with_env_modules_and_bindings() {
     let h = host_for(
         js_guest(),
+        true,
         Limits::default(),
         OutboundPolicy::PublicInternet,
     )
@@ -386,6 +389,7 @@ async fn a_js_worker_serves_with_env_modules_and_bindings() {
 async fn wait_until_work_completes_after_the_response() {
     let h = host_for(
         js_guest(),
+        true,
         Limits::default(),
         OutboundPolicy::PublicInternet,
     )
@@ -456,6 +460,7 @@ async fn a_js_worker_streams_a_50_mb_body_back_with_bounded_memory() {
     const CHUNKS: usize = 800; // 50 MiB (52 MB)
     let h = host_for(
         js_guest(),
+        true,
         Limits {
             cpu_ms: 60_000,
             ..Limits::default()
@@ -563,6 +568,7 @@ async fn no_state_survives_from_one_request_to_the_next() {
     let wasm = host(Limits::default(), OutboundPolicy::PublicInternet).await;
     let js = host_for(
         js_guest(),
+        true,
         Limits::default(),
         OutboundPolicy::PublicInternet,
     )
@@ -588,4 +594,75 @@ async fn no_state_survives_from_one_request_to_the_next() {
         assert_eq!(status, StatusCode::OK);
         assert!(body == "1 0" || body == "1", "{body}");
     }
+}
+
+/// Every spelling a client might try for Warren's binding marker and key.
+const FORGED: &[(&str, &str)] = &[
+    ("warren-binding", "API"),
+    ("Warren-Binding", "API"),
+    ("WARREN-BINDING", "API"),
+    ("warren-binding-key", "0123456789abcdef0123456789abcdef"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_select_a_binding_through_a_proxying_wasm_worker() {
+    let h = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    for (k, v) in FORGED {
+        let (status, body) = get_headers(
+            h.addr,
+            "shop.workers.test",
+            "/proxy?http://127.0.0.1:9/items",
+            &[(k, v)],
+        )
+        .await;
+        // The forwarded request is a plain fetch: refused by the public-only
+        // gate, never a binding call.
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{k}: {body}");
+        assert!(body.contains("DestinationIpProhibited"), "{k}: {body}");
+    }
+    assert!(
+        h.client.calls.lock().expect("lock").is_empty(),
+        "a client's marker reached the binding"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_marker_without_the_request_key_is_refused() {
+    let h = host(Limits::default(), OutboundPolicy::PublicInternet).await;
+    let (status, body) = get(h.addr, "shop.workers.test", "/forge?API").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    assert!(h.client.calls.lock().expect("lock").is_empty());
+    // The worker's own call, with the key the runtime gave this request, works.
+    let (status, body) = get(h.addr, "shop.workers.test", "/bind?API").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.client.calls.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_select_a_binding_through_a_proxying_js_worker() {
+    let h = host_for(
+        js_guest(),
+        true,
+        Limits::default(),
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    for (k, v) in FORGED {
+        let (status, body) = get_headers(h.addr, "shop.workers.test", "/proxy", &[(k, v)]).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{k}: {body}");
+        assert!(body.starts_with("proxy failed:"), "{k}: {body}");
+    }
+    assert!(
+        h.client.calls.lock().expect("lock").is_empty(),
+        "a client's marker reached the binding"
+    );
+    // The worker's code never sees the request's binding key (nor a client's
+    // Warren headers).
+    let (status, body) = get_headers(h.addr, "shop.workers.test", "/headers", FORGED).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.contains("warren"), "{body}");
+    // Its own binding object still works.
+    let (status, body) = get(h.addr, "shop.workers.test", "/bind").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -126,6 +126,15 @@ impl NetNs {
         .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
     }
 
+    /// Writes the namespace's own `resolv.conf`, which `ip netns exec` (so
+    /// [`NetNs::command`]) mounts over `/etc/resolv.conf` for what it runs.
+    pub fn set_resolv_conf(&self, text: &str) -> anyhow::Result<()> {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
+        std::fs::write(format!("{dir}/resolv.conf"), text)
+            .with_context(|| format!("writing {dir}/resolv.conf"))
+    }
+
     /// Binds a TCP listener inside the namespace.
     pub fn bind_tcp(&self, addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
         let addr = addr.to_owned();
@@ -139,5 +148,6 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.host_if()]);
         let _ = ip(&["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
 }

@@ -30,15 +30,26 @@ pub fn guest() -> &'static [u8] {
 
 /// GET `path` from `addr` with `Host: host`; the status and the body as text.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    get_headers(addr, host, path, &[]).await
+}
+
+/// GET like [`get`], with extra request headers (sent as spelled).
+pub async fn get_headers(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .expect("handshake");
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", host)
-        .body(Empty::<Bytes>::new())
-        .expect("request");
+    let mut req = hyper::Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).expect("request");
     let resp = sender.send_request(req).await.expect("response");
     let status = resp.status();
     let body = resp.into_body().collect().await.expect("body").to_bytes();

@@ -37,6 +37,17 @@ export default {
           await env.API.fetch("http://inventory.internal/later");
         })());
         return new Response("sent");
+      case "/proxy":
+        // The everyday proxy pattern: the client's request, headers and all,
+        // sent on to another URL with the worker's plain fetch.
+        try {
+          const r = await fetch("http://127.0.0.1:9/items", request);
+          return new Response(`proxied: ${await r.text()}`, { status: r.status });
+        } catch (e) {
+          return new Response(`proxy failed: ${e.message}`, { status: 502 });
+        }
+      case "/headers":
+        return new Response(JSON.stringify([...request.headers.keys()].sort()));
       case "/throw":
         throw new Error("boom from JS");
       default:

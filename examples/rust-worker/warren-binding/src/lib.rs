@@ -1,8 +1,12 @@
 //! Calling a Warren VPC binding from a Rust `wasi:http/proxy` worker.
 //!
 //! A Wasm worker reaches a binding the way a JS worker's `env.API.fetch()` does:
-//! an outgoing `wasi:http` request carrying the `warren-binding: <NAME>` header.
-//! The runtime strips the header, checks that the worker has that binding, and
+//! an outgoing `wasi:http` request carrying the `warren-binding: <NAME>` header
+//! and this request's binding key (`warren-binding-key`, from the
+//! `WARREN_BINDING_KEY` environment variable the runtime sets afresh for every
+//! request; a marker without it is refused, so a client's header can never
+//! select a binding). The runtime strips both, checks that the worker has that
+//! binding, and
 //! sends the request through the tunnel to the VPC service. As on Workers, the
 //! URL's host sets `Host` (and SNI) and its scheme picks the service's
 //! `http_port` / `https_port`; the URL's port is ignored. A failure on the way
@@ -23,6 +27,10 @@ use wasi::http::types::{
 
 /// The header that names the binding of an outgoing request.
 pub const MARKER: &str = "warren-binding";
+/// The header carrying this request's binding key.
+pub const KEY_HEADER: &str = "warren-binding-key";
+/// The environment variable the runtime puts the request's binding key in.
+pub const KEY_ENV: &str = "WARREN_BINDING_KEY";
 /// The header the runtime answers a failed binding call with.
 pub const PROXY_ERROR: &str = "warren-proxy-error";
 
@@ -109,6 +117,10 @@ impl Binding {
         }
         fields
             .append(&MARKER.to_string(), &self.name.as_bytes().to_vec())
+            .map_err(|e| BindingError::Http(format!("{e:?}")))?;
+        let key = std::env::var(KEY_ENV).unwrap_or_default();
+        fields
+            .append(&KEY_HEADER.to_string(), &key.into_bytes())
             .map_err(|e| BindingError::Http(format!("{e:?}")))?;
         let req = OutgoingRequest::new(fields);
         let bad = |_| BindingError::BadUrl(url.to_owned());

@@ -3,7 +3,12 @@
 //! /panic, /fetch?<url> (global outbound), /bind?<binding> (a binding call),
 //! /env?<NAME> (an environment variable: which version answered),
 //! /sleep?<ms> (waits, then answers like /env?VERSION), /count (bumps a
-//! counter in linear memory and a 1 MiB heap buffer: a fresh instance says 1).
+//! counter in linear memory and a 1 MiB heap buffer: a fresh instance says 1),
+//! /proxy?<url> (forwards every header of the incoming request, as a proxying
+//! worker does, and answers what came back), /forge?<binding>&<url> (a binding
+//! marker without the request's binding key), /linger (answers, then keeps
+//! running), /spin-after (answers, then burns CPU), /drip (a body that never
+//! ends).
 
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
@@ -108,6 +113,32 @@ impl wasi::exports::http::incoming_handler::Guest for Worker {
                 }
             }
             "/panic" => panic!("the worker threw"),
+            "/linger" => {
+                // Answers, then keeps running (as waitUntil work does).
+                respond(out, 200, b"answered; lingering");
+                wasi::clocks::monotonic_clock::subscribe_duration(3_600_000_000_000).block();
+            }
+            "/spin-after" => {
+                // Answers, then burns CPU for ever.
+                respond(out, 200, b"answered; spinning");
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "/drip" => {
+                // A body that never ends: a chunk every 10 ms.
+                let resp = OutgoingResponse::new(Fields::new());
+                let Ok(outgoing) = resp.body() else { return };
+                ResponseOutparam::set(out, Ok(resp));
+                let Ok(stream) = outgoing.write() else { return };
+                loop {
+                    if stream.blocking_write_and_flush(b"drip\n").is_err() {
+                        return;
+                    }
+                    wasi::clocks::monotonic_clock::subscribe_duration(10_000_000).block();
+                }
+            }
             "/env" => respond(out, 200, env(arg).as_bytes()),
             "/count" => {
                 // A fresh instance starts from the image: the counter at 0
@@ -131,10 +162,35 @@ impl wasi::exports::http::incoming_handler::Guest for Worker {
                     Err(e) => respond(out, 502, e.as_bytes()),
                 }
             }
+            "/proxy" => {
+                let (scheme, authority, p) = split_url(arg);
+                let incoming: Vec<(String, String)> = req
+                    .headers()
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .filter(|(k, _)| k != "host")
+                    .collect();
+                let headers: Vec<(&str, &str)> =
+                    incoming.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                match get(scheme, &authority, &p, &headers) {
+                    Ok((status, body)) => respond(out, status, &body),
+                    Err(e) => respond(out, 502, e.as_bytes()),
+                }
+            }
+            "/forge" => {
+                let (name, url) = arg.split_once('&').unwrap_or((arg, "http://inventory.internal/items"));
+                let (scheme, authority, p) = split_url(url);
+                match get(scheme, &authority, &p, &[("warren-binding", name)]) {
+                    Ok((status, body)) => respond(out, status, &body),
+                    Err(e) => respond(out, 502, e.as_bytes()),
+                }
+            }
             "/bind" => {
                 let (name, url) = arg.split_once('&').unwrap_or((arg, "http://inventory.internal/items"));
                 let (scheme, authority, p) = split_url(url);
-                match get(scheme, &authority, &p, &[("warren-binding", name), ("x-from-worker", "yes")]) {
+                let key = env("WARREN_BINDING_KEY");
+                match get(scheme, &authority, &p, &[("warren-binding", name), ("warren-binding-key", &key), ("x-from-worker", "yes")]) {
                     Ok((status, body)) => respond(out, status, &body),
                     Err(e) => respond(out, 502, e.as_bytes()),
                 }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -12,12 +13,13 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 use warren_protocol::binding::{CallHead, RPC_PATH, ReplyHead};
 use warren_protocol::body::{Prefixed, read_head};
+use warren_protocol::listen::{Backoff, ConnLimits, ConnSlots};
 use warren_protocol::messages::WireMessage;
 
 use crate::fetch::BindingWorker;
@@ -87,20 +89,41 @@ impl RpcServer {
         })
     }
 
-    /// Serves connections from `listener` until `shutdown` completes.
+    /// Serves connections from `listener` until `shutdown` completes, with
+    /// the default connection limits.
     pub async fn serve<L: Accept>(
         self: Arc<Self>,
         listener: L,
         shutdown: impl Future<Output = ()>,
     ) {
+        self.serve_with(listener, ConnLimits::default(), shutdown)
+            .await
+    }
+
+    /// Serves connections from `listener` within `limits` (accept errors back
+    /// off; a connection over the cap is closed at once; one that moves no
+    /// byte for the idle timeout is closed) until `shutdown` completes.
+    pub async fn serve_with<L: Accept>(
+        self: Arc<Self>,
+        listener: L,
+        limits: ConnLimits,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
+        let slots = ConnSlots::new(limits);
+        let mut backoff = Backoff::default();
         loop {
             let io = tokio::select! {
                 a = listener.accept() => match a {
-                    Ok(io) => io,
-                    Err(e) => { warn!(error = %e, "binding RPC accept failed"); continue; }
+                    Ok(io) => { backoff.succeeded(); io }
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return,
+                    Err(e) => { backoff.failed("binding RPC", &e).await; continue; }
                 },
                 () = &mut shutdown => return,
+            };
+            let Some(guard) = slots.try_take() else {
+                debug!("binding RPC connection over the cap; closed");
+                continue;
             };
             let server = self.clone();
             tokio::spawn(async move {
@@ -108,10 +131,16 @@ impl RpcServer {
                     let server = server.clone();
                     async move { Ok::<_, std::convert::Infallible>(server.call(req).await) }
                 });
-                if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), svc)
-                    .await
-                {
+                let io = TokioIo::new(guard.track(io));
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                // Boxed as a plain `Send` future: the connection's own type
+                // trips the compiler's higher-ranked `Send` check here.
+                let conn: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>> =
+                    Box::pin(builder.serve_connection(io, svc));
+                if let Some(Err(e)) = guard.run(conn).await {
                     debug!(error = %e, "binding RPC connection ended");
                 }
             });

@@ -132,14 +132,29 @@ async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
-/// Serves the local HTTP port on `listener` until the process ends.
+/// Serves the local HTTP port on `listener` until the process ends (accept
+/// errors back off, connections are capped, slow heads and idle connections
+/// are closed, as on every Warren listener).
 pub async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/ready", get(ready))
         .route("/healthcheck", get(|| async { "OK\n" }))
         .route("/metrics", get(metrics))
         .with_state(m);
-    axum::serve(listener, app).await
+    let limits = warren_protocol::listen::ConnLimits {
+        max_connections: 256,
+        ..Default::default()
+    };
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    warren_protocol::listen::serve_http(
+        "metrics",
+        listener,
+        limits,
+        service,
+        std::future::pending(),
+    )
+    .await;
+    Ok(())
 }
 
 /// Binds the metrics address.

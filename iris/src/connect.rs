@@ -21,11 +21,12 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{Instrument, debug, info_span, warn};
+use warren_protocol::listen::{Backoff, ConnLimits, HTTP_REFUSAL, TcpAcceptor};
 use warren_protocol::pipe::PipeListener;
 use warren_protocol::{ErrorCode, ProxyError};
 use warren_store::{Change, ServiceHost, Store, VpcService};
@@ -153,18 +154,36 @@ impl FrontDoor {
 
     /// Serves CONNECT requests on `listener` until `shutdown` completes.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.serve_with(listener, ConnLimits::default(), shutdown)
+            .await
+    }
+
+    /// Serves CONNECT requests on `listener` within `limits` (accept errors
+    /// back off, connections over the cap get a 503, slow heads and idle
+    /// connections are closed) until `shutdown` completes.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        limits: ConnLimits,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
+        let acceptor = TcpAcceptor::new("CONNECT front door", listener, limits, HTTP_REFUSAL);
+        let mut backoff = Backoff::default();
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
-                },
+            let (stream, peer, guard) = tokio::select! {
+                a = acceptor.accept(&mut backoff) => a,
                 () = &mut shutdown => return,
             };
             // Tunnelled bytes go out as they come: no Nagle delay on small writes.
             let _ = stream.set_nodelay(true);
-            tokio::spawn(self.clone().serve_connection(stream, peer.to_string()));
+            let door = self.clone();
+            tokio::spawn(async move {
+                let io = guard.track(stream);
+                guard
+                    .run(door.serve_connection(io, peer.to_string(), Some(limits)))
+                    .await;
+            });
         }
     }
 
@@ -184,13 +203,17 @@ impl FrontDoor {
                 },
                 () = &mut shutdown => return,
             };
-            tokio::spawn(self.clone().serve_connection(pipe, "in-process".to_owned()));
+            tokio::spawn(
+                self.clone()
+                    .serve_connection(pipe, "in-process".to_owned(), None),
+            );
         }
     }
 
     /// Serves one connection: HTTP/1.1, or HTTP/2 with prior knowledge (h2c),
-    /// many tunnels on one connection.
-    async fn serve_connection<I>(self: Arc<Self>, io: I, peer: String)
+    /// many tunnels on one connection; `limits` set the header timeout
+    /// (none for in-process pipes).
+    async fn serve_connection<I>(self: Arc<Self>, io: I, peer: String, limits: Option<ConnLimits>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -198,7 +221,14 @@ impl FrontDoor {
             let door = self.clone();
             async move { Ok::<_, std::convert::Infallible>(door.handle(req).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Some(limits) = limits {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            builder.http2().timer(TokioTimer::new());
+        }
         if let Err(e) = builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .await

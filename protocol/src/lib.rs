@@ -7,6 +7,8 @@
 //! - [`binding`]: the binding RPC's call and reply heads (runtime ↔ binding-worker).
 //! - [`error`]: the ProxyError taxonomy with stable string names.
 //! - [`frame`]: length-prefixed frames with explicit size limits.
+//! - `listen` (with `tokio`): accept-loop backoff, connection caps and idle
+//!   timeouts every listener of a node applies.
 //! - [`messages`]: the tunnel's messages (control stream, data streams, DNS).
 //! - [`preamble`]: the magic + version + kind that opens every tunnel stream.
 //! - [`token`]: the tunnel token a connector is started with.
@@ -18,6 +20,8 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "tokio")]
 pub mod io;
+#[cfg(feature = "tokio")]
+pub mod listen;
 pub mod messages;
 #[cfg(feature = "tokio")]
 pub mod pipe;

@@ -74,7 +74,13 @@ impl RpcBindingClient {
                 format!("binding-worker {:?} unreachable: {e}", self.endpoint),
             )
         };
-        let builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        // Pings keep a pooled connection from looking idle to the server
+        // (which closes connections that move no byte for its idle timeout).
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_while_idle(true);
         macro_rules! handshake {
             ($io:expr) => {{
                 let (sender, conn) = builder

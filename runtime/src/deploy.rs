@@ -2,6 +2,12 @@
 //! bindings against the [`ServiceDirectory`], building JS with ComponentizeJS,
 //! compiling, storing the result on disk and swapping it into the [`Router`].
 //! On start, stored scripts come back without rebuilding or recompiling.
+//!
+//! Uploads build and compile concurrently; only the short commit step (the
+//! final conflict checks, storing, swapping into the router) is serialized,
+//! so a slow or stuck build delays no other deploy. Route patterns are
+//! compared in canonical form, and no two accounts may hold routes whose
+//! hosts overlap: the first account to claim a host keeps it.
 //! The HTTP shape (multipart `PUT`, `GET`, `DELETE`) lives with the rest of the
 //! API in `warren`.
 
@@ -15,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::RuntimeEngine;
 use crate::js::{JsBuildError, JsBuilder};
 use crate::limits::Limits;
-use crate::logs::LogHub;
+use crate::logs::{LogHub, Subscription, WorkerKey};
 use crate::outbound::BindingClient;
 use crate::routes::RoutePattern;
 use crate::serve::Router;
@@ -92,6 +98,10 @@ pub struct Module {
 pub struct ScriptInfo {
     /// Worker name.
     pub id: String,
+    /// Minted when the worker is created and kept by redeploys; a worker
+    /// deleted and created again gets a new one (tail subscriptions follow it).
+    #[serde(default)]
+    pub tag: String,
     /// Owning account.
     pub account_id: String,
     /// The metadata it was uploaded with.
@@ -123,7 +133,8 @@ pub enum DeployError {
         /// Why.
         message: String,
     },
-    /// The name belongs to another account's worker.
+    /// The name, or a route's host, belongs to another account's worker, or
+    /// the route to another worker of the account.
     #[error("{0}")]
     Conflict(String),
     /// The code did not build or load (message names file and line).
@@ -183,7 +194,12 @@ pub struct ScriptsConfig {
     pub client: Option<Arc<dyn BindingClient>>,
     /// Binding verification.
     pub directory: Arc<dyn ServiceDirectory>,
+    /// Largest `limits.cpu_ms` an upload may ask for (see [`DEFAULT_MAX_CPU_MS`]).
+    pub max_cpu_ms: u64,
 }
+
+/// Default of [`ScriptsConfig::max_cpu_ms`]: 30 s, the most Workers allows.
+pub const DEFAULT_MAX_CPU_MS: u64 = 30_000;
 
 /// The deployed scripts of this node.
 pub struct Scripts {
@@ -192,8 +208,8 @@ pub struct Scripts {
     logs: Arc<LogHub>,
     config: ScriptsConfig,
     infos: Mutex<HashMap<String, ScriptInfo>>,
-    /// One upload at a time per node keeps storage swaps simple.
-    deploying: tokio::sync::Mutex<()>,
+    /// Serializes the commit step of uploads and deletes (never a build).
+    committing: tokio::sync::Mutex<()>,
 }
 
 impl Scripts {
@@ -210,7 +226,7 @@ impl Scripts {
             logs,
             config,
             infos: Mutex::new(HashMap::new()),
-            deploying: tokio::sync::Mutex::new(()),
+            committing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -224,10 +240,23 @@ impl Scripts {
         &self.logs
     }
 
-    fn worker(&self, info: &ScriptInfo, wasm: Vec<u8>) -> Result<Worker, DeployError> {
+    /// Follows the live logs of `account_id`'s worker `name`; `None` when the
+    /// account has no such worker. The subscription ends when it is deleted.
+    pub fn tail(&self, account_id: &str, name: &str) -> Option<Subscription> {
+        let info = self.get(account_id, name)?;
+        self.logs.subscribe(&log_key(&info))
+    }
+
+    fn worker(
+        &self,
+        info: &ScriptInfo,
+        routes: Vec<RoutePattern>,
+        wasm: Vec<u8>,
+    ) -> Result<Worker, DeployError> {
         let mut limits = Limits::default();
         if let Some(cpu) = info.metadata.limits.cpu_ms {
-            limits.cpu_ms = cpu;
+            // A stored script keeps to a maximum lowered since its upload.
+            limits.cpu_ms = cpu.min(self.config.max_cpu_ms);
         }
         let mut bindings = HashMap::new();
         let mut env = Vec::new();
@@ -239,10 +268,10 @@ impl Scripts {
                 BindingSpec::PlainText { name, text } => env.push((name.clone(), text.clone())),
             }
         }
-        let routes = parse_routes(&info.metadata.routes)?;
         let config = WorkerConfig {
             name: info.id.clone(),
             account_id: info.account_id.clone(),
+            tag: info.tag.clone(),
             bindings,
             env,
             limits,
@@ -264,7 +293,7 @@ impl Scripts {
     pub async fn restore(self: &Arc<Self>) -> anyhow::Result<usize> {
         let dir = self.config.dir.clone();
         std::fs::create_dir_all(&dir)?;
-        let mut n = 0;
+        let mut stored = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -278,18 +307,37 @@ impl Scripts {
                     serde_json::from_slice(&std::fs::read(path.join("script.json"))?)?;
                 Ok((info, std::fs::read(path.join("worker.wasm"))?))
             })();
-            let (info, wasm) = match loaded {
-                Ok(l) => l,
+            match loaded {
+                Ok(l) => stored.push(l),
                 Err(e) => {
                     tracing::error!(script = name, error = %e, "stored script unreadable; skipped");
-                    continue;
                 }
-            };
+            }
+        }
+        // Oldest first, so a host claimed by two accounts (stored before
+        // routes were checked across accounts) stays with the first.
+        stored.sort_by(|a, b| (&a.0.created_on, &a.0.id).cmp(&(&b.0.created_on, &b.0.id)));
+        let mut n = 0;
+        for (mut info, wasm) in stored {
+            if info.tag.is_empty() {
+                info.tag = new_tag();
+            }
+            let mut routes = Vec::new();
+            for r in parse_routes(&info.metadata.routes).unwrap_or_default() {
+                match self.route_conflict(&info.account_id, &info.id, &r) {
+                    Some(e) => {
+                        tracing::error!(script = %info.id, error = %e, "stored route not served")
+                    }
+                    None => routes.push(r),
+                }
+            }
             let this = self.clone();
             let info2 = info.clone();
-            let worker = tokio::task::spawn_blocking(move || this.worker(&info2, wasm)).await?;
+            let worker =
+                tokio::task::spawn_blocking(move || this.worker(&info2, routes, wasm)).await?;
             match worker {
                 Ok(w) => {
+                    self.logs.open(&log_key(&info));
                     self.router.deploy(w);
                     if let Ok(mut i) = self.infos.lock() {
                         i.insert(info.id.clone(), info);
@@ -297,7 +345,7 @@ impl Scripts {
                     n += 1;
                 }
                 Err(e) => {
-                    tracing::error!(script = name, error = %e, "stored script failed to load")
+                    tracing::error!(script = %info.id, error = %e, "stored script failed to load")
                 }
             }
         }
@@ -344,14 +392,15 @@ impl Scripts {
 
     /// Removes a script; `false` when the account has no such script.
     pub async fn delete(&self, account_id: &str, name: &str) -> Result<bool, DeployError> {
-        let _one = self.deploying.lock().await;
-        if self.get(account_id, name).is_none() {
+        let _one = self.committing.lock().await;
+        let Some(info) = self.get(account_id, name) else {
             return Ok(false);
-        }
+        };
         self.router.remove(name);
         if let Ok(mut i) = self.infos.lock() {
             i.remove(name);
         }
+        self.logs.close(&log_key(&info));
         let path = self.config.dir.join(name);
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(internal)?;
@@ -360,7 +409,9 @@ impl Scripts {
     }
 
     /// Validates, verifies, builds, stores and deploys an upload. Requests in
-    /// flight finish on the version they started with.
+    /// flight finish on the version they started with. Builds run outside
+    /// any lock; the conflict checks run before the build and again in the
+    /// serialized commit step.
     pub async fn put(
         self: &Arc<Self>,
         account_id: &str,
@@ -375,7 +426,53 @@ impl Scripts {
             ));
         }
         self.check(account_id, &metadata, &modules).await?;
-        let _one = self.deploying.lock().await;
+        let routes = parse_routes(&metadata.routes)?;
+        // Before the build, so a refused upload costs no build; again at commit.
+        self.conflicts(account_id, name, &routes)?;
+        let previous = self.get(account_id, name);
+        let wasm = self.build(name, &metadata, modules).await?;
+        let t = now();
+        let info = ScriptInfo {
+            id: name.to_owned(),
+            account_id: account_id.to_owned(),
+            tag: previous.as_ref().map_or_else(new_tag, |p| p.tag.clone()),
+            etag: crate::engine::content_hash(&wasm),
+            created_on: previous
+                .as_ref()
+                .map_or_else(|| t.clone(), |p| p.created_on.clone()),
+            modified_on: t,
+            metadata,
+        };
+        let this = self.clone();
+        let (info2, wasm2) = (info.clone(), wasm.clone());
+        let worker = tokio::task::spawn_blocking(move || this.worker(&info2, routes, wasm2))
+            .await
+            .map_err(internal)??;
+        let _one = self.committing.lock().await;
+        self.conflicts(account_id, name, &worker.config().routes)?;
+        if self.get(account_id, name).map(|i| i.tag) != previous.map(|p| p.tag) {
+            return Err(DeployError::Conflict(format!(
+                "worker {name} was created or deleted while this upload was building; upload it again"
+            )));
+        }
+        store_script(&self.config.dir, &info, &wasm).map_err(internal)?;
+        self.logs.open(&log_key(&info));
+        self.router.deploy(worker);
+        if let Ok(mut i) = self.infos.lock() {
+            i.insert(name.to_owned(), info.clone());
+        }
+        tracing::info!(worker = name, etag = %info.etag, "worker deployed");
+        Ok(info)
+    }
+
+    /// Refuses `name` when another account's worker has it, and `routes`
+    /// that conflict (see [`Scripts::route_conflict`]).
+    fn conflicts(
+        &self,
+        account_id: &str,
+        name: &str,
+        routes: &[RoutePattern],
+    ) -> Result<(), DeployError> {
         if let Some(other) = self
             .infos
             .lock()
@@ -387,43 +484,48 @@ impl Scripts {
                 "the worker name {name} is taken"
             )));
         }
-        for pattern in &metadata.routes {
-            let Some(owner) = self.router.route_owner(pattern) else {
-                continue;
-            };
-            if owner == name {
-                continue;
+        match routes
+            .iter()
+            .find_map(|r| self.route_conflict(account_id, name, r))
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Why worker `name` of `account_id` may not have `route`: another
+    /// account holds a route whose hosts overlap it (that worker is not
+    /// named), or another worker of the account has the same pattern.
+    fn route_conflict(
+        &self,
+        account_id: &str,
+        name: &str,
+        route: &RoutePattern,
+    ) -> Option<DeployError> {
+        let infos = self.infos.lock().ok()?;
+        let canonical = route.canonical();
+        for other in infos.values().filter(|i| i.id != name) {
+            for theirs in other
+                .metadata
+                .routes
+                .iter()
+                .filter_map(|r| RoutePattern::parse(r).ok())
+            {
+                let pattern = route.as_written();
+                if other.account_id != account_id && route.hosts_overlap(&theirs) {
+                    return Some(DeployError::Conflict(format!(
+                        "route {pattern} overlaps a host another account routes"
+                    )));
+                }
+                if other.account_id == account_id && theirs.canonical() == canonical {
+                    return Some(DeployError::Conflict(format!(
+                        "route {pattern} is already served by worker {}",
+                        other.id
+                    )));
+                }
             }
-            let same_account = self.get(account_id, &owner).is_some();
-            return Err(DeployError::Conflict(if same_account {
-                format!("route {pattern} is already served by worker {owner}")
-            } else {
-                format!("route {pattern} is taken")
-            }));
         }
-        let wasm = self.build(&metadata, modules).await?;
-        let previous = self.get(account_id, name);
-        let t = now();
-        let info = ScriptInfo {
-            id: name.to_owned(),
-            account_id: account_id.to_owned(),
-            etag: crate::engine::content_hash(&wasm),
-            created_on: previous.map_or_else(|| t.clone(), |p| p.created_on),
-            modified_on: t,
-            metadata,
-        };
-        let this = self.clone();
-        let (info2, wasm2) = (info.clone(), wasm.clone());
-        let worker = tokio::task::spawn_blocking(move || this.worker(&info2, wasm2))
-            .await
-            .map_err(internal)??;
-        store_script(&self.config.dir, &info, &wasm).map_err(internal)?;
-        self.router.deploy(worker);
-        if let Ok(mut i) = self.infos.lock() {
-            i.insert(name.to_owned(), info.clone());
-        }
-        tracing::info!(worker = name, etag = %info.etag, "worker deployed");
-        Ok(info)
+        None
     }
 
     async fn check(
@@ -447,6 +549,19 @@ impl Scripts {
             ));
         }
         parse_routes(&metadata.routes)?;
+        match metadata.limits.cpu_ms {
+            Some(0) => return Err(invalid("/limits/cpu_ms", "must be at least 1")),
+            Some(cpu) if cpu > self.config.max_cpu_ms => {
+                return Err(invalid(
+                    "/limits/cpu_ms",
+                    format!(
+                        "{cpu} is over this node's maximum of {} ms",
+                        self.config.max_cpu_ms
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, b) in metadata.bindings.iter().enumerate() {
             let bname = match b {
@@ -484,6 +599,7 @@ impl Scripts {
 
     async fn build(
         &self,
+        name: &str,
         metadata: &ScriptMetadata,
         modules: Vec<Module>,
     ) -> Result<Vec<u8>, DeployError> {
@@ -512,6 +628,7 @@ impl Scripts {
             .collect();
         let js = self.config.js.clone();
         let main = metadata.main_module.clone();
+        let name = name.to_owned();
         tokio::task::spawn_blocking(move || -> Result<Vec<u8>, DeployError> {
             let src = tempfile::tempdir().map_err(internal)?;
             for m in &modules {
@@ -524,11 +641,25 @@ impl Scripts {
             js.build(src.path(), &main, &vars, &bindings)
                 .map_err(|e| match e {
                     JsBuildError::Script(m) => DeployError::Script(m),
+                    e @ (JsBuildError::TimedOut(_) | JsBuildError::Killed(_)) => {
+                        DeployError::Script(format!("build of worker {name} {e}"))
+                    }
                     other => DeployError::Internal(other.to_string()),
                 })
         })
         .await
         .map_err(internal)?
+    }
+}
+
+fn new_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn log_key(info: &ScriptInfo) -> WorkerKey {
+    WorkerKey {
+        account_id: info.account_id.clone(),
+        tag: info.tag.clone(),
     }
 }
 
@@ -539,7 +670,7 @@ fn parse_routes(routes: &[String]) -> Result<Vec<RoutePattern>, DeployError> {
     for (i, r) in routes.iter().enumerate() {
         let parsed =
             RoutePattern::parse(r).map_err(|e| invalid(&format!("/routes/{i}"), e.to_string()))?;
-        if !seen.insert(r.as_str()) {
+        if !seen.insert(parsed.canonical()) {
             return Err(invalid(
                 &format!("/routes/{i}"),
                 format!("route {r:?} is listed twice"),

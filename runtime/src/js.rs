@@ -3,10 +3,17 @@
 //! bindings as objects with `.fetch()`) and `ctx` (`waitUntil`,
 //! `passThroughOnException`), then turned into a `wasi:http/proxy` component by
 //! ComponentizeJS (`runtime/js/build.mjs`, pinned in `runtime/js/package.json`).
+//!
+//! Building runs the worker's top-level code (Wizer snapshots it), so a build
+//! is sandboxed like a request: node runs in its own process group with CPU
+//! and memory rlimits, and the whole group is killed when the build outlives
+//! its timeout ([`BuildLimits`]).
 
 use std::collections::BTreeMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Name of the generated entry file, written next to the worker's modules.
 pub const ENTRY_FILE: &str = "__warren_entry.js";
@@ -22,6 +29,41 @@ pub enum JsBuildError {
     /// The build tooling is missing or failed (run scripts/setup.sh).
     #[error("JS build tooling failed: {0}")]
     Tooling(String),
+    /// The build outlived [`BuildLimits::timeout`] (top-level code that never
+    /// finishes) and was killed with its whole process group.
+    #[error("timed out after {} s: its top-level code did not finish (a loop at module scope?)", .0.as_secs_f64())]
+    TimedOut(Duration),
+    /// The build was killed for going over its CPU or memory limit.
+    #[error("killed by signal {0} (over the build's CPU or memory limit)")]
+    Killed(i32),
+}
+
+/// What one build may use. A build is node running ComponentizeJS, which runs
+/// Wizer, which runs the worker's top-level code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Wall-clock time until the build's process group is killed (default 60 s).
+    pub timeout: Duration,
+    /// Data segment (`RLIMIT_DATA`: heap and other private writable memory)
+    /// of each build process (default 2 GiB; a normal build peaks under 1 GiB).
+    pub memory_bytes: u64,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        BuildLimits {
+            timeout: Duration::from_secs(60),
+            memory_bytes: 2 << 30,
+        }
+    }
+}
+
+impl BuildLimits {
+    /// CPU seconds of each build process (`RLIMIT_CPU`): twice the timeout,
+    /// as a build uses about one core.
+    pub fn cpu_secs(&self) -> u64 {
+        self.timeout.as_secs().saturating_mul(2).max(1)
+    }
 }
 
 /// Builds JS workers with the pinned ComponentizeJS.
@@ -34,6 +76,8 @@ pub struct JsBuilder {
     /// Where built components are kept by the hash of their inputs (modules,
     /// generated entry, pinned tooling); `None` builds every time.
     pub cache_dir: Option<PathBuf>,
+    /// What each build may use.
+    pub limits: BuildLimits,
 }
 
 /// The generated entry: imports the user's module and serves its `fetch`.
@@ -120,7 +164,14 @@ impl JsBuilder {
             js_dir,
             node: PathBuf::from("node"),
             cache_dir: None,
+            limits: BuildLimits::default(),
         }
+    }
+
+    /// The same builder with `limits` on every build.
+    pub fn with_limits(mut self, limits: BuildLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same builder, keeping built components in `dir` so an unchanged
@@ -223,17 +274,27 @@ impl JsBuilder {
         std::fs::write(src.join(ENTRY_FILE), entry).map_err(tooling)?;
         let out = work.path().join("out").join("worker.wasm");
         std::fs::create_dir_all(work.path().join("out")).map_err(tooling)?;
-        let output = Command::new(&self.node)
-            .arg(self.js_dir.join("build.mjs"))
+        let log = work.path().join("build.log");
+        let mut cmd = Command::new(&self.node);
+        cmd.arg(self.js_dir.join("build.mjs"))
             .arg(src.join(ENTRY_FILE))
             .arg(&out)
             .current_dir(&src)
-            .output()
-            .map_err(|e| {
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(tooling)?);
+        let status = run_limited(cmd, &self.limits).map_err(|e| match e {
+            RunError::Spawn(e) => {
                 JsBuildError::Tooling(format!("cannot run {}: {e}", self.node.display()))
-            })?;
-        if !output.status.success() {
-            let text = String::from_utf8_lossy(&output.stderr).into_owned();
+            }
+            RunError::TimedOut => JsBuildError::TimedOut(self.limits.timeout),
+        })?;
+        if let Some(sig) = status.signal() {
+            return Err(JsBuildError::Killed(sig));
+        }
+        if !status.success() {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
             let script: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
             return Err(if script.iter().any(|l| l.contains(".js:")) {
                 JsBuildError::Script(script.join("\n"))
@@ -243,4 +304,58 @@ impl JsBuilder {
         }
         std::fs::read(&out).map_err(tooling)
     }
+}
+
+enum RunError {
+    Spawn(std::io::Error),
+    TimedOut,
+}
+
+/// Runs `cmd` in a process group of its own under `limits`' rlimits; when it
+/// outlives the timeout, the whole group (node, Wizer) is killed.
+fn run_limited(
+    mut cmd: Command,
+    limits: &BuildLimits,
+) -> Result<std::process::ExitStatus, RunError> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let (cpu, memory) = (limits.cpu_secs(), limits.memory_bytes);
+    cmd.process_group(0);
+    // SAFETY: between fork and exec only setrlimit runs, which is
+    // async-signal-safe and touches no state of this process.
+    unsafe {
+        cmd.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_CPU, cpu, cpu.saturating_add(5))?;
+            setrlimit(Resource::RLIMIT_DATA, memory, memory)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    let timed_out = matches!(
+        rx.recv_timeout(limits.timeout),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+    );
+    if timed_out {
+        // The leader is not reaped before the waiter sees it die, so the
+        // group id still names this build's group.
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = waiter
+        .join()
+        .map_err(|_| RunError::Spawn(std::io::Error::other("the build waiter panicked")))?
+        .map_err(RunError::Spawn)?;
+    if timed_out {
+        return Err(RunError::TimedOut);
+    }
+    if status.signal().is_some() {
+        // node was killed by a limit: Wizer, if it still runs, goes too.
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+    Ok(status)
 }

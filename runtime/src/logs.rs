@@ -1,15 +1,23 @@
 //! Live logs: each request's `console.*` output (stdout → `log`, stderr →
 //! `error`), outcome, status and timing, published as one event per request to
 //! the worker's subscribers (`warren tail`). Nothing is kept when nobody listens.
+//!
+//! Subscriptions are keyed by the worker's identity ([`WorkerKey`]: its
+//! account and the tag minted when the worker was created), never by its bare
+//! name: a worker deleted and re-created under the same name, by this account
+//! or another, is a different worker, and deleting a worker ends every
+//! subscription to it. Each subscriber has a bounded buffer; one that falls
+//! [`SUBSCRIBER_BUFFER_BYTES`] behind is dropped rather than buffered further.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
-/// Events buffered per subscriber before the slowest one starts missing some.
-const CHANNEL: usize = 1024;
+/// Bytes of events (estimated by their size) one subscriber may have waiting
+/// before it is dropped as too slow.
+pub const SUBSCRIBER_BUFFER_BYTES: usize = 1 << 20;
 
 /// One line a worker printed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -46,6 +54,21 @@ pub struct TailEvent {
     pub exceptions: Vec<String>,
 }
 
+impl TailEvent {
+    /// Roughly the bytes the event holds (what a subscriber's buffer counts).
+    fn weight(&self) -> usize {
+        256 + self.script_name.len()
+            + self.request.url.len()
+            + self.request.method.len()
+            + self
+                .logs
+                .iter()
+                .map(|l| l.message.len() + 16)
+                .sum::<usize>()
+            + self.exceptions.iter().map(|e| e.len() + 8).sum::<usize>()
+    }
+}
+
 /// The request part of a [`TailEvent`].
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestInfo {
@@ -67,44 +90,181 @@ pub fn lines(level: &'static str, bytes: &[u8]) -> Vec<LogLine> {
         .collect()
 }
 
-/// Per-worker channels of tail events.
+/// Which worker a subscription follows: its account and the tag minted when
+/// it was created (kept by redeploys, new when the name is created again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct WorkerKey {
+    /// Owning account.
+    pub account_id: String,
+    /// The worker's tag.
+    pub tag: String,
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailEnd {
+    /// The worker was deleted.
+    WorkerDeleted,
+    /// The subscriber fell [`SUBSCRIBER_BUFFER_BYTES`] behind.
+    TooSlow,
+}
+
+impl TailEnd {
+    /// The reason as the tail stream's last line states it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TailEnd::WorkerDeleted => "worker_deleted",
+            TailEnd::TooSlow => "too_slow",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<TailEvent>,
+    bytes: usize,
+    ended: Option<TailEnd>,
+}
+
+#[derive(Debug, Default)]
+struct Subscriber {
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+impl Subscriber {
+    fn end(&self, why: TailEnd) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.ended.get_or_insert(why);
+            q.events.clear();
+            q.bytes = 0;
+        }
+        self.ready.notify_one();
+    }
+}
+
+/// One subscription to a worker's events; dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    sub: Arc<Subscriber>,
+}
+
+impl Subscription {
+    /// The next event, or why the subscription ended (the same reason on
+    /// every later call).
+    pub async fn recv(&mut self) -> Result<TailEvent, TailEnd> {
+        loop {
+            let notified = self.sub.ready.notified();
+            {
+                let Ok(mut q) = self.sub.queue.lock() else {
+                    return Err(TailEnd::WorkerDeleted);
+                };
+                if let Some(ev) = q.events.pop_front() {
+                    q.bytes = q.bytes.saturating_sub(ev.weight());
+                    return Ok(ev);
+                }
+                if let Some(end) = q.ended {
+                    return Err(end);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Tail subscriptions of every live worker, by [`WorkerKey`].
+#[derive(Debug)]
 pub struct LogHub {
-    channels: Mutex<HashMap<String, broadcast::Sender<TailEvent>>>,
+    workers: Mutex<HashMap<WorkerKey, Vec<Weak<Subscriber>>>>,
+    buffer_bytes: usize,
+}
+
+impl Default for LogHub {
+    fn default() -> Self {
+        LogHub::with_buffer(SUBSCRIBER_BUFFER_BYTES)
+    }
 }
 
 impl LogHub {
-    /// Follows `worker`'s events from now on.
-    pub fn subscribe(&self, worker: &str) -> Option<broadcast::Receiver<TailEvent>> {
-        let mut c = self.channels.lock().ok()?;
-        Some(
-            c.entry(worker.to_owned())
-                .or_insert_with(|| broadcast::channel(CHANNEL).0)
-                .subscribe(),
-        )
+    /// A hub allowing each subscriber `bytes` of waiting events.
+    pub fn with_buffer(bytes: usize) -> Self {
+        LogHub {
+            workers: Mutex::new(HashMap::new()),
+            buffer_bytes: bytes,
+        }
     }
 
-    /// Whether anyone follows `worker` (capture is skipped otherwise).
-    pub fn has_subscribers(&self, worker: &str) -> bool {
-        self.channels
+    /// Makes `key` followable (its worker was deployed or restored).
+    pub fn open(&self, key: &WorkerKey) {
+        if let Ok(mut w) = self.workers.lock() {
+            w.entry(key.clone()).or_default();
+        }
+    }
+
+    /// Ends every subscription to `key` (its worker was deleted); later
+    /// subscriptions to it are refused.
+    pub fn close(&self, key: &WorkerKey) {
+        let subs = self
+            .workers
             .lock()
             .ok()
-            .and_then(|c| c.get(worker).map(|s| s.receiver_count() > 0))
+            .and_then(|mut w| w.remove(key))
+            .unwrap_or_default();
+        for s in subs.iter().filter_map(Weak::upgrade) {
+            s.end(TailEnd::WorkerDeleted);
+        }
+    }
+
+    /// Follows `key`'s events from now on; `None` when no such worker is open.
+    pub fn subscribe(&self, key: &WorkerKey) -> Option<Subscription> {
+        let mut w = self.workers.lock().ok()?;
+        let subs = w.get_mut(key)?;
+        subs.retain(|s| s.strong_count() > 0);
+        let sub = Arc::new(Subscriber::default());
+        subs.push(Arc::downgrade(&sub));
+        Some(Subscription { sub })
+    }
+
+    /// Whether anyone follows `key` (capture is skipped otherwise).
+    pub fn has_subscribers(&self, key: &WorkerKey) -> bool {
+        self.workers
+            .lock()
+            .ok()
+            .and_then(|w| w.get(key).map(|s| s.iter().any(|s| s.strong_count() > 0)))
             .unwrap_or(false)
     }
 
-    /// Sends an event to `worker`'s subscribers.
-    pub fn publish(&self, event: TailEvent) {
-        let Ok(mut c) = self.channels.lock() else {
+    /// Sends an event to `key`'s subscribers; one whose buffer would go over
+    /// the limit is ended as [`TailEnd::TooSlow`] and forgotten.
+    pub fn publish(&self, key: &WorkerKey, event: TailEvent) {
+        let Ok(mut w) = self.workers.lock() else {
             return;
         };
-        let name = event.script_name.clone();
-        if let Some(tx) = c.get(&name)
-            && tx.send(event).is_err()
-        {
-            // Nobody listens any more.
-            c.remove(&name);
-        }
+        let Some(subs) = w.get_mut(key) else {
+            return;
+        };
+        let weight = event.weight();
+        subs.retain(|s| {
+            let Some(s) = s.upgrade() else {
+                return false;
+            };
+            let Ok(mut q) = s.queue.lock() else {
+                return false;
+            };
+            if q.ended.is_some() {
+                return false;
+            }
+            if q.bytes + weight > self.buffer_bytes {
+                drop(q);
+                s.end(TailEnd::TooSlow);
+                return false;
+            }
+            q.bytes += weight;
+            q.events.push_back(event.clone());
+            drop(q);
+            s.ready.notify_one();
+            true
+        });
     }
 }
 
@@ -118,5 +278,62 @@ mod tests {
         let m: Vec<&str> = l.iter().map(|l| l.message.as_str()).collect();
         assert_eq!(m, ["a", "b", "c"]);
         assert!(l.iter().all(|l| l.level == "log"));
+    }
+
+    fn event(url: &str) -> TailEvent {
+        TailEvent {
+            script_name: "w".into(),
+            outcome: "ok".into(),
+            event_timestamp: 0,
+            request_id: "r".into(),
+            request: RequestInfo {
+                method: "GET".into(),
+                url: url.into(),
+            },
+            status: 200,
+            wall_ms: 0,
+            cpu_ms: 0,
+            logs: vec![],
+            exceptions: vec![],
+        }
+    }
+
+    fn key(account: &str, tag: &str) -> WorkerKey {
+        WorkerKey {
+            account_id: account.into(),
+            tag: tag.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_only_their_workers_subscribers() {
+        let hub = LogHub::default();
+        let (a, b) = (key("acct-a", "t1"), key("acct-b", "t1"));
+        assert!(hub.subscribe(&a).is_none(), "no such worker yet");
+        hub.open(&a);
+        hub.open(&b);
+        let mut sa = hub.subscribe(&a).expect("open");
+        assert!(hub.has_subscribers(&a) && !hub.has_subscribers(&b));
+        hub.publish(&b, event("/b"));
+        hub.publish(&a, event("/a"));
+        assert_eq!(sa.recv().await.expect("event").request.url, "/a");
+        hub.close(&a);
+        assert_eq!(sa.recv().await.unwrap_err(), TailEnd::WorkerDeleted);
+        assert!(hub.subscribe(&a).is_none(), "a deleted worker");
+        drop(sa);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_dropped() {
+        let hub = LogHub::with_buffer(4096);
+        let k = key("acct", "t");
+        hub.open(&k);
+        let mut slow = hub.subscribe(&k).expect("open");
+        for _ in 0..100 {
+            hub.publish(&k, event(&"x".repeat(1000)));
+        }
+        assert!(!hub.has_subscribers(&k), "dropped from the hub");
+        assert_eq!(slow.recv().await.unwrap_err(), TailEnd::TooSlow);
+        assert_eq!(slow.recv().await.unwrap_err(), TailEnd::TooSlow);
     }
 }

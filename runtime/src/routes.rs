@@ -4,7 +4,14 @@
 //! serves every path of its host, like a Workers custom domain. Query strings
 //! never take part in matching. When several patterns match, the most specific
 //! wins: an exact host over a wildcard one, a longer host over a shorter one,
-//! then an exact path over a prefix, a longer path over a shorter one.
+//! then an exact path over a prefix, a longer path over a shorter one; between
+//! equals, the route claimed first.
+//!
+//! Hosts are compared in a canonical form: ASCII lowercase, without trailing
+//! dots (`SHOP.example.com.` is `shop.example.com`), both in patterns and in
+//! the `Host` of requests. [`RoutePattern::hosts_overlap`] tells whether two
+//! patterns can match a common host: deploys use it to keep one account's
+//! hosts out of another's reach.
 
 /// One parsed route pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +73,7 @@ impl RoutePattern {
             Some(rest) => (true, rest),
             None => (false, host),
         };
+        let host = host.trim_end_matches('.');
         if host.contains('*') {
             return Err(err("a host may only start with *"));
         }
@@ -80,6 +88,9 @@ impl RoutePattern {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         {
             return Err(err("the host has characters a hostname cannot have"));
+        }
+        if host.contains("..") || (!host_wildcard && host.starts_with('.')) {
+            return Err(err("the host has an empty label"));
         }
         let path = match path {
             None => PathRule::Any,
@@ -106,7 +117,35 @@ impl RoutePattern {
         })
     }
 
-    /// How specifically this pattern matches `host` (lowercase, no port) and
+    /// The pattern in canonical form: `*` if the host is a wildcard, the
+    /// lowercase host without trailing dots, then the path as given.
+    pub fn canonical(&self) -> String {
+        let path = match &self.path {
+            PathRule::Any => String::new(),
+            PathRule::Exact(p) => p.clone(),
+            PathRule::Prefix(p) => format!("{p}*"),
+        };
+        let star = if self.host_wildcard { "*" } else { "" };
+        format!("{star}{}{path}", self.host)
+    }
+
+    /// The pattern as it was written.
+    pub fn as_written(&self) -> &str {
+        &self.raw
+    }
+
+    /// Whether some host matches both patterns (paths aside): then the two
+    /// must belong to one account.
+    pub fn hosts_overlap(&self, other: &RoutePattern) -> bool {
+        match (self.host_wildcard, other.host_wildcard) {
+            (false, false) => self.host == other.host,
+            (true, false) => other.host.ends_with(&self.host),
+            (false, true) => self.host.ends_with(&other.host),
+            (true, true) => self.host.ends_with(&other.host) || other.host.ends_with(&self.host),
+        }
+    }
+
+    /// How specifically this pattern matches `host` (canonical, no port) and
     /// `path` (no query), or `None` when it does not match.
     fn matches(&self, host: &str, path: &str) -> Option<Specificity> {
         let host_ok = if self.host_wildcard {
@@ -127,39 +166,78 @@ impl RoutePattern {
     }
 }
 
+/// A `Host` header in canonical form: no port, ASCII lowercase, no trailing dots.
+pub fn canonical_host(host: &str) -> String {
+    host.split(':')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// One route of the table: the pattern, its worker, and when it was first
+/// claimed (the earlier claim wins a tie).
+#[derive(Debug, Clone)]
+struct Entry {
+    pattern: RoutePattern,
+    worker: String,
+    claimed: u64,
+}
+
 /// The routes of every deployed worker.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    routes: Vec<(RoutePattern, String)>,
+    routes: Vec<Entry>,
+    claims: u64,
 }
 
 impl RouteTable {
-    /// Replaces `worker`'s routes with `routes`.
+    /// Replaces `worker`'s routes with `routes`; a pattern the worker already
+    /// had keeps its place in line.
     pub fn set(&mut self, worker: &str, routes: &[RoutePattern]) {
-        self.routes.retain(|(_, w)| w != worker);
-        self.routes
-            .extend(routes.iter().map(|r| (r.clone(), worker.to_owned())));
+        let mut kept = std::collections::HashMap::new();
+        self.routes.retain(|e| {
+            if e.worker == worker {
+                kept.insert(e.pattern.canonical(), e.claimed);
+                false
+            } else {
+                true
+            }
+        });
+        for r in routes {
+            let claimed = kept.get(&r.canonical()).copied().unwrap_or_else(|| {
+                self.claims += 1;
+                self.claims
+            });
+            self.routes.push(Entry {
+                pattern: r.clone(),
+                worker: worker.to_owned(),
+                claimed,
+            });
+        }
     }
 
-    /// The worker that serves `pattern` exactly, if any (two workers cannot
-    /// claim the same pattern).
+    /// The worker that serves `pattern` (compared in canonical form), if any.
     pub fn owner_of(&self, pattern: &str) -> Option<&str> {
+        let canonical = RoutePattern::parse(pattern).ok()?.canonical();
         self.routes
             .iter()
-            .find(|(r, _)| r.raw == pattern)
-            .map(|(_, w)| w.as_str())
+            .filter(|e| e.pattern.canonical() == canonical)
+            .min_by_key(|e| e.claimed)
+            .map(|e| e.worker.as_str())
     }
 
     /// The worker whose most specific route matches `host` (a `Host` header:
-    /// any port is ignored) and `path` (a query is ignored).
+    /// any port, letter case and trailing dot are ignored) and `path` (a query
+    /// is ignored); between equally specific routes, the one claimed first.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&str> {
-        let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+        let host = canonical_host(host);
         let path = path.split('?').next().unwrap_or("");
         self.routes
             .iter()
-            .filter_map(|(r, w)| r.matches(&host, path).map(|s| (s, w)))
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(_, w)| w.as_str())
+            .filter_map(|e| e.pattern.matches(&host, path).map(|s| (s, e)))
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.claimed.cmp(&a.1.claimed)))
+            .map(|(_, e)| e.worker.as_str())
     }
 }
 
@@ -174,8 +252,8 @@ mod tests {
             let mut mine: Vec<RoutePattern> = t
                 .routes
                 .iter()
-                .filter(|(_, w)| w == worker)
-                .map(|(r, _)| r.clone())
+                .filter(|e| e.worker == *worker)
+                .map(|e| e.pattern.clone())
                 .collect();
             mine.push(r);
             t.set(worker, &mine);
@@ -194,6 +272,7 @@ mod tests {
         ]);
         assert_eq!(t.lookup("shop.example.com", "/"), Some("shop"));
         assert_eq!(t.lookup("SHOP.example.com:8080", "/x?y=1"), Some("shop"));
+        assert_eq!(t.lookup("shop.example.com.", "/"), Some("shop"));
         assert_eq!(t.lookup("a.example.com", "/api/items"), Some("api"));
         assert_eq!(t.lookup("a.example.com", "/other"), None);
         assert_eq!(
@@ -257,10 +336,67 @@ mod tests {
             ("shop.example.com/?q=1", "query"),
             ("shop example.com/*", "whitespace"),
             ("shop_example!.com/*", "characters"),
+            ("shop..example.com/*", "empty label"),
             ("", "1 to 1024"),
         ] {
             let e = RoutePattern::parse(p).expect_err(p);
             assert!(e.reason.contains(reason), "{p}: {}", e.reason);
         }
+    }
+
+    #[test]
+    fn patterns_compare_in_canonical_form() {
+        let p = |s: &str| RoutePattern::parse(s).expect(s);
+        assert_eq!(p("SHOP.Example.com./*").canonical(), "shop.example.com/*");
+        assert_eq!(p("*.EXAMPLE.com").canonical(), "*.example.com");
+        assert_eq!(
+            p("shop.example.com/API").canonical(),
+            "shop.example.com/API"
+        );
+        let t = table(&[("shop.example.com/*", "shop")]);
+        assert_eq!(t.owner_of("Shop.Example.COM./*"), Some("shop"));
+    }
+
+    #[test]
+    fn overlapping_hosts() {
+        let p = |s: &str| RoutePattern::parse(s).expect(s);
+        let shop = p("shop.example.com/*");
+        for other in [
+            "SHOP.example.com./*",
+            "shop.example.com/checkout*",
+            "shop.example.com",
+            "*.example.com/*",
+            "*example.com/x",
+            "*/*",
+        ] {
+            assert!(shop.hosts_overlap(&p(other)), "{other}");
+            assert!(p(other).hosts_overlap(&shop), "{other}");
+        }
+        for other in [
+            "blog.example.com/*",
+            "*.shop.example.com/*",
+            "example.com/*",
+        ] {
+            assert!(!shop.hosts_overlap(&p(other)), "{other}");
+        }
+        assert!(p("*.example.com/*").hosts_overlap(&p("*.a.example.com/*")));
+        assert!(!p("*.example.com/*").hosts_overlap(&p("*.example.org/*")));
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_first_claim_even_after_a_redeploy() {
+        let mut t = table(&[("a.test/*", "first"), ("A.test./*", "second")]);
+        assert_eq!(t.lookup("a.test", "/"), Some("first"));
+        t.set(
+            "first",
+            &[
+                RoutePattern::parse("a.test/*").expect("valid"),
+                RoutePattern::parse("b.test/*").expect("valid"),
+            ],
+        );
+        assert_eq!(t.lookup("a.test", "/"), Some("first"));
+        assert_eq!(t.owner_of("a.test/*"), Some("first"));
+        t.set("first", &[]);
+        assert_eq!(t.lookup("a.test", "/"), Some("second"));
     }
 }

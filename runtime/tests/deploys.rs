@@ -50,6 +50,7 @@ async fn node(dir: &std::path::Path) -> Node {
             js: JsBuilder::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")),
             client: None,
             directory: Arc::new(NoServices),
+            max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,
         },
     );
     scripts.restore().await.expect("restore");
@@ -140,7 +141,10 @@ async fn routes_pick_the_worker_by_host_and_path() {
     let e = put(&n, "acct-b", "other", "x", &["shop.example.com/*"])
         .await
         .expect_err("a route of another account");
-    assert_eq!(e.to_string(), "route shop.example.com/* is taken");
+    assert_eq!(
+        e.to_string(),
+        "route shop.example.com/* overlaps a host another account routes"
+    );
     let e = put(&n, "acct-a", "bad", "x", &["ok.test/*", "https://x.test/*"])
         .await
         .expect_err("a bad pattern");

@@ -154,6 +154,13 @@ pub struct RuntimeSection {
     /// The `runtime/js` folder with ComponentizeJS installed (default: found
     /// next to the binary's source checkout, or `$WARREN_JS_DIR`).
     pub js_dir: Option<PathBuf>,
+    /// A JS worker's build (which runs its top-level code) is killed after
+    /// this long and the upload refused (default 60 s).
+    #[serde(with = "humantime_serde")]
+    pub build_timeout: Duration,
+    /// Largest `limits.cpu_ms` an upload may ask for; more is refused
+    /// (default 30000, Workers' maximum).
+    pub max_cpu_ms: u64,
 }
 
 impl Default for RuntimeSection {
@@ -163,6 +170,8 @@ impl Default for RuntimeSection {
             workers_domain: "workers.localhost".into(),
             binding_rpc: None,
             js_dir: None,
+            build_timeout: Duration::from_secs(60),
+            max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,
         }
     }
 }
@@ -286,6 +295,8 @@ mod tests {
         assert_eq!(f.api.listen, "127.0.0.1:8787".parse().expect("addr"));
         assert!(f.parts.api && f.parts.tunnel && f.parts.connect);
         assert_eq!(f.dns_cache.max_ttl, Duration::from_secs(300));
+        assert_eq!(f.runtime.build_timeout, Duration::from_secs(60));
+        assert_eq!(f.runtime.max_cpu_ms, 30_000);
     }
 
     #[test]
@@ -297,6 +308,9 @@ mod tests {
         assert_eq!(f.data_dir, PathBuf::from("/var/lib/warren"));
         assert_eq!(f.connect.attempt_timeout, Duration::from_secs(2));
         assert_eq!(f.dns_cache.min_ttl, Duration::from_secs(1));
+        let f = parse("[runtime]\nbuild_timeout = \"5s\"\nmax_cpu_ms = 100\n").expect("valid");
+        assert_eq!(f.runtime.build_timeout, Duration::from_secs(5));
+        assert_eq!(f.runtime.max_cpu_ms, 100);
     }
 
     #[test]

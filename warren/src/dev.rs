@@ -205,7 +205,7 @@ async fn session(
     let mut logs = node
         .scripts
         .as_ref()
-        .and_then(|s| s.logs().subscribe(&file.name))
+        .and_then(|s| s.tail(&account.id, &file.name))
         .ok_or_else(|| anyhow::anyhow!("this edge runs no workers"))?;
     let stop = warren_connector::shutdown_signal();
     tokio::pin!(stop);
@@ -213,8 +213,10 @@ async fn session(
         tokio::select! {
             ev = logs.recv() => match ev {
                 Ok(ev) => workers::print_event(&serde_json::to_string(&ev).unwrap_or_default(), false),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => println!("… {n} event(s) dropped"),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Err(end) => {
+                    println!("logs stopped ({})", end.as_str());
+                    break;
+                }
             },
             () = &mut stop => break,
         }

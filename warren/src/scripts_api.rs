@@ -2,6 +2,11 @@
 //! one part per module, `GET`, `DELETE`, a list, and a live tail stream
 //! (newline-delimited JSON tail events). Same envelope and per-account tokens
 //! as the rest of the API; the work is done by the runtime's [`Scripts`].
+//!
+//! A tail follows one worker of the caller's account (by its identity, not its
+//! name) and ends with a `{"closed": …}` line when the worker is deleted
+//! (`worker_deleted`) or when the client reads too slowly (`too_slow`: its
+//! bounded buffer filled up).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -162,28 +167,28 @@ async fn tail(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&s.api, &headers, &account).await?;
-    if s.scripts.get(&account, &name).is_none() {
-        return Err(ApiError::not_found("worker"));
-    }
     let rx = s
         .scripts
-        .logs()
-        .subscribe(&name)
+        .tail(&account, &name)
         .ok_or_else(|| ApiError::not_found("worker"))?;
     // First line: a hello, so the client knows the subscription is live.
     let hello = json!({ "tail": name, "connected": true }).to_string() + "\n";
-    let events = futures_util::stream::unfold((Some(hello), rx), |(hello, mut rx)| async move {
+    let events = futures_util::stream::unfold(Some((Some(hello), rx)), |state| async move {
+        let (hello, mut rx) = state?;
         if let Some(h) = hello {
-            return Some((Ok::<_, std::convert::Infallible>(h), (None, rx)));
+            return Some((Ok::<_, std::convert::Infallible>(h), Some((None, rx))));
         }
-        let line = match rx.recv().await {
-            Ok(ev) => serde_json::to_string(&ev).unwrap_or_default() + "\n",
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                json!({ "dropped": n }).to_string() + "\n"
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(line), (None, rx)))
+        Some(match rx.recv().await {
+            Ok(ev) => (
+                Ok(serde_json::to_string(&ev).unwrap_or_default() + "\n"),
+                Some((None, rx)),
+            ),
+            // The last line says why; then the stream ends.
+            Err(end) => (
+                Ok(json!({ "closed": end.as_str() }).to_string() + "\n"),
+                None,
+            ),
+        })
     });
     Ok((
         [("content-type", "application/x-ndjson")],

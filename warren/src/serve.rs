@@ -21,7 +21,7 @@ use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
 use warren_protocol::pipe::pipe_pair;
 use warren_runtime::binding_rpc::{Endpoint, RpcBindingClient};
 use warren_runtime::deploy::{Scripts, ScriptsConfig, ServiceDirectory};
-use warren_runtime::js::JsBuilder;
+use warren_runtime::js::{BuildLimits, JsBuilder};
 use warren_runtime::logs::LogHub;
 use warren_runtime::serve::Router;
 use warren_runtime::{BindingClient, EngineConfig, RuntimeEngine};
@@ -301,9 +301,14 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             ScriptsConfig {
                 dir: file.data_dir.join("workers"),
                 js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
-                    .with_cache(file.data_dir.join("built")),
+                    .with_cache(file.data_dir.join("built"))
+                    .with_limits(BuildLimits {
+                        timeout: file.runtime.build_timeout,
+                        ..BuildLimits::default()
+                    }),
                 client: Some(client),
                 directory: Arc::new(StoreDirectory(store.clone())),
+                max_cpu_ms: file.runtime.max_cpu_ms,
             },
         );
         let n = s.restore().await?;

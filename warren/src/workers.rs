@@ -327,6 +327,10 @@ pub fn print_event(line: &str, json_format: bool) {
         println!("… {n} event(s) dropped (the tail could not keep up)");
         return;
     }
+    if let Some(why) = v.get("closed").and_then(Value::as_str) {
+        println!("tail closed: {}", why.replace('_', " "));
+        return;
+    }
     println!(
         "{} {} → {} {} ({} ms, cpu {} ms) rid={}",
         v["request"]["method"].as_str().unwrap_or("?"),

@@ -29,6 +29,19 @@ pub enum CaError {
         /// What is wrong.
         reason: String,
     },
+    /// One of the two CA files is there without the other: the node stops
+    /// rather than make a new CA (which would cut off every connector whose
+    /// token pins the old one).
+    #[error(
+        "edge CA file {missing} is missing while {present} exists: restore it from a backup \
+         (a new CA would cut off every connector whose token pins this one)"
+    )]
+    HalfMissing {
+        /// The file that is not there.
+        missing: PathBuf,
+        /// The file that is.
+        present: PathBuf,
+    },
     /// Generating a certificate failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
@@ -40,8 +53,10 @@ pub struct EdgeCa {
     issuer: Issuer<'static, KeyPair>,
 }
 
-const CERT_FILE: &str = "edge-ca.crt";
-const KEY_FILE: &str = "edge-ca.key";
+/// The CA certificate's file in the data directory.
+pub const CERT_FILE: &str = "edge-ca.crt";
+/// The CA key's file in the data directory.
+pub const KEY_FILE: &str = "edge-ca.key";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |source| CaError::Io {
@@ -51,24 +66,50 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
 }
 
 impl EdgeCa {
-    /// Loads the CA from `dir`, creating it (key file mode 0600) on first start.
+    /// Loads the CA from `dir`, creating it (key file mode 0600) when neither
+    /// file exists. One file without the other, or a file that is empty or not
+    /// a CA, is an error naming the file; the files are then left as they are.
     pub fn load_or_create(dir: &Path) -> Result<EdgeCa, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
-        if cert_path.exists() && key_path.exists() {
-            let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
-            let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
-            let invalid = |reason: String| CaError::Invalid {
-                dir: dir.to_owned(),
-                reason,
-            };
-            let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(format!("key: {e}")))?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
-                .map_err(|e| invalid(format!("certificate: {e}")))?;
-            let der =
-                pem_to_der(&cert_pem).ok_or_else(|| invalid("certificate is not PEM".into()))?;
-            return Ok(EdgeCa { der, issuer });
+        let exists = |p: &Path| p.try_exists().map_err(io_err(p));
+        match (exists(&cert_path)?, exists(&key_path)?) {
+            (true, true) => {}
+            (false, false) => return Self::create(dir, &cert_path, &key_path),
+            (true, false) => {
+                return Err(CaError::HalfMissing {
+                    missing: key_path,
+                    present: cert_path,
+                });
+            }
+            (false, true) => {
+                return Err(CaError::HalfMissing {
+                    missing: cert_path,
+                    present: key_path,
+                });
+            }
         }
+        let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
+        let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+        let invalid = |path: &Path, reason: String| CaError::Invalid {
+            dir: dir.to_owned(),
+            reason: format!("{}: {reason}", path.display()),
+        };
+        for (path, text) in [(&cert_path, &cert_pem), (&key_path, &key_pem)] {
+            if text.trim().is_empty() {
+                return Err(invalid(path, "the file is empty".into()));
+            }
+        }
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|e| invalid(&cert_path, e.to_string()))?;
+        let der = pem_to_der(&cert_pem)
+            .ok_or_else(|| invalid(&cert_path, "the certificate is not PEM".into()))?;
+        Ok(EdgeCa { der, issuer })
+    }
+
+    /// A new CA written to `cert_path` and `key_path` (first start).
+    fn create(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<EdgeCa, CaError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -78,8 +119,8 @@ impl EdgeCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
-        fs::write(&cert_path, cert.pem()).map_err(io_err(&cert_path))?;
+        write_private(key_path, key.serialize_pem().as_bytes())?;
+        fs::write(cert_path, cert.pem()).map_err(io_err(cert_path))?;
         Ok(EdgeCa {
             der: cert.der().clone(),
             issuer: Issuer::new(params, key),
@@ -170,5 +211,37 @@ mod tests {
             fs::read_to_string(dir.path().join(CERT_FILE)).expect("read"),
             "junk"
         );
+    }
+
+    #[test]
+    fn half_a_ca_or_an_empty_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        EdgeCa::load_or_create(dir.path()).expect("create");
+        let (cert, key) = (dir.path().join(CERT_FILE), dir.path().join(KEY_FILE));
+        let key_pem = fs::read(&key).expect("read");
+        fs::remove_file(&key).expect("remove");
+        let err = EdgeCa::load_or_create(dir.path()).err().expect("refused");
+        assert!(
+            err.to_string().contains(&key.display().to_string()),
+            "{err}"
+        );
+        assert!(!key.exists(), "no new key may be written");
+        fs::write(&key, &key_pem).expect("restore");
+        let cert_pem = fs::read(&cert).expect("read");
+        fs::remove_file(&cert).expect("remove");
+        let err = EdgeCa::load_or_create(dir.path()).err().expect("refused");
+        assert!(
+            err.to_string().contains(&cert.display().to_string()),
+            "{err}"
+        );
+        fs::write(&cert, "").expect("truncate");
+        let err = EdgeCa::load_or_create(dir.path()).err().expect("refused");
+        assert!(
+            err.to_string()
+                .contains(&format!("{}: the file is empty", cert.display())),
+            "{err}"
+        );
+        fs::write(&cert, &cert_pem).expect("restore");
+        EdgeCa::load_or_create(dir.path()).expect("loads again");
     }
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-const KEY_FILE: &str = "sealing.key";
+/// The sealing key's file in the data directory.
+pub const KEY_FILE: &str = "sealing.key";
 
 /// Seals and opens tunnel secrets.
 pub struct Sealer {
@@ -18,16 +19,19 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Loads the key from `dir`, creating it (mode 0600) on first use.
+    /// Loads the key from `dir`, creating it (mode 0600) on first use. A key
+    /// file that cannot be read or is not 32 bytes (empty included) is an error
+    /// naming the file, and is left as it is.
     pub fn load_or_create(dir: &Path) -> std::io::Result<Sealer> {
         let path = dir.join(KEY_FILE);
         let rng = SystemRandom::new();
         let bytes = match fs::read(&path) {
             Ok(b) if b.len() == 32 => b,
-            Ok(_) => {
+            Ok(b) => {
                 return Err(std::io::Error::other(format!(
-                    "{} is not a 32-byte key",
-                    path.display()
+                    "sealing key {} is not a 32-byte key ({} bytes): restore it from a backup",
+                    path.display(),
+                    b.len()
                 )));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -45,7 +49,12 @@ impl Sealer {
                 opts.open(&path)?.write_all(&b)?;
                 b
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot read the sealing key {}: {e}", path.display()),
+                ));
+            }
         };
         let key =
             UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| std::io::Error::other("bad key"))?;
@@ -105,5 +114,25 @@ mod tests {
         let other = tempfile::tempdir().expect("tempdir");
         let stranger = Sealer::load_or_create(other.path()).expect("key");
         assert_eq!(stranger.open("tunnel-a", &sealed), None);
+    }
+
+    #[test]
+    fn an_unreadable_or_empty_key_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(KEY_FILE);
+        fs::create_dir(&path).expect("a directory where the key should be");
+        let err = Sealer::load_or_create(dir.path()).err().expect("refused");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        fs::remove_dir(&path).expect("rmdir");
+        fs::write(&path, "").expect("empty key");
+        let err = Sealer::load_or_create(dir.path()).err().expect("refused");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).expect("read").len(), 0, "left as it was");
     }
 }

@@ -37,14 +37,38 @@ pub fn random_token(prefix: &str) -> String {
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b))
 }
 
-/// The internal secret: from the config, else kept in the data directory.
+/// The internal secret: from the config, else kept in the data directory,
+/// created there on a node's first start only. An empty secret (which would
+/// turn internal authentication off) or a missing file on a node that has
+/// started before (its edge CA or sealing key is there) stops the node.
 fn internal_secret(file: &EdgeFile) -> anyhow::Result<String> {
     if let Some(s) = &file.internal_secret {
+        anyhow::ensure!(
+            !s.trim().is_empty(),
+            "internal_secret in the config is empty"
+        );
         return Ok(s.clone());
     }
     let p = file.data_dir.join("internal-secret");
+    let started_before = [
+        warren_iris::ca::CERT_FILE,
+        warren_iris::ca::KEY_FILE,
+        warren_iris::sealing::KEY_FILE,
+    ]
+    .iter()
+    .any(|f| file.data_dir.join(f).exists());
     match std::fs::read_to_string(&p) {
+        Ok(s) if s.trim().is_empty() => anyhow::bail!(
+            "the internal secret file {} is empty: restore it (every part of the node shares it) \
+             or set internal_secret in the config",
+            p.display()
+        ),
         Ok(s) => Ok(s.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && started_before => anyhow::bail!(
+            "the internal secret file {} is missing, but this node has started before: restore \
+             it (every part of the node shares it) or set internal_secret in the config",
+            p.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let s = random_token("");
             let mut opts = std::fs::OpenOptions::new();
@@ -54,10 +78,14 @@ fn internal_secret(file: &EdgeFile) -> anyhow::Result<String> {
                 use std::os::unix::fs::OpenOptionsExt;
                 opts.mode(0o600);
             }
-            std::io::Write::write_all(&mut opts.open(&p)?, s.as_bytes())?;
+            opts.open(&p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, s.as_bytes()))
+                .with_context(|| format!("cannot write the internal secret {}", p.display()))?;
             Ok(s)
         }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot read the internal secret {}", p.display()))
+        }
     }
 }
 

@@ -276,6 +276,7 @@ impl Scripts {
             env,
             limits,
             routes,
+            js: !info.metadata.main_module.ends_with(".wasm"),
             ..Default::default()
         };
         Worker::new(

@@ -94,11 +94,15 @@ pub fn entry_source(
         r#"import worker from {main};
 const VARS = {vars};
 const BINDINGS = {bindings};
+// This request's binding key: only the binding objects below can send it,
+// so only they can select a binding (the runtime refuses a bare marker).
+let KEY = "";
 function binding(name) {{
   return {{
     async fetch(input, init) {{
       const request = new Request(input, init);
       request.headers.set("{marker}", name);
+      request.headers.set("{key_header}", KEY);
       if (request.redirect === "manual") request.headers.set("{redirect}", "manual");
       const response = await fetch(request);
       const code = response.headers.get("{error_header}");
@@ -110,11 +114,19 @@ function binding(name) {{
 const env = {{ ...VARS }};
 for (const b of BINDINGS) env[b] = binding(b);
 addEventListener("fetch", (event) => {{
+  let request = event.request;
+  KEY = request.headers.get("{key_header}") || "";
+  try {{ request.headers.delete("{key_header}"); }} catch {{}}
+  if (request.headers.has("{key_header}")) {{
+    request = new Request(request);
+    request.headers.delete("{key_header}");
+  }}
   const ctx = {{ waitUntil: (p) => event.waitUntil(p), passThroughOnException() {{}} }};
-  event.respondWith(Promise.resolve().then(() => worker.fetch(event.request, env, ctx)));
+  event.respondWith(Promise.resolve().then(() => worker.fetch(request, env, ctx)));
 }});
 "#,
         marker = crate::outbound::BINDING_HEADER,
+        key_header = crate::outbound::BINDING_KEY_HEADER,
         error_header = crate::outbound::PROXY_ERROR_HEADER,
         redirect = warren_protocol::binding::REDIRECT_HEADER,
     )

@@ -45,6 +45,48 @@ pub struct EdgeFile {
     /// Storage.
     #[serde(default)]
     pub store: StoreSection,
+    /// Limits every listening socket of the node applies.
+    #[serde(default)]
+    pub connections: ConnectionsSection,
+}
+
+/// `[connections]`: applied to every listener (workers, API, CONNECT front
+/// door, binding RPC).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// Most connections open at once per listener (default 10 000); one more
+    /// is answered `503` and closed.
+    pub max: usize,
+    /// Longest wait for a complete HTTP request head, and for the next
+    /// request on an idle HTTP/1.1 keep-alive connection (default 20 s).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection that moves no byte for this long is closed (default 120 s).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        let d = warren_protocol::listen::ConnLimits::default();
+        ConnectionsSection {
+            max: d.max_connections,
+            header_timeout: d.header_timeout,
+            idle_timeout: d.idle_timeout,
+        }
+    }
+}
+
+impl ConnectionsSection {
+    /// As the listeners take them.
+    pub fn limits(&self) -> warren_protocol::listen::ConnLimits {
+        warren_protocol::listen::ConnLimits {
+            max_connections: self.max.max(1),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {

@@ -218,6 +218,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
     };
     let mut tasks = tokio::task::JoinSet::new();
     let secret = internal_secret(file)?;
+    let limits = file.connections.limits();
 
     let mut edge_config = EdgeConfig::new(file.tunnel.listen, file.data_dir.clone());
     if let Some(n) = &file.node_name {
@@ -272,7 +273,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         let (dialer, pipes) = pipe_pair();
         tasks.spawn(door.clone().serve_in_process(pipes, stopped()));
         in_process_door = Some(dialer);
-        tasks.spawn(door.serve(listener, stopped()));
+        tasks.spawn(door.serve_with(listener, limits, stopped()));
     }
     let mut binding_endpoint = rpc_endpoint(&file.binding.listen)?;
     // A runtime in this process reaches this process's binding-worker over
@@ -297,13 +298,13 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
                     .await
                     .with_context(|| format!("cannot listen on {a}"))?;
                 binding_endpoint = Endpoint::Tcp(l.local_addr()?);
-                tasks.spawn(server.serve(l, stopped()));
+                tasks.spawn(server.serve_with(l, limits, stopped()));
             }
             Endpoint::Unix(p) => {
                 let _ = std::fs::remove_file(p);
                 let l = tokio::net::UnixListener::bind(p)
                     .with_context(|| format!("cannot listen on {}", p.display()))?;
-                tasks.spawn(server.serve(l, stopped()));
+                tasks.spawn(server.serve_with(l, limits, stopped()));
             }
             Endpoint::Memory(_) => {} // (never from a config file)
         }
@@ -348,7 +349,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         let stop = stopped();
         tasks.spawn(async move {
             tokio::select! {
-                () = router.serve(listener) => {}
+                () = router.serve_with(listener, limits) => {}
                 () = stop => {}
             }
         });
@@ -382,11 +383,13 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             app = app.merge(crate::scripts_api::routes(state, s.clone()));
         }
         let stop = stopped();
-        tasks.spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await;
-        });
+        tasks.spawn(warren_protocol::listen::serve_http(
+            "API",
+            listener,
+            limits,
+            hyper_util::service::TowerToHyperService::new(app),
+            stop,
+        ));
         api_url = Some(url);
     }
     Ok(Running {

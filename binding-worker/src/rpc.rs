@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 use warren_protocol::binding::{CallHead, RPC_PATH, ReplyHead};
 use warren_protocol::body::{Prefixed, read_head};
-use warren_protocol::listen::{Backoff, ConnLimits, ConnSlots};
+use warren_protocol::listen::{Backoff, ConnLimits, ConnSlots, Idle};
 use warren_protocol::messages::WireMessage;
 
 use crate::fetch::BindingWorker;
@@ -121,7 +121,7 @@ impl RpcServer {
                 },
                 () = &mut shutdown => return,
             };
-            let Some(guard) = slots.try_take() else {
+            let Some(guard) = slots.try_take(None) else {
                 debug!("binding RPC connection over the cap; closed");
                 continue;
             };
@@ -140,7 +140,7 @@ impl RpcServer {
                 // trips the compiler's higher-ranked `Send` check here.
                 let conn: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>> =
                     Box::pin(builder.serve_connection(io, svc));
-                if let Some(Err(e)) = guard.run(conn).await {
+                if let Some(Err(e)) = guard.run(Idle::Bytes, conn).await {
                     debug!(error = %e, "binding RPC connection ended");
                 }
             });

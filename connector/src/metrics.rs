@@ -150,6 +150,7 @@ pub async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) -> std::i
         "metrics",
         listener,
         limits,
+        |_| {},
         service,
         std::future::pending(),
     )

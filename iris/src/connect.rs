@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{Instrument, debug, info_span, warn};
-use warren_protocol::listen::{Backoff, ConnLimits, HTTP_REFUSAL, TcpAcceptor};
+use warren_protocol::listen::{Backoff, ConnLimits, HTTP_REFUSAL, Idle, TcpAcceptor};
 use warren_protocol::pipe::PipeListener;
 use warren_protocol::{ErrorCode, ProxyError};
 use warren_store::{Change, ServiceHost, Store, VpcService};
@@ -181,7 +181,10 @@ impl FrontDoor {
             tokio::spawn(async move {
                 let io = guard.track(stream);
                 guard
-                    .run(door.serve_connection(io, peer.to_string(), Some(limits)))
+                    .run(
+                        Idle::Bytes,
+                        door.serve_connection(io, peer.to_string(), Some(limits)),
+                    )
                     .await;
             });
         }

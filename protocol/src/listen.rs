@@ -4,21 +4,23 @@
 //! - an accept error (out of file descriptors, out of memory) never ends the
 //!   accept loop: the loop backs off (1 ms doubling to 100 ms) and carries on,
 //!   so the listener serves again as soon as descriptors are free;
-//! - open connections are capped ([`ConnLimits::max_connections`]); a
-//!   connection over the cap gets a short refusal (for HTTP listeners a `503`)
-//!   and is closed at once;
-//! - a connection on which no byte moves for [`ConnLimits::idle_timeout`] is
-//!   closed ([`ConnGuard::run`] with [`ConnGuard::track`]);
-//! - HTTP listeners also set hyper's header read timeout to
-//!   [`ConnLimits::header_timeout`] (a request head that does not arrive in
-//!   time closes the connection; on HTTP/1.1 it also bounds how long an idle
-//!   keep-alive connection waits for its next request).
+//! - open connections are capped, in all ([`ConnLimits::max_connections`])
+//!   and per client address ([`ConnLimits::max_per_ip`]); a connection over a
+//!   cap gets a short refusal (for HTTP listeners a `503`) and is closed at once;
+//! - HTTP listeners ([`serve_http`]) close a connection that has not started a
+//!   request within [`ConnLimits::header_timeout`] (whatever bytes it sends:
+//!   a dribbled HTTP/2 preface counts for nothing), set hyper's header read
+//!   timeout to the same, and close a connection that has had no request in
+//!   flight for [`ConnLimits::idle_timeout`] (pings do not keep it open);
+//! - other listeners close a connection that moves no byte for the idle
+//!   timeout ([`ConnGuard::track`]).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,11 +34,15 @@ use tokio::time::Instant;
 pub struct ConnLimits {
     /// Most connections open at once (default 10 000).
     pub max_connections: usize,
-    /// Longest wait for a complete request head, HTTP listeners only
-    /// (default 20 s).
+    /// Most connections open at once from one client address (default
+    /// 1 000; 0 = no per-address cap, for a node behind a proxy).
+    pub max_per_ip: usize,
+    /// HTTP listeners: longest wait for a connection's first request and for
+    /// any complete request head (default 20 s).
     pub header_timeout: Duration,
-    /// A connection with no traffic either way for this long is closed
-    /// (default 120 s: longer than any worker's wall-clock limit).
+    /// HTTP listeners: a connection with no request in flight for this long is
+    /// closed; others: one that moves no byte for this long (default 120 s,
+    /// longer than any worker's wall-clock limit).
     pub idle_timeout: Duration,
 }
 
@@ -44,6 +50,7 @@ impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
             max_connections: 10_000,
+            max_per_ip: 1_000,
             header_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(120),
         }
@@ -90,19 +97,21 @@ impl Backoff {
     }
 }
 
-/// Counts a listener's open connections against its cap.
+/// Counts a listener's open connections against its caps.
 #[derive(Debug, Clone)]
 pub struct ConnSlots {
     limits: ConnLimits,
     open: Arc<Semaphore>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl ConnSlots {
-    /// Slots for `limits.max_connections` connections.
+    /// Slots for `limits`.
     pub fn new(limits: ConnLimits) -> Self {
         ConnSlots {
             limits,
             open: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -111,13 +120,30 @@ impl ConnSlots {
         &self.limits
     }
 
-    /// A slot for one more connection, or `None` at the cap.
-    pub fn try_take(&self) -> Option<ConnGuard> {
+    /// A slot for one more connection (from `peer`, when known), or `None`
+    /// at a cap.
+    pub fn try_take(&self, peer: Option<IpAddr>) -> Option<ConnGuard> {
         let permit = self.open.clone().try_acquire_owned().ok()?;
+        let ip_slot = match peer {
+            Some(ip) if self.limits.max_per_ip > 0 => {
+                let mut map = self.per_ip.lock().ok()?;
+                let n = map.entry(ip).or_insert(0);
+                if *n >= self.limits.max_per_ip {
+                    return None;
+                }
+                *n += 1;
+                Some(IpSlot {
+                    ip,
+                    map: self.per_ip.clone(),
+                })
+            }
+            _ => None,
+        };
         Some(ConnGuard {
             _permit: permit,
-            activity: Arc::new(Activity::new()),
-            idle: self.limits.idle_timeout,
+            _ip_slot: ip_slot,
+            state: Arc::new(ConnState::new()),
+            limits: self.limits,
         })
     }
 
@@ -127,36 +153,84 @@ impl ConnSlots {
     }
 }
 
-/// One accepted connection's slot and idle clock; the slot is freed when the
-/// guard is dropped.
+/// One client address's share of the per-address cap.
+#[derive(Debug)]
+struct IpSlot {
+    ip: IpAddr,
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.map.lock()
+            && let Some(n) = map.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One accepted connection's slots and clocks; the slots are freed when the
+/// guard (and every [`RequestToken`] of it) is dropped.
 #[derive(Debug)]
 pub struct ConnGuard {
     _permit: OwnedSemaphorePermit,
-    activity: Arc<Activity>,
-    idle: Duration,
+    _ip_slot: Option<IpSlot>,
+    state: Arc<ConnState>,
+    limits: ConnLimits,
+}
+
+/// How an idle connection is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// No byte moved (tracked I/O) for the idle timeout.
+    Bytes,
+    /// No request started within the header timeout, or none in flight for
+    /// the idle timeout (HTTP: bytes such as pings do not count).
+    Requests,
 }
 
 impl ConnGuard {
-    /// Wraps `io` so its reads and writes count as activity.
+    /// Wraps `io` so its reads and writes count as activity ([`Idle::Bytes`]).
     pub fn track<T>(&self, io: T) -> Tracked<T> {
         Tracked {
             inner: io,
-            activity: self.activity.clone(),
+            state: self.state.clone(),
         }
     }
 
-    /// Runs `serve` (the connection) until it ends, or until the tracked I/O
-    /// has been idle for the idle timeout; `None` when it was cut for idling.
-    pub async fn run<F: Future>(self, serve: F) -> Option<F::Output> {
-        let idle = self.idle;
-        let activity = self.activity.clone();
+    /// A handle that marks requests started on this connection
+    /// ([`Idle::Requests`]).
+    pub fn requests(&self) -> Requests {
+        Requests(self.state.clone())
+    }
+
+    /// Runs `serve` (the connection) until it ends, or until the connection
+    /// is idle by `idle`; `None` when it was cut.
+    pub async fn run<F: Future>(self, idle: Idle, serve: F) -> Option<F::Output> {
+        let limits = self.limits;
+        let state = self.state.clone();
         let watchdog = async move {
             loop {
-                let quiet = activity.quiet_for();
-                if quiet >= idle {
+                let in_flight = state.in_flight.load(Ordering::Relaxed);
+                if idle == Idle::Requests
+                    && state.requests.load(Ordering::Relaxed) == 0
+                    && state.start.elapsed() >= limits.header_timeout
+                {
                     return;
                 }
-                tokio::time::sleep(idle - quiet).await;
+                let quiet = state.quiet_for();
+                if in_flight == 0 && quiet >= limits.idle_timeout {
+                    return;
+                }
+                let mut next = limits.idle_timeout.saturating_sub(quiet);
+                if idle == Idle::Requests && state.requests.load(Ordering::Relaxed) == 0 {
+                    next = next.min(limits.header_timeout.saturating_sub(state.start.elapsed()));
+                }
+                tokio::time::sleep(next.max(Duration::from_millis(10))).await;
             }
         };
         tokio::select! {
@@ -166,18 +240,47 @@ impl ConnGuard {
     }
 }
 
-/// When a connection last moved a byte.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+/// Starts requests on a connection (see [`ConnGuard::request`]).
+#[derive(Debug, Clone)]
+pub struct Requests(Arc<ConnState>);
+
+impl Requests {
+    /// Marks a request started; in flight until the token is dropped.
+    pub fn start(&self) -> RequestToken {
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0.touch();
+        RequestToken(self.0.clone())
+    }
 }
 
-impl Activity {
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct RequestToken(Arc<ConnState>);
+
+impl Drop for RequestToken {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A connection's clocks.
+#[derive(Debug)]
+struct ConnState {
+    start: Instant,
+    last_ms: AtomicU64,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl ConnState {
     fn new() -> Self {
-        Activity {
+        ConnState {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         }
     }
     fn touch(&self) {
@@ -194,7 +297,7 @@ impl Activity {
 #[derive(Debug)]
 pub struct Tracked<T> {
     inner: T,
-    activity: Arc<Activity>,
+    state: Arc<ConnState>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -206,7 +309,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.state.touch();
         }
         r
     }
@@ -220,7 +323,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.state.touch();
         }
         r
     }
@@ -231,7 +334,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.state.touch();
         }
         r
     }
@@ -289,7 +392,7 @@ impl TcpAcceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     backoff.succeeded();
-                    match self.slots.try_take() {
+                    match self.slots.try_take(Some(peer.ip())) {
                         Some(guard) => return (stream, peer, guard),
                         None => {
                             tracing::debug!(listener = self.name, %peer, "over the connection cap; refused");
@@ -304,14 +407,23 @@ impl TcpAcceptor {
     }
 }
 
+/// How an HTTP listener tunes hyper beyond the shared limits (head size,
+/// header count); `|_| {}` for hyper's defaults.
+#[cfg(feature = "http-server")]
+pub type HttpTuning =
+    fn(&mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>);
+
 /// Serves HTTP/1.1 and h2c with `service` on `listener` within `limits`
-/// (the backoff, the cap with a 503, the header and idle timeouts) until
-/// `shutdown` completes. Connections already open are left to finish.
+/// (the backoff, the caps with a 503, a first request and every request head
+/// within the header timeout, no request in flight for the idle timeout
+/// closes the connection) until `shutdown` completes. Connections already
+/// open are left to finish.
 #[cfg(feature = "http-server")]
 pub async fn serve_http<S, B>(
     name: &'static str,
     listener: TcpListener,
     limits: ConnLimits,
+    tuning: HttpTuning,
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -320,10 +432,11 @@ pub async fn serve_http<S, B>(
             Response = hyper::Response<B>,
         > + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -338,16 +451,60 @@ pub async fn serve_http<S, B>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let requests = guard.requests();
         tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let token = requests.start();
+                let call = hyper::service::Service::call(&service, req);
+                async move {
+                    let resp = call.await?;
+                    Ok::<_, S::Error>(resp.map(|body| InFlightBody {
+                        inner: body,
+                        _token: token,
+                    }))
+                }
+            });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
             builder.http2().timer(TokioTimer::new());
-            let io = TokioIo::new(guard.track(stream));
-            let _ = guard.run(builder.serve_connection(io, service)).await;
+            tuning(&mut builder);
+            let io = TokioIo::new(stream);
+            let _ = guard
+                .run(Idle::Requests, builder.serve_connection(io, svc))
+                .await;
         });
+    }
+}
+
+/// A response body that keeps its request in flight until it is done with.
+#[cfg(feature = "http-server")]
+#[derive(Debug)]
+pub struct InFlightBody<B> {
+    inner: B,
+    _token: RequestToken,
+}
+
+#[cfg(feature = "http-server")]
+impl<B: http_body::Body + Unpin> http_body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -388,6 +545,53 @@ mod tests {
         let (_, _, _guard) = rx.recv().await.expect("accepted after a slot freed");
     }
 
+    #[test]
+    fn one_address_cannot_take_every_slot() {
+        let slots = ConnSlots::new(ConnLimits {
+            max_per_ip: 2,
+            ..ConnLimits::default()
+        });
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let first = slots.try_take(Some(a)).expect("first");
+        let _second = slots.try_take(Some(a)).expect("second");
+        assert!(
+            slots.try_take(Some(a)).is_none(),
+            "a third from one address"
+        );
+        let _other = slots.try_take(Some(b)).expect("another address");
+        drop(first);
+        assert!(slots.try_take(Some(a)).is_some(), "a slot comes back");
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_requests_is_cut_and_one_in_flight_is_not() {
+        let slots = ConnSlots::new(ConnLimits {
+            header_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(300),
+            ..ConnLimits::default()
+        });
+        // No request ever starts: cut at the header timeout.
+        let guard = slots.try_take(None).expect("slot");
+        let started = Instant::now();
+        assert!(
+            guard
+                .run(Idle::Requests, std::future::pending::<()>())
+                .await
+                .is_none()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // A request in flight for longer than the idle timeout is not cut.
+        let guard = slots.try_take(None).expect("slot");
+        let requests = guard.requests();
+        let long = async move {
+            let _token = requests.start();
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        };
+        assert!(guard.run(Idle::Requests, long).await.is_some());
+        assert_eq!(slots.open(), 0);
+    }
+
     #[tokio::test]
     async fn an_idle_connection_is_cut_and_a_busy_one_is_not() {
         let slots = ConnSlots::new(ConnLimits {
@@ -395,7 +599,7 @@ mod tests {
             ..ConnLimits::default()
         });
         // Busy: a byte every 100 ms for a second outlives the idle timeout.
-        let guard = slots.try_take().expect("slot");
+        let guard = slots.try_take(None).expect("slot");
         let (a, mut b) = tokio::io::duplex(64);
         let mut a = guard.track(a);
         let busy = async move {
@@ -409,14 +613,14 @@ mod tests {
             let _ = b.read_to_end(&mut sink).await;
         });
         assert!(
-            guard.run(busy).await.is_some(),
+            guard.run(Idle::Bytes, busy).await.is_some(),
             "a busy connection runs to its end"
         );
         reader.abort();
         // Idle: cut once nothing moves for the timeout.
-        let guard = slots.try_take().expect("slot");
+        let guard = slots.try_take(None).expect("slot");
         let started = Instant::now();
-        let cut = guard.run(std::future::pending::<()>()).await;
+        let cut = guard.run(Idle::Bytes, std::future::pending::<()>()).await;
         assert!(cut.is_none(), "an idle connection is cut");
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!(slots.open(), 0, "its slot is freed");

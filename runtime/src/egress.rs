@@ -198,15 +198,25 @@ impl PublicDialer {
         let send = tokio::time::timeout(first_byte, sender.send_request(request));
         tokio::pin!(send);
         // Drive the connection while waiting for the answer's head.
+        let mut conn_done = false;
         let resp = tokio::select! {
+            biased;
             r = &mut send => r.map_err(|_| HttpError::ConnectionReadTimeout)?.map_err(HttpError::from)?,
             r = &mut conn => {
+                // The connection ended first (say `Connection: close` with
+                // an answer already read): the answer may still be there.
                 r.map_err(HttpError::from)?;
-                return Err(HttpError::HttpProtocolError);
+                conn_done = true;
+                send.await
+                    .map_err(|_| HttpError::ConnectionReadTimeout)?
+                    .map_err(HttpError::from)?
             }
         };
-        let driver: Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send>> =
-            Box::pin(async move { conn.await.map_err(HttpError::from) });
+        let driver: Pin<Box<dyn Future<Output = Result<(), HttpError>> + Send>> = if conn_done {
+            Box::pin(async { Ok(()) })
+        } else {
+            Box::pin(async move { conn.await.map_err(HttpError::from) })
+        };
         let resp = resp.map(|b| {
             b.map_err(HttpError::from)
                 .map_frame(|f| f.map_data(Bytes::from))

@@ -158,6 +158,11 @@ impl RuntimeEngine {
         self.pagemap_scan
     }
 
+    /// Instances the pool holds at once.
+    pub fn max_instances(&self) -> u32 {
+        self.config.max_instances
+    }
+
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -116,10 +116,17 @@ for (const b of BINDINGS) env[b] = binding(b);
 addEventListener("fetch", (event) => {{
   let request = event.request;
   KEY = request.headers.get("{key_header}") || "";
-  try {{ request.headers.delete("{key_header}"); }} catch {{}}
   if (request.headers.has("{key_header}")) {{
-    request = new Request(request);
-    request.headers.delete("{key_header}");
+    // The incoming request's headers are immutable: the worker gets a copy
+    // without the key (same method, URL and streamed body).
+    const headers = new Headers(request.headers);
+    headers.delete("{key_header}");
+    const init = {{ method: request.method, headers, redirect: request.redirect }};
+    if (request.body) {{
+      init.body = request.body;
+      init.duplex = "half";
+    }}
+    request = new Request(request.url, init);
   }}
   const ctx = {{ waitUntil: (p) => event.waitUntil(p), passThroughOnException() {{}} }};
   event.respondWith(Promise.resolve().then(() => worker.fetch(request, env, ctx)));

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
-use warren_protocol::listen::{Backoff, ConnLimits, HTTP_REFUSAL, TcpAcceptor};
+use warren_protocol::listen::{ConnLimits, serve_http};
 
 use crate::routes::RouteTable;
 use crate::worker::{Body, Worker, text};
@@ -41,11 +41,14 @@ impl Router {
     }
 
     /// Deploys (or replaces) a worker, with its routes.
-    pub fn deploy(&self, worker: Worker) {
+    pub fn deploy(&self, mut worker: Worker) {
         let name = worker.config().name.clone();
         // Workers first, so a new route never points at a missing worker.
         let routes = worker.config().routes.clone();
         if let Ok(mut w) = self.workers.write() {
+            if let Some(previous) = w.get(&name) {
+                worker.inherit_slots(previous);
+            }
             w.insert(name.clone(), Arc::new(worker));
         }
         if let Ok(mut r) = self.routes.write() {
@@ -132,41 +135,33 @@ impl Router {
     }
 
     /// Serves HTTP/1.1 and h2c on `listener` within `limits` (accept errors
-    /// back off, connections over the cap get a 503, slow heads and idle
+    /// back off, connections over the caps get a 503, slow heads and idle
     /// connections are closed), until the task is dropped.
     pub async fn serve_with(self: Arc<Self>, listener: TcpListener, limits: ConnLimits) {
-        let acceptor = TcpAcceptor::new("workers", listener, limits, HTTP_REFUSAL);
-        let mut backoff = Backoff::default();
-        loop {
-            let (stream, _, guard) = acceptor.accept(&mut backoff).await;
-            // Answers are written as head then body: without NODELAY, Nagle
-            // holds the body until the client's delayed ACK (40 ms).
-            let _ = stream.set_nodelay(true);
+        let svc = service_fn(move |req| {
             let router = self.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let router = router.clone();
-                    async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
-                });
-                // HTTP/1.1, or HTTP/2 with prior knowledge (h2c). A request
-                // head over the limit gets 431 (HTTP/1.1) or a stream reset
-                // (HTTP/2) before any worker runs; one that does not arrive
-                // within the header timeout closes the connection.
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .max_buf_size(MAX_REQUEST_HEAD_BYTES)
-                    .max_headers(MAX_REQUEST_HEADERS);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
-                let io = TokioIo::new(guard.track(stream));
-                let _ = guard.run(builder.serve_connection(io, svc)).await;
-            });
-        }
+            async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
+        });
+        serve_http(
+            "workers",
+            listener,
+            limits,
+            tune,
+            svc,
+            std::future::pending(),
+        )
+        .await
     }
+}
+
+/// A request head over the limit gets 431 (HTTP/1.1) or a stream reset
+/// (HTTP/2) before any worker runs.
+fn tune(builder: &mut hyper_util::server::conn::auto::Builder<TokioExecutor>) {
+    builder
+        .http1()
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+        .max_headers(MAX_REQUEST_HEADERS);
+    builder
+        .http2()
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
 }

@@ -121,6 +121,7 @@ impl WasiHttpView for State {
 /// A deployed worker version.
 pub struct Worker {
     config: WorkerConfig,
+    max_concurrent: usize,
     running: Arc<tokio::sync::Semaphore>,
     bindings: Arc<HashMap<String, String>>,
     pre: ProxyPre<State>,
@@ -159,8 +160,15 @@ impl Worker {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+        // Never more than half the engine's pool, so other workers always
+        // have instances.
+        let max_concurrent = config
+            .max_concurrent
+            .min(engine.max_instances() as usize / 2)
+            .max(1);
         Ok(Worker {
-            running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
+            max_concurrent,
+            running: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
             bindings: Arc::new(config.bindings.clone()),
             config,
             pre,
@@ -181,6 +189,17 @@ impl Worker {
         &self.config
     }
 
+    /// Shares `previous`'s concurrency slots (a redeploy of the same worker):
+    /// requests still running on the old version count against the new one's
+    /// cap, so redeploying never multiplies a worker's share of the pool.
+    pub fn inherit_slots(&mut self, previous: &Worker) {
+        if previous.config.account_id == self.config.account_id
+            && previous.max_concurrent == self.max_concurrent
+        {
+            self.running = previous.running.clone();
+        }
+    }
+
     fn log_key(&self) -> WorkerKey {
         WorkerKey {
             account_id: self.config.account_id.clone(),
@@ -197,7 +216,7 @@ impl Worker {
     ) -> hyper::Response<Body> {
         let started = std::time::Instant::now();
         let Ok(slot) = self.running.clone().try_acquire_owned() else {
-            let n = self.config.max_concurrent.max(1);
+            let n = self.max_concurrent;
             tracing::warn!(worker = %self.config.name, request_id, "worker at its concurrency limit");
             return text(
                 503,
@@ -221,6 +240,7 @@ impl Worker {
                 MemoryOutputPipe::new(CAPTURE_BYTES),
             )
         });
+        let head_only = req.method() == hyper::Method::HEAD;
         let limits = self.config.limits.clone();
         let meter = CpuMeter::new();
         // A fresh key per request lets the worker's own binding objects (and
@@ -262,7 +282,15 @@ impl Worker {
         // away before the body is complete, or `wait_until` after the body
         // was sent.
         let (delivered_tx, delivered) = tokio::sync::oneshot::channel();
-        let resp = resp.map(|b| Watched::new(b, delivered_tx).boxed_unsync());
+        // An answer with no body, or whose declared length has been written,
+        // is delivered even when hyper drops it without reading its end.
+        let no_body = head_only || matches!(resp.status().as_u16(), 204 | 304);
+        let length = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let resp = resp.map(|b| Watched::new(b, delivered_tx, no_body, length).boxed_unsync());
         let wait_until = self.config.wait_until;
         // A guest still running after its answer's head (streaming the body,
         // waitUntil) can still fail: watch it so the failure is logged and
@@ -391,7 +419,9 @@ impl Worker {
             }
         };
         let pre = self.pre.clone();
-        let task: GuestTask = tokio::spawn(Metered::new(
+        // Until the guest task is handed on with the answer, dropping this
+        // future (the client went away before the head) cancels the guest.
+        let mut task = AbortOnDrop(Some(tokio::spawn(Metered::new(
             async move {
                 // The worker's concurrency slot is held while the guest runs.
                 let _slot = slot;
@@ -406,19 +436,20 @@ impl Worker {
                 (result, store.data().limiter.hit)
             },
             meter.clone(),
-        ));
+        ))));
         let worker = &self.config.name;
         match tokio::time::timeout(limits.wall_clock, rx).await {
-            Ok(Ok(Ok(resp))) => (resp, Outcome::Ok, Some(task)),
+            Ok(Ok(Ok(resp))) => (resp, Outcome::Ok, task.disarm()),
             Ok(Ok(Err(code))) => {
                 tracing::warn!(worker, request_id, error = ?code, "worker answered with an error");
                 let msg = format!("worker error: {code:?}");
-                (text(500, &msg), Outcome::Exception(msg), Some(task))
+                (text(500, &msg), Outcome::Exception(msg), task.disarm())
             }
             Ok(Err(_)) => {
-                let (result, memory_hit) = match task.await {
-                    Ok(r) => r,
-                    Err(e) => (Err(wasmtime::format_err!("worker task failed: {e}")), false),
+                let (result, memory_hit) = match task.join().await {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => (Err(wasmtime::format_err!("worker task failed: {e}")), false),
+                    None => (Err(wasmtime::format_err!("worker task lost")), false),
                 };
                 let hit = if meter.exceeded() {
                     Some(LimitHit::Cpu)
@@ -459,7 +490,7 @@ impl Worker {
                 }
             }
             Err(_) => {
-                task.abort();
+                drop(task);
                 tracing::error!(
                     worker,
                     request_id,
@@ -481,6 +512,34 @@ const MAX_HANDLES: usize = 4 << 20;
 
 /// The guest's task: its result and whether it hit the memory limit.
 type GuestTask = tokio::task::JoinHandle<(wasmtime::Result<()>, bool)>;
+
+/// A guest task that is cancelled when dropped, unless handed on.
+struct AbortOnDrop(Option<GuestTask>);
+
+impl AbortOnDrop {
+    /// Hands the task on: it is no longer cancelled on drop.
+    fn disarm(mut self) -> Option<GuestTask> {
+        self.0.take()
+    }
+
+    /// Waits for the task to end.
+    async fn join(
+        &mut self,
+    ) -> Option<Result<(wasmtime::Result<()>, bool), tokio::task::JoinError>> {
+        match self.0.as_mut() {
+            Some(task) => Some(task.await),
+            None => None,
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
 
 /// How a request ended, for tail events.
 enum Outcome {
@@ -516,14 +575,31 @@ impl Outcome {
 struct Watched {
     inner: Body,
     done: Option<tokio::sync::oneshot::Sender<bool>>,
+    no_body: bool,
+    length: Option<u64>,
+    sent: u64,
 }
 
 impl Watched {
-    fn new(inner: Body, done: tokio::sync::oneshot::Sender<bool>) -> Self {
+    fn new(
+        inner: Body,
+        done: tokio::sync::oneshot::Sender<bool>,
+        no_body: bool,
+        length: Option<u64>,
+    ) -> Self {
         Watched {
             inner,
             done: Some(done),
+            no_body,
+            length,
+            sent: 0,
         }
+    }
+
+    fn complete(&self) -> bool {
+        self.no_body
+            || self.length.is_some_and(|n| self.sent >= n)
+            || hyper::body::Body::is_end_stream(&self.inner)
     }
 }
 
@@ -536,10 +612,18 @@ impl hyper::body::Body for Watched {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = &r
-            && let Some(done) = self.done.take()
-        {
-            let _ = done.send(true);
+        match &r {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(done) = self.done.take() {
+                    let _ = done.send(true);
+                }
+            }
+            _ => {}
         }
         r
     }
@@ -555,8 +639,9 @@ impl hyper::body::Body for Watched {
 
 impl Drop for Watched {
     fn drop(&mut self) {
+        let complete = self.complete();
         if let Some(done) = self.done.take() {
-            let _ = done.send(hyper::body::Body::is_end_stream(&self.inner));
+            let _ = done.send(complete);
         }
     }
 }

@@ -168,3 +168,54 @@ async fn one_busy_worker_cannot_take_the_pool_from_the_others() {
     }
     assert_eq!((ok, refused), (3, 5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_before_the_answer_cancels_the_guest() {
+    let addr = serve(16, |c| c.max_concurrent = 1).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /sleep?20000 HTTP/1.1\r\nhost: shop.workers.test\r\n\r\n")
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = get(addr, "shop.workers.test", "/hello").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, AT_LIMIT)
+    );
+    drop(tcp);
+    // The sleeping guest goes with its client, long before its 20 s.
+    until_ok(addr, "/hello", Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_does_not_reset_the_concurrency_cap() {
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let engine = RuntimeEngine::new(EngineConfig::new(shared)).expect("engine");
+    let router = Router::new("workers.test");
+    let version = || {
+        let config = WorkerConfig {
+            name: "shop".into(),
+            account_id: "acct-1".into(),
+            max_concurrent: 1,
+            wait_until: Duration::from_secs(3),
+            ..Default::default()
+        };
+        Worker::new(engine.clone(), config, guest(), None).expect("worker")
+    };
+    router.deploy(version());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(Arc::clone(&router).serve(listener));
+    let (status, _) = get(addr, "shop.workers.test", "/linger").await;
+    assert_eq!(status, StatusCode::OK);
+    // The lingering request of the old version still counts.
+    router.deploy(version());
+    let (status, body) = get(addr, "shop.workers.test", "/hello").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, AT_LIMIT)
+    );
+    until_ok(addr, "/hello", Duration::from_secs(10)).await;
+}

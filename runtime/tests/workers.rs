@@ -641,10 +641,15 @@ async fn a_binding_marker_without_the_request_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_select_a_binding_through_a_proxying_js_worker() {
+    // (A roomy CPU limit: this test is not about it, and a loaded test
+    // machine makes a fresh process's first JS request slow.)
     let h = host_for(
         js_guest(),
         true,
-        Limits::default(),
+        Limits {
+            cpu_ms: 2000,
+            ..Limits::default()
+        },
         OutboundPolicy::PublicInternet,
     )
     .await;

@@ -58,6 +58,9 @@ pub struct ConnectionsSection {
     /// Most connections open at once per listener (default 10 000); one more
     /// is answered `503` and closed.
     pub max: usize,
+    /// Most connections open at once per listener from one client address
+    /// (default 1 000; 0 = no per-address cap, for a node behind a proxy).
+    pub max_per_ip: usize,
     /// Longest wait for a complete HTTP request head, and for the next
     /// request on an idle HTTP/1.1 keep-alive connection (default 20 s).
     #[serde(with = "humantime_serde")]
@@ -72,6 +75,7 @@ impl Default for ConnectionsSection {
         let d = warren_protocol::listen::ConnLimits::default();
         ConnectionsSection {
             max: d.max_connections,
+            max_per_ip: d.max_per_ip,
             header_timeout: d.header_timeout,
             idle_timeout: d.idle_timeout,
         }
@@ -83,6 +87,7 @@ impl ConnectionsSection {
     pub fn limits(&self) -> warren_protocol::listen::ConnLimits {
         warren_protocol::listen::ConnLimits {
             max_connections: self.max.max(1),
+            max_per_ip: self.max_per_ip,
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
         }
@@ -319,12 +324,22 @@ pub fn load(path: &Path) -> anyhow::Result<EdgeFile> {
 /// Parses config text; errors name the key's path (`connect.listen: …`).
 pub fn parse(text: &str) -> anyhow::Result<EdgeFile> {
     let de = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let file: EdgeFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let msg = inner.message().to_owned();
         anyhow::anyhow!("{path}: {msg}")
-    })
+    })?;
+    for (key, value) in [
+        (
+            "connections.header_timeout",
+            file.connections.header_timeout,
+        ),
+        ("connections.idle_timeout", file.connections.idle_timeout),
+    ] {
+        anyhow::ensure!(!value.is_zero(), "{key}: must be more than 0");
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -364,5 +379,10 @@ mod tests {
         assert!(e.to_string().starts_with("dns_cache.max_ttl"), "{e}");
         let e = parse("[store]\nbackend = \"postgres\"\n").expect_err("bad backend");
         assert!(e.to_string().starts_with("store.backend"), "{e}");
+        let e = parse("[connections]\nidle_timeout = \"0s\"\n").expect_err("zero");
+        assert_eq!(
+            e.to_string(),
+            "connections.idle_timeout: must be more than 0"
+        );
     }
 }

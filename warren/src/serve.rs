@@ -387,6 +387,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             "API",
             listener,
             limits,
+            |_| {},
             hyper_util::service::TowerToHyperService::new(app),
             stop,
         ));

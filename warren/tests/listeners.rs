@@ -120,7 +120,7 @@ async fn a_node_out_of_descriptors_serves_again_once_the_flood_is_gone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_head_that_never_completes_is_closed_after_the_header_timeout() {
+async fn a_connection_that_never_completes_a_request_is_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
     let (_node, api, _token, _account) = start_node(dir.path(), runtime);
@@ -128,8 +128,15 @@ async fn a_request_head_that_never_completes_is_closed_after_the_header_timeout(
         .trim_start_matches("http://")
         .parse()
         .expect("API address");
-    for addr in [runtime, api] {
-        let mut slow = half_heads(addr, 1).await.pop().expect("connected");
+    for (addr, opening) in [
+        (runtime, &b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: "[..]),
+        (api, b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: "),
+        // A dribbled HTTP/2 preface, and nothing at all: no request ever starts.
+        (runtime, b"PRI * HTTP/2.0\r\n"),
+        (api, b""),
+    ] {
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(opening).await.expect("write");
         let start = Instant::now();
         let mut buf = [0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
@@ -140,7 +147,7 @@ async fn a_request_head_that_never_completes_is_closed_after_the_header_timeout(
         assert_eq!(n, 0, "closed without an answer: {:?}", &buf[..n]);
         assert!(
             took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
-            "{addr}: closed after {took:?}, the header timeout is 2 s"
+            "{addr} {opening:?}: closed after {took:?}, the header timeout is 2 s"
         );
     }
 }

@@ -176,7 +176,7 @@ impl WarrenNode {
         let config = format!(
             "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
              [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\
-             [runtime]\nlisten = \"{runtime}\"\njs_dir = \"{}\"\n",
+             [runtime]\nlisten = \"{runtime}\"\njs_dir = \"{}\"\nmax_cpu_ms = 600000\n",
             js_dir.display()
         );
         std::fs::write(dir.join("edge.toml"), config)?;

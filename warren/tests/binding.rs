@@ -22,7 +22,7 @@ use warren_testkit::origin;
 
 mod common;
 use common::{
-    Kill, WARREN, first_ok, free_tcp, get, service, tunnel_with_connector, wait_for_profile, warren,
+    Kill, WARREN, first_ok, free_tcp, get, service, start_serve, tunnel_with_connector, warren,
 };
 
 fn write_worker(dir: &Path, api: &str, down: &str, nodns: &str) {
@@ -64,21 +64,10 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
         .port();
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"{}:{tunnel_port}\"\n\
-         [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"{rpc}\"\n[runtime]\nlisten = \"{runtime}\"\n",
+         [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"{rpc}\"\n[runtime]\nlisten = \"{runtime}\"\nmax_cpu_ms = 60000\n",
         ns.host_ip()
     );
-    std::fs::write(dir.path().join("edge.toml"), config).expect("config");
-    let node = Kill(
-        Command::new(WARREN)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("edge.toml"))
-            .env("WARREN_PROFILE", &profile)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("warren serve"),
-    );
-    wait_for_profile(&profile);
+    let node = start_serve(Command::new(WARREN), dir.path(), &config).node;
 
     // A tunnel, a connector inside the private network, two services.
     let (tunnel_id, mut connector) = tunnel_with_connector(&profile, &ns);

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{Kill, WARREN, free_tcp, get, wait_for_profile};
+use common::{Kill, WARREN, free_tcp, get, start_serve};
 
 /// The runtime's Rust test guest (`/hello`, `/env?NAME`), built once.
 fn guest() -> &'static [u8] {
@@ -63,33 +63,14 @@ impl Node {
              [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\
              [runtime]\nlisten = \"{runtime}\"\n{runtime_extra}\n"
         );
-        std::fs::write(dir.path().join("edge.toml"), config).expect("config");
-        let profile = dir.path().join("profile.json");
-        let child = Kill(
-            Command::new(WARREN)
-                .args(["serve", "--config"])
-                .arg(dir.path().join("edge.toml"))
-                .env("WARREN_PROFILE", &profile)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("warren serve"),
-        );
-        wait_for_profile(&profile);
-        let p: Value =
-            serde_json::from_slice(&std::fs::read(&profile).expect("profile")).expect("JSON");
-        let api = p["api"]
-            .as_str()
-            .and_then(|u| u.strip_prefix("http://"))
-            .and_then(|a| a.trim_end_matches('/').parse().ok())
-            .expect("api address");
+        let served = start_serve(Command::new(WARREN), dir.path(), &config);
         let a = Account {
-            api,
-            id: p["account_id"].as_str().expect("account").to_owned(),
-            token: p["token"].as_str().expect("token").to_owned(),
+            api: served.api,
+            id: served.account_id,
+            token: served.token,
         };
         Node {
-            child,
+            child: served.node,
             dir,
             runtime,
             a,

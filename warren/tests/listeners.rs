@@ -5,48 +5,30 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
-use common::{Kill, WARREN, free_tcp, get, wait_for_profile};
+use common::{Served, WARREN, free_tcp, get, start_serve};
 
 /// The node's descriptor limit in this test.
 const NOFILE: usize = 256;
 
-/// Starts `warren serve` under the descriptor limit; the node, its API URL,
-/// the admin token and the account id.
-fn start_node(dir: &Path, runtime: SocketAddr) -> (Kill, String, String, String) {
-    let profile = dir.join("profile.json");
+/// Starts `warren serve` under the descriptor limit, with a 2 s header timeout.
+fn start_node(dir: &Path, runtime: SocketAddr) -> Served {
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
          [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\
          [runtime]\nlisten = \"{runtime}\"\n[connections]\nheader_timeout = \"2s\"\n"
     );
-    std::fs::write(dir.join("edge.toml"), config).expect("config");
-    let node = Kill(
-        Command::new("prlimit")
-            .arg(format!("--nofile={NOFILE}:{NOFILE}"))
-            .arg(WARREN)
-            .args(["serve", "--config"])
-            .arg(dir.join("edge.toml"))
-            .env("WARREN_PROFILE", &profile)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("warren serve under prlimit"),
-    );
-    wait_for_profile(&profile);
-    let p: Value =
-        serde_json::from_slice(&std::fs::read(&profile).expect("profile")).expect("profile JSON");
-    let api = p["api"].as_str().expect("api").to_owned();
-    let token = p["token"].as_str().expect("token").to_owned();
-    let account = p["account_id"].as_str().expect("account").to_owned();
-    (node, api, token, account)
+    let mut prlimit = Command::new("prlimit");
+    prlimit
+        .arg(format!("--nofile={NOFILE}:{NOFILE}"))
+        .arg(WARREN);
+    start_serve(prlimit, dir, &config)
 }
 
 /// GET `path` on the API with the bearer token; the status.
@@ -84,12 +66,9 @@ async fn half_heads(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 async fn a_node_out_of_descriptors_serves_again_once_the_flood_is_gone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-    let (_node, api, token, account) = start_node(dir.path(), runtime);
-    let api: SocketAddr = api
-        .trim_start_matches("http://")
-        .parse()
-        .expect("API address");
-    let tunnels = format!("/client/v4/accounts/{account}/cfd_tunnel");
+    let node = start_node(dir.path(), runtime);
+    let (api, token) = (node.api, node.token.clone());
+    let tunnels = format!("/client/v4/accounts/{}/cfd_tunnel", node.account_id);
     assert_eq!(api_status(api, &token, &tunnels).await, Some(200));
 
     // More half-written requests than the node has descriptors, on both
@@ -123,11 +102,8 @@ async fn a_node_out_of_descriptors_serves_again_once_the_flood_is_gone() {
 async fn a_connection_that_never_completes_a_request_is_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-    let (_node, api, _token, _account) = start_node(dir.path(), runtime);
-    let api: SocketAddr = api
-        .trim_start_matches("http://")
-        .parse()
-        .expect("API address");
+    let node = start_node(dir.path(), runtime);
+    let api = node.api;
     for (addr, opening) in [
         (runtime, &b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: "[..]),
         (api, b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: "),

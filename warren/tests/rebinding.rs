@@ -10,7 +10,6 @@
 //! the machine.)
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,7 +17,7 @@ use warren_testkit::netns::NetNs;
 use warren_testkit::rebind_dns::RebindDns;
 
 mod common;
-use common::{Kill, WARREN, get, wait_for_profile, warren};
+use common::{WARREN, get, start_serve, warren};
 
 const WORKER: &str = r#"export default {
   async fetch() {
@@ -68,25 +67,14 @@ async fn a_rebinding_name_never_reaches_loopback() {
     });
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let profile = dir.path().join("profile.json");
     let inner = ns.inner_ip();
     let runtime: SocketAddr = (inner, 8080).into();
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"{inner}:8787\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
          [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n[runtime]\nlisten = \"{runtime}\"\n"
     );
-    std::fs::write(dir.path().join("edge.toml"), config).expect("config");
-    let _node = Kill(
-        ns.command(WARREN)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("edge.toml"))
-            .env("WARREN_PROFILE", &profile)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("warren serve"),
-    );
-    wait_for_profile(&profile);
+    let node = start_serve(ns.command(WARREN), dir.path(), &config);
+    let profile = node.profile.clone();
 
     let project = dir.path().join("rebind");
     std::fs::create_dir_all(&project).expect("dir");

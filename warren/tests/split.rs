@@ -130,7 +130,7 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
         "runtime.toml",
         &format!(
             "data_dir = \"data\"\n{}[api]\nlisten = \"{runtime_api}\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
-             [runtime]\nlisten = \"{runtime}\"\nbinding_rpc = \"{rpc}\"\n",
+             [runtime]\nlisten = \"{runtime}\"\nbinding_rpc = \"{rpc}\"\nmax_cpu_ms = 60000\n",
             off(&["api", "runtime"])
         ),
         &profile,

@@ -126,6 +126,53 @@ pub fn service(
         .to_owned()
 }
 
+/// A `warren serve` started by [`start_serve`], with its first-start profile.
+pub struct Served {
+    /// The node (killed when dropped).
+    pub node: Kill,
+    /// The client profile it wrote.
+    pub profile: std::path::PathBuf,
+    /// The API's address.
+    pub api: SocketAddr,
+    /// The first account.
+    pub account_id: String,
+    /// Its admin token.
+    pub token: String,
+}
+
+/// Writes `config` to `dir/edge.toml` and runs `serve --config` on it with
+/// `warren` — the program of `cmd`, which may also be a wrapper (`prlimit …
+/// WARREN`, `ip netns exec NS WARREN`) — then waits for the first-start
+/// profile.
+pub fn start_serve(mut cmd: Command, dir: &Path, config: &str) -> Served {
+    std::fs::write(dir.join("edge.toml"), config).expect("config");
+    let profile = dir.join("profile.json");
+    let node = Kill(
+        cmd.args(["serve", "--config"])
+            .arg(dir.join("edge.toml"))
+            .env("WARREN_PROFILE", &profile)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("warren serve"),
+    );
+    wait_for_profile(&profile);
+    let p: Value =
+        serde_json::from_slice(&std::fs::read(&profile).expect("profile")).expect("profile JSON");
+    let api = p["api"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("http://"))
+        .and_then(|a| a.trim_end_matches('/').parse().ok())
+        .expect("API address");
+    Served {
+        node,
+        api,
+        account_id: p["account_id"].as_str().expect("account").to_owned(),
+        token: p["token"].as_str().expect("token").to_owned(),
+        profile,
+    }
+}
+
 /// Waits until `warren serve` has written the first-start profile.
 pub fn wait_for_profile(profile: &Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -210,6 +210,9 @@ pub struct Scripts {
     infos: Mutex<HashMap<String, ScriptInfo>>,
     /// Serializes the commit step of uploads and deletes (never a build).
     committing: tokio::sync::Mutex<()>,
+    /// Builds and compiles running at once: one per core, so uploads (each
+    /// build may use 2 GiB and a core) queue instead of swamping the node.
+    building: tokio::sync::Semaphore,
 }
 
 impl Scripts {
@@ -227,6 +230,9 @@ impl Scripts {
             config,
             infos: Mutex::new(HashMap::new()),
             committing: tokio::sync::Mutex::new(()),
+            building: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         })
     }
 
@@ -431,6 +437,7 @@ impl Scripts {
         // Before the build, so a refused upload costs no build; again at commit.
         self.conflicts(account_id, name, &routes)?;
         let previous = self.get(account_id, name);
+        let building = self.building.acquire().await.map_err(internal)?;
         let wasm = self.build(name, &metadata, modules).await?;
         let t = now();
         let info = ScriptInfo {
@@ -449,6 +456,7 @@ impl Scripts {
         let worker = tokio::task::spawn_blocking(move || this.worker(&info2, routes, wasm2))
             .await
             .map_err(internal)??;
+        drop(building);
         let _one = self.committing.lock().await;
         self.conflicts(account_id, name, &worker.config().routes)?;
         if self.get(account_id, name).map(|i| i.tag) != previous.map(|p| p.tag) {
@@ -549,7 +557,14 @@ impl Scripts {
                 format!("no uploaded module is named {:?}", metadata.main_module),
             ));
         }
-        parse_routes(&metadata.routes)?;
+        for (i, r) in parse_routes(&metadata.routes)?.iter().enumerate() {
+            if self.router.in_workers_domain(r) {
+                return Err(invalid(
+                    &format!("/routes/{i}"),
+                    "reaches into the workers domain, whose hosts belong to the workers of those names (a worker answers at <name>.<workers domain> without a route)",
+                ));
+            }
+        }
         match metadata.limits.cpu_ms {
             Some(0) => return Err(invalid("/limits/cpu_ms", "must be at least 1")),
             Some(cpu) if cpu > self.config.max_cpu_ms => {

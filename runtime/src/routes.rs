@@ -92,6 +92,12 @@ impl RoutePattern {
         if host.contains("..") || (!host_wildcard && host.starts_with('.')) {
             return Err(err("the host has an empty label"));
         }
+        // `*` or `*.com` would claim every host, or a whole top-level domain.
+        if host_wildcard && host.trim_start_matches('.').split('.').count() < 2 {
+            return Err(err(
+                "a wildcard host needs at least two labels after the * (like *.example.com)",
+            ));
+        }
         let path = match path {
             None => PathRule::Any,
             Some(p) => {
@@ -142,6 +148,16 @@ impl RoutePattern {
             (true, false) => other.host.ends_with(&self.host),
             (false, true) => self.host.ends_with(&other.host),
             (true, true) => self.host.ends_with(&other.host) || other.host.ends_with(&self.host),
+        }
+    }
+
+    /// Whether this pattern could match a host under `domain` (`x.<domain>`).
+    pub fn matches_host_within(&self, domain: &str) -> bool {
+        let suffix = format!(".{domain}");
+        if self.host_wildcard {
+            suffix.ends_with(&self.host) || self.host.ends_with(&suffix)
+        } else {
+            self.host.ends_with(&suffix)
         }
     }
 
@@ -358,6 +374,45 @@ mod tests {
     }
 
     #[test]
+    fn a_wildcard_cannot_claim_every_host_or_a_top_level_domain() {
+        for bad in ["*/*", "*", "*.com/*", "*com/*", "*./*"] {
+            let e = RoutePattern::parse(bad).expect_err(bad);
+            assert!(
+                e.to_string().contains("two labels") || e.to_string().contains("empty"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(RoutePattern::parse("*.example.com/*").is_ok());
+        assert!(RoutePattern::parse("*example.com/*").is_ok());
+    }
+
+    #[test]
+    fn patterns_that_reach_into_a_domain() {
+        let p = |s: &str| RoutePattern::parse(s).expect(s);
+        for inside in [
+            "victim.workers.localhost/*",
+            "VICTIM.workers.localhost./x",
+            "*.workers.localhost/*",
+            "*workers.localhost/*",
+        ] {
+            assert!(
+                p(inside).matches_host_within("workers.localhost"),
+                "{inside}"
+            );
+        }
+        for outside in [
+            "shop.example.com/*",
+            "workers.localhost/*",
+            "*.example.com/*",
+        ] {
+            assert!(
+                !p(outside).matches_host_within("workers.localhost"),
+                "{outside}"
+            );
+        }
+    }
+
+    #[test]
     fn overlapping_hosts() {
         let p = |s: &str| RoutePattern::parse(s).expect(s);
         let shop = p("shop.example.com/*");
@@ -367,7 +422,6 @@ mod tests {
             "shop.example.com",
             "*.example.com/*",
             "*example.com/x",
-            "*/*",
         ] {
             assert!(shop.hosts_overlap(&p(other)), "{other}");
             assert!(p(other).hosts_overlap(&shop), "{other}");

@@ -66,6 +66,13 @@ impl Router {
         }
     }
 
+    /// Whether `pattern`'s host could match a host of the workers domain
+    /// (`<name>.<domain>` belongs to the worker of that name: no route may
+    /// claim it).
+    pub fn in_workers_domain(&self, pattern: &crate::routes::RoutePattern) -> bool {
+        pattern.matches_host_within(&self.domain)
+    }
+
     /// The worker serving exactly the route `pattern`, if any.
     pub fn route_owner(&self, pattern: &str) -> Option<String> {
         let r = self.routes.read().ok()?;
@@ -81,7 +88,7 @@ impl Router {
     }
 
     fn worker_for(&self, host: &str, path: &str) -> Option<Arc<Worker>> {
-        let bare = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+        let bare = crate::routes::canonical_host(host);
         let workers = self.workers.read().ok()?;
         if let Some(w) = bare
             .strip_suffix(&format!(".{}", self.domain))

@@ -56,9 +56,10 @@ pub struct WorkerConfig {
     /// The tag minted when the worker was created (kept by redeploys): with
     /// the account, the key of its tail subscriptions.
     pub tag: String,
-    /// A JS worker built by Warren: its generated entry takes the request's
-    /// binding key from the incoming request's `warren-binding-key` header
-    /// (and removes it before the worker's code runs). Other Wasm workers get
+    /// A JS worker built by Warren: when it has bindings, its generated entry
+    /// takes the request's binding key from the incoming request's
+    /// `warren-binding-key` header (and removes it before the worker's code
+    /// runs). Other Wasm workers get
     /// the key only in the `WARREN_BINDING_KEY` environment variable.
     pub js: bool,
     /// Requests of this worker running at once (an instance each, from its
@@ -247,7 +248,10 @@ impl Worker {
         // nothing a client sends) select a binding; see `outbound`.
         let binding_key = new_binding_key();
         let mut req = req;
+        // (A JS worker without bindings needs no key, and its entry then
+        // skips copying the request to hide it.)
         if self.config.js
+            && !self.bindings.is_empty()
             && let Ok(v) = hyper::header::HeaderValue::from_str(&binding_key)
         {
             req.headers_mut().insert(BINDING_KEY_HEADER, v);

@@ -37,6 +37,43 @@ pub fn random_token(prefix: &str) -> String {
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b))
 }
 
+/// The node's trust roots (edge CA, sealing key, internal secret) are made on
+/// its first start, when none of them is in the data directory. Later, a
+/// missing edge CA or sealing key stops the node naming the files, rather
+/// than a fresh one being made: a new CA would cut off every connector (their
+/// tokens pin the old one), a new sealing key would lose every stored tunnel
+/// token. (Half a CA, an empty secret or an unreadable key are refused where
+/// they are loaded.)
+fn check_trust_roots(data_dir: &Path) -> anyhow::Result<()> {
+    use warren_iris::{ca, sealing};
+    let has = |f: &str| data_dir.join(f).exists();
+    let files = [
+        ca::CERT_FILE,
+        ca::KEY_FILE,
+        sealing::KEY_FILE,
+        "internal-secret",
+    ];
+    if !files.iter().any(|f| has(f)) {
+        return Ok(());
+    }
+    if !has(ca::CERT_FILE) && !has(ca::KEY_FILE) {
+        anyhow::bail!(
+            "the edge CA ({}, {}) is missing, but this node has started before: restore both \
+             files from a backup (a new CA would cut off every connector, whose token pins the old one)",
+            data_dir.join(ca::CERT_FILE).display(),
+            data_dir.join(ca::KEY_FILE).display()
+        );
+    }
+    if !has(sealing::KEY_FILE) {
+        anyhow::bail!(
+            "the sealing key {} is missing, but this node has started before: restore it from a \
+             backup (a new key could not open the tunnel tokens stored sealed)",
+            data_dir.join(sealing::KEY_FILE).display()
+        );
+    }
+    Ok(())
+}
+
 /// The internal secret: from the config, else kept in the data directory,
 /// created there on a node's first start only. An empty secret (which would
 /// turn internal authentication off) or a missing file on a node that has
@@ -217,6 +254,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    check_trust_roots(&file.data_dir)?;
     let secret = internal_secret(file)?;
     let limits = file.connections.limits();
 

@@ -305,6 +305,23 @@ async fn routes_cannot_reach_into_another_accounts_hosts() {
     // Other hosts are free.
     let (status, body) = deploy_guest(&b, "blog-b", "b", &["blog.example.com/*"]).await;
     assert_eq!(status, 200, "{body}");
+    // The workers domain belongs to the workers of those names, and a wildcard
+    // cannot claim every host: both refused before anything is built.
+    for pattern in [
+        "shop-a.workers.localhost/*",
+        "*.workers.localhost/*",
+        "*/*",
+        "*.com/*",
+    ] {
+        let (status, body) = deploy_guest(&b, "thief", "b", &[pattern]).await;
+        assert_eq!(status, 400, "{pattern}: {body}");
+    }
+    let (status, body) = get(node.runtime, "shop-a.workers.localhost.", "/sleep?0").await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (200, &b"a"[..]),
+        "a trailing dot still finds the worker"
+    );
 
     let version = |host: &'static str, path: &'static str| get(node.runtime, host, path);
     // (`/sleep?0` answers with VERSION.)

@@ -145,6 +145,24 @@ fn a_lost_or_empty_trust_root_stops_the_node_naming_the_file() {
         std::fs::write(node.data(missing), saved).expect("restore");
     }
 
+    // The whole CA, or the sealing key, gone on a node that has started
+    // before: nothing is made afresh.
+    let key = read(&node.data(CA_KEY));
+    std::fs::remove_file(node.data(CA_KEY)).expect("remove");
+    std::fs::remove_file(node.data(CA_CERT)).expect("remove");
+    node.refuses("edge.toml", &node.data(CA_CERT).display().to_string());
+    assert!(!node.data(CA_CERT).exists() && !node.data(CA_KEY).exists());
+    std::fs::write(node.data(CA_CERT), &cert).expect("restore");
+    std::fs::write(node.data(CA_KEY), &key).expect("restore");
+    let sealing = read(&node.data(SEALING));
+    std::fs::remove_file(node.data(SEALING)).expect("remove");
+    node.refuses("edge.toml", &node.data(SEALING).display().to_string());
+    assert!(
+        !node.data(SEALING).exists(),
+        "the sealing key was recreated"
+    );
+    std::fs::write(node.data(SEALING), &sealing).expect("restore");
+
     // The internal secret, emptied or removed, is not replaced.
     let secret = read(&node.data(SECRET));
     std::fs::write(node.data(SECRET), "").expect("truncate");

@@ -1,5 +1,5 @@
 //! The tunnels and VPC services API over real HTTP, with a real SQLite store:
-//! envelopes, auth, pagination, filters and every validation rule of SPEC.md.
+//! envelopes, auth, pagination, filters and every validation rule of docs/api.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

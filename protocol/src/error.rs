@@ -1,4 +1,4 @@
-//! The error taxonomy shared by every part of the request path (DESIGN.md §1).
+//! The error taxonomy shared by every part of the request path (docs/api.md).
 
 use std::fmt;
 use std::str::FromStr;

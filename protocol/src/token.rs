@@ -1,4 +1,4 @@
-//! The tunnel token: one string that starts a connector (SPEC.md, "Warren's token").
+//! The tunnel token: one string that starts a connector (docs/tunnel.md).
 //!
 //! base64url (no padding) of `{"a": account, "t": tunnel, "s": base64 secret,
 //! "e": [edge addresses], "ca": sha256 of the edge CA certificate, hex}`.

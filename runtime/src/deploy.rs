@@ -34,7 +34,7 @@ pub trait ServiceDirectory: Send + Sync + 'static {
     async fn service_owner(&self, service_id: &str) -> Result<Option<String>, String>;
 }
 
-/// The `metadata` part of an upload (SPEC.md, Workers field names).
+/// The `metadata` part of an upload (Workers field names, as Cloudflare's API has them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptMetadata {

@@ -52,7 +52,7 @@ impl LimitHit {
     }
 }
 
-/// Time the guest has spent running: the sum of the durations of the polls of
+/// CPU time the guest has used: the sum of the thread CPU time of the polls of
 /// its future (wasm runs only inside polls), plus the poll in progress.
 #[derive(Debug)]
 pub struct CpuMeter {
@@ -73,8 +73,17 @@ impl CpuMeter {
         })
     }
 
+    /// The calling thread's CPU time. A poll starts and ends on one thread,
+    /// so the difference is CPU the guest used — not time it spent waiting for
+    /// a core on a busy node, which would charge one tenant for another's load.
     fn now_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
+        use nix::time::{ClockId, clock_gettime};
+        match clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID) {
+            Ok(t) => (t.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(t.tv_nsec() as u64),
+            Err(_) => self.base.elapsed().as_nanos() as u64,
+        }
     }
 
     /// Marks the start of a poll.
@@ -189,8 +198,14 @@ mod tests {
         let meter = CpuMeter::new();
         let busy = Metered::new(
             async {
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(30) {}
+                // 30 ms of this thread's CPU time, however busy the machine.
+                let cpu = || {
+                    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+                        .expect("thread CPU clock");
+                    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+                };
+                let t = cpu();
+                while cpu() - t < Duration::from_millis(30) {}
                 tokio::time::sleep(Duration::from_millis(100)).await;
             },
             meter.clone(),

@@ -1,4 +1,4 @@
-//! VPC services: a named private destination behind one tunnel (SPEC.md,
+//! VPC services: a named private destination behind one tunnel (Cloudflare's shape,
 //! "VPC services"). These are the stored, already-validated values; the API layer
 //! turns Cloudflare-shaped JSON into them.
 

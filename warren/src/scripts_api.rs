@@ -1,4 +1,4 @@
-//! The worker-scripts API (SPEC.md): multipart `PUT` with a `metadata` part and
+//! The worker-scripts API (Cloudflare's `workers/scripts` shape): multipart `PUT` with a `metadata` part and
 //! one part per module, `GET`, `DELETE`, a list, and a live tail stream
 //! (newline-delimited JSON tail events). Same envelope and per-account tokens
 //! as the rest of the API; the work is done by the runtime's [`Scripts`].

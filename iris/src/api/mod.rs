@@ -1,4 +1,4 @@
-//! The HTTP API of iris's resources, shaped like Cloudflare's v4 API (SPEC.md):
+//! The HTTP API of iris's resources, shaped like Cloudflare's v4 API:
 //! tunnels (`/client/v4/accounts/{account_id}/cfd_tunnel`) and VPC services
 //! (`…/connectivity/directory/services`). Every answer is the v4 envelope;
 //! bearer API tokens are checked per account (401 unknown, 403 another account).

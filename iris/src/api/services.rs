@@ -1,5 +1,5 @@
 //! `/client/v4/accounts/{account_id}/connectivity/directory/services`: VPC
-//! services, validated with the rules of SPEC.md (each failure names its field).
+//! services, validated with the rules of docs/api.md (each failure names its field).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -509,8 +509,13 @@ async fn a_tail_that_never_reads_is_dropped_and_memory_stays_bounded() {
     // Each request's event carries its 60 KB URL; the tail reads nothing.
     let path = format!("/hello?{}", "x".repeat(60_000));
     let hit = || async {
-        let (status, _) = get(node.runtime, "chatty.workers.localhost", &path).await;
-        assert_eq!(status, 200, "the worker keeps serving");
+        let (status, body) = get(node.runtime, "chatty.workers.localhost", &path).await;
+        assert_eq!(
+            status,
+            200,
+            "the worker keeps serving: {}",
+            String::from_utf8_lossy(&body)
+        );
     };
     for _ in 0..20 {
         hit().await;

@@ -135,15 +135,10 @@ impl DnsForwarder {
         if ips.is_empty() {
             return None;
         }
-        let mut answer = Message::new();
+        let mut answer = response_to(q, ResponseCode::NoError);
         answer
-            .set_id(q.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(q.op_code())
-            .set_recursion_desired(q.recursion_desired())
             .set_recursion_available(true)
             .set_authoritative(true)
-            .set_response_code(ResponseCode::NoError)
             .add_query(question.clone());
         for ip in ips {
             let rdata = match (ip, rtype) {
@@ -159,6 +154,19 @@ impl DnsForwarder {
         }
         answer.to_vec().ok()
     }
+}
+
+/// The connector's own answer to `q` (same id, opcode and recursion flag),
+/// with `code` and no records yet.
+fn response_to(q: &Message, code: ResponseCode) -> Message {
+    let mut answer = Message::new();
+    answer
+        .set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(q.op_code())
+        .set_recursion_desired(q.recursion_desired())
+        .set_response_code(code);
+    answer
 }
 
 /// `None` for a standard query with exactly one A or AAAA question of class IN
@@ -179,14 +187,8 @@ fn refuse_unless_address_question(q: &Message) -> Option<Result<Vec<u8>, ErrorCo
         questions = ?q.queries().iter().map(|x| x.query_type()).collect::<Vec<_>>(),
         "dns query refused: only one A or AAAA question is forwarded"
     );
-    let mut answer = Message::new();
-    answer
-        .set_id(q.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(q.op_code())
-        .set_recursion_desired(q.recursion_desired())
-        .set_response_code(ResponseCode::Refused)
-        .add_queries(q.queries().to_vec());
+    let mut answer = response_to(q, ResponseCode::Refused);
+    answer.add_queries(q.queries().to_vec());
     Some(answer.to_vec().map_err(|_| ErrorCode::DnsError))
 }
 

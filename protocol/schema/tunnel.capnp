@@ -3,7 +3,7 @@
 # Every message travels as one length-prefixed frame (see protocol/src/frame.rs).
 
 enum ErrorCode {
-  # The shared ProxyError taxonomy (DESIGN.md section 1). `none` means success.
+  # The shared ProxyError taxonomy (protocol/src/error.rs, docs/api.md). `none` means success.
   none @0;
   dnsError @1;
   connectionRefused @2;

@@ -20,10 +20,7 @@ use warren_runtime::{EngineConfig, Limits, RuntimeEngine, Worker, WorkerConfig};
 /// applied to its config) and as `other`, from an engine whose pool holds
 /// `pool` instances.
 async fn serve(pool: u32, tweak: impl FnOnce(&mut WorkerConfig)) -> SocketAddr {
-    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
-    let mut ec = EngineConfig::new(shared);
-    ec.max_instances = pool;
-    let engine = RuntimeEngine::new(ec).expect("engine");
+    let engine = engine(pool);
     let router = Router::new("workers.test");
     let mut shop = WorkerConfig {
         name: "shop".into(),
@@ -38,11 +35,24 @@ async fn serve(pool: u32, tweak: impl FnOnce(&mut WorkerConfig)) -> SocketAddr {
         ..Default::default()
     };
     router.deploy(Worker::new(engine, other, guest(), None).expect("other"));
+    listen(router).await
+}
+
+/// An engine (sharing the tests' compiled-code cache) with a pool of `pool`.
+fn engine(pool: u32) -> Arc<RuntimeEngine> {
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let mut ec = EngineConfig::new(shared);
+    ec.max_instances = pool;
+    RuntimeEngine::new(ec).expect("engine")
+}
+
+/// Serves `router` on a loopback port; the address.
+async fn listen(router: Arc<Router>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(Arc::clone(&router).serve(listener));
+    tokio::spawn(router.serve(listener));
     addr
 }
 
@@ -189,8 +199,7 @@ async fn a_client_that_goes_away_before_the_answer_cancels_the_guest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redeploy_does_not_reset_the_concurrency_cap() {
-    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
-    let engine = RuntimeEngine::new(EngineConfig::new(shared)).expect("engine");
+    let engine = engine(1000);
     let router = Router::new("workers.test");
     let version = || {
         let config = WorkerConfig {
@@ -203,11 +212,7 @@ async fn a_redeploy_does_not_reset_the_concurrency_cap() {
         Worker::new(engine.clone(), config, guest(), None).expect("worker")
     };
     router.deploy(version());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(Arc::clone(&router).serve(listener));
+    let addr = listen(router.clone()).await;
     let (status, _) = get(addr, "shop.workers.test", "/linger").await;
     assert_eq!(status, StatusCode::OK);
     // The lingering request of the old version still counts.

@@ -1,11 +1,16 @@
 //! Configuration and registry storage behind one trait.
 //!
-//! [`Store`] is what every part uses; [`SqliteStore`] is the embedded backend (the
-//! default). The trait is shaped for a key-value backend too (etcd, later): every
-//! listing is by an owning key (a prefix scan), live connections are written with a
-//! lease so a dead node's entries expire by themselves, and changes are published on
-//! a [`Store::watch`] channel so caches can be invalidated.
+//! [`Store`] is what every part uses and the one source of truth for everything
+//! that must outlive a node: accounts, API tokens, tunnels, VPC services, worker
+//! scripts and the registry of live tunnel connections. [`SqliteStore`] is the
+//! embedded backend (the default). Every listing is by an owning key (a prefix
+//! scan), live connections are written with a lease so a dead node's entries
+//! expire by themselves, and changes are published on a [`Store::watch`] channel
+//! so caches ([`cache::ServiceCache`]) drop what changed. Worker bundles (MBs)
+//! live beside the store in a content-addressed [`blobs::BlobDir`].
 
+pub mod blobs;
+pub mod cache;
 mod secret;
 mod service;
 mod sqlite;
@@ -73,6 +78,35 @@ pub struct ConnectionRecord {
     pub ha_connections: u8,
 }
 
+/// A deployed worker script as stored: who owns it, what it binds and routes,
+/// and which bundle (by content hash) runs it. The upload metadata is kept as
+/// the JSON the runtime validated; the store reads only the fields copied out
+/// beside it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScriptRecord {
+    /// Worker name (unique across accounts: it is also a hostname label).
+    pub name: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Identity minted when the worker is created and kept by redeploys.
+    pub tag: String,
+    /// The upload metadata, as JSON.
+    pub metadata: String,
+    /// Ids of the VPC services its bindings name.
+    pub services: Vec<String>,
+    /// Route patterns it serves, canonical.
+    pub routes: Vec<String>,
+    /// SHA-256 (lowercase hex) of its bundle in the [`blobs::BlobDir`].
+    pub bundle: String,
+    /// Secrets, each sealed with the edge's sealing key (opaque to the store).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, Vec<u8>>,
+    /// RFC 3339 time of the first upload.
+    pub created_on: String,
+    /// RFC 3339 time of the last upload.
+    pub modified_on: String,
+}
+
 /// A change published to watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -83,6 +117,11 @@ pub enum Change {
     Connections(String),
     /// A VPC service was created, replaced or deleted.
     Service(String),
+    /// A worker script (by name) was deployed, redeployed or deleted.
+    Script(String),
+    /// Changes may have been missed (a watch was cut and resumed, a change
+    /// log was trimmed): anything cached may be stale.
+    All,
 }
 
 /// Why a store operation failed.
@@ -95,6 +134,10 @@ pub enum StoreError {
     /// The operation refers to something that does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The backend cannot be reached right now (etcd down, no quorum); the
+    /// operation did not happen and may succeed if tried again.
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Result of a store operation.
@@ -156,7 +199,22 @@ pub trait Store: Send + Sync + 'static {
     /// The account an API token (by hash) belongs to.
     async fn account_for_token(&self, hash: [u8; 32]) -> StoreResult<Option<String>>;
 
-    /// Subscribes to changes made through this store.
+    /// Stores a worker script if the stored one still has tag `expected`
+    /// (`None`: only if there is no script by that name); `false` (nothing
+    /// written) when another write got there first.
+    async fn put_script(&self, script: &ScriptRecord, expected: Option<&str>) -> StoreResult<bool>;
+    /// Looks a script up by name (any account: callers check ownership).
+    async fn get_script(&self, name: &str) -> StoreResult<Option<ScriptRecord>>;
+    /// Every script of every account, by name (restoring a node, route checks).
+    async fn list_scripts(&self) -> StoreResult<Vec<ScriptRecord>>;
+    /// Deletes a script of the account; `false` when it does not exist there.
+    async fn delete_script(&self, account_id: &str, name: &str) -> StoreResult<bool>;
+    /// Names of the scripts whose bindings name `service_id`, sorted.
+    async fn scripts_binding(&self, service_id: &str) -> StoreResult<Vec<String>>;
+
+    /// Subscribes to changes: those made through this store at once (before
+    /// the write returns), those made by other processes or nodes as the
+    /// backend learns of them.
     fn watch(&self) -> broadcast::Receiver<Change>;
 }
 

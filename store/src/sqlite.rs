@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use crate::{
-    Account, Change, ConnectionRecord, Store, StoreError, StoreResult, Tunnel, VpcService, rfc3339,
+    Account, Change, ConnectionRecord, ScriptRecord, Store, StoreError, StoreResult, Tunnel,
+    VpcService, rfc3339,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -64,13 +65,45 @@ CREATE TABLE api_tokens (
     created_at TEXT NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE scripts (
+    name       TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    tag        TEXT NOT NULL,
+    body       TEXT NOT NULL
+);
+CREATE INDEX scripts_by_account ON scripts(account_id);
+CREATE TABLE script_services (
+    script     TEXT NOT NULL REFERENCES scripts(name) ON DELETE CASCADE,
+    service_id TEXT NOT NULL,
+    PRIMARY KEY (service_id, script)
+);
+CREATE TABLE changes (
+    rev    INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    id     TEXT NOT NULL
+);
+"#,
 ];
 
+/// How often a store looks for changes other processes wrote.
+const CHANGE_POLL: Duration = Duration::from_millis(100);
+/// Change-log rows kept; older ones are trimmed (a reader that falls further
+/// behind is told [`Change::All`]).
+const CHANGE_LOG_KEEP: i64 = 10_000;
+
 /// The embedded store: SQLite in a file (or in memory for tests).
+///
+/// Changes are published to this process's watchers when the write returns,
+/// and logged in the database, where stores opened by other processes on the
+/// same file find them (they poll the log every 100 ms).
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     changes: broadcast::Sender<Change>,
+    /// Tells this store's own change-log rows from other processes'.
+    origin: Arc<str>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -103,11 +136,26 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;
         migrate(&mut conn)?;
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(MAX(rev), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
         let (changes, _) = broadcast::channel(256);
-        Ok(SqliteStore {
+        let store = SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             changes,
-        })
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(follow_log(
+                Arc::downgrade(&store.conn),
+                store.changes.clone(),
+                store.origin.clone(),
+                last,
+            ));
+        }
+        Ok(store)
     }
 
     /// Runs `f` on the connection off the async threads.
@@ -127,9 +175,104 @@ impl SqliteStore {
         .map_err(backend)?
     }
 
-    fn publish(&self, change: Change) {
+    /// Tells this process's watchers at once, and logs the change for
+    /// other processes' (a failed log write costs them only freshness).
+    async fn publish(&self, change: Change) {
         // No subscriber is fine.
-        let _ = self.changes.send(change);
+        let _ = self.changes.send(change.clone());
+        let (kind, id) = match change {
+            Change::Tunnel(id) => ("tunnel", id),
+            Change::Service(id) => ("service", id),
+            Change::Script(id) => ("script", id),
+            // Lease refreshes are too frequent to log; the registry is read
+            // from the store, never cached across processes.
+            Change::Connections(_) | Change::All => return,
+        };
+        let origin = self.origin.clone();
+        let logged = self
+            .with(move |c| {
+                c.execute(
+                    "INSERT INTO changes (origin, kind, id) VALUES (?1, ?2, ?3)",
+                    params![&*origin, kind, id],
+                )?;
+                let rev = c.last_insert_rowid();
+                if rev % 1000 == 0 {
+                    c.execute(
+                        "DELETE FROM changes WHERE rev <= ?1",
+                        [rev - CHANGE_LOG_KEEP],
+                    )?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = logged {
+            tracing::warn!(error = %e, "change not logged for other processes");
+        }
+    }
+}
+
+/// Publishes the changes other processes log, until the store is dropped.
+async fn follow_log(
+    conn: std::sync::Weak<Mutex<Connection>>,
+    changes: broadcast::Sender<Change>,
+    origin: Arc<str>,
+    mut last: i64,
+) {
+    let mut tick = tokio::time::interval(CHANGE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(conn) = conn.upgrade() else { return };
+        let origin = origin.clone();
+        let read = tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
+            let Ok(c) = conn.lock() else {
+                return Ok((0, Vec::new()));
+            };
+            let oldest: i64 =
+                c.query_row("SELECT COALESCE(MIN(rev), 0) FROM changes", [], |r| {
+                    r.get(0)
+                })?;
+            let mut st = c.prepare_cached(
+                "SELECT rev, origin, kind, id FROM changes WHERE rev > ?1 ORDER BY rev LIMIT 1000",
+            )?;
+            let rows = st
+                .query_map([last], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((oldest, rows))
+        })
+        .await;
+        let (oldest, rows) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the store's change log");
+                continue;
+            }
+            Err(_) => return,
+        };
+        if oldest > last + 1 && last > 0 {
+            // Rows this reader never saw were trimmed.
+            let _ = changes.send(Change::All);
+        }
+        for (rev, from, kind, id) in rows {
+            last = rev;
+            if *from == *origin {
+                continue;
+            }
+            let change = match kind.as_str() {
+                "tunnel" => Change::Tunnel(id),
+                "service" => Change::Service(id),
+                "script" => Change::Script(id),
+                _ => Change::All,
+            };
+            let _ = changes.send(change);
+        }
     }
 }
 
@@ -262,7 +405,7 @@ impl Store for SqliteStore {
             )
         })
         .await?;
-        self.publish(Change::Tunnel(tunnel.id.clone()));
+        self.publish(Change::Tunnel(tunnel.id.clone())).await;
         Ok(tunnel)
     }
 
@@ -303,7 +446,7 @@ impl Store for SqliteStore {
             .await?
             > 0;
         if deleted {
-            self.publish(Change::Tunnel(tunnel_id.to_owned()));
+            self.publish(Change::Tunnel(tunnel_id.to_owned())).await;
         }
         Ok(deleted)
     }
@@ -336,7 +479,8 @@ impl Store for SqliteStore {
             )
         })
         .await?;
-        self.publish(Change::Connections(record.tunnel_id.clone()));
+        self.publish(Change::Connections(record.tunnel_id.clone()))
+            .await;
         Ok(())
     }
 
@@ -356,7 +500,7 @@ impl Store for SqliteStore {
             })
             .await?;
         if let Some(t) = tunnel {
-            self.publish(Change::Connections(t));
+            self.publish(Change::Connections(t)).await;
         }
         Ok(())
     }
@@ -399,7 +543,7 @@ impl Store for SqliteStore {
             )
         })
         .await?;
-        self.publish(Change::Service(service.id.clone()));
+        self.publish(Change::Service(service.id.clone())).await;
         Ok(())
     }
 
@@ -447,7 +591,7 @@ impl Store for SqliteStore {
             .await?
             > 0;
         if replaced {
-            self.publish(Change::Service(service.id.clone()));
+            self.publish(Change::Service(service.id.clone())).await;
         }
         Ok(replaced)
     }
@@ -464,7 +608,7 @@ impl Store for SqliteStore {
             .await?
             > 0;
         if deleted {
-            self.publish(Change::Service(service_id.to_owned()));
+            self.publish(Change::Service(service_id.to_owned())).await;
         }
         Ok(deleted)
     }
@@ -513,6 +657,100 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .optional()
+        })
+        .await
+    }
+
+    async fn put_script(&self, script: &ScriptRecord, expected: Option<&str>) -> StoreResult<bool> {
+        let body = serde_json::to_string(script).map_err(backend)?;
+        let v = script.clone();
+        let expected = expected.map(str::to_owned);
+        let written = self
+            .with(move |c| {
+                let tx = c.unchecked_transaction()?;
+                let current: Option<String> = tx
+                    .query_row("SELECT tag FROM scripts WHERE name = ?1", [&v.name], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                if current != expected {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO scripts (name, account_id, tag, body) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT(name) DO UPDATE SET account_id = ?2, tag = ?3, body = ?4",
+                    params![v.name, v.account_id, v.tag, body],
+                )?;
+                tx.execute("DELETE FROM script_services WHERE script = ?1", [&v.name])?;
+                for id in &v.services {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO script_services (script, service_id) VALUES (?1, ?2)",
+                        params![v.name, id],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        if written {
+            self.publish(Change::Script(script.name.clone())).await;
+        }
+        Ok(written)
+    }
+
+    async fn get_script(&self, name: &str) -> StoreResult<Option<ScriptRecord>> {
+        let name = name.to_owned();
+        let body: Option<String> = self
+            .with(move |c| {
+                c.query_row("SELECT body FROM scripts WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()
+            })
+            .await?;
+        body.map(|b| serde_json::from_str(&b).map_err(backend))
+            .transpose()
+    }
+
+    async fn list_scripts(&self) -> StoreResult<Vec<ScriptRecord>> {
+        let bodies: Vec<String> = self
+            .with(|c| {
+                let mut st = c.prepare("SELECT body FROM scripts ORDER BY name")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(backend))
+            .collect()
+    }
+
+    async fn delete_script(&self, account_id: &str, name: &str) -> StoreResult<bool> {
+        let (account, n) = (account_id.to_owned(), name.to_owned());
+        let deleted = self
+            .with(move |c| {
+                c.execute(
+                    "DELETE FROM scripts WHERE name = ?1 AND account_id = ?2",
+                    params![n, account],
+                )
+            })
+            .await?
+            > 0;
+        if deleted {
+            self.publish(Change::Script(name.to_owned())).await;
+        }
+        Ok(deleted)
+    }
+
+    async fn scripts_binding(&self, service_id: &str) -> StoreResult<Vec<String>> {
+        let id = service_id.to_owned();
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT script FROM script_services WHERE service_id = ?1 ORDER BY script",
+            )?;
+            let rows = st.query_map([id], |r| r.get(0))?;
+            rows.collect()
         })
         .await
     }

@@ -73,3 +73,10 @@ pub struct ScriptInfo {
     /// RFC 3339 time of the last upload.
     pub modified_on: String,
 }
+
+/// The answer to a delete: the worker's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedScript {
+    /// Worker name.
+    pub id: String,
+}

@@ -182,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     };
     store.create_service(&service).await?;
     let door = FrontDoor::new(
-        store.clone(),
+        warren_store::cache::ServiceCache::new(store.clone()),
         tunnels.clone(),
         Arc::new(DnsCache::new(tunnels.clone(), DnsCacheConfig::default())),
         OriginTls::new(&[]).map_err(|e| anyhow::anyhow!("{e}"))?,

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use tracing::warn;
 use warren_protocol::binding::{BindingContext, CallHead};
 use warren_protocol::{ErrorCode, ProxyError};
-use warren_store::Store;
+use warren_store::cache::ServiceCache;
 
 use crate::check::ServiceCheck;
 use crate::pool::{FrontDoorConfig, PooledBody, ReqBody, TunnelKey, TunnelPool};
@@ -101,12 +101,14 @@ fn target(service_id: &str, url: &url::Url) -> Result<Target, ProxyError> {
 }
 
 impl BindingWorker {
-    /// A binding-worker checking contexts against `store` and reaching iris at
-    /// `front_door`. Must be created inside a tokio runtime.
-    pub fn new(store: Arc<dyn Store>, front_door: FrontDoorConfig) -> Arc<Self> {
+    /// A binding-worker checking contexts against the node's service cache
+    /// and reaching iris at `front_door`; its pooled tunnels are dropped when
+    /// a service changes. Must be created inside a tokio runtime.
+    pub fn new(services: Arc<ServiceCache>, front_door: FrontDoorConfig) -> Arc<Self> {
+        let changes = services.store().watch();
         Arc::new(BindingWorker {
-            check: ServiceCheck::new(store),
-            pool: TunnelPool::new(front_door),
+            check: ServiceCheck::new(services),
+            pool: TunnelPool::with_changes(front_door, Some(changes)),
         })
     }
 

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,10 +20,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
 use tracing::debug;
 use warren_protocol::binding::BindingContext;
 use warren_protocol::pipe::PipeDialer;
 use warren_protocol::{ErrorCode, ProxyError};
+use warren_store::Change;
 
 /// Error type of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -85,14 +89,47 @@ struct Idle {
 struct PoolInner {
     config: FrontDoorConfig,
     idle: Mutex<HashMap<TunnelKey, Vec<Idle>>>,
+    /// The store's change feed, when the pool follows it: a changed service
+    /// may have a new origin, which a tunnel iris opened earlier does not
+    /// reach, so every pooled tunnel is dropped (edits are rare).
+    changes: Option<Mutex<broadcast::Receiver<Change>>>,
+    /// Bumped when pooled tunnels are dropped for a change; a tunnel opened
+    /// before it is not pooled again.
+    epoch: AtomicU64,
 }
 
 impl PoolInner {
-    fn checkin(&self, key: TunnelKey, sender: SendRequest<ReqBody>) {
+    /// Applies pending service changes (before any pooled tunnel is used).
+    fn apply_changes(&self, idle: &mut HashMap<TunnelKey, Vec<Idle>>) {
+        let Some(changes) = &self.changes else { return };
+        let Ok(mut changes) = changes.lock() else {
+            return;
+        };
+        let mut changed = false;
+        loop {
+            match changes.try_recv() {
+                Ok(Change::Service(_) | Change::All) | Err(TryRecvError::Lagged(_)) => {
+                    changed = true
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if changed {
+            idle.clear();
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn checkin(&self, key: TunnelKey, sender: SendRequest<ReqBody>, epoch: u64) {
         if sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
+            self.apply_changes(&mut idle);
+            if self.epoch.load(Ordering::SeqCst) != epoch {
+                return;
+            }
             let list = idle.entry(key).or_default();
             if list.len() < self.config.max_idle_per_key {
                 list.push(Idle {
@@ -103,11 +140,27 @@ impl PoolInner {
         }
     }
 
-    fn take_idle(&self, key: &TunnelKey) -> Option<SendRequest<ReqBody>> {
-        let mut idle = self.idle.lock().ok()?;
+    /// A pooled tunnel for `key`, and the epoch to return it under.
+    fn take_idle(&self, key: &TunnelKey) -> (Option<SendRequest<ReqBody>>, u64) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return (None, 0);
+        };
+        self.apply_changes(&mut idle);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        (
+            Self::pop_live(&mut idle, key, self.config.idle_timeout),
+            epoch,
+        )
+    }
+
+    fn pop_live(
+        idle: &mut HashMap<TunnelKey, Vec<Idle>>,
+        key: &TunnelKey,
+        timeout: Duration,
+    ) -> Option<SendRequest<ReqBody>> {
         let list = idle.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if !i.sender.is_closed() && i.since.elapsed() < self.config.idle_timeout {
+            if !i.sender.is_closed() && i.since.elapsed() < timeout {
                 return Some(i.sender);
             }
         }
@@ -147,9 +200,21 @@ fn header(v: &str, what: &str) -> Result<HeaderValue, ProxyError> {
 impl TunnelPool {
     /// A pool; must be created inside a tokio runtime (a task closes idle tunnels).
     pub fn new(config: FrontDoorConfig) -> Self {
+        Self::with_changes(config, None)
+    }
+
+    /// A pool that drops its pooled tunnels when `changes` reports a changed
+    /// VPC service, so the next request reaches the service as edited. Must
+    /// be created inside a tokio runtime.
+    pub fn with_changes(
+        config: FrontDoorConfig,
+        changes: Option<broadcast::Receiver<Change>>,
+    ) -> Self {
         let inner = Arc::new(PoolInner {
             config,
             idle: Mutex::new(HashMap::new()),
+            changes: changes.map(Mutex::new),
+            epoch: AtomicU64::new(0),
         });
         let weak: Weak<PoolInner> = Arc::downgrade(&inner);
         let every = (inner.config.idle_timeout / 2).max(Duration::from_millis(100));
@@ -183,12 +248,16 @@ impl TunnelPool {
         ctx: &BindingContext,
         mut req: Request<ReqBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        while let Some(mut sender) = self.inner.take_idle(key) {
+        let epoch = loop {
+            let (sender, epoch) = self.inner.take_idle(key);
+            let Some(mut sender) = sender else {
+                break epoch;
+            };
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(key, sender, resp)),
+                Ok(resp) => return Ok(self.wrap(key, sender, resp, epoch)),
                 Err(mut e) => match e.take_message() {
                     Some(r) => {
                         debug!(error = %e.into_error(), "pooled tunnel was dead; retrying");
@@ -197,10 +266,10 @@ impl TunnelPool {
                     None => return Err(terminated(e.into_error())),
                 },
             }
-        }
+        };
         let mut sender = self.open(key, ctx).await?;
         let resp = sender.send_request(req).await.map_err(terminated)?;
-        Ok(self.wrap(key, sender, resp))
+        Ok(self.wrap(key, sender, resp, epoch))
     }
 
     fn wrap(
@@ -208,11 +277,13 @@ impl TunnelPool {
         key: &TunnelKey,
         sender: SendRequest<ReqBody>,
         resp: Response<Incoming>,
+        epoch: u64,
     ) -> Response<PooledBody> {
         let ret = Returner {
             pool: Arc::downgrade(&self.inner),
             key: key.clone(),
             sender,
+            epoch,
         };
         resp.map(|inner| {
             let mut b = PooledBody {
@@ -310,6 +381,7 @@ struct Returner {
     pool: Weak<PoolInner>,
     key: TunnelKey,
     sender: SendRequest<ReqBody>,
+    epoch: u64,
 }
 
 /// An origin's response body; when it ends, its tunnel returns to the pool
@@ -325,7 +397,7 @@ impl PooledBody {
             && let Some(r) = self.ret.take()
             && let Some(pool) = r.pool.upgrade()
         {
-            pool.checkin(r.key, r.sender);
+            pool.checkin(r.key, r.sender, r.epoch);
         }
     }
 }
@@ -344,7 +416,7 @@ impl Body for PooledBody {
                 if let Some(r) = self.ret.take()
                     && let Some(pool) = r.pool.upgrade()
                 {
-                    pool.checkin(r.key, r.sender);
+                    pool.checkin(r.key, r.sender, r.epoch);
                 }
             }
             Poll::Ready(Some(Ok(_))) => self.finish_if_done(),

@@ -46,7 +46,7 @@ async fn setup(
         DnsCacheConfig::default(),
     ));
     let door = FrontDoor::new(
-        w.store.clone(),
+        warren_store::cache::ServiceCache::new(w.store.clone()),
         w.edge.tunnels.clone(),
         dns,
         OriginTls::new(origin_ca).expect("origin tls"),

@@ -9,11 +9,10 @@
 //! `warren-scheme` (`http` default, or `https`), `warren-host` (the URL's host:
 //! SNI for https) and optionally `warren-request-id`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -29,7 +28,8 @@ use tracing::{Instrument, debug, info_span, warn};
 use warren_protocol::listen::{Backoff, ConnLimits, HTTP_REFUSAL, Idle, TcpAcceptor};
 use warren_protocol::pipe::PipeListener;
 use warren_protocol::{ErrorCode, ProxyError};
-use warren_store::{Change, ServiceHost, Store, VpcService};
+use warren_store::cache::ServiceCache;
+use warren_store::{ServiceHost, VpcService};
 
 use crate::dns_cache::DnsCache;
 use crate::origin_tls::OriginTls;
@@ -51,45 +51,12 @@ pub struct FrontDoorConfig {
 
 /// The CONNECT front door. Share it (`Arc`) and call [`FrontDoor::serve`].
 pub struct FrontDoor {
-    store: Arc<dyn Store>,
+    services: Arc<ServiceCache>,
     tunnels: Tunnels,
     dns: Arc<DnsCache>,
     tls: OriginTls,
     config: FrontDoorConfig,
-    services: Mutex<ServiceCache>,
 }
-
-/// Services read from the store, with the store's change feed: pending
-/// changes are applied before every lookup, so an update made through this
-/// process's store is seen by the next request.
-struct ServiceCache {
-    /// service id → (service, when it was read from the store).
-    entries: HashMap<String, (VpcService, Instant)>,
-    changes: tokio::sync::broadcast::Receiver<Change>,
-}
-
-impl ServiceCache {
-    /// Drops the entries the store has reported changed since the last call.
-    fn apply_changes(&mut self) {
-        use tokio::sync::broadcast::error::TryRecvError;
-        loop {
-            match self.changes.try_recv() {
-                Ok(Change::Service(id)) => {
-                    self.entries.remove(&id);
-                }
-                Ok(_) => {}
-                // Missed changes: forget everything.
-                Err(TryRecvError::Lagged(_)) => self.entries.clear(),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
-            }
-        }
-    }
-}
-
-/// How long a cached service is used without a store change notice. The
-/// change feed invalidates at once within this process; the TTL bounds how
-/// stale a service edited by another process over a shared store can be.
-const SERVICE_TTL: Duration = Duration::from_secs(10);
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -130,25 +97,21 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 impl FrontDoor {
-    /// A front door resolving through `dns` and dialling through `tunnels`.
+    /// A front door reading services from the node's change-driven cache,
+    /// resolving through `dns` and dialling through `tunnels`.
     pub fn new(
-        store: Arc<dyn Store>,
+        services: Arc<ServiceCache>,
         tunnels: Tunnels,
         dns: Arc<DnsCache>,
         tls: OriginTls,
         config: FrontDoorConfig,
     ) -> Arc<Self> {
-        let services = Mutex::new(ServiceCache {
-            entries: HashMap::new(),
-            changes: store.watch(),
-        });
         Arc::new(FrontDoor {
-            store,
+            services,
             tunnels,
             dns,
             tls,
             config,
-            services,
         })
     }
 
@@ -336,26 +299,12 @@ impl FrontDoor {
     }
 
     async fn service(&self, id: &str) -> Result<Option<VpcService>, ProxyError> {
-        let cached = self.services.lock().ok().and_then(|mut c| {
-            c.apply_changes();
-            c.entries
-                .get(id)
-                .filter(|(_, at)| at.elapsed() < SERVICE_TTL)
-                .map(|(s, _)| s.clone())
-        });
-        if let Some(s) = cached {
-            return Ok(Some(s));
-        }
-        let found = self.store.get_service(id).await.map_err(|e| {
+        self.services.get(id).await.map_err(|e| {
             ProxyError::new(
                 ErrorCode::ServiceNotFound,
                 format!("service store unavailable: {e}"),
             )
-        })?;
-        if let (Some(s), Ok(mut c)) = (&found, self.services.lock()) {
-            c.entries.insert(id.to_owned(), (s.clone(), Instant::now()));
-        }
-        Ok(found)
+        })
     }
 
     /// The tunnel, the candidate addresses and the default host name of a service.

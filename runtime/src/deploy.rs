@@ -1,21 +1,32 @@
 //! Worker scripts: validating an upload (metadata + modules), verifying its
-//! bindings against the [`ServiceDirectory`], building JS with ComponentizeJS,
-//! compiling, storing the result on disk and swapping it into the [`Router`].
-//! On start, stored scripts come back without rebuilding or recompiling.
+//! bindings against the store's VPC services, building JS with ComponentizeJS,
+//! compiling, and committing the result: the bundle into the content-addressed
+//! [`BlobDir`], the script's record into the [`Store`] (the one source of
+//! truth, shared by every node and process), then the worker into this node's
+//! [`Router`].
+//!
+//! Every node follows the store's change feed: a script deployed, redeployed
+//! or deleted anywhere is loaded or removed here too. At start the node serves
+//! what the store holds, without rebuilding or recompiling; a bundle that fails
+//! to load is logged and its record (so its name and routes) stays its
+//! owner's. A crash at any point of a deploy leaves the old or the new version
+//! in the store, never none: the bundle is written (atomically) before the
+//! record that names it.
 //!
 //! Uploads build and compile concurrently; only the short commit step (the
-//! final conflict checks, storing, swapping into the router) is serialized,
-//! so a slow or stuck build delays no other deploy. Route patterns are
-//! compared in canonical form, and no two accounts may hold routes whose
-//! hosts overlap: the first account to claim a host keeps it.
-//! The HTTP shape (multipart `PUT`, `GET`, `DELETE`) lives with the rest of the
-//! API in `warren`.
+//! final conflict checks, storing, swapping into the router) is serialized
+//! per node, and the store's compare-and-swap on the script's tag catches a
+//! concurrent create or delete on another node. Route patterns are compared
+//! in canonical form, and no two accounts may hold routes whose hosts
+//! overlap: the first account to claim a host keeps it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
+use warren_store::blobs::BlobDir;
+use warren_store::{Change, ScriptRecord, Store, StoreError};
+
 pub use warren_api::scripts::{BindingSpec, LimitsSpec, ScriptInfo, ScriptMetadata};
 
 use crate::engine::RuntimeEngine;
@@ -26,13 +37,6 @@ use crate::outbound::BindingClient;
 use crate::routes::RoutePattern;
 use crate::serve::Router;
 use crate::worker::{Worker, WorkerConfig};
-
-/// Who owns a VPC service: deploy-time binding verification asks this.
-#[async_trait]
-pub trait ServiceDirectory: Send + Sync + 'static {
-    /// The owning account of `service_id`, or `None` when there is no such service.
-    async fn service_owner(&self, service_id: &str) -> Result<Option<String>, String>;
-}
 
 /// One uploaded module file.
 #[derive(Debug, Clone)]
@@ -115,14 +119,18 @@ fn now() -> String {
 
 /// What `Scripts` needs to build and run workers.
 pub struct ScriptsConfig {
-    /// Where scripts are stored (`<dir>/<name>/script.json` + `worker.wasm`).
-    pub dir: PathBuf,
+    /// Where scripts' records live (and VPC services are looked up).
+    pub store: Arc<dyn Store>,
+    /// Where bundles live.
+    pub blobs: BlobDir,
+    /// A directory of scripts stored by older versions
+    /// (`<dir>/<name>/script.json` + `worker.wasm`), moved into the store at
+    /// start.
+    pub legacy_dir: Option<PathBuf>,
     /// JS build tooling.
     pub js: JsBuilder,
     /// Where binding calls go.
     pub client: Option<Arc<dyn BindingClient>>,
-    /// Binding verification.
-    pub directory: Arc<dyn ServiceDirectory>,
     /// Largest `limits.cpu_ms` an upload may ask for (see [`DEFAULT_MAX_CPU_MS`]).
     pub max_cpu_ms: u64,
 }
@@ -224,18 +232,201 @@ impl Scripts {
         .map_err(|e| DeployError::Script(format!("the component does not load: {e:#}")))
     }
 
-    /// Loads every stored script (at start): no JS rebuild, no recompilation
-    /// when the compiled-code cache has the component.
+    /// Serves what the store holds (at start), after moving scripts stored
+    /// by older versions into it: no JS rebuild, no recompilation when the
+    /// compiled-code cache has the component. Returns how many workers load.
     pub async fn restore(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let dir = self.config.dir.clone();
-        std::fs::create_dir_all(&dir)?;
-        let mut stored = Vec::new();
-        for entry in std::fs::read_dir(&dir)? {
+        if let Some(dir) = self.config.legacy_dir.clone() {
+            self.import_legacy(&dir).await?;
+        }
+        let mut records = self.config.store.list_scripts().await?;
+        // Oldest first, so a host claimed by two accounts (stored before
+        // routes were checked across accounts) stays with the first.
+        records.sort_by(|a, b| (&a.created_on, &a.name).cmp(&(&b.created_on, &b.name)));
+        let records_bundles: HashSet<String> = records.iter().map(|r| r.bundle.clone()).collect();
+        let _one = self.committing.lock().await;
+        let mut n = 0;
+        for record in records {
+            if self.load(record).await {
+                n += 1;
+            }
+        }
+        // Bundles no record names (a deploy that crashed between the two
+        // writes, versions replaced since) go once they are an hour old.
+        let keep: HashSet<String> = records_bundles;
+        let blobs = self.config.blobs.clone();
+        match tokio::task::spawn_blocking(move || blobs.retain(&keep)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "unused bundles removed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot tidy the bundle directory"),
+            Err(e) => tracing::warn!(error = %e, "cannot tidy the bundle directory"),
+        }
+        Ok(n)
+    }
+
+    /// Keeps this node in step with the store: a script deployed, redeployed
+    /// or deleted through any node or process is loaded or removed here.
+    /// Runs until the store's change feed closes or `self` is dropped.
+    pub fn follow(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let mut changes = self.config.store.watch();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let change = changes.recv().await;
+                let Some(this) = weak.upgrade() else { return };
+                match change {
+                    Ok(Change::Script(name)) => this.reconcile(&name).await,
+                    Ok(Change::All) | Err(RecvError::Lagged(_)) => this.reconcile_all().await,
+                    Ok(_) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// Brings worker `name` here in line with its record in the store.
+    async fn reconcile(self: &Arc<Self>, name: &str) {
+        let record = match self.config.store.get_script(name).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(worker = name, error = %e, "cannot read a changed script");
+                return;
+            }
+        };
+        let _one = self.committing.lock().await;
+        match record {
+            None => self.unload(name),
+            Some(record) => {
+                let current = self.infos.lock().ok().and_then(|i| i.get(name).cloned());
+                if current.is_some_and(|c| {
+                    c.etag == record.bundle
+                        && c.tag == record.tag
+                        && c.modified_on == record.modified_on
+                }) {
+                    return;
+                }
+                self.load(record).await;
+            }
+        }
+    }
+
+    /// Brings every worker here in line with the store (after missed changes).
+    async fn reconcile_all(self: &Arc<Self>) {
+        let records = match self.config.store.list_scripts().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list scripts after missed changes");
+                return;
+            }
+        };
+        let names: HashSet<String> = records.iter().map(|r| r.name.clone()).collect();
+        let gone: Vec<String> = self
+            .infos
+            .lock()
+            .map(|i| i.keys().filter(|n| !names.contains(*n)).cloned().collect())
+            .unwrap_or_default();
+        {
+            let _one = self.committing.lock().await;
+            for name in gone {
+                self.unload(&name);
+            }
+        }
+        for r in records {
+            self.reconcile(&r.name).await;
+        }
+    }
+
+    /// Loads `record`'s bundle and serves it; `false` (logged) when it cannot
+    /// be. Called under `committing`.
+    async fn load(self: &Arc<Self>, record: ScriptRecord) -> bool {
+        let name = record.name.clone();
+        let info = match info_of(&record) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(worker = %name, error = %e, "stored script unreadable; not served");
+                return false;
+            }
+        };
+        let wasm = match self.config.blobs.get(&record.bundle) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(worker = %name, error = %e, "stored script's bundle cannot be read; not served");
+                return false;
+            }
+        };
+        let mut routes = Vec::new();
+        let others: Vec<ScriptInfo> = self
+            .infos
+            .lock()
+            .map(|i| i.values().cloned().collect())
+            .unwrap_or_default();
+        for r in parse_routes(&info.metadata.routes).unwrap_or_default() {
+            match route_conflict(&others, &info.account_id, &info.id, &r) {
+                Some(e) => tracing::error!(worker = %name, error = %e, "stored route not served"),
+                None => routes.push(r),
+            }
+        }
+        let this = self.clone();
+        let info2 = info.clone();
+        let worker = tokio::task::spawn_blocking(move || this.worker(&info2, routes, wasm)).await;
+        match worker {
+            Ok(Ok(w)) => {
+                self.install(info, w);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(worker = %name, error = %e, "stored script failed to load");
+                false
+            }
+            Err(e) => {
+                tracing::error!(worker = %name, error = %e, "stored script failed to load");
+                false
+            }
+        }
+    }
+
+    /// Serves `worker` as `info` on this node (replacing an older version).
+    fn install(&self, info: ScriptInfo, worker: Worker) {
+        let replaced = self
+            .infos
+            .lock()
+            .ok()
+            .and_then(|i| i.get(&info.id).cloned());
+        if let Some(old) = replaced.filter(|o| o.tag != info.tag) {
+            // Deleted and created again elsewhere: the old identity's tails end.
+            self.logs.close(&log_key(&old));
+        }
+        self.logs.open(&log_key(&info));
+        self.router.deploy(worker);
+        tracing::info!(worker = %info.id, etag = %info.etag, "worker deployed");
+        if let Ok(mut i) = self.infos.lock() {
+            i.insert(info.id.clone(), info);
+        }
+    }
+
+    /// Stops serving `name` on this node.
+    fn unload(&self, name: &str) {
+        let Some(info) = self.infos.lock().ok().and_then(|mut i| i.remove(name)) else {
+            return;
+        };
+        self.router.remove(name);
+        self.logs.close(&log_key(&info));
+        tracing::info!(worker = name, "worker removed");
+    }
+
+    /// Moves `<dir>/<name>/{script.json,worker.wasm}` (older versions' way of
+    /// storing scripts) into the store and the bundle directory.
+    async fn import_legacy(&self, dir: &Path) -> anyhow::Result<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries {
             let path = entry?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
-            if !valid_name(name) {
+            if !valid_name(&name) {
                 continue;
             }
             let loaded = (|| -> anyhow::Result<(ScriptInfo, Vec<u8>)> {
@@ -243,58 +434,34 @@ impl Scripts {
                     serde_json::from_slice(&std::fs::read(path.join("script.json"))?)?;
                 Ok((info, std::fs::read(path.join("worker.wasm"))?))
             })();
-            match loaded {
-                Ok(l) => stored.push(l),
+            let (mut info, wasm) = match loaded {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(script = name, error = %e, "stored script unreadable; skipped");
+                    tracing::error!(script = %name, error = %e, "old stored script unreadable; left in place");
+                    continue;
                 }
-            }
-        }
-        // Oldest first, so a host claimed by two accounts (stored before
-        // routes were checked across accounts) stays with the first.
-        stored.sort_by(|a, b| (&a.0.created_on, &a.0.id).cmp(&(&b.0.created_on, &b.0.id)));
-        let mut n = 0;
-        for (mut info, wasm) in stored {
+            };
             if info.tag.is_empty() {
                 info.tag = new_tag();
             }
-            let mut routes = Vec::new();
-            for r in parse_routes(&info.metadata.routes).unwrap_or_default() {
-                match self.route_conflict(&info.account_id, &info.id, &r) {
-                    Some(e) => {
-                        tracing::error!(script = %info.id, error = %e, "stored route not served")
-                    }
-                    None => routes.push(r),
-                }
+            info.etag = self.config.blobs.put(&wasm)?;
+            let record = record_of(&info)?;
+            if self.config.store.get_script(&name).await?.is_none() {
+                self.config.store.put_script(&record, None).await?;
             }
-            let this = self.clone();
-            let info2 = info.clone();
-            let worker =
-                tokio::task::spawn_blocking(move || this.worker(&info2, routes, wasm)).await?;
-            match worker {
-                Ok(w) => {
-                    self.logs.open(&log_key(&info));
-                    self.router.deploy(w);
-                    if let Ok(mut i) = self.infos.lock() {
-                        i.insert(info.id.clone(), info);
-                    }
-                    n += 1;
-                }
-                Err(e) => {
-                    tracing::error!(script = %info.id, error = %e, "stored script failed to load")
-                }
-            }
+            std::fs::remove_dir_all(&path)?;
+            tracing::info!(script = %name, "moved an old stored script into the store");
         }
-        Ok(n)
+        Ok(())
     }
 
-    /// The script `name` of `account_id`.
+    /// The script `name` of `account_id`, as this node serves it.
     pub fn get(&self, account_id: &str, name: &str) -> Option<ScriptInfo> {
         let i = self.infos.lock().ok()?;
         i.get(name).filter(|s| s.account_id == account_id).cloned()
     }
 
-    /// The scripts of `account_id`.
+    /// The scripts of `account_id` this node serves.
     pub fn list(&self, account_id: &str) -> Vec<ScriptInfo> {
         let Ok(i) = self.infos.lock() else {
             return vec![];
@@ -308,7 +475,7 @@ impl Scripts {
         v
     }
 
-    /// Names of the workers that bind `service_id`.
+    /// Names of the workers this node serves that bind `service_id`.
     pub fn workers_binding(&self, service_id: &str) -> Vec<String> {
         let Ok(i) = self.infos.lock() else {
             return vec![];
@@ -326,21 +493,19 @@ impl Scripts {
         v
     }
 
-    /// Removes a script; `false` when the account has no such script.
+    /// Removes a script everywhere; `false` when the account has no such script.
     pub async fn delete(&self, account_id: &str, name: &str) -> Result<bool, DeployError> {
         let _one = self.committing.lock().await;
-        let Some(info) = self.get(account_id, name) else {
+        if !self
+            .config
+            .store
+            .delete_script(account_id, name)
+            .await
+            .map_err(store_error)?
+        {
             return Ok(false);
-        };
-        self.router.remove(name);
-        if let Ok(mut i) = self.infos.lock() {
-            i.remove(name);
         }
-        self.logs.close(&log_key(&info));
-        let path = self.config.dir.join(name);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(internal)?;
-        }
+        self.unload(name);
         Ok(true)
     }
 
@@ -364,8 +529,7 @@ impl Scripts {
         self.check(account_id, &metadata, &modules).await?;
         let routes = parse_routes(&metadata.routes)?;
         // Before the build, so a refused upload costs no build; again at commit.
-        self.conflicts(account_id, name, &routes)?;
-        let previous = self.get(account_id, name);
+        let previous = self.conflicts(account_id, name, &routes).await?;
         let building = self.building.acquire().await.map_err(internal)?;
         let wasm = self.build(name, &metadata, modules).await?;
         let t = now();
@@ -387,36 +551,60 @@ impl Scripts {
             .map_err(internal)??;
         drop(building);
         let _one = self.committing.lock().await;
-        self.conflicts(account_id, name, &worker.config().routes)?;
-        if self.get(account_id, name).map(|i| i.tag) != previous.map(|p| p.tag) {
-            return Err(DeployError::Conflict(format!(
-                "worker {name} was created or deleted while this upload was building; upload it again"
-            )));
+        let now_previous = self
+            .conflicts(account_id, name, &worker.config().routes)
+            .await?;
+        let expected = previous.map(|p| p.tag);
+        if now_previous.map(|p| p.tag) != expected {
+            return Err(changed_while_building(name));
         }
-        store_script(&self.config.dir, &info, &wasm).map_err(internal)?;
-        self.logs.open(&log_key(&info));
-        self.router.deploy(worker);
-        if let Ok(mut i) = self.infos.lock() {
-            i.insert(name.to_owned(), info.clone());
+        // The bundle first: a crash between the two leaves the old record,
+        // whose bundle is still there.
+        let blobs = self.config.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.put(&wasm))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let record = record_of(&info).map_err(internal)?;
+        if !self
+            .config
+            .store
+            .put_script(&record, expected.as_deref())
+            .await
+            .map_err(store_error)?
+        {
+            return Err(changed_while_building(name));
         }
-        tracing::info!(worker = name, etag = %info.etag, "worker deployed");
+        self.install(info.clone(), worker);
         Ok(info)
     }
 
     /// Refuses `name` when another account's worker has it, and `routes`
-    /// that conflict (see [`Scripts::route_conflict`]).
-    fn conflicts(
+    /// that conflict with any stored script's (see [`route_conflict`]).
+    /// Returns the account's current version of the script, if any.
+    async fn conflicts(
         &self,
         account_id: &str,
         name: &str,
         routes: &[RoutePattern],
-    ) -> Result<(), DeployError> {
-        if let Some(other) = self
-            .infos
-            .lock()
-            .ok()
-            .and_then(|i| i.get(name).map(|s| s.account_id.clone()))
-            && other != account_id
+    ) -> Result<Option<ScriptInfo>, DeployError> {
+        let stored = self
+            .config
+            .store
+            .list_scripts()
+            .await
+            .map_err(store_error)?;
+        let mut others = Vec::with_capacity(stored.len());
+        let mut previous = None;
+        for r in &stored {
+            match info_of(r) {
+                Ok(i) if i.id == name => previous = Some(i),
+                Ok(i) => others.push(i),
+                Err(e) => tracing::warn!(worker = %r.name, error = %e, "stored script unreadable"),
+            }
+        }
+        if let Some(p) = &previous
+            && p.account_id != account_id
         {
             return Err(DeployError::Conflict(format!(
                 "the worker name {name} is taken"
@@ -424,46 +612,11 @@ impl Scripts {
         }
         match routes
             .iter()
-            .find_map(|r| self.route_conflict(account_id, name, r))
+            .find_map(|r| route_conflict(&others, account_id, name, r))
         {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(previous),
         }
-    }
-
-    /// Why worker `name` of `account_id` may not have `route`: another
-    /// account holds a route whose hosts overlap it (that worker is not
-    /// named), or another worker of the account has the same pattern.
-    fn route_conflict(
-        &self,
-        account_id: &str,
-        name: &str,
-        route: &RoutePattern,
-    ) -> Option<DeployError> {
-        let infos = self.infos.lock().ok()?;
-        let canonical = route.canonical();
-        for other in infos.values().filter(|i| i.id != name) {
-            for theirs in other
-                .metadata
-                .routes
-                .iter()
-                .filter_map(|r| RoutePattern::parse(r).ok())
-            {
-                let pattern = route.as_written();
-                if other.account_id != account_id && route.hosts_overlap(&theirs) {
-                    return Some(DeployError::Conflict(format!(
-                        "route {pattern} overlaps a host another account routes"
-                    )));
-                }
-                if other.account_id == account_id && theirs.canonical() == canonical {
-                    return Some(DeployError::Conflict(format!(
-                        "route {pattern} is already served by worker {}",
-                        other.id
-                    )));
-                }
-            }
-        }
-        None
     }
 
     async fn check(
@@ -527,10 +680,11 @@ impl Scripts {
             if let BindingSpec::VpcService { name, service_id } = b {
                 let owner = self
                     .config
-                    .directory
-                    .service_owner(service_id)
+                    .store
+                    .get_service(service_id)
                     .await
-                    .map_err(DeployError::Internal)?;
+                    .map_err(store_error)?
+                    .map(|s| s.account_id);
                 if owner.as_deref() != Some(account_id) {
                     return Err(DeployError::Binding {
                         binding: name.clone(),
@@ -626,31 +780,88 @@ fn parse_routes(routes: &[String]) -> Result<Vec<RoutePattern>, DeployError> {
     Ok(out)
 }
 
-/// Writes `<dir>/<name>/{script.json,worker.wasm}`, replacing the old copy only
-/// once the new one is complete.
-fn store_script(dir: &Path, info: &ScriptInfo, wasm: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}", info.id, uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&tmp)?;
-    std::fs::write(tmp.join("worker.wasm"), wasm)?;
-    std::fs::write(
-        tmp.join("script.json"),
-        serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?,
-    )?;
-    let target = dir.join(&info.id);
-    let old = dir.join(format!(
-        ".{}.old.{}",
-        info.id,
-        uuid::Uuid::new_v4().simple()
-    ));
-    if target.exists() {
-        std::fs::rename(&target, &old)?;
+/// The store's record of a script.
+fn record_of(info: &ScriptInfo) -> Result<ScriptRecord, serde_json::Error> {
+    let m = &info.metadata;
+    let mut services: Vec<String> = m
+        .bindings
+        .iter()
+        .filter_map(|b| match b {
+            BindingSpec::VpcService { service_id, .. } => Some(service_id.clone()),
+            BindingSpec::PlainText { .. } => None,
+        })
+        .collect();
+    services.sort();
+    services.dedup();
+    Ok(ScriptRecord {
+        name: info.id.clone(),
+        account_id: info.account_id.clone(),
+        tag: info.tag.clone(),
+        metadata: serde_json::to_string(m)?,
+        services,
+        routes: m.routes.clone(),
+        bundle: info.etag.clone(),
+        secrets: BTreeMap::new(),
+        created_on: info.created_on.clone(),
+        modified_on: info.modified_on.clone(),
+    })
+}
+
+/// A script as the API shows it, from its record.
+fn info_of(r: &ScriptRecord) -> Result<ScriptInfo, serde_json::Error> {
+    Ok(ScriptInfo {
+        id: r.name.clone(),
+        tag: r.tag.clone(),
+        account_id: r.account_id.clone(),
+        metadata: serde_json::from_str(&r.metadata)?,
+        etag: r.bundle.clone(),
+        created_on: r.created_on.clone(),
+        modified_on: r.modified_on.clone(),
+    })
+}
+
+fn store_error(e: StoreError) -> DeployError {
+    DeployError::Internal(e.to_string())
+}
+
+fn changed_while_building(name: &str) -> DeployError {
+    DeployError::Conflict(format!(
+        "worker {name} was created or deleted while this upload was building; upload it again"
+    ))
+}
+
+/// Why worker `name` of `account_id` may not have `route`, given the other
+/// workers: another account holds a route whose hosts overlap it (that worker
+/// is not named), or another worker of the account has the same pattern.
+fn route_conflict(
+    others: &[ScriptInfo],
+    account_id: &str,
+    name: &str,
+    route: &RoutePattern,
+) -> Option<DeployError> {
+    let canonical = route.canonical();
+    for other in others.iter().filter(|i| i.id != name) {
+        for theirs in other
+            .metadata
+            .routes
+            .iter()
+            .filter_map(|r| RoutePattern::parse(r).ok())
+        {
+            let pattern = route.as_written();
+            if other.account_id != account_id && route.hosts_overlap(&theirs) {
+                return Some(DeployError::Conflict(format!(
+                    "route {pattern} overlaps a host another account routes"
+                )));
+            }
+            if other.account_id == account_id && theirs.canonical() == canonical {
+                return Some(DeployError::Conflict(format!(
+                    "route {pattern} is already served by worker {}",
+                    other.id
+                )));
+            }
+        }
     }
-    std::fs::rename(&tmp, &target)?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
+    None
 }
 
 #[cfg(test)]

@@ -8,35 +8,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use hyper::StatusCode;
 use warren_runtime::deploy::{
-    BindingSpec, DeployError, Module, ScriptMetadata, Scripts, ScriptsConfig, ServiceDirectory,
+    BindingSpec, DeployError, Module, ScriptMetadata, Scripts, ScriptsConfig,
 };
 use warren_runtime::js::JsBuilder;
 use warren_runtime::logs::LogHub;
 use warren_runtime::serve::Router;
 use warren_runtime::{EngineConfig, RuntimeEngine};
+use warren_store::SqliteStore;
+use warren_store::blobs::BlobDir;
 
 mod common;
 use common::{get, guest};
-
-/// No VPC services: these workers bind none.
-struct NoServices;
-
-#[async_trait]
-impl ServiceDirectory for NoServices {
-    async fn service_owner(&self, _: &str) -> Result<Option<String>, String> {
-        Ok(None)
-    }
-}
 
 struct Node {
     scripts: Arc<Scripts>,
     addr: std::net::SocketAddr,
 }
 
-/// A router serving on loopback with scripts stored in `dir`, restored from it.
+/// A router serving on loopback with scripts stored in a SQLite store and a
+/// bundle directory in `dir`, restored from them.
 async fn node(dir: &std::path::Path) -> Node {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
     let engine = RuntimeEngine::new(EngineConfig::new(cache)).expect("engine");
@@ -46,10 +38,11 @@ async fn node(dir: &std::path::Path) -> Node {
         router.clone(),
         Arc::new(LogHub::default()),
         ScriptsConfig {
-            dir: dir.to_owned(),
+            store: Arc::new(SqliteStore::open(&dir.join("warren.db")).expect("store")),
+            blobs: BlobDir::open(&dir.join("bundles")).expect("bundles"),
+            legacy_dir: None,
             js: JsBuilder::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")),
             client: None,
-            directory: Arc::new(NoServices),
             max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,
         },
     );

@@ -40,6 +40,8 @@ pub enum BlobError {
 #[derive(Debug, Clone)]
 pub struct BlobDir {
     dir: PathBuf,
+    /// How old an unused file must be before [`BlobDir::retain`] removes it.
+    grace: std::time::Duration,
 }
 
 impl BlobDir {
@@ -48,6 +50,7 @@ impl BlobDir {
         std::fs::create_dir_all(dir)?;
         Ok(BlobDir {
             dir: dir.to_owned(),
+            grace: std::time::Duration::from_secs(3600),
         })
     }
 
@@ -99,20 +102,23 @@ impl BlobDir {
         Ok(bytes)
     }
 
-    /// Removes bundles no name in `keep` refers to, and leftover temporary
-    /// files; returns how many files went.
+    /// Removes bundles no name in `keep` refers to and leftover temporary
+    /// files, once they are an hour old (a deploy in progress writes its
+    /// bundle before the record naming it); returns how many files went.
     pub fn retain(&self, keep: &std::collections::HashSet<String>) -> std::io::Result<usize> {
         let mut n = 0;
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let stale_tmp = name.ends_with(".tmp")
-                && entry
+            let unused = (valid_hash(name) && !keep.contains(name)) || name.ends_with(".tmp");
+            let old = || {
+                entry
                     .metadata()
                     .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 3600));
-            if (valid_hash(name) && !keep.contains(name)) || stale_tmp {
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|a| a >= self.grace))
+            };
+            if unused && old() {
                 std::fs::remove_file(entry.path())?;
                 n += 1;
             }
@@ -123,6 +129,8 @@ impl BlobDir {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -148,8 +156,10 @@ mod tests {
     #[test]
     fn retain_removes_what_nothing_names() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobDir::open(dir.path()).unwrap();
+        let mut blobs = BlobDir::open(dir.path()).unwrap();
         let a = blobs.put(b"a").unwrap();
+        assert_eq!(blobs.retain(&HashSet::new()).unwrap(), 0, "too young to go");
+        blobs.grace = std::time::Duration::ZERO;
         let b = blobs.put(b"b").unwrap();
         let keep = [a.clone()].into_iter().collect();
         assert_eq!(blobs.retain(&keep).unwrap(), 1);

@@ -68,7 +68,7 @@ CREATE TABLE api_tokens (
     r#"
 CREATE TABLE scripts (
     name       TEXT PRIMARY KEY,
-    account_id TEXT NOT NULL REFERENCES accounts(id),
+    account_id TEXT NOT NULL,
     tag        TEXT NOT NULL,
     body       TEXT NOT NULL
 );

@@ -141,9 +141,12 @@ async fn session(
         .await?;
     let api = node.api_url.clone().unwrap_or_default();
     let client = Client::with(&api, &account.id, &token)?;
+    let tunnel_addr = node
+        .tunnel_addr
+        .ok_or_else(|| anyhow::anyhow!("the dev edge runs no tunnel edge"))?;
     println!(
-        "edge API at {api} (account {}); tunnel edge on udp://{}",
-        account.id, node.tunnel_addr
+        "edge API at {api} (account {}); tunnel edge on udp://{tunnel_addr}",
+        account.id
     );
 
     let tunnel = match store

@@ -13,18 +13,23 @@ use rand::RngCore;
 use tokio::sync::watch;
 use warren_binding_worker::{BindingWorker, FrontDoorConfig as BindingFrontDoor, RpcServer};
 use warren_iris::api::{ApiState, ServiceUsers, router};
+use warren_iris::ca::EdgeCa;
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
 use warren_iris::origin_tls::OriginTls;
 use warren_iris::sealing::Sealer;
 use warren_iris::tunnel_admin::TunnelAdmin;
+use warren_iris::tunnels::Tunnels;
 use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
-use warren_protocol::pipe::pipe_pair;
+use warren_protocol::listen::ConnLimits;
+use warren_protocol::pipe::{PipeDialer, pipe_pair};
 use warren_runtime::binding_rpc::{Endpoint, RpcBindingClient};
-use warren_runtime::deploy::{Scripts, ScriptsConfig, ServiceDirectory};
+use warren_runtime::deploy::{Scripts, ScriptsConfig};
 use warren_runtime::js::{BuildLimits, JsBuilder};
 use warren_runtime::logs::LogHub;
 use warren_runtime::serve::Router;
 use warren_runtime::{BindingClient, EngineConfig, RuntimeEngine};
+use warren_store::blobs::BlobDir;
+use warren_store::cache::ServiceCache;
 use warren_store::{SqliteStore, Store, hash_secret};
 
 use crate::config::{self, EdgeFile, StoreBackend};
@@ -196,20 +201,6 @@ fn rpc_endpoint(s: &str) -> anyhow::Result<Endpoint> {
     }
 }
 
-/// Deploy-time binding verification against the store.
-struct StoreDirectory(Arc<dyn Store>);
-
-#[async_trait::async_trait]
-impl ServiceDirectory for StoreDirectory {
-    async fn service_owner(&self, service_id: &str) -> Result<Option<String>, String> {
-        self.0
-            .get_service(service_id)
-            .await
-            .map(|s| s.map(|s| s.account_id))
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// A running node: its parts' addresses and handles, and how to stop it.
 pub struct Running {
     /// The node's store.
@@ -220,8 +211,8 @@ pub struct Running {
     pub runtime_addr: Option<SocketAddr>,
     /// Workers' domain.
     pub workers_domain: String,
-    /// The tunnel edge's UDP address.
-    pub tunnel_addr: SocketAddr,
+    /// The tunnel edge's UDP address, when this node runs the tunnel edge.
+    pub tunnel_addr: Option<SocketAddr>,
     /// Tunnel creation and tokens.
     pub admin: Arc<TunnelAdmin>,
     /// Deployed workers, when this node runs the runtime.
@@ -238,210 +229,305 @@ impl Running {
     }
 }
 
-/// Starts the parts `file` names; `write_profile` writes the first-start
-/// client profile.
-pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&file.data_dir)
-        .with_context(|| format!("cannot create {}", file.data_dir.display()))?;
-    let store: Arc<dyn Store> = match file.store.backend {
-        StoreBackend::Sqlite => Arc::new(SqliteStore::open(&file.data_dir.join("warren.db"))?),
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
+/// What the parts of one node share.
+struct Node<'a> {
+    file: &'a EdgeFile,
+    store: Arc<dyn Store>,
+    /// One change-driven service cache for the front door and the binding-worker.
+    services: Arc<ServiceCache>,
+    secret: String,
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Node<'_> {
+    /// Completes when the node is told to stop.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    check_trust_roots(&file.data_dir)?;
-    let secret = internal_secret(file)?;
-    let limits = file.connections.limits();
+    }
+}
 
+/// Starts the parts `file` names, and only those; `write_profile` writes the
+/// first-start client profile.
+pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&file.data_dir)
+        .with_context(|| format!("cannot create {}", file.data_dir.display()))?;
+    check_trust_roots(&file.data_dir)?;
+    let parts = &file.parts;
+    anyhow::ensure!(
+        !parts.connect || parts.tunnel,
+        "parts.connect needs parts.tunnel in the same process: the front door dials through this node's tunnel connections"
+    );
+    let store: Arc<dyn Store> = match file.store.backend {
+        StoreBackend::Sqlite => Arc::new(SqliteStore::open(&file.data_dir.join("warren.db"))?),
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    let mut node = Node {
+        file,
+        services: ServiceCache::new(store.clone()),
+        store: store.clone(),
+        secret: internal_secret(file)?,
+        limits: file.connections.limits(),
+        stop,
+        tasks: tokio::task::JoinSet::new(),
+    };
+    let tunnel = match parts.tunnel {
+        true => Some(start_tunnel(&mut node)?),
+        false => None,
+    };
+    let admin = Arc::new(TunnelAdmin {
+        edges: match (&tunnel, file.tunnel.public_addresses.is_empty()) {
+            (Some((_, addr)), true) => vec![addr.to_string()],
+            _ => file.tunnel.public_addresses.clone(),
+        },
+        ca_sha256: EdgeCa::load_or_create(&file.data_dir)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .fingerprint(),
+        sealer: Sealer::load_or_create(&file.data_dir)?,
+    });
+    let door = match &tunnel {
+        Some((tunnels, _)) if parts.connect => Some(start_connect(&mut node, tunnels).await?),
+        _ => None,
+    };
+    let binding = match parts.binding {
+        true => Some(start_binding(&mut node, door.as_ref()).await?),
+        false => None,
+    };
+    let runtime = match parts.runtime {
+        true => Some(start_runtime(&mut node, binding.as_ref()).await?),
+        false => None,
+    };
+    let scripts = runtime.as_ref().map(|(_, s)| s.clone());
+    let api_url = match parts.api {
+        true => Some(start_api(&mut node, admin.clone(), scripts.clone(), write_profile).await?),
+        false => None,
+    };
+    Ok(Running {
+        store,
+        api_url,
+        runtime_addr: runtime.map(|(a, _)| a),
+        workers_domain: file.runtime.workers_domain.clone(),
+        tunnel_addr: tunnel.map(|(_, a)| a),
+        admin,
+        scripts,
+        stop: stop_tx,
+        tasks: node.tasks,
+    })
+}
+
+/// The QUIC tunnel edge: connectors register here.
+fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
+    let file = node.file;
     let mut edge_config = EdgeConfig::new(file.tunnel.listen, file.data_dir.clone());
     if let Some(n) = &file.node_name {
         edge_config.edge_name = n.clone();
     }
-    let edge = TunnelEdge::bind(edge_config, store.clone())?;
+    let edge = TunnelEdge::bind(edge_config, node.store.clone())?;
+    let addr = edge.local_addr()?;
     let tunnels = edge.tunnels();
-    let tunnel_addr = edge.local_addr()?;
-    let edges = if file.tunnel.public_addresses.is_empty() {
-        vec![tunnel_addr.to_string()]
-    } else {
-        file.tunnel.public_addresses.clone()
-    };
-    let admin = Arc::new(TunnelAdmin {
-        edges,
-        ca_sha256: edge.ca().fingerprint(),
-        sealer: Sealer::load_or_create(&file.data_dir)?,
-    });
-    if file.parts.tunnel {
-        tracing::info!(addr = %tunnel_addr, "tunnel edge listening");
-        tasks.spawn(edge.run(stopped()));
-    }
-    let mut front_door_addr = file.connect.listen;
-    // A binding-worker in this process reaches this process's front door over
-    // in-memory pipes (still CONNECT over HTTP, without kernel sockets).
-    let mut in_process_door = None;
-    if file.parts.connect {
-        let dns = Arc::new(DnsCache::new(
-            tunnels.clone(),
-            DnsCacheConfig {
-                min_ttl: file.dns_cache.min_ttl,
-                max_ttl: file.dns_cache.max_ttl,
-                max_negative_ttl: file.dns_cache.max_negative_ttl,
-                max_entries: file.dns_cache.max_entries,
-            },
-        ));
-        let door = FrontDoor::new(
-            store.clone(),
-            tunnels.clone(),
-            dns,
-            OriginTls::new(&origin_roots(file)?).map_err(|e| anyhow::anyhow!("{e}"))?,
-            FrontDoorConfig {
-                secret: secret.clone(),
-                attempt_timeout: file.connect.attempt_timeout,
-            },
-        );
-        let listener = tokio::net::TcpListener::bind(file.connect.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", file.connect.listen))?;
-        front_door_addr = listener.local_addr()?;
-        tracing::info!(addr = %front_door_addr, "CONNECT front door listening");
-        let (dialer, pipes) = pipe_pair();
-        tasks.spawn(door.clone().serve_in_process(pipes, stopped()));
-        in_process_door = Some(dialer);
-        tasks.spawn(door.serve_with(listener, limits, stopped()));
-    }
-    let mut binding_endpoint = rpc_endpoint(&file.binding.listen)?;
-    // A runtime in this process reaches this process's binding-worker over
-    // in-memory pipes (still the binding RPC, without kernel sockets).
-    let mut in_process_rpc = None;
-    if file.parts.binding {
-        let mut fd = BindingFrontDoor::new(
-            file.binding.front_door.unwrap_or(front_door_addr),
-            secret.clone(),
-        );
-        fd.idle_timeout = file.binding.idle_timeout;
-        if file.binding.front_door.is_none() {
-            fd.in_process = in_process_door.clone();
-        }
-        let server = RpcServer::new(BindingWorker::new(store.clone(), fd), secret.clone());
-        let (dialer, pipes) = pipe_pair();
-        tasks.spawn(server.clone().serve(pipes, stopped()));
-        in_process_rpc = Some(Endpoint::Memory(dialer));
-        match &binding_endpoint {
-            Endpoint::Tcp(a) => {
-                let l = tokio::net::TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot listen on {a}"))?;
-                binding_endpoint = Endpoint::Tcp(l.local_addr()?);
-                tasks.spawn(server.serve_with(l, limits, stopped()));
-            }
-            Endpoint::Unix(p) => {
-                let _ = std::fs::remove_file(p);
-                let l = tokio::net::UnixListener::bind(p)
-                    .with_context(|| format!("cannot listen on {}", p.display()))?;
-                tasks.spawn(server.serve_with(l, limits, stopped()));
-            }
-            Endpoint::Memory(_) => {} // (never from a config file)
-        }
-        tracing::info!(endpoint = ?binding_endpoint, "binding-worker listening");
-    }
-    let mut runtime_addr = None;
-    let mut scripts = None;
-    if file.parts.runtime {
-        let engine = RuntimeEngine::new(EngineConfig::new(file.data_dir.join("compiled")))?;
-        let router = Router::new(&file.runtime.workers_domain);
-        let rpc = match &file.runtime.binding_rpc {
-            Some(s) => rpc_endpoint(s)?,
-            None => in_process_rpc
-                .clone()
-                .unwrap_or_else(|| binding_endpoint.clone()),
-        };
-        let client: Arc<dyn BindingClient> =
-            Arc::new(RpcBindingClient::new(rpc, secret.clone(), 4));
-        let s = Scripts::new(
-            engine,
-            router.clone(),
-            Arc::new(LogHub::default()),
-            ScriptsConfig {
-                dir: file.data_dir.join("workers"),
-                js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
-                    .with_cache(file.data_dir.join("built"))
-                    .with_limits(BuildLimits {
-                        timeout: file.runtime.build_timeout,
-                        ..BuildLimits::default()
-                    }),
-                client: Some(client),
-                directory: Arc::new(StoreDirectory(store.clone())),
-                max_cpu_ms: file.runtime.max_cpu_ms,
-            },
-        );
-        let n = s.restore().await?;
-        let listener = tokio::net::TcpListener::bind(file.runtime.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", file.runtime.listen))?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, workers = n, domain = %file.runtime.workers_domain, "serving workers");
-        let stop = stopped();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = router.serve_with(listener, limits) => {}
-                () = stop => {}
-            }
-        });
-        runtime_addr = Some(addr);
-        scripts = Some(s);
-    }
-    let mut api_url = None;
-    if file.parts.api {
-        let listener = tokio::net::TcpListener::bind(file.api.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", file.api.listen))?;
-        let addr = listener.local_addr()?;
-        let url = file
-            .api
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
-        first_start(store.as_ref(), &url, write_profile).await?;
-        tracing::info!(%addr, "API listening");
-        let users: Option<ServiceUsers> = scripts.clone().map(|s| {
-            let f: ServiceUsers = Arc::new(move |id: &str| s.workers_binding(id));
-            f
-        });
-        let state = ApiState {
-            store: store.clone(),
-            admin: admin.clone(),
-            service_users: users,
-        };
-        let mut app = router(state.clone());
-        if let Some(s) = &scripts {
-            app = app.merge(crate::scripts_api::routes(state, s.clone()));
-        }
-        let stop = stopped();
-        tasks.spawn(warren_protocol::listen::serve_http(
-            "API",
-            listener,
-            limits,
-            |_| {},
-            hyper_util::service::TowerToHyperService::new(app),
-            stop,
-        ));
-        api_url = Some(url);
-    }
-    Ok(Running {
-        store,
-        api_url,
-        runtime_addr,
-        workers_domain: file.runtime.workers_domain.clone(),
-        tunnel_addr,
-        admin,
-        scripts,
-        stop: stop_tx,
-        tasks,
+    tracing::info!(%addr, "tunnel edge listening");
+    let stop = node.stopped();
+    node.tasks.spawn(edge.run(stop));
+    Ok((tunnels, addr))
+}
+
+/// The CONNECT front door (on its listener, and over in-memory pipes for a
+/// binding-worker in this process, still CONNECT over HTTP).
+async fn start_connect(node: &mut Node<'_>, tunnels: &Tunnels) -> anyhow::Result<FrontDoorHandle> {
+    let file = node.file;
+    let dns = Arc::new(DnsCache::new(
+        tunnels.clone(),
+        DnsCacheConfig {
+            min_ttl: file.dns_cache.min_ttl,
+            max_ttl: file.dns_cache.max_ttl,
+            max_negative_ttl: file.dns_cache.max_negative_ttl,
+            max_entries: file.dns_cache.max_entries,
+        },
+    ));
+    let door = FrontDoor::new(
+        node.services.clone(),
+        tunnels.clone(),
+        dns,
+        OriginTls::new(&origin_roots(file)?).map_err(|e| anyhow::anyhow!("{e}"))?,
+        FrontDoorConfig {
+            secret: node.secret.clone(),
+            attempt_timeout: file.connect.attempt_timeout,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(file.connect.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", file.connect.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "CONNECT front door listening");
+    let (dialer, pipes) = pipe_pair();
+    let stop = node.stopped();
+    node.tasks.spawn(door.clone().serve_in_process(pipes, stop));
+    let stop = node.stopped();
+    node.tasks
+        .spawn(door.serve_with(listener, node.limits, stop));
+    Ok(FrontDoorHandle {
+        addr,
+        in_process: dialer,
     })
+}
+
+/// Where this process's front door is.
+struct FrontDoorHandle {
+    addr: SocketAddr,
+    in_process: PipeDialer,
+}
+
+/// The binding-worker: the binding RPC on its listener, and over in-memory
+/// pipes for a runtime in this process. Returns the endpoint a runtime in
+/// this process uses.
+async fn start_binding(
+    node: &mut Node<'_>,
+    door: Option<&FrontDoorHandle>,
+) -> anyhow::Result<Endpoint> {
+    let file = node.file;
+    let door_addr = match (file.binding.front_door, door) {
+        (Some(a), _) => a,
+        (None, Some(d)) => d.addr,
+        (None, None) => file.connect.listen,
+    };
+    let mut fd = BindingFrontDoor::new(door_addr, node.secret.clone());
+    fd.idle_timeout = file.binding.idle_timeout;
+    if file.binding.front_door.is_none() {
+        fd.in_process = door.map(|d| d.in_process.clone());
+    }
+    let server = RpcServer::new(
+        BindingWorker::new(node.services.clone(), fd),
+        node.secret.clone(),
+    );
+    let (dialer, pipes) = pipe_pair();
+    let stop = node.stopped();
+    node.tasks.spawn(server.clone().serve(pipes, stop));
+    let stop = node.stopped();
+    let endpoint = match rpc_endpoint(&file.binding.listen)? {
+        Endpoint::Tcp(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a}"))?;
+            let bound = Endpoint::Tcp(l.local_addr()?);
+            node.tasks.spawn(server.serve_with(l, node.limits, stop));
+            bound
+        }
+        Endpoint::Unix(p) => {
+            let _ = std::fs::remove_file(&p);
+            let l = tokio::net::UnixListener::bind(&p)
+                .with_context(|| format!("cannot listen on {}", p.display()))?;
+            node.tasks.spawn(server.serve_with(l, node.limits, stop));
+            Endpoint::Unix(p)
+        }
+        e @ Endpoint::Memory(_) => e, // (never from a config file)
+    };
+    tracing::info!(?endpoint, "binding-worker listening");
+    Ok(Endpoint::Memory(dialer))
+}
+
+/// The worker runtime: restores the workers the store holds, follows the
+/// store for deploys made anywhere, and serves them.
+async fn start_runtime(
+    node: &mut Node<'_>,
+    in_process_rpc: Option<&Endpoint>,
+) -> anyhow::Result<(SocketAddr, Arc<Scripts>)> {
+    let file = node.file;
+    let engine = RuntimeEngine::new(EngineConfig::new(file.data_dir.join("compiled")))?;
+    let router = Router::new(&file.runtime.workers_domain);
+    let rpc = match (&file.runtime.binding_rpc, in_process_rpc) {
+        (Some(s), _) => rpc_endpoint(s)?,
+        (None, Some(e)) => e.clone(),
+        (None, None) => rpc_endpoint(&file.binding.listen)?,
+    };
+    let client: Arc<dyn BindingClient> =
+        Arc::new(RpcBindingClient::new(rpc, node.secret.clone(), 4));
+    let bundles = file.data_dir.join("bundles");
+    let scripts = Scripts::new(
+        engine,
+        router.clone(),
+        Arc::new(LogHub::default()),
+        ScriptsConfig {
+            store: node.store.clone(),
+            blobs: BlobDir::open(&bundles)
+                .with_context(|| format!("cannot open {}", bundles.display()))?,
+            legacy_dir: Some(file.data_dir.join("workers")),
+            js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
+                .with_cache(file.data_dir.join("built"))
+                .with_limits(BuildLimits {
+                    timeout: file.runtime.build_timeout,
+                    ..BuildLimits::default()
+                }),
+            client: Some(client),
+            max_cpu_ms: file.runtime.max_cpu_ms,
+        },
+    );
+    // Follow before restoring, so nothing deployed meanwhile is missed.
+    let following = scripts.follow();
+    let n = scripts.restore().await?;
+    let listener = tokio::net::TcpListener::bind(file.runtime.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", file.runtime.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, workers = n, domain = %file.runtime.workers_domain, "serving workers");
+    let stop = node.stopped();
+    let limits = node.limits;
+    node.tasks.spawn(async move {
+        tokio::select! {
+            () = router.serve_with(listener, limits) => {}
+            () = stop => {}
+        }
+        following.abort();
+    });
+    Ok((addr, scripts))
+}
+
+/// The API: tunnels and VPC services (iris's routes) and, with a runtime in
+/// this process, worker scripts (the runtime's routes).
+async fn start_api(
+    node: &mut Node<'_>,
+    admin: Arc<TunnelAdmin>,
+    scripts: Option<Arc<Scripts>>,
+    write_profile: bool,
+) -> anyhow::Result<String> {
+    let file = node.file;
+    let listener = tokio::net::TcpListener::bind(file.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", file.api.listen))?;
+    let addr = listener.local_addr()?;
+    let url = file
+        .api
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    first_start(node.store.as_ref(), &url, write_profile).await?;
+    tracing::info!(%addr, "API listening");
+    let users: Option<ServiceUsers> = scripts.clone().map(|s| {
+        let f: ServiceUsers = Arc::new(move |id: &str| s.workers_binding(id));
+        f
+    });
+    let state = ApiState {
+        store: node.store.clone(),
+        admin,
+        service_users: users,
+    };
+    let mut app = router(state.clone());
+    if let Some(s) = &scripts {
+        app = app.merge(crate::scripts_api::routes(state, s.clone()));
+    }
+    let stop = node.stopped();
+    node.tasks.spawn(warren_protocol::listen::serve_http(
+        "API",
+        listener,
+        node.limits,
+        |_| {},
+        hyper_util::service::TowerToHyperService::new(app),
+        stop,
+    ));
+    Ok(url)
 }
 
 /// Runs the node until Ctrl-C or SIGTERM.

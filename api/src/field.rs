@@ -91,6 +91,16 @@ pub fn from_value_at<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, F
     })
 }
 
+/// Parses a name of `T` (a unit variant such as `http` or `verify_ca`) given
+/// outside a JSON body (a query parameter, a command-line flag); a wrong one
+/// is a [`FieldError`] at `pointer` listing the names allowed.
+pub fn from_name<T: DeserializeOwned>(name: &str, pointer: &str) -> Result<T, FieldError> {
+    use serde::de::IntoDeserializer;
+    let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        name.into_deserializer();
+    T::deserialize(de).map_err(|e| FieldError::new(pointer, e.to_string()))
+}
+
 fn the_body(at: &str) -> &'static str {
     if at.is_empty() { "the body " } else { "" }
 }
@@ -152,6 +162,13 @@ mod tests {
             e.to_string().starts_with("metadata.name: invalid type"),
             "{e}"
         );
+        let e = from_name::<warren_store::ServiceType>("ftp", "/type").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "type: unknown variant `ftp`, expected `http` or `tcp`"
+        );
+        let ok: warren_store::CertVerificationMode = from_name("verify_ca", "/m").unwrap();
+        assert_eq!(ok, warren_store::CertVerificationMode::VerifyCa);
         let e = from_slice_at::<Outer>(b"7", "/metadata").unwrap_err();
         assert_eq!(e.to_string(), "metadata: must be a JSON object");
     }

@@ -22,4 +22,4 @@ pub mod tail;
 pub mod tunnels;
 
 pub use envelope::{ApiMessage, Envelope, ErrorSource, ResultInfo};
-pub use field::{FieldError, from_slice_at, from_value_at};
+pub use field::{FieldError, from_name, from_slice_at, from_value_at};

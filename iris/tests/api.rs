@@ -47,7 +47,6 @@ async fn start() -> Api {
     let state = ApiState {
         store: store.clone(),
         admin: Arc::new(admin),
-        service_users: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -571,5 +570,93 @@ async fn invalid_services_name_the_field() {
         v["result_info"]["total_count"],
         json!(0),
         "nothing was stored"
+    );
+}
+
+#[tokio::test]
+async fn a_service_a_stored_worker_binds_cannot_be_deleted() {
+    let api = start().await;
+    let tunnel = api.tunnel("t").await;
+    let body = json!({ "type": "http", "name": "svc", "host": { "ipv4": "10.0.0.5", "network": { "tunnel_id": tunnel } } });
+    let (s, v) = api
+        .call(
+            Method::POST,
+            &api.services(&api.a),
+            Some(TOKEN_A),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let id = v["result"]["service_id"].as_str().expect("id").to_owned();
+    // A worker binding it, as the runtime stores it (any process may have).
+    let script = warren_store::ScriptRecord {
+        name: "shop".into(),
+        account_id: api.a.clone(),
+        tag: "tag-1".into(),
+        metadata: "{}".into(),
+        services: vec![id.clone()],
+        routes: vec![],
+        bundle: "00".repeat(32),
+        secrets: Default::default(),
+        created_on: "2026-01-01T00:00:00Z".into(),
+        modified_on: "2026-01-01T00:00:00Z".into(),
+    };
+    assert!(api.store.put_script(&script, None).await.expect("store"));
+    let path = format!("{}/{id}", api.services(&api.a));
+    let (s, v) = api.call(Method::DELETE, &path, Some(TOKEN_A), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["errors"][0]["code"], json!(1004));
+    assert_eq!(
+        v["errors"][0]["message"],
+        json!(format!(
+            "service {id} is bound by worker(s) shop; remove the bindings first"
+        ))
+    );
+    assert!(
+        api.store
+            .delete_script(&api.a, "shop")
+            .await
+            .expect("store")
+    );
+    let (s, v) = api.call(Method::DELETE, &path, Some(TOKEN_A), None).await;
+    assert_eq!((s, &v["result"]), (StatusCode::OK, &Value::Null), "{v}");
+}
+
+#[tokio::test]
+async fn bodies_are_checked_after_the_token() {
+    let api = start().await;
+    let (s, _) = api
+        .raw(
+            Method::POST,
+            &api.services(&api.a),
+            None,
+            Some("{not json".into()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = api
+        .raw(
+            Method::POST,
+            &api.services(&api.a),
+            Some(TOKEN_A),
+            Some("[]".into()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v["errors"][0]["message"],
+        json!("the body must be a JSON object")
+    );
+    let (s, v) = api
+        .call(
+            Method::GET,
+            &format!("{}?type=ftp", api.services(&api.a)),
+            Some(TOKEN_A),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, error_pointer(&v)),
+        (StatusCode::BAD_REQUEST, Some("/type"))
     );
 }

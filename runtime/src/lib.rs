@@ -10,6 +10,7 @@
 //! the guest's outgoing requests pass [`outbound`]. [`engine`] holds the
 //! shared wasmtime engine and the compiled-code cache.
 
+pub mod api;
 pub mod binding_rpc;
 pub mod deploy;
 pub mod egress;

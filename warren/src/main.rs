@@ -8,7 +8,6 @@ mod config;
 mod demo;
 mod dev;
 mod profile;
-mod scripts_api;
 mod serve;
 mod workers;
 

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use tokio::sync::watch;
 use warren_binding_worker::{BindingWorker, FrontDoorConfig as BindingFrontDoor, RpcServer};
-use warren_iris::api::{ApiState, ServiceUsers, router};
+use warren_iris::api::{ApiState, router};
 use warren_iris::ca::EdgeCa;
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
 use warren_iris::origin_tls::OriginTls;
@@ -505,18 +505,13 @@ async fn start_api(
         .unwrap_or_else(|| format!("http://{addr}"));
     first_start(node.store.as_ref(), &url, write_profile).await?;
     tracing::info!(%addr, "API listening");
-    let users: Option<ServiceUsers> = scripts.clone().map(|s| {
-        let f: ServiceUsers = Arc::new(move |id: &str| s.workers_binding(id));
-        f
-    });
     let state = ApiState {
         store: node.store.clone(),
         admin,
-        service_users: users,
     };
-    let mut app = router(state.clone());
+    let mut app = router(state);
     if let Some(s) = &scripts {
-        app = app.merge(crate::scripts_api::routes(state, s.clone()));
+        app = app.merge(warren_runtime::api::routes(node.store.clone(), s.clone()));
     }
     let stop = node.stopped();
     node.tasks.spawn(warren_protocol::listen::serve_http(

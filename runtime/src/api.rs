@@ -1,7 +1,8 @@
-//! The worker-scripts API (Cloudflare's `workers/scripts` shape): multipart `PUT` with a `metadata` part and
-//! one part per module, `GET`, `DELETE`, a list, and a live tail stream
-//! (newline-delimited JSON tail events). Same envelope and per-account tokens
-//! as the rest of the API; the work is done by the runtime's [`Scripts`].
+//! The worker-scripts API (Cloudflare's `workers/scripts` shape): multipart
+//! `PUT` with a `metadata` part and one part per module, `GET`, `DELETE`, a
+//! list, and a live tail stream (newline-delimited JSON tail lines). Same
+//! envelope and per-account tokens as the rest of the API (`warren-api`); the
+//! work is done by [`Scripts`].
 //!
 //! A tail follows one worker of the caller's account (by its identity, not its
 //! name) and ends with a `{"closed": …}` line when the worker is deleted
@@ -13,44 +14,47 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use iris::api::envelope::{ApiError, ok, page};
-use iris::api::{ApiState, authorize};
-use serde_json::{Value, json};
-use warren_iris as iris;
-use warren_runtime::deploy::{DeployError, Module, ScriptMetadata, Scripts};
+use warren_api::scripts::{DeletedScript, ScriptInfo, ScriptMetadata};
+use warren_api::server::{ApiError, ApiResult, authorize, json_line, ok, page};
+use warren_api::tail::{TailClosed, TailHello};
+use warren_api::{FieldError, from_slice_at};
+use warren_store::Store;
+
+use crate::deploy::{DeployError, Module, Scripts};
 
 /// Largest upload accepted (a prebuilt JS component is ~13 MB).
-const MAX_UPLOAD: usize = 64 << 20;
+pub const MAX_UPLOAD: usize = 64 << 20;
 
 #[derive(Clone)]
 struct ScriptsState {
-    api: ApiState,
+    store: Arc<dyn Store>,
     scripts: Arc<Scripts>,
 }
 
-/// The worker-script routes.
-pub fn routes(api: ApiState, scripts: Arc<Scripts>) -> Router {
+/// The worker-script routes (under `/client/v4/accounts/{account}/workers/scripts`),
+/// checking tokens against `store`.
+pub fn routes(store: Arc<dyn Store>, scripts: Arc<Scripts>) -> Router {
+    const BASE: &str = "/client/v4/accounts/{account}/workers/scripts";
     Router::new()
-        .route("/client/v4/accounts/{account}/workers/scripts", get(list))
+        .route(BASE, get(list))
         .route(
-            "/client/v4/accounts/{account}/workers/scripts/{name}",
+            &format!("{BASE}/{{name}}"),
             get(show).put(upload).delete(remove),
         )
-        .route(
-            "/client/v4/accounts/{account}/workers/scripts/{name}/tail",
-            get(tail),
-        )
+        .route(&format!("{BASE}/{{name}}/tail"), get(tail))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
-        .with_state(ScriptsState { api, scripts })
+        .with_state(ScriptsState { store, scripts })
 }
 
+/// A refused deploy as an API error.
 fn deploy_error(e: DeployError) -> ApiError {
-    use axum::http::StatusCode;
     let (status, code, pointer) = match &e {
-        DeployError::Invalid { pointer, message } => return ApiError::invalid(pointer, message),
+        DeployError::Invalid { pointer, message } => {
+            return FieldError::new(pointer.as_str(), message.as_str()).into();
+        }
         DeployError::Conflict(m) => return ApiError::conflict(m),
         DeployError::Binding { .. } => (StatusCode::BAD_REQUEST, 1002, Some("/metadata/bindings")),
         // Workers' "script failed to validate".
@@ -70,36 +74,30 @@ async fn list(
     Path(account): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&s.api, &headers, &account).await?;
-    let items = s
-        .scripts
-        .list(&account)
-        .into_iter()
-        .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
-        .collect();
-    page(items, &q)
+) -> ApiResult<Vec<ScriptInfo>> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
+    page(s.scripts.list(&account), &q)
 }
 
 async fn show(
     State(s): State<ScriptsState>,
     Path((account, name)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&s.api, &headers, &account).await?;
+) -> ApiResult<ScriptInfo> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
     let info = s
         .scripts
         .get(&account, &name)
         .ok_or_else(|| ApiError::not_found("worker"))?;
-    Ok(ok(serde_json::to_value(info).unwrap_or(Value::Null)))
+    Ok(ok(info))
 }
 
 async fn remove(
     State(s): State<ScriptsState>,
     Path((account, name)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&s.api, &headers, &account).await?;
+) -> ApiResult<DeletedScript> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
     if !s
         .scripts
         .delete(&account, &name)
@@ -108,16 +106,17 @@ async fn remove(
     {
         return Err(ApiError::not_found("worker"));
     }
-    Ok(ok(json!({ "id": name })))
+    Ok(ok(DeletedScript { id: name }))
 }
 
 async fn upload(
     State(s): State<ScriptsState>,
     Path((account, name)): Path<(String, String)>,
     headers: HeaderMap,
-    mut form: Multipart,
-) -> Result<Response, ApiError> {
-    authorize(&s.api, &headers, &account).await?;
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<ScriptInfo> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
+    let mut form = form.map_err(|e| ApiError::invalid("", format!("bad multipart body: {e}")))?;
     let mut metadata: Option<ScriptMetadata> = None;
     let mut modules = Vec::new();
     loop {
@@ -133,17 +132,7 @@ async fn upload(
             .await
             .map_err(|e| ApiError::invalid(&format!("/{part}"), format!("unreadable part: {e}")))?;
         if part == "metadata" {
-            let de = &mut serde_json::Deserializer::from_slice(&bytes);
-            let m: ScriptMetadata = serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                let pointer = if path == "." {
-                    "/metadata".to_owned()
-                } else {
-                    format!("/metadata/{}", path.replace('.', "/"))
-                };
-                ApiError::invalid(&pointer, e.into_inner().to_string())
-            })?;
-            metadata = Some(m);
+            metadata = Some(from_slice_at(&bytes, "/metadata")?);
         } else {
             modules.push(Module {
                 name: file.unwrap_or(part),
@@ -158,7 +147,7 @@ async fn upload(
         .put(&account, &name, metadata, modules)
         .await
         .map_err(deploy_error)?;
-    Ok(ok(serde_json::to_value(info).unwrap_or(Value::Null)))
+    Ok(ok(info))
 }
 
 async fn tail(
@@ -166,26 +155,28 @@ async fn tail(
     Path((account, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&s.api, &headers, &account).await?;
+    authorize(s.store.as_ref(), &headers, &account).await?;
     let rx = s
         .scripts
         .tail(&account, &name)
         .ok_or_else(|| ApiError::not_found("worker"))?;
     // First line: a hello, so the client knows the subscription is live.
-    let hello = json!({ "tail": name, "connected": true }).to_string() + "\n";
+    let hello = json_line(&TailHello {
+        tail: name,
+        connected: true,
+    });
     let events = futures_util::stream::unfold(Some((Some(hello), rx)), |state| async move {
         let (hello, mut rx) = state?;
         if let Some(h) = hello {
             return Some((Ok::<_, std::convert::Infallible>(h), Some((None, rx))));
         }
         Some(match rx.recv().await {
-            Ok(ev) => (
-                Ok(serde_json::to_string(&ev).unwrap_or_default() + "\n"),
-                Some((None, rx)),
-            ),
+            Ok(ev) => (Ok(json_line(&ev)), Some((None, rx))),
             // The last line says why; then the stream ends.
             Err(end) => (
-                Ok(json!({ "closed": end.as_str() }).to_string() + "\n"),
+                Ok(json_line(&TailClosed {
+                    closed: end.as_str().to_owned(),
+                })),
                 None,
             ),
         })
@@ -195,4 +186,45 @@ async fn tail(
         axum::body::Body::from_stream(events),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::tail::TailLine;
+
+    use crate::logs::{LogLine, RequestInfo, TailEvent};
+
+    /// The runtime's events are read by the CLI as `warren-api`'s tail lines.
+    #[test]
+    fn tail_events_read_as_the_api_model() {
+        let ev = TailEvent {
+            script_name: "w".into(),
+            outcome: "ok".into(),
+            event_timestamp: 7,
+            request_id: "r".repeat(32),
+            request: RequestInfo {
+                method: "GET".into(),
+                url: "http://w.example/".into(),
+            },
+            status: 200,
+            wall_ms: 3,
+            cpu_ms: 1,
+            logs: vec![LogLine {
+                level: "log",
+                message: "hi".into(),
+            }],
+            exceptions: vec!["boom".into()],
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        let TailLine::Event(read) = serde_json::from_str(&line).unwrap() else {
+            panic!("{line} is not read as an event");
+        };
+        assert_eq!(
+            (read.script_name.as_str(), read.status, read.cpu_ms),
+            ("w", 200, 1)
+        );
+        assert_eq!(read.logs[0].message, "hi");
+        assert_eq!(read.exceptions, ["boom"]);
+        assert_eq!(serde_json::to_string(&read).unwrap(), line);
+    }
 }

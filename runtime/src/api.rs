@@ -59,6 +59,11 @@ fn deploy_error(e: DeployError) -> ApiError {
         DeployError::Binding { .. } => (StatusCode::BAD_REQUEST, 1002, Some("/metadata/bindings")),
         // Workers' "script failed to validate".
         DeployError::Script(_) => (StatusCode::BAD_REQUEST, 10021, Some("/modules")),
+        DeployError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            warren_api::server::CODE_UNAVAILABLE,
+            None,
+        ),
         DeployError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 1500, None),
     };
     ApiError {

@@ -73,6 +73,9 @@ pub enum DeployError {
     /// The code did not build or load (message names file and line).
     #[error("{0}")]
     Script(String),
+    /// The store cannot be reached right now; nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
     /// Storage, tooling or compilation failed.
     #[error("{0}")]
     Internal(String),
@@ -287,6 +290,9 @@ impl Scripts {
 
     /// Brings worker `name` here in line with its record in the store.
     async fn reconcile(self: &Arc<Self>, name: &str) {
+        // Read under the lock, so a record read earlier never replaces a
+        // newer version committed meanwhile.
+        let _one = self.committing.lock().await;
         let record = match self.config.store.get_script(name).await {
             Ok(r) => r,
             Err(e) => {
@@ -294,7 +300,6 @@ impl Scripts {
                 return;
             }
         };
-        let _one = self.committing.lock().await;
         match record {
             None => self.unload(name),
             Some(record) => {
@@ -472,24 +477,6 @@ impl Scripts {
             .cloned()
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
-    }
-
-    /// Names of the workers this node serves that bind `service_id`.
-    pub fn workers_binding(&self, service_id: &str) -> Vec<String> {
-        let Ok(i) = self.infos.lock() else {
-            return vec![];
-        };
-        let mut v: Vec<String> = i
-            .values()
-            .filter(|s| {
-                s.metadata.bindings.iter().any(
-                    |b| matches!(b, BindingSpec::VpcService { service_id: id, .. } if id == service_id),
-                )
-            })
-            .map(|s| s.id.clone())
-            .collect();
-        v.sort();
         v
     }
 
@@ -821,7 +808,12 @@ fn info_of(r: &ScriptRecord) -> Result<ScriptInfo, serde_json::Error> {
 }
 
 fn store_error(e: StoreError) -> DeployError {
-    DeployError::Internal(e.to_string())
+    match e {
+        StoreError::Unavailable(_) => {
+            DeployError::Unavailable(format!("{e}; nothing was changed, try again"))
+        }
+        e => DeployError::Internal(e.to_string()),
+    }
 }
 
 fn changed_while_building(name: &str) -> DeployError {

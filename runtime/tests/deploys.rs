@@ -216,3 +216,41 @@ async fn a_redeploy_under_load_drops_no_request() {
         (StatusCode::OK, "1".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_bundle_fails_to_load_keeps_its_name_and_routes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = node(dir.path()).await;
+    put(&n, "acct-a", "keep", "1", &["keep.example.com/*"])
+        .await
+        .expect("deploy");
+    let etag = n.scripts.get("acct-a", "keep").expect("deployed").etag;
+    // The bundle is damaged on disk; a node starting now cannot load it.
+    std::fs::write(dir.path().join("bundles").join(&etag), b"not a component").expect("damage");
+    let again = node(dir.path()).await;
+    assert_eq!(
+        get(again.addr, "keep.workers.test", "/env?VERSION").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(again.scripts.get("acct-a", "keep").is_none());
+    // The store still says whose it is: its name and host stay taken.
+    let e = put(&again, "acct-b", "keep", "x", &[])
+        .await
+        .expect_err("a taken name");
+    assert_eq!(e.to_string(), "the worker name keep is taken");
+    let e = put(&again, "acct-b", "other", "x", &["keep.example.com/*"])
+        .await
+        .expect_err("a taken host");
+    assert_eq!(
+        e.to_string(),
+        "route keep.example.com/* overlaps a host another account routes"
+    );
+    // Its owner redeploys, which writes the bundle again.
+    put(&again, "acct-a", "keep", "2", &["keep.example.com/*"])
+        .await
+        .expect("redeploy");
+    assert_eq!(
+        get(again.addr, "keep.example.com", "/env?VERSION").await,
+        (StatusCode::OK, "2".into())
+    );
+}

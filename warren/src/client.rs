@@ -6,7 +6,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
+use warren_api::{Envelope, FieldError};
 
 use crate::profile;
 
@@ -134,8 +137,98 @@ impl Client {
         Ok(sender.send_request(req.body(Full::new(payload))?).await?)
     }
 
-    /// Calls `method` on `…/accounts/{account}/{path}` and returns the envelope's result
-    /// (and `result_info` for lists).
+    /// Sends `method` to `…/accounts/{account}/{path}` with an optional
+    /// `(content type, bytes)` body and reads the envelope: the answer with
+    /// its result typed as `T` on success, the API's first error (an
+    /// [`ApiFailure`]) otherwise.
+    pub async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<Envelope<T>> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let envelope: Envelope<Value> = serde_json::from_slice(&bytes).map_err(|_| {
+            anyhow::anyhow!("the API answered {status} with a body that is not its JSON envelope")
+        })?;
+        if !envelope.success {
+            let e = envelope.first_error();
+            return Err(ApiFailure {
+                status,
+                message: e.message,
+                pointer: e.source.map(|s| s.pointer),
+            }
+            .into());
+        }
+        let result = match envelope.result {
+            None => None,
+            Some(v) => Some(serde_path_to_error::deserialize(v).map_err(|e| {
+                anyhow::anyhow!(
+                    "the API's answer to {path} is not what this warren expects at {}: {}",
+                    e.path(),
+                    e.inner()
+                )
+            })?),
+        };
+        Ok(Envelope {
+            success: true,
+            errors: envelope.errors,
+            messages: envelope.messages,
+            result,
+            result_info: envelope.result_info,
+        })
+    }
+
+    /// Sends `method` with `body` as JSON (if any) and returns the result.
+    async fn json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).map(|j| ("application/json", Bytes::from(j))))
+            .transpose()?;
+        self.request(method, path, body)
+            .await?
+            .result
+            .ok_or_else(|| anyhow::anyhow!("the API answered {path} without a result"))
+    }
+
+    /// `GET` of a resource or list.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.json::<(), T>(Method::GET, path, None).await
+    }
+
+    /// `POST` of `body`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.json(Method::POST, path, Some(body)).await
+    }
+
+    /// `PUT` of `body`.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.json(Method::PUT, path, Some(body)).await
+    }
+
+    /// `DELETE`; whatever the result, it is not read.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.request::<IgnoredAny>(Method::DELETE, path, None)
+            .await
+            .map(drop)
+    }
+
+    /// Untyped: calls `method` with JSON passed through as is (`warren dev`'s
+    /// services.json) and returns the result and `result_info` as JSON.
     pub async fn call(
         &self,
         method: Method,
@@ -143,31 +236,21 @@ impl Client {
         body: Option<&Value>,
     ) -> anyhow::Result<(Value, Value)> {
         let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
-        self.call_raw(method, path, body).await
+        let envelope = self.request::<Value>(method, path, body).await?;
+        Ok((
+            envelope.result.unwrap_or(Value::Null),
+            serde_json::to_value(envelope.result_info)?,
+        ))
     }
+}
 
-    /// Like [`Client::call`] with a body of any content type.
-    pub async fn call_raw(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<(&str, Bytes)>,
-    ) -> anyhow::Result<(Value, Value)> {
-        let resp = self.send(method, path, body).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            anyhow::anyhow!("the API answered {status} with a body that is not JSON")
-        })?;
-        if v["success"] != Value::Bool(true) {
-            let e = &v["errors"][0];
-            return Err(ApiFailure {
-                status,
-                message: e["message"].as_str().unwrap_or("request failed").to_owned(),
-                pointer: e["source"]["pointer"].as_str().map(str::to_owned),
-            }
-            .into());
-        }
-        Ok((v["result"].clone(), v["result_info"].clone()))
+/// A request the CLI refuses before sending: the same words and field as the
+/// API would answer with.
+pub fn refused(e: FieldError) -> anyhow::Error {
+    ApiFailure {
+        status: 400,
+        message: e.to_string(),
+        pointer: Some(e.pointer),
     }
+    .into()
 }

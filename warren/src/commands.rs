@@ -1,13 +1,20 @@
 //! `warren tunnel …` and `warren vpc service …`: the API from the command line,
 //! with wrangler's flag names.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use hyper::Method;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use warren_api::services::{
+    Host, HostRequest, NetworkRequest, Port, Ports, ResolverNetworkRequest, Service,
+    ServiceRequest, ServiceType, TlsSettingsRequest,
+};
+use warren_api::tunnels::{CreateTunnel, CreatedTunnel, Tunnel};
+use warren_api::{from_name, from_value_at};
 
-use crate::client::{ApiFlags, Client};
+use crate::client::{ApiFlags, Client, refused};
 
 /// `warren tunnel`.
 #[derive(clap::Subcommand, Debug)]
@@ -131,40 +138,56 @@ pub enum ServiceCommand {
     },
 }
 
-fn print_tunnel(t: &Value) {
+fn print_tunnel(t: &Tunnel) {
     println!(
         "{}  {}  {}  {} connection(s)",
-        t["id"].as_str().unwrap_or(""),
-        t["name"].as_str().unwrap_or(""),
-        t["status"].as_str().unwrap_or(""),
-        t["connections"].as_array().map(Vec::len).unwrap_or(0)
+        t.id,
+        t.name,
+        t.status.as_str(),
+        t.connections.len()
     );
 }
 
-fn print_service(s: &Value) {
-    let h = &s["host"];
-    let host = h["hostname"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            [h["ipv4"].as_str(), h["ipv6"].as_str()]
+/// A string as JSON (quoted), as the connection lines have always shown them.
+fn quoted(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+fn print_service(s: &Service) {
+    let host = match &s.host {
+        Host::Hostname { hostname, .. } => hostname.clone(),
+        Host::Addresses { ipv4, ipv6, .. } => {
+            [ipv4.map(|a| a.to_string()), ipv6.map(|a| a.to_string())]
                 .into_iter()
                 .flatten()
                 .collect::<Vec<_>>()
                 .join(",")
-        });
+        }
+    };
+    let port = |p: Option<u16>| p.map_or_else(|| "null".to_owned(), |p| p.to_string());
+    let (http, https) = match s.ports {
+        Ports::Http {
+            http_port,
+            https_port,
+        } => (http_port, https_port),
+        Ports::Tcp { .. } => (None, None),
+    };
+    let service_type = match s.ports.service_type() {
+        ServiceType::Http => "http",
+        ServiceType::Tcp => "tcp",
+    };
     println!(
         "{}  {}  {}  {}  http:{} https:{}",
-        s["service_id"].as_str().unwrap_or(""),
-        s["name"].as_str().unwrap_or(""),
-        s["type"].as_str().unwrap_or(""),
+        s.service_id,
+        s.name,
+        service_type,
         host,
-        s["http_port"],
-        s["https_port"]
+        port(http),
+        port(https)
     );
 }
 
-fn print_json(v: &Value) {
+fn print_json<T: Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -173,166 +196,193 @@ pub async fn tunnel(api: &ApiFlags, cmd: TunnelCommand) -> anyhow::Result<()> {
     let c = Client::new(api)?;
     match cmd {
         TunnelCommand::Create { name, json } => {
-            let (t, _) = c
-                .call(Method::POST, "cfd_tunnel", Some(&json!({ "name": name })))
-                .await?;
+            let req = CreateTunnel {
+                name,
+                tunnel_secret: None,
+                config_src: None,
+            };
+            req.validate().map_err(refused)?;
+            let t: CreatedTunnel = c.post("cfd_tunnel", &req).await?;
             if json {
                 print_json(&t);
             } else {
-                print_tunnel(&t);
+                print_tunnel(&t.tunnel);
                 println!(
                     "token (run `warren-connector run --token <token>` in the private network):"
                 );
-                println!("{}", t["token"].as_str().unwrap_or(""));
+                println!("{}", t.token);
             }
         }
         TunnelCommand::List { json } => {
-            let (list, _) = c
-                .call(Method::GET, "cfd_tunnel?per_page=1000", None)
-                .await?;
+            let list: Vec<Tunnel> = c.get("cfd_tunnel?per_page=1000").await?;
             if json {
                 print_json(&list);
             } else {
-                list.as_array().into_iter().flatten().for_each(print_tunnel);
+                list.iter().for_each(print_tunnel);
             }
         }
         TunnelCommand::Get { id, json } => {
-            let (t, _) = c
-                .call(Method::GET, &format!("cfd_tunnel/{id}"), None)
-                .await?;
+            let t: Tunnel = c.get(&format!("cfd_tunnel/{id}")).await?;
             if json {
                 print_json(&t);
             } else {
                 print_tunnel(&t);
-                for conn in t["connections"].as_array().into_iter().flatten() {
+                for conn in &t.connections {
                     println!(
                         "  {} from {} on {}",
-                        conn["id"], conn["origin_ip"], conn["colo_name"]
+                        quoted(&conn.id),
+                        quoted(&conn.origin_ip),
+                        quoted(&conn.colo_name)
                     );
                 }
             }
         }
         TunnelCommand::Token { id } => {
-            let (t, _) = c
-                .call(Method::GET, &format!("cfd_tunnel/{id}/token"), None)
-                .await?;
-            println!("{}", t.as_str().unwrap_or(""));
+            let token: String = c.get(&format!("cfd_tunnel/{id}/token")).await?;
+            println!("{token}");
         }
         TunnelCommand::Delete { id } => {
-            c.call(Method::DELETE, &format!("cfd_tunnel/{id}"), None)
-                .await?;
+            c.delete(&format!("cfd_tunnel/{id}")).await?;
             println!("deleted tunnel {id}");
         }
     }
     Ok(())
 }
 
-/// Applies flags onto a service body in the API's shape.
-fn apply(
-    mut body: Map<String, Value>,
-    name: Option<String>,
-    f: &ServiceFlags,
-) -> anyhow::Result<Value> {
-    for ro in ["service_id", "created_at", "updated_at"] {
-        body.remove(ro);
-    }
-    if let Some(n) = name {
-        body.insert("name".into(), json!(n));
-    }
-    if let Some(t) = &f.service_type {
-        body.insert("type".into(), json!(t));
-    }
-    body.entry("type").or_insert(json!("http"));
-    if let Some(p) = f.http_port {
-        body.insert("http_port".into(), json!(p));
-    }
-    if let Some(p) = f.https_port {
-        body.insert("https_port".into(), json!(p));
-    }
-    if let Some(m) = &f.cert_verification_mode {
-        body.insert(
-            "tls_settings".into(),
-            json!({ "cert_verification_mode": m }),
-        );
-    }
-    let old_host = body.get("host").cloned().unwrap_or(Value::Null);
-    let old_tunnel = old_host["resolver_network"]["tunnel_id"]
-        .as_str()
-        .or(old_host["network"]["tunnel_id"].as_str())
-        .map(str::to_owned);
-    let tunnel = f.tunnel_id.clone().or(old_tunnel);
-    let mut host = old_host;
-    if let Some(h) = &f.hostname {
-        host = json!({ "hostname": h, "resolver_network": {} });
-    } else if f.ipv4.is_some() || f.ipv6.is_some() {
-        host = json!({ "network": {} });
-        if let Some(a) = &f.ipv4 {
-            host["ipv4"] = json!(a);
-        }
-        if let Some(a) = &f.ipv6 {
-            host["ipv6"] = json!(a);
-        }
-    }
-    if host.is_null() {
-        anyhow::bail!("say where the service is: --hostname, or --ipv4/--ipv6 (with --tunnel-id)");
-    }
-    let net = if host.get("hostname").is_some() {
-        "resolver_network"
-    } else {
-        "network"
-    };
-    if let Some(t) = tunnel {
-        host[net]["tunnel_id"] = json!(t);
-    }
-    if let Some(ips) = &f.resolver_ips {
-        host[net]["resolver_ips"] = json!(ips);
-    }
-    body.insert("host".into(), host);
-    Ok(Value::Object(body))
+/// `flag`'s value as `T`, or an error naming the flag.
+fn flag<T: std::str::FromStr>(flag: &str, value: &str, what: &str) -> anyhow::Result<T> {
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--{flag}: {value:?} is not {what}"))
 }
 
-fn from_json(f: &ServiceFlags) -> anyhow::Result<Map<String, Value>> {
+fn port(name: &str, p: u16) -> anyhow::Result<Port> {
+    Port::new(p).ok_or_else(|| anyhow::anyhow!("--{name}: must be an integer from 1 to 65535"))
+}
+
+/// Applies flags onto a service request (a file's, the service as it is, or
+/// an empty one).
+fn apply(
+    mut body: ServiceRequest,
+    name: Option<String>,
+    f: &ServiceFlags,
+) -> anyhow::Result<ServiceRequest> {
+    if let Some(n) = name {
+        body.name = Some(n);
+    }
+    if let Some(t) = &f.service_type {
+        body.service_type =
+            Some(from_name(t, "/type").map_err(|e| anyhow::anyhow!("--type: {}", e.message))?);
+    }
+    body.service_type.get_or_insert(ServiceType::Http);
+    if let Some(p) = f.http_port {
+        body.http_port = Some(port("http-port", p)?);
+    }
+    if let Some(p) = f.https_port {
+        body.https_port = Some(port("https-port", p)?);
+    }
+    if let Some(m) = &f.cert_verification_mode {
+        let mode = from_name(m, "/tls_settings/cert_verification_mode")
+            .map_err(|e| anyhow::anyhow!("--cert-verification-mode: {}", e.message))?;
+        body.tls_settings = Some(TlsSettingsRequest {
+            cert_verification_mode: Some(mode),
+        });
+    }
+    let tunnel = f.tunnel_id.clone().or_else(|| {
+        body.host
+            .as_ref()
+            .and_then(|h| h.tunnel_id())
+            .map(str::to_owned)
+    });
+    if let Some(h) = &f.hostname {
+        body.host = Some(HostRequest {
+            hostname: Some(h.clone()),
+            resolver_network: Some(ResolverNetworkRequest::default()),
+            ..HostRequest::default()
+        });
+    } else if f.ipv4.is_some() || f.ipv6.is_some() {
+        body.host = Some(HostRequest {
+            ipv4: f
+                .ipv4
+                .as_deref()
+                .map(|a| flag("ipv4", a, "an IPv4 address"))
+                .transpose()?,
+            ipv6: f
+                .ipv6
+                .as_deref()
+                .map(|a| flag("ipv6", a, "an IPv6 address"))
+                .transpose()?,
+            network: Some(NetworkRequest::default()),
+            ..HostRequest::default()
+        });
+    }
+    let Some(host) = body.host.as_mut() else {
+        anyhow::bail!("say where the service is: --hostname, or --ipv4/--ipv6 (with --tunnel-id)");
+    };
+    let resolver_ips = f
+        .resolver_ips
+        .iter()
+        .flatten()
+        .map(|ip| flag::<IpAddr>("resolver-ips", ip, "an IP address"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if host.hostname.is_some() {
+        let net = host.resolver_network.get_or_insert_with(Default::default);
+        if tunnel.is_some() {
+            net.tunnel_id = tunnel;
+        }
+        if f.resolver_ips.is_some() {
+            net.resolver_ips = Some(resolver_ips);
+        }
+    } else {
+        if f.resolver_ips.is_some() {
+            anyhow::bail!("--resolver-ips go with --hostname (addresses need no resolver)");
+        }
+        if tunnel.is_some() {
+            host.network.get_or_insert_with(Default::default).tunnel_id = tunnel;
+        }
+    }
+    Ok(body)
+}
+
+/// The service of `--from-json` (the API's shape; read-only fields are
+/// ignored), or an empty one.
+fn from_json(f: &ServiceFlags) -> anyhow::Result<ServiceRequest> {
     let Some(path) = &f.from_json else {
-        return Ok(Map::new());
+        return Ok(ServiceRequest::default());
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))? {
-        Value::Object(m) => Ok(m),
-        _ => anyhow::bail!("{} must hold a JSON object", path.display()),
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if !value.is_object() {
+        anyhow::bail!("{} must hold a JSON object", path.display());
     }
+    from_value_at(value, "").map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Runs a VPC service command.
 pub async fn service(api: &ApiFlags, cmd: ServiceCommand) -> anyhow::Result<()> {
     let c = Client::new(api)?;
     const PATH: &str = "connectivity/directory/services";
-    let (result, json) = match cmd {
+    let (result, json): (Service, bool) = match cmd {
         ServiceCommand::Create { name, flags, json } => {
             let body = apply(from_json(&flags)?, name, &flags)?;
-            (c.call(Method::POST, PATH, Some(&body)).await?.0, json)
+            body.validate().map_err(refused)?;
+            (c.post(PATH, &body).await?, json)
         }
         ServiceCommand::List { service_type, json } => {
             let filter = service_type
                 .map(|t| format!("&type={t}"))
                 .unwrap_or_default();
-            let (list, _) = c
-                .call(Method::GET, &format!("{PATH}?per_page=1000{filter}"), None)
-                .await?;
+            let list: Vec<Service> = c.get(&format!("{PATH}?per_page=1000{filter}")).await?;
             if json {
                 print_json(&list);
             } else {
-                list.as_array()
-                    .into_iter()
-                    .flatten()
-                    .for_each(print_service);
+                list.iter().for_each(print_service);
             }
             return Ok(());
         }
-        ServiceCommand::Get { id, json } => (
-            c.call(Method::GET, &format!("{PATH}/{id}"), None).await?.0,
-            json,
-        ),
+        ServiceCommand::Get { id, json } => (c.get(&format!("{PATH}/{id}")).await?, json),
         ServiceCommand::Update {
             id,
             name,
@@ -342,22 +392,14 @@ pub async fn service(api: &ApiFlags, cmd: ServiceCommand) -> anyhow::Result<()> 
             let base = if flags.from_json.is_some() {
                 from_json(&flags)?
             } else {
-                match c.call(Method::GET, &format!("{PATH}/{id}"), None).await?.0 {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
-                }
+                ServiceRequest::from(&c.get::<Service>(&format!("{PATH}/{id}")).await?)
             };
             let body = apply(base, name, &flags)?;
-            (
-                c.call(Method::PUT, &format!("{PATH}/{id}"), Some(&body))
-                    .await?
-                    .0,
-                json,
-            )
+            body.validate().map_err(refused)?;
+            (c.put(&format!("{PATH}/{id}"), &body).await?, json)
         }
         ServiceCommand::Delete { id } => {
-            c.call(Method::DELETE, &format!("{PATH}/{id}"), None)
-                .await?;
+            c.delete(&format!("{PATH}/{id}")).await?;
             println!("deleted service {id}");
             return Ok(());
         }

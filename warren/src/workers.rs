@@ -10,7 +10,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Method;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::de::IgnoredAny;
+use warren_api::Envelope;
+use warren_api::scripts::{BindingSpec, LimitsSpec, ScriptInfo, ScriptMetadata};
+use warren_api::tail::TailLine;
 
 use crate::client::Client;
 
@@ -151,27 +154,30 @@ pub fn read_config(path: &Path) -> anyhow::Result<WorkerFile> {
 }
 
 /// The upload's `metadata` part.
-pub fn metadata(file: &WorkerFile, main_module: &str) -> anyhow::Result<Value> {
-    let mut bindings: Vec<Value> = file
+pub fn metadata(file: &WorkerFile, main_module: &str) -> anyhow::Result<ScriptMetadata> {
+    let mut bindings: Vec<BindingSpec> = file
         .vpc_services
         .iter()
-        .map(|b| json!({ "type": "vpc_service", "name": b.binding, "service_id": b.service_id }))
+        .map(|b| BindingSpec::VpcService {
+            name: b.binding.clone(),
+            service_id: b.service_id.clone(),
+        })
         .collect();
     for (name, text) in &file.vars {
-        bindings.push(json!({ "type": "plain_text", "name": name, "text": text }));
+        bindings.push(BindingSpec::PlainText {
+            name: name.clone(),
+            text: text.clone(),
+        });
     }
-    let mut m = json!({ "main_module": main_module, "bindings": bindings });
-    if let Some(d) = &file.compatibility_date {
-        m["compatibility_date"] = json!(d);
-    }
-    if let Some(cpu) = file.limits.as_ref().and_then(|l| l.cpu_ms) {
-        m["limits"] = json!({ "cpu_ms": cpu });
-    }
-    let routes = file.route_patterns()?;
-    if !routes.is_empty() {
-        m["routes"] = json!(routes);
-    }
-    Ok(m)
+    Ok(ScriptMetadata {
+        main_module: main_module.to_owned(),
+        compatibility_date: file.compatibility_date.clone(),
+        bindings,
+        limits: LimitsSpec {
+            cpu_ms: file.limits.as_ref().and_then(|l| l.cpu_ms),
+        },
+        routes: file.route_patterns()?,
+    })
 }
 
 /// Uploaded module files: (name relative to the entry's folder, bytes).
@@ -232,7 +238,11 @@ pub fn collect_modules(main: &Path) -> anyhow::Result<(String, Modules)> {
 }
 
 /// A `multipart/form-data` body: the metadata part, then one part per module.
-pub fn multipart(metadata: &Value, modules: &[(String, Vec<u8>)]) -> (String, Bytes) {
+pub fn multipart(
+    metadata: &ScriptMetadata,
+    modules: &[(String, Vec<u8>)],
+) -> anyhow::Result<(String, Bytes)> {
+    let metadata = serde_json::to_vec(metadata)?;
     let boundary = crate::serve::random_token("warren-");
     let mut body = Vec::new();
     let mut part = |name: &str, filename: Option<&str>, ctype: &str, bytes: &[u8]| {
@@ -247,12 +257,7 @@ pub fn multipart(metadata: &Value, modules: &[(String, Vec<u8>)]) -> (String, By
         body.extend_from_slice(bytes);
         body.extend_from_slice(b"\r\n");
     };
-    part(
-        "metadata",
-        None,
-        "application/json",
-        metadata.to_string().as_bytes(),
-    );
+    part("metadata", None, "application/json", &metadata);
     for (name, bytes) in modules {
         let ctype = if name.ends_with(".wasm") {
             "application/wasm"
@@ -262,10 +267,10 @@ pub fn multipart(metadata: &Value, modules: &[(String, Vec<u8>)]) -> (String, By
         part(name, Some(name), ctype, bytes);
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (
+    Ok((
         format!("multipart/form-data; boundary={boundary}"),
         Bytes::from(body),
-    )
+    ))
 }
 
 /// Uploads the worker `file` (read from `config_path`) and prints a line per step.
@@ -273,7 +278,7 @@ pub async fn deploy(
     client: &Client,
     config_path: &Path,
     file: &WorkerFile,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<ScriptInfo> {
     let base = config_path.parent().unwrap_or(Path::new("."));
     let (main, modules) = collect_modules(&base.join(&file.main))?;
     let size: usize = modules.iter().map(|(_, b)| b.len()).sum();
@@ -284,72 +289,62 @@ pub async fn deploy(
         modules.len(),
         size
     );
-    let (ctype, body) = multipart(&metadata(file, &main)?, &modules);
+    let (ctype, body) = multipart(&metadata(file, &main)?, &modules)?;
     println!(
         "[2/3] uploading; the edge verifies {} binding(s) and builds the component",
         file.vpc_services.len()
     );
     let started = std::time::Instant::now();
-    let (result, _) = client
-        .call_raw(
-            Method::PUT,
-            &format!("workers/scripts/{}", file.name),
-            Some((&ctype, body)),
-        )
-        .await?;
+    let path = format!("workers/scripts/{}", file.name);
+    let info: ScriptInfo = client
+        .request(Method::PUT, &path, Some((&ctype, body)))
+        .await?
+        .result
+        .ok_or_else(|| anyhow::anyhow!("the API answered {path} without a result"))?;
     println!(
         "[3/3] deployed {} (etag {}) in {:.1?}",
         file.name,
-        result["etag"]
-            .as_str()
-            .unwrap_or("?")
-            .get(..12)
-            .unwrap_or("?"),
+        info.etag.get(..12).unwrap_or("?"),
         started.elapsed()
     );
-    Ok(result)
+    Ok(info)
 }
 
-/// Prints one tail line (`pretty`) or the event as JSON.
+/// Prints one tail line (`pretty`) or the line as it came (`json`).
 pub fn print_event(line: &str, json_format: bool) {
     if json_format {
         println!("{line}");
         return;
     }
-    let Ok(v) = serde_json::from_str::<Value>(line) else {
+    let Ok(line) = serde_json::from_str::<TailLine>(line) else {
         return;
     };
-    if v.get("connected").is_some() {
-        println!("connected; waiting for requests (Ctrl-C to stop)");
-        return;
-    }
-    if let Some(n) = v.get("dropped") {
-        println!("… {n} event(s) dropped (the tail could not keep up)");
-        return;
-    }
-    if let Some(why) = v.get("closed").and_then(Value::as_str) {
-        println!("tail closed: {}", why.replace('_', " "));
-        return;
-    }
+    let ev = match line {
+        TailLine::Hello(_) => {
+            println!("connected; waiting for requests (Ctrl-C to stop)");
+            return;
+        }
+        TailLine::Closed(c) => {
+            println!("tail closed: {}", c.closed.replace('_', " "));
+            return;
+        }
+        TailLine::Event(ev) => ev,
+    };
     println!(
         "{} {} → {} {} ({} ms, cpu {} ms) rid={}",
-        v["request"]["method"].as_str().unwrap_or("?"),
-        v["request"]["url"].as_str().unwrap_or("?"),
-        v["status"],
-        v["outcome"].as_str().unwrap_or("?"),
-        v["wallMs"].as_u64().unwrap_or(0),
-        v["cpuMs"].as_u64().unwrap_or(0),
-        v["requestId"].as_str().unwrap_or("?"),
+        ev.request.method,
+        ev.request.url,
+        ev.status,
+        ev.outcome,
+        ev.wall_ms,
+        ev.cpu_ms,
+        ev.request_id,
     );
-    for l in v["logs"].as_array().into_iter().flatten() {
-        println!(
-            "  ({}) {}",
-            l["level"].as_str().unwrap_or("log"),
-            l["message"].as_str().unwrap_or("")
-        );
+    for l in &ev.logs {
+        println!("  ({}) {}", l.level, l.message);
     }
-    for e in v["exceptions"].as_array().into_iter().flatten() {
-        println!("  (exception) {}", e.as_str().unwrap_or(""));
+    for e in &ev.exceptions {
+        println!("  (exception) {e}");
     }
 }
 
@@ -361,11 +356,11 @@ pub async fn tail(client: &Client, worker: &str, json_format: bool) -> anyhow::R
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
-        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        anyhow::bail!(
-            "{} ({status})",
-            v["errors"][0]["message"].as_str().unwrap_or("tail refused")
-        );
+        let message = serde_json::from_slice::<Envelope<IgnoredAny>>(&body)
+            .ok()
+            .and_then(|e| e.errors.into_iter().next())
+            .map_or_else(|| "tail refused".to_owned(), |e| e.message);
+        anyhow::bail!("{message} ({status})");
     }
     let mut body = resp.into_body();
     let mut buf = Vec::new();
@@ -425,10 +420,31 @@ mod tests {
             })],
         };
         let m = metadata(&f, "index.js").unwrap();
-        assert_eq!(m["bindings"][0]["type"], "vpc_service");
-        assert_eq!(m["bindings"][1]["text"], "hi");
-        assert_eq!(m["limits"]["cpu_ms"], 20);
-        assert_eq!(m["routes"], json!(["a.example.com/*", "b.example.com"]));
+        assert_eq!(
+            m.bindings,
+            [
+                BindingSpec::VpcService {
+                    name: "API".into(),
+                    service_id: "s".into()
+                },
+                BindingSpec::PlainText {
+                    name: "G".into(),
+                    text: "hi".into()
+                }
+            ]
+        );
+        assert_eq!(m.limits.cpu_ms, Some(20));
+        assert_eq!(m.routes, ["a.example.com/*", "b.example.com"]);
+        assert_eq!(m.compatibility_date.as_deref(), Some("2026-11-01"));
+        // The wire shape is the one the runtime reads.
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["bindings"][0]["type"], "vpc_service");
+        assert_eq!(v["bindings"][1]["text"], "hi");
+        let (ctype, body) = multipart(&m, &[("index.js".into(), b"x".to_vec())]).unwrap();
+        let boundary = ctype.split("boundary=").nth(1).unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.starts_with(&format!("--{boundary}\r\n")), "{body}");
+        assert!(body.contains(&serde_json::to_string(&m).unwrap()), "{body}");
     }
 
     #[test]

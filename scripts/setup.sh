@@ -13,6 +13,8 @@ fi
 declare -A NEED=(
   [capnp]=capnproto          # Cap'n Proto compiler: protocol/build.rs generates code at build time
   [dnsmasq]=dnsmasq-base     # the private network's DNS server in the tests
+  [etcd]=etcd-server         # the etcd store backend's tests run a real etcd
+  [protoc]=protobuf-compiler # etcd-client's build script generates its gRPC code
   [ip]=iproute2              # network namespaces for the tests' private network
 )
 missing=()

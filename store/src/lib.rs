@@ -11,6 +11,7 @@
 
 pub mod blobs;
 pub mod cache;
+mod etcd;
 mod secret;
 mod service;
 mod sqlite;
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use secret::{hash_secret, secret_matches};
 pub use service::{CertVerificationMode, ServiceHost, ServiceType, VpcService};
 pub use sqlite::SqliteStore;

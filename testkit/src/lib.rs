@@ -1,10 +1,11 @@
 //! Test plumbing with real parts: a private network of the test's own
-//! ([`netns`]), a real DNS server inside it ([`dnsmasq`]), and real HTTP
-//! origins ([`origin`]), and a hostile DNS server for rebinding attacks
-//! ([`rebind_dns`]). Tests panic with a clear message when the machine
-//! cannot provide them (run `scripts/setup.sh` as root).
+//! ([`netns`]), a real DNS server inside it ([`dnsmasq`]), real HTTP origins
+//! ([`origin`]), a hostile DNS server for rebinding attacks ([`rebind_dns`]),
+//! and a real etcd ([`etcd`]). Tests panic with a clear message when the
+//! machine cannot provide them (run `scripts/setup.sh` as root).
 
 pub mod dnsmasq;
+pub mod etcd;
 pub mod netns;
 pub mod origin;
 pub mod rebind_dns;

@@ -1,0 +1,246 @@
+//! A real single-member etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on
+//! loopback ports of its own, with its own data directory, killed on drop.
+//! [`Etcd::stop`] and [`Etcd::start_again`] make outages for tests;
+//! [`Etcd::shared`] is one instance for a whole test process (tests keep
+//! apart by key prefix). etcd dies with the test process even when it is
+//! killed: it is started with a parent-death signal.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How long a start may take before it is reported as failed.
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// A running (or stopped) etcd member.
+pub struct Etcd {
+    child: Option<Child>,
+    /// The running member's process id (for the exit hook of [`Etcd::shared`]).
+    pid: Option<u32>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` from one thread that lives as long as the process, so the
+/// parent-death signal (sent when the spawning *thread* ends) fires only when
+/// the test process ends, not when the test that started etcd returns.
+fn spawn_for_process(mut cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    // SAFETY: the hook only makes one system call (prctl) in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        let _ = std::thread::Builder::new()
+            .name("etcd-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .map_err(|_| std::io::Error::other("etcd spawner lock poisoned"))?
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("etcd spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("etcd spawner thread is gone"))?
+}
+
+static SHARED: OnceLock<Result<Etcd, String>> = OnceLock::new();
+
+/// Kills the shared member and removes its data when the process exits.
+extern "C" fn remove_shared() {
+    if let Some(Ok(etcd)) = SHARED.get() {
+        if let Some(pid) = etcd.pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_dir_all(etcd.dir.path());
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Etcd {
+    /// Starts etcd (`$WARREN_ETCD`, else `etcd` on the `PATH`, else
+    /// `/usr/bin/etcd`) with a fresh data directory (in `/dev/shm` when there
+    /// is one, so fsyncs cost nothing) and waits until it reports healthy.
+    pub fn start() -> anyhow::Result<Etcd> {
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new()
+                .prefix("warren-etcd")
+                .tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("warren-etcd").tempdir()
+        }
+        .context("etcd data directory")?;
+        let mut etcd = Etcd {
+            child: None,
+            pid: None,
+            dir,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        etcd.start_again()?;
+        Ok(etcd)
+    }
+
+    /// One member shared by every test of this process, started on first use
+    /// and removed (process and data) when the process exits. Never stop it:
+    /// tests that make outages start their own.
+    pub fn shared() -> anyhow::Result<&'static Etcd> {
+        let shared = SHARED.get_or_init(|| {
+            let etcd = Etcd::start().map_err(|e| format!("{e:#}"))?;
+            // SAFETY: registers a plain function with no captured state.
+            unsafe {
+                nix::libc::atexit(remove_shared);
+            }
+            Ok(etcd)
+        });
+        shared.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The client URL (`http://127.0.0.1:<port>`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Every line etcd has logged so far (for failure messages).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Kills etcd (SIGKILL: an outage, not a clean shutdown); its data stays.
+    pub fn stop(&mut self) {
+        self.pid = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same data directory and ports (a no-op while
+    /// it runs) and waits until it reports healthy.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let binary = std::env::var("WARREN_ETCD").ok().unwrap_or_else(|| {
+            if Path::new("/usr/bin/etcd").exists() {
+                "/usr/bin/etcd".into()
+            } else {
+                "etcd".into()
+            }
+        });
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(&binary);
+        cmd.arg("--name=warren-test")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=warren-test={peer}"))
+            .arg("--initial-cluster-state=new")
+            // A lone member elects itself at once, and short ticks let
+            // leases as short as 1 s be granted as asked.
+            .arg("--heartbeat-interval=10")
+            .arg("--election-timeout=100")
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = spawn_for_process(cmd).with_context(|| {
+            format!("starting {binary} (Debian package etcd-server; run scripts/setup.sh)")
+        })?;
+        if let Some(stderr) = child.stderr.take() {
+            let sink = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = sink.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        self.pid = Some(child.id());
+        self.child = Some(child);
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if self.healthy() {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                self.pid = None;
+                let tail: Vec<String> = self.log_lines().into_iter().rev().take(20).collect();
+                bail!("etcd exited with {status}: {tail:?}");
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                let tail: Vec<String> = self.log_lines().into_iter().rev().take(20).collect();
+                bail!("etcd did not become healthy within {START_LIMIT:?}: {tail:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether `GET /health` answers `"health":"true"` (it has a leader).
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.client_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+        let req = format!(
+            "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.client_port
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

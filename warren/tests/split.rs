@@ -336,4 +336,58 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
     // (The name `split` is account A's, so B's refusal came from the binding
     // check, which runs first; A's worker still serves.)
     assert_eq!(get(runtime, host, "/hello").await.0, 200);
+
+    // The store is the one source of truth across the processes: iris's API
+    // (a process running no worker) refuses to delete a bound service...
+    let out = warren(&profile, &["vpc", "service", "delete", &bindings[0].1]);
+    assert!(!out.status.success(), "a bound service must not be deleted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bound by worker(s) split, stock-rs"), "{err}");
+    // ...and an edit made there reaches the binding-worker's and the front
+    // door's caches (other processes follow the store's change log).
+    let out = warren(
+        &profile,
+        &[
+            "vpc",
+            "service",
+            "update",
+            &bindings[0].1,
+            "--http-port",
+            "8001",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edited = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = get(runtime, host, "/hello").await;
+        if status != 200 || edited.elapsed() > Duration::from_secs(2) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (502, "ProxyError: connection_refused"),
+        "the edited port is used within 2 s"
+    );
+    // Deleting the worker through the runtime's API frees the name on every
+    // process: the runtime stops serving it.
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profile).expect("profile")).expect("JSON");
+    let (account, token) = (
+        p["account_id"].as_str().expect("account"),
+        p["token"].as_str().expect("token"),
+    );
+    let status = common::api_request(
+        runtime_api,
+        "DELETE",
+        &format!("/client/v4/accounts/{account}/workers/scripts/split"),
+        token,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(get(runtime, host, "/hello").await.0, 404);
 }

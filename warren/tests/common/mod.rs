@@ -197,3 +197,22 @@ pub async fn first_ok(runtime: SocketAddr, host: &str, path: &str) -> (u16, byte
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Sends `METHOD path` with no body and a bearer token to the API at `api`;
+/// the response's status.
+pub fn api_request(api: SocketAddr, method: &str, path: &str, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).expect("API");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {api}\r\nauthorization: Bearer {token}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"))
+}

@@ -1,0 +1,333 @@
+//! The store as the one source of truth, end to end: a `warren serve` killed
+//! with SIGKILL at several points of a redeploy serves the old or the new
+//! version after restart, never none; two `warren serve` nodes on one real
+//! etcd serve what either deploys, refuse to delete what either binds, use an
+//! edited service on the next request, and keep serving from their caches
+//! while etcd is down (writes then fail with a clear 503).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warren_testkit::etcd::Etcd;
+use warren_testkit::netns::NetNs;
+use warren_testkit::origin;
+
+mod common;
+use common::{Kill, WARREN, connector_bin, free_tcp, get, ok_json, start_serve, warren};
+
+/// Writes the test worker as `name` with `VERSION=version`, bound to
+/// `service` when given.
+fn write_worker(dir: &Path, name: &str, version: &str, service: Option<&str>) {
+    std::fs::create_dir_all(dir.join("src")).expect("dir");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/control-plane-worker/src/index.js"
+        ),
+        dir.join("src/index.js"),
+    )
+    .expect("copy worker");
+    let mut config = serde_json::json!({
+        "name": name,
+        "main": "src/index.js",
+        "vars": { "VERSION": version },
+        "limits": { "cpu_ms": 60000 },
+    });
+    if let Some(id) = service {
+        config["vpc_services"] = serde_json::json!([{ "binding": "API", "service_id": id }]);
+    }
+    std::fs::write(dir.join("warren.json"), config.to_string()).expect("config");
+}
+
+/// `warren deploy DIR` with `profile` (and `extra` flags); panics on failure.
+fn deploy(profile: &Path, dir: &Path, extra: &[&str]) {
+    let mut args = vec!["deploy", dir.to_str().expect("path")];
+    args.extend_from_slice(extra);
+    let out = warren(profile, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `warren serve --config` on `config` (written to `dir/name`).
+fn serve(dir: &Path, name: &str, config: &str, profile: &Path) -> Kill {
+    let path = dir.join(name);
+    std::fs::write(&path, config).expect("config");
+    Kill(
+        Command::new(WARREN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("WARREN_PROFILE", profile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("warren serve"),
+    )
+}
+
+/// Waits until `addr` accepts TCP connections.
+fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// GETs until `want(status, body)` holds or `limit` passes; the last answer
+/// and how long it took.
+async fn until(
+    runtime: SocketAddr,
+    host: &str,
+    limit: Duration,
+    want: impl Fn(u16, &str) -> bool,
+) -> (u16, String, Duration) {
+    let start = Instant::now();
+    loop {
+        let (s, b) = get(runtime, host, "/").await;
+        let b = String::from_utf8_lossy(&b).into_owned();
+        if want(s, &b) || start.elapsed() > limit {
+            return (s, b, start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_during_a_redeploy_serves_the_old_or_the_new_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+    let api: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+    let config = format!(
+        "data_dir = \"data\"\n[parts]\ntunnel = false\nconnect = false\nbinding = false\n\
+         [api]\nlisten = \"{api}\"\n[runtime]\nlisten = \"{runtime}\"\nmax_cpu_ms = 60000\n"
+    );
+    let served = start_serve(Command::new(WARREN), dir.path(), &config);
+    let profile = served.profile.clone();
+    let mut node = served.node;
+    let host = "flip.workers.localhost";
+    // Both versions built once, so later redeploys hit the build cache and
+    // spend their time in the commit step the kills aim at.
+    let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+    write_worker(&v1, "flip", "1", None);
+    write_worker(&v2, "flip", "2", None);
+    deploy(&profile, &v2, &[]);
+    deploy(&profile, &v1, &[]);
+    assert_eq!(get(runtime, host, "/").await.1, "version 1");
+
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, delay_ms) in [0u64, 20, 60, 120, 200, 300, 2000].into_iter().enumerate() {
+        let next = if i % 2 == 0 { &v2 } else { &v1 };
+        let mut upload = Kill(
+            Command::new(WARREN)
+                .args(["deploy", next.to_str().expect("path")])
+                .env("WARREN_PROFILE", &profile)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("deploy"),
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SIGKILL: no shutdown path runs.
+        drop(node);
+        let _ = upload.0.wait();
+        node = serve(dir.path(), "edge.toml", &config, &profile);
+        wait_listening(runtime, "the restarted runtime");
+        // The listener opens only once the store's workers are loaded, so
+        // the very first request must find one of the two versions.
+        let (status, body) = get(runtime, host, "/").await;
+        assert_eq!(
+            status, 200,
+            "after a kill {delay_ms} ms into a redeploy: {body:?}"
+        );
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert!(
+            body == "version 1" || body == "version 2",
+            "after a kill {delay_ms} ms into a redeploy: {body:?}"
+        );
+        seen.insert(body);
+    }
+    // The kills landed both before and after the commit at least once.
+    assert_eq!(seen.len(), 2, "only {seen:?} was ever served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_etcd_share_workers_and_services() {
+    let mut etcd = Etcd::start().expect("etcd");
+    // The private network: an origin on 8000 (8001 is closed).
+    let ns = NetNs::create().expect("netns");
+    let inner: IpAddr = ns.inner_ip().into();
+    origin::serve(ns.bind_tcp(&format!("{inner}:8000")).expect("bind")).expect("origin");
+
+    // Two nodes, one etcd. They share the data directory's trust roots (edge
+    // CA, sealing key, internal secret) and its bundle directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = dir.path().join("profile.json");
+    let node_config = |name: &str| {
+        let udp = std::net::UdpSocket::bind((ns.host_ip(), 0))
+            .and_then(|s| s.local_addr())
+            .expect("udp port");
+        let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+        let api: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
+        let config = format!(
+            "data_dir = \"data\"\nnode_name = \"{name}\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\n\
+             [api]\nlisten = \"{api}\"\n[tunnel]\nlisten = \"{udp}\"\n[connect]\nlisten = \"127.0.0.1:0\"\n\
+             [binding]\nlisten = \"127.0.0.1:0\"\n[runtime]\nlisten = \"{runtime}\"\nmax_cpu_ms = 60000\n",
+            etcd.endpoint()
+        );
+        (config, api, runtime)
+    };
+    let (config_a, _, runtime_a) = node_config("a");
+    let (config_b, api_b, runtime_b) = node_config("b");
+    let _a = serve(dir.path(), "a.toml", &config_a, &profile);
+    common::wait_for_profile(&profile);
+    let _b = serve(
+        dir.path(),
+        "b.toml",
+        &config_b,
+        &dir.path().join("unused.json"),
+    );
+    wait_listening(api_b, "node b's API");
+    let b_flag = format!("http://{api_b}");
+    let on_b = |args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&["--api", &b_flag]);
+        warren(&profile, &v)
+    };
+
+    // A tunnel made through A; a connector for each node (each token, from
+    // that node's API, names that node's edge).
+    let tunnel = ok_json(&profile, &["tunnel", "create", "lab", "--json"]);
+    let tunnel_id = tunnel["id"].as_str().expect("tunnel id").to_owned();
+    let mut connectors = Vec::new();
+    for out in [
+        warren(&profile, &["tunnel", "token", &tunnel_id]),
+        on_b(&["tunnel", "token", &tunnel_id]),
+    ] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        connectors.push(Kill(
+            ns.command(&connector_bin())
+                .args(["run", "--token", &token, "--grace-period", "1s"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("connector"),
+        ));
+    }
+    let inner_s = inner.to_string();
+    let svc = ok_json(
+        &profile,
+        &[
+            "vpc",
+            "service",
+            "create",
+            "inv",
+            "--type",
+            "http",
+            "--tunnel-id",
+            &tunnel_id,
+            "--ipv4",
+            &inner_s,
+            "--http-port",
+            "8000",
+            "--json",
+        ],
+    );
+    let service_id = svc["service_id"].as_str().expect("service id").to_owned();
+
+    // Deployed through A's API: served by B within 2 s of the deploy's answer.
+    let worker = dir.path().join("shop");
+    write_worker(&worker, "shop", "v1", Some(&service_id));
+    deploy(&profile, &worker, &[]);
+    let deployed = Instant::now();
+    let host = "shop.workers.localhost";
+    let want = |s: u16, b: &str| s == 200 && b == "v1: hello from origin";
+    let (s, b, _) = until(runtime_b, host, Duration::from_secs(30), want).await;
+    let on_b_after = deployed.elapsed();
+    assert_eq!((s, b.as_str()), (200, "v1: hello from origin"), "on B");
+    assert!(
+        on_b_after < Duration::from_secs(2),
+        "B served the deploy {on_b_after:?} after it (connectors registered meanwhile)"
+    );
+    let (s, b, _) = until(runtime_a, host, Duration::from_secs(30), want).await;
+    assert_eq!((s, b.as_str()), (200, "v1: hello from origin"), "on A");
+    eprintln!("deploy on A -> first 200 on B: {on_b_after:?}");
+
+    // Bound by A's deploy: B's API refuses to delete the service.
+    let out = on_b(&["vpc", "service", "delete", &service_id]);
+    assert!(!out.status.success(), "a bound service must not be deleted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bound by worker(s) shop"), "{err}");
+
+    // etcd down: both nodes keep serving from their caches; writes fail
+    // with a clear 503; once etcd is back, writes succeed again.
+    etcd.stop();
+    for runtime in [runtime_a, runtime_b] {
+        let (s, b) = get(runtime, host, "/").await;
+        assert_eq!(
+            (s, String::from_utf8_lossy(&b).as_ref()),
+            (200, "v1: hello from origin"),
+            "served while etcd is down"
+        );
+    }
+    let out = warren(
+        &profile,
+        &[
+            "vpc",
+            "service",
+            "update",
+            &service_id,
+            "--http-port",
+            "8001",
+        ],
+    );
+    assert!(!out.status.success(), "a write with etcd down must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("503") && err.contains("unavailable"), "{err}");
+    etcd.start_again().expect("etcd restarts");
+
+    // An edit through B is used by B's next request, and by A's within 2 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = on_b(&[
+            "vpc",
+            "service",
+            "update",
+            &service_id,
+            "--http-port",
+            "8001",
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not succeed after etcd came back: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, b) = get(runtime_b, host, "/").await;
+    assert_eq!(
+        (s, String::from_utf8_lossy(&b).as_ref()),
+        (502, "ProxyError: connection_refused"),
+        "B's next request uses the edited port"
+    );
+    let refused = |s: u16, b: &str| s == 502 && b == "ProxyError: connection_refused";
+    let (s, b, took) = until(runtime_a, host, Duration::from_secs(2), refused).await;
+    assert_eq!(
+        (s, b.as_str()),
+        (502, "ProxyError: connection_refused"),
+        "A uses the edit"
+    );
+    eprintln!("edit on B -> seen on A: {took:?}");
+}

@@ -226,22 +226,6 @@ impl Client {
             .await
             .map(drop)
     }
-
-    /// Untyped: calls `method` with JSON passed through as is (`warren dev`'s
-    /// services.json) and returns the result and `result_info` as JSON.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(Value, Value)> {
-        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
-        let envelope = self.request::<Value>(method, path, body).await?;
-        Ok((
-            envelope.result.unwrap_or(Value::Null),
-            serde_json::to_value(envelope.result_info)?,
-        ))
-    }
 }
 
 /// A request the CLI refuses before sending: the same words and field as the

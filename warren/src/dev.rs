@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper::Method;
 use serde_json::Value;
+use warren_api::from_value_at;
+use warren_api::services::{Service, ServiceRequest};
 use warren_connector::ConnectorConfig;
 use warren_store::hash_secret;
 
@@ -59,51 +60,46 @@ async fn ensure_services(
     let text = std::fs::read_to_string(path)?;
     let list: Vec<Value> = serde_json::from_str(&text)
         .with_context(|| format!("{} must be a JSON array of services", path.display()))?;
-    let (existing, _) = client
-        .call(
-            Method::GET,
-            "connectivity/directory/services?per_page=1000",
-            None,
-        )
+    let existing: Vec<Service> = client
+        .get("connectivity/directory/services?per_page=1000")
         .await?;
-    for mut svc in list {
-        let name = svc["name"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("{}: every service needs a name", path.display()))?
-            .to_owned();
-        for net in ["resolver_network", "network"] {
-            if let Some(n) = svc["host"].get_mut(net)
-                && n.get("tunnel_id").is_none()
+    for (i, raw) in list.into_iter().enumerate() {
+        let mut svc: ServiceRequest = from_value_at(raw, &format!("/{i}"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let name = svc
+            .name
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("{}: every service needs a name", path.display()))?;
+        // A service without a tunnel goes through the dev tunnel.
+        if let Some(host) = svc.host.as_mut() {
+            if let Some(n) = host.resolver_network.as_mut()
+                && n.tunnel_id.is_none()
             {
-                n["tunnel_id"] = Value::from(tunnel_id);
+                n.tunnel_id = Some(tunnel_id.to_owned());
+            }
+            if let Some(n) = host.network.as_mut()
+                && n.tunnel_id.is_none()
+            {
+                n.tunnel_id = Some(tunnel_id.to_owned());
             }
         }
+        svc.validate()
+            .map_err(|e| anyhow::anyhow!("service {name} in {}: {e}", path.display()))?;
         let found = existing
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == name.as_str())
-            .and_then(|e| e["service_id"].as_str().map(str::to_owned));
-        let (result, _) = match &found {
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.service_id.clone());
+        let saved: Service = match &found {
             Some(id) => {
                 client
-                    .call(
-                        Method::PUT,
-                        &format!("connectivity/directory/services/{id}"),
-                        Some(&svc),
-                    )
+                    .put(&format!("connectivity/directory/services/{id}"), &svc)
                     .await
             }
-            None => {
-                client
-                    .call(Method::POST, "connectivity/directory/services", Some(&svc))
-                    .await
-            }
+            None => client.post("connectivity/directory/services", &svc).await,
         }
         .with_context(|| format!("service {name} in {}", path.display()))?;
-        let id = result["service_id"].as_str().unwrap_or_default().to_owned();
-        println!("VPC service {name} → {id}");
-        ids.insert(name, id);
+        println!("VPC service {name} → {}", saved.service_id);
+        ids.insert(name, saved.service_id);
     }
     Ok(ids)
 }

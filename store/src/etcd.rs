@@ -50,8 +50,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for one request; past it the call fails as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings find a dead connection (a watch that would wait forever).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// etcd answers pings more often than every 5 s with GOAWAY, so 10 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys read per request of a prefix scan.
 const PAGE: i64 = 1000;
 /// Gets batched into one transaction (etcd allows 128 operations by default).
@@ -276,26 +277,39 @@ fn lease_secs(lease: Duration) -> i64 {
     ms.div_ceil(1000).min(i64::MAX as u128) as i64
 }
 
+/// What the chain of `e`'s sources says: `Some(true)` when it holds an I/O
+/// error of the connection, `Some(false)` when that error is bad TLS data (a
+/// certificate the other side refused: configuration, not an outage).
+fn io_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind() != std::io::ErrorKind::InvalidData);
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// Whether an etcd error means "cannot be reached right now".
 fn is_unavailable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
-        E::TransportError(_) | E::IoError(_) => true,
+        E::IoError(io) => io.kind() != std::io::ErrorKind::InvalidData,
+        E::TransportError(t) => io_in_chain(t).unwrap_or(true),
         E::GRpcStatus(s) => {
-            let code = i32::from(s.code());
-            let msg = s.message();
             // A status made on this side from a broken connection carries
             // the I/O error as its source (etcd's own statuses have none).
-            let mut source = std::error::Error::source(s);
-            let mut io = false;
-            while let Some(e) = source {
-                io |= e.is::<std::io::Error>();
-                source = e.source();
+            if let Some(io) = std::error::Error::source(s).and_then(io_in_chain) {
+                return io;
             }
-            io || matches!(
+            let code = i32::from(s.code());
+            let msg = s.message();
+            matches!(
                 code,
                 GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE
-            ) || msg.contains("transport error")
+            ) && !msg.contains("certificate")
+                || msg.contains("transport error")
                 || msg.contains("no leader")
                 || msg.contains("leader changed")
                 || msg.contains("timed out")
@@ -392,9 +406,16 @@ impl EtcdStore {
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            // etcd refuses pings while no stream is open; the watch is one.
+            .with_keep_alive_while_idle(false)
             .with_require_leader(true);
         match (&config.user, &config.password) {
-            (Some(user), Some(password)) => options = options.with_user(user, password),
+            (Some(user), Some(password)) => {
+                // etcd's tokens expire (5 min idle by default): get a new one.
+                options = options
+                    .with_user(user, password)
+                    .with_auto_token_refresh(true);
+            }
             (None, None) => {}
             _ => {
                 return Err(StoreError::Backend(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
 use warren_store::{
-    CertVerificationMode, Change, ConnectionRecord, EtcdConfig, EtcdStore, ScriptRecord,
+    CertVerificationMode, Change, ConnectionRecord, EtcdConfig, EtcdStore, EtcdTls, ScriptRecord,
     ServiceHost, ServiceType, SqliteStore, Store, StoreError, VpcService, hash_secret, rfc3339,
 };
 use warren_testkit::etcd::Etcd;
@@ -784,4 +784,101 @@ async fn etcd_malformed_values_are_backend_errors_naming_the_key() {
             "{err:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn etcd_over_tls_with_a_client_certificate() {
+    let etcd = Etcd::start_tls().expect("etcd with TLS");
+    let files = etcd.tls_files().expect("TLS files").clone();
+    assert!(etcd.endpoint().starts_with("https://"));
+    let mut config = EtcdConfig::new(vec![etcd.endpoint()]);
+    config.tls = Some(EtcdTls {
+        ca_file: files.ca.clone(),
+        cert_file: Some(files.client_cert.clone()),
+        key_file: Some(files.client_key.clone()),
+    });
+    let one = EtcdStore::connect(config.clone())
+        .await
+        .expect("connect over TLS");
+    let two = EtcdStore::connect(config.clone())
+        .await
+        .expect("connect over TLS");
+    let mut heard = one.watch();
+    let a = two.create_account("a").await.expect("account");
+    let t = two
+        .create_tunnel(&a.id, "home", [1; 32], None)
+        .await
+        .expect("tunnel");
+    expect_change(&mut heard, &Change::Tunnel(t.id), Duration::from_secs(2)).await;
+    assert_eq!(one.list_accounts().await.expect("list"), vec![a]);
+
+    // The member asks for a client certificate: none, no store.
+    config.tls = Some(EtcdTls {
+        ca_file: files.ca.clone(),
+        cert_file: None,
+        key_file: None,
+    });
+    let err = EtcdStore::connect(config.clone())
+        .await
+        .err()
+        .expect("no client cert");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    // A CA that did not sign the member's certificate: no store.
+    config.tls = Some(EtcdTls {
+        ca_file: files.client_cert.clone(),
+        cert_file: Some(files.client_cert.clone()),
+        key_file: Some(files.client_key.clone()),
+    });
+    let err = EtcdStore::connect(config).await.err().expect("wrong CA");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    // A missing file is named.
+    let mut config = EtcdConfig::new(vec![etcd.endpoint()]);
+    config.tls = Some(EtcdTls {
+        ca_file: "/nonexistent/ca.pem".into(),
+        cert_file: None,
+        key_file: None,
+    });
+    let err = EtcdStore::connect(config).await.err().expect("no CA file");
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("/nonexistent/ca.pem")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn etcd_with_authentication_needs_the_right_password() {
+    let etcd = Etcd::start().expect("etcd");
+    let mut root = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("raw client");
+    root.user_add("root", "root-password", None)
+        .await
+        .expect("add root");
+    root.user_grant_role("root", "root").await.expect("grant");
+    root.auth_enable().await.expect("enable auth");
+
+    let mut config = EtcdConfig::new(vec![etcd.endpoint()]);
+    config.user = Some("root".into());
+    config.password = Some("root-password".into());
+    let one = EtcdStore::connect(config.clone()).await.expect("connect");
+    let two = EtcdStore::connect(config.clone()).await.expect("connect");
+    let mut heard = one.watch();
+    let a = two.create_account("a").await.expect("account");
+    let t = two
+        .create_tunnel(&a.id, "home", [1; 32], None)
+        .await
+        .expect("tunnel");
+    expect_change(&mut heard, &Change::Tunnel(t.id), Duration::from_secs(2)).await;
+    assert_eq!(one.get_account(&a.id).await.expect("get"), Some(a));
+
+    config.password = Some("wrong".into());
+    let err = EtcdStore::connect(config.clone())
+        .await
+        .err()
+        .expect("wrong password");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    config.user = None;
+    config.password = None;
+    let err = EtcdStore::connect(config).await.err().expect("no user");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
 }

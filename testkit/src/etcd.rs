@@ -1,5 +1,6 @@
 //! A real single-member etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on
-//! loopback ports of its own, with its own data directory, killed on drop.
+//! loopback ports of its own, with its own data directory, killed on drop;
+//! plain HTTP, or TLS with client certificates ([`Etcd::start_tls`]).
 //! [`Etcd::stop`] and [`Etcd::start_again`] make outages for tests;
 //! [`Etcd::shared`] is one instance for a whole test process (tests keep
 //! apart by key prefix). etcd dies with the test process even when it is
@@ -8,7 +9,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
@@ -26,7 +27,66 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health`, whatever the client URL's scheme.
+    metrics_port: u16,
+    tls: Option<EtcdTlsFiles>,
     log: Arc<Mutex<Vec<String>>>,
+}
+
+/// PEM files of a TLS member: the CA that signed its certificate, and a
+/// client certificate it accepts.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// A client certificate signed by the CA (client-auth usage).
+    pub client_cert: PathBuf,
+    /// Its private key.
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+/// Writes a CA, a server certificate for 127.0.0.1 and a client certificate into `dir`.
+fn write_tls_files(dir: &Path) -> anyhow::Result<EtcdTlsFiles> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<_> {
+        let mut params = CertificateParams::new(names)?;
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (server_pem, server_key_pem) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (client_pem, client_key_pem) =
+        leaf(vec!["warren".into()], ExtendedKeyUsagePurpose::ClientAuth)?;
+    let files = EtcdTlsFiles {
+        ca: dir.join("ca.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client-key.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+    };
+    for (path, pem) in [
+        (&files.ca, ca_cert.pem()),
+        (&files.client_cert, client_pem),
+        (&files.client_key, client_key_pem),
+        (&files.server_cert, server_pem),
+        (&files.server_key, server_key_pem),
+    ] {
+        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(files)
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
@@ -87,10 +147,20 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Etcd {
-    /// Starts etcd (`$WARREN_ETCD`, else `etcd` on the `PATH`, else
-    /// `/usr/bin/etcd`) with a fresh data directory (in `/dev/shm` when there
-    /// is one, so fsyncs cost nothing) and waits until it reports healthy.
+    /// Starts etcd (`$WARREN_ETCD`, else `/usr/bin/etcd`, else `etcd` on the
+    /// `PATH`) with a fresh data directory (in `/dev/shm` when there is one,
+    /// so fsyncs cost nothing) and waits until it reports healthy.
     pub fn start() -> anyhow::Result<Etcd> {
+        Self::start_with(false)
+    }
+
+    /// Like [`Etcd::start`], serving clients over TLS only (`https://`) and
+    /// requiring a client certificate signed by its CA ([`Etcd::tls_files`]).
+    pub fn start_tls() -> anyhow::Result<Etcd> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> anyhow::Result<Etcd> {
         let shm = Path::new("/dev/shm");
         let dir = if shm.is_dir() {
             tempfile::Builder::new()
@@ -100,12 +170,19 @@ impl Etcd {
             tempfile::Builder::new().prefix("warren-etcd").tempdir()
         }
         .context("etcd data directory")?;
+        let tls = if tls {
+            Some(write_tls_files(dir.path())?)
+        } else {
+            None
+        };
         let mut etcd = Etcd {
             child: None,
             pid: None,
             dir,
             client_port: free_port()?,
             peer_port: free_port()?,
+            metrics_port: free_port()?,
+            tls,
             log: Arc::new(Mutex::new(Vec::new())),
         };
         etcd.start_again()?;
@@ -127,9 +204,15 @@ impl Etcd {
         shared.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// The client URL (`http://127.0.0.1:<port>`).
+    /// The client URL (`http://127.0.0.1:<port>`, `https://…` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The certificates of a member started with [`Etcd::start_tls`].
+    pub fn tls_files(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
     }
 
     /// Every line etcd has logged so far (for failure messages).
@@ -173,6 +256,10 @@ impl Etcd {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=warren-test={peer}"))
             .arg("--initial-cluster-state=new")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
             // A lone member elects itself at once, and short ticks let
             // leases as short as 1 s be granted as asked.
             .arg("--heartbeat-interval=10")
@@ -182,6 +269,12 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
         let mut child = spawn_for_process(cmd).with_context(|| {
             format!("starting {binary} (Debian package etcd-server; run scripts/setup.sh)")
         })?;
@@ -219,16 +312,17 @@ impl Etcd {
         }
     }
 
-    /// Whether `GET /health` answers `"health":"true"` (it has a leader).
+    /// Whether `GET /health` on the metrics port answers `"health":"true"`
+    /// (it has a leader).
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.client_port)) else {
+        let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.metrics_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
         let req = format!(
             "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.client_port
+            self.metrics_port
         );
         if s.write_all(req.as_bytes()).is_err() {
             return false;

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use serde_json::json;
-use warren_store::{SqliteStore, Store, hash_secret};
+use warren_store::hash_secret;
 
-use crate::config::{self, StoreBackend};
+use crate::config;
 
 /// Creates the account `name` in the store `config_path` names and prints its
 /// id and a new admin API token (shown once), as text or JSON.
@@ -16,12 +16,7 @@ pub async fn create(config_path: &Path, name: &str, as_json: bool) -> anyhow::Re
         anyhow::bail!("an account name is 1 to 255 characters");
     }
     let file = config::load(config_path)?;
-    let store: Box<dyn Store> = match file.store.backend {
-        StoreBackend::Sqlite => {
-            std::fs::create_dir_all(&file.data_dir)?;
-            Box::new(SqliteStore::open(&file.data_dir.join("warren.db"))?)
-        }
-    };
+    let store = config::open_store(&file).await?;
     let account = store.create_account(name).await?;
     let token = crate::serve::random_token("wrn_");
     store

@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
+use warren_store::{SqliteStore, Store};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -297,6 +299,21 @@ impl Default for StoreSection {
 pub enum StoreBackend {
     /// Embedded SQLite.
     Sqlite,
+}
+
+/// Opens the store `file` names: SQLite at `<data_dir>/warren.db` (creating
+/// the directory).
+pub async fn open_store(file: &EdgeFile) -> anyhow::Result<Arc<dyn Store>> {
+    match file.store.backend {
+        StoreBackend::Sqlite => {
+            std::fs::create_dir_all(&file.data_dir)
+                .with_context(|| format!("cannot create {}", file.data_dir.display()))?;
+            let path = file.data_dir.join("warren.db");
+            let store = SqliteStore::open(&path)
+                .with_context(|| format!("cannot open the store {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Reads and checks `path`; relative paths inside resolve against its folder.

@@ -882,3 +882,28 @@ async fn etcd_with_authentication_needs_the_right_password() {
     let err = EtcdStore::connect(config).await.err().expect("no user");
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn etcd_an_idle_watch_stays_open() {
+    // Longer than the request timeout (2 s): the watch is not a request that
+    // times out, and it is not cut and resumed (which would say Change::All).
+    let f = Fixture::etcd().await;
+    let other = f.another().await;
+    let mut watch = f.store.watch();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let a = other.create_account("a").await.expect("account");
+    let t = other
+        .create_tunnel(&a.id, "home", [1; 32], None)
+        .await
+        .expect("tunnel");
+    let want = Change::Tunnel(t.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(deadline, watch.recv()).await {
+            Ok(Ok(c)) if c == want => break,
+            Ok(Ok(Change::All)) => panic!("the idle watch was cut and resumed"),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("no {want:?} within 2 s"),
+        }
+    }
+}

@@ -812,18 +812,17 @@ async fn etcd_over_tls_with_a_client_certificate() {
     expect_change(&mut heard, &Change::Tunnel(t.id), Duration::from_secs(2)).await;
     assert_eq!(one.list_accounts().await.expect("list"), vec![a]);
 
-    // The member asks for a client certificate: none, no store.
+    // The member asks for a client certificate: none, no store. (With TLS
+    // 1.3 the refusal may come after the handshake, as a closed connection,
+    // so which error it is depends on timing.)
     config.tls = Some(EtcdTls {
         ca_file: files.ca.clone(),
         cert_file: None,
         key_file: None,
     });
-    let err = EtcdStore::connect(config.clone())
-        .await
-        .err()
-        .expect("no client cert");
-    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
-    // A CA that did not sign the member's certificate: no store.
+    assert!(EtcdStore::connect(config.clone()).await.is_err());
+    // A CA that did not sign the member's certificate: refused here, a
+    // configuration error.
     config.tls = Some(EtcdTls {
         ca_file: files.client_cert.clone(),
         cert_file: Some(files.client_cert.clone()),

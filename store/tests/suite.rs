@@ -895,14 +895,139 @@ async fn etcd_an_idle_watch_stays_open() {
         .create_tunnel(&a.id, "home", [1; 32], None)
         .await
         .expect("tunnel");
-    let want = Change::Tunnel(t.id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
+    // The first thing heard is the tunnel: not a Change::All of a resumed watch.
+    let heard = tokio::time::timeout(Duration::from_secs(2), watch.recv()).await;
+    assert!(
+        matches!(&heard, Ok(Ok(c)) if *c == Change::Tunnel(t.id.clone())),
+        "{heard:?}"
+    );
+}
+
+#[tokio::test]
+async fn etcd_long_listings_are_read_in_pages() {
+    // More accounts than one page (1000) and more tunnels than one batch of
+    // gets (100), written straight into etcd in the stored shape.
+    let etcd = Etcd::shared().expect("etcd");
+    let prefix = format!("/warren-pages-{}/", uuid::Uuid::new_v4().simple());
+    let store = connect_etcd(&etcd.endpoint(), &prefix).await;
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("raw client");
+    let account = store.create_account("owner").await.expect("account");
+    let mut puts = Vec::new();
+    for i in 0..1050 {
+        let id = format!("acct{i:05}");
+        let doc = serde_json::json!({"id": id, "name": "n", "created_at": "2026-01-01T00:00:00Z"});
+        puts.push(etcd_client::TxnOp::put(
+            format!("{prefix}accounts/{id}"),
+            doc.to_string(),
+            None,
+        ));
+    }
+    for i in 0..250 {
+        let id = format!("tun{i:05}");
+        let doc = serde_json::json!({
+            "id": id, "account_id": account.id, "name": "t", "secret_hash": "00".repeat(32),
+            "created_at": "2026-01-01T00:00:00Z", "first_connected_at": null, "sealed_secret": null,
+        });
+        puts.push(etcd_client::TxnOp::put(
+            format!("{prefix}tunnels/{id}"),
+            doc.to_string(),
+            None,
+        ));
+        puts.push(etcd_client::TxnOp::put(
+            format!("{prefix}account-tunnels/{}/{id}", account.id),
+            "",
+            None,
+        ));
+    }
+    while !puts.is_empty() {
+        let batch: Vec<_> = puts.drain(..puts.len().min(100)).collect();
+        raw.txn(etcd_client::Txn::new().and_then(batch))
+            .await
+            .expect("txn");
+    }
+    let accounts = store.list_accounts().await.expect("list");
+    assert_eq!(accounts.len(), 1051);
+    assert_eq!(accounts[0].id, "acct00000");
+    assert_eq!(accounts[1049].id, "acct01049");
+    assert_eq!(accounts[1050], account, "the newest is last");
+    let tunnels = store.list_tunnels(&account.id).await.expect("list");
+    assert_eq!(tunnels.len(), 250);
+    let ids: Vec<&str> = tunnels.iter().map(|t| t.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+}
+
+#[tokio::test]
+async fn etcd_a_watch_resuming_past_a_compaction_starts_over_and_keeps_following() {
+    let mut etcd = Etcd::start().expect("etcd");
+    let a = connect_etcd(&etcd.endpoint(), "/warren/").await;
+    let b = connect_etcd(&etcd.endpoint(), "/warren/").await;
+    let account = b.create_account("a").await.expect("account");
+    let mut watch = a.watch();
+    // Down for 5 s: the watch's reconnect backoff (0.1 s doubling) has its
+    // next try about 6.3 s after the cut, well after the restart below.
+    etcd.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    etcd.start_again().expect("restart");
+    // Before the watch is back: a change, another write, and a compaction
+    // of everything before that write.
+    let back = Instant::now();
+    let lost = loop {
+        match b.create_tunnel(&account.id, "lost", [1; 32], None).await {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(back.elapsed() < Duration::from_secs(15), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    b.create_account("bump").await.expect("account");
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("raw client");
+    let rev = raw
+        .get(
+            "/warren/",
+            Some(etcd_client::GetOptions::new().with_count_only()),
+        )
+        .await
+        .expect("revision")
+        .header()
+        .map(|h| h.revision())
+        .expect("header");
+    raw.compact(rev, None).await.expect("compact");
+    let compacted = back.elapsed();
+    // The watch is told the change is gone (Change::All), then follows on
+    // from the compacted revision.
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !heard.contains(&Change::All) {
         match tokio::time::timeout_at(deadline, watch.recv()).await {
-            Ok(Ok(c)) if c == want => break,
-            Ok(Ok(Change::All)) => panic!("the idle watch was cut and resumed"),
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => panic!("no {want:?} within 2 s"),
+            Ok(Ok(c)) => heard.push(c),
+            other => panic!("no Change::All: {other:?} after {heard:?}"),
         }
     }
+    eprintln!(
+        "compacted {compacted:?} after the restart; Change::All {:?} after the restart",
+        back.elapsed()
+    );
+    let after = b
+        .create_tunnel(&account.id, "after", [1; 32], None)
+        .await
+        .expect("tunnel");
+    let want = Change::Tunnel(after.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while heard.last() != Some(&want) {
+        match tokio::time::timeout_at(deadline, watch.recv()).await {
+            Ok(Ok(c)) => heard.push(c),
+            other => panic!("no {want:?}: {other:?} after {heard:?}"),
+        }
+    }
+    assert!(
+        !heard.contains(&Change::Tunnel(lost.id)),
+        "the compacted change was replayed: the watch came back before the compaction {heard:?}"
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use warren_store::{SqliteStore, Store};
+use warren_store::{EtcdConfig, EtcdStore, EtcdTls, SqliteStore, Store};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -278,17 +278,164 @@ impl Default for DnsCacheSection {
 }
 
 /// `[store]`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// `sqlite` (default; the file is `<data_dir>/warren.db`).
+    /// `sqlite` (default; the file is `<data_dir>/warren.db`) or `etcd`.
     pub backend: StoreBackend,
+    /// etcd: client URLs of the members, `http://` or `https://` (required
+    /// with `backend = "etcd"`; no default).
+    pub endpoints: Vec<String>,
+    /// etcd: every key is under this prefix, so clusters can share an etcd
+    /// (default `/warren/`).
+    pub prefix: Option<String>,
+    /// etcd: CA certificate (PEM) for `https://` endpoints (required with them).
+    pub ca_file: Option<PathBuf>,
+    /// etcd: client certificate (PEM), for members that ask for one (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// etcd: the client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// etcd: user for etcd's authentication (with `password`).
+    pub user: Option<String>,
+    /// etcd: that user's password.
+    pub password: Option<String>,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             backend: StoreBackend::Sqlite,
+            endpoints: Vec::new(),
+            prefix: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSection")
+            .field("backend", &self.backend)
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl StoreSection {
+    /// Checks the combination of keys; errors name the key (`store.endpoints: …`).
+    fn check(&self) -> anyhow::Result<()> {
+        if self.backend != StoreBackend::Etcd {
+            let etcd_only = [
+                ("endpoints", !self.endpoints.is_empty()),
+                ("prefix", self.prefix.is_some()),
+                ("ca_file", self.ca_file.is_some()),
+                ("cert_file", self.cert_file.is_some()),
+                ("key_file", self.key_file.is_some()),
+                ("user", self.user.is_some()),
+                ("password", self.password.is_some()),
+            ];
+            for (key, set) in etcd_only {
+                anyhow::ensure!(!set, "store.{key}: only with backend = \"etcd\"");
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !self.endpoints.is_empty(),
+            "store.endpoints: required with backend = \"etcd\" (e.g. [\"http://127.0.0.1:2379\"])"
+        );
+        let mut https = 0;
+        for e in &self.endpoints {
+            let rest = if let Some(rest) = e.strip_prefix("https://") {
+                https += 1;
+                rest
+            } else if let Some(rest) = e.strip_prefix("http://") {
+                rest
+            } else {
+                anyhow::bail!("store.endpoints: {e:?} must start with http:// or https://");
+            };
+            anyhow::ensure!(
+                !rest.is_empty() && !rest.contains('/'),
+                "store.endpoints: {e:?} must be scheme://host:port"
+            );
+        }
+        anyhow::ensure!(
+            https == 0 || https == self.endpoints.len(),
+            "store.endpoints: all http:// or all https://"
+        );
+        anyhow::ensure!(
+            self.prefix.as_deref() != Some(""),
+            "store.prefix: must not be empty"
+        );
+        if https > 0 {
+            anyhow::ensure!(
+                self.ca_file.is_some(),
+                "store.ca_file: required with https:// endpoints"
+            );
+        } else {
+            for (key, set) in [
+                ("ca_file", self.ca_file.is_some()),
+                ("cert_file", self.cert_file.is_some()),
+                ("key_file", self.key_file.is_some()),
+            ] {
+                anyhow::ensure!(!set, "store.{key}: only with https:// endpoints");
+            }
+        }
+        anyhow::ensure!(
+            self.cert_file.is_some() == self.key_file.is_some(),
+            "store.{}: required with store.{}",
+            if self.cert_file.is_some() {
+                "key_file"
+            } else {
+                "cert_file"
+            },
+            if self.cert_file.is_some() {
+                "cert_file"
+            } else {
+                "key_file"
+            },
+        );
+        anyhow::ensure!(
+            self.user.is_some() == self.password.is_some(),
+            "store.{}: required with store.{}",
+            if self.user.is_some() {
+                "password"
+            } else {
+                "user"
+            },
+            if self.user.is_some() {
+                "user"
+            } else {
+                "password"
+            },
+        );
+        Ok(())
+    }
+
+    /// The etcd connection this section describes.
+    pub fn etcd_config(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| EtcdConfig::DEFAULT_PREFIX.into()),
+            tls: self.ca_file.as_ref().map(|ca| EtcdTls {
+                ca_file: ca.clone(),
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+            }),
+            user: self.user.clone(),
+            password: self.password.clone(),
         }
     }
 }
@@ -299,10 +446,12 @@ impl Default for StoreSection {
 pub enum StoreBackend {
     /// Embedded SQLite.
     Sqlite,
+    /// An etcd cluster shared by the nodes.
+    Etcd,
 }
 
 /// Opens the store `file` names: SQLite at `<data_dir>/warren.db` (creating
-/// the directory).
+/// the directory), or a connection to etcd (failing when it cannot be reached).
 pub async fn open_store(file: &EdgeFile) -> anyhow::Result<Arc<dyn Store>> {
     match file.store.backend {
         StoreBackend::Sqlite => {
@@ -311,6 +460,12 @@ pub async fn open_store(file: &EdgeFile) -> anyhow::Result<Arc<dyn Store>> {
             let path = file.data_dir.join("warren.db");
             let store = SqliteStore::open(&path)
                 .with_context(|| format!("cannot open the store {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Etcd => {
+            let store = EtcdStore::connect(file.store.etcd_config())
+                .await
+                .context("cannot open the etcd store ([store] in the config)")?;
             Ok(Arc::new(store))
         }
     }
@@ -335,6 +490,18 @@ pub fn load(path: &Path) -> anyhow::Result<EdgeFile> {
             *ca = base.join(&*ca);
         }
     }
+    for pem in [
+        &mut file.store.ca_file,
+        &mut file.store.cert_file,
+        &mut file.store.key_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if pem.is_relative() {
+            *pem = base.join(&*pem);
+        }
+    }
     Ok(file)
 }
 
@@ -356,6 +523,7 @@ pub fn parse(text: &str) -> anyhow::Result<EdgeFile> {
     ] {
         anyhow::ensure!(!value.is_zero(), "{key}: must be more than 0");
     }
+    file.store.check()?;
     Ok(file)
 }
 
@@ -401,5 +569,153 @@ mod tests {
             e.to_string(),
             "connections.idle_timeout: must be more than 0"
         );
+    }
+
+    #[test]
+    fn the_etcd_store_is_read_with_its_options() {
+        let f = parse(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\n\
+             prefix = \"/edge-eu/\"\nca_file = \"/etc/warren/etcd-ca.pem\"\ncert_file = \"c.pem\"\n\
+             key_file = \"k.pem\"\nuser = \"warren\"\npassword = \"hunter2\"\n",
+        )
+        .expect("valid");
+        assert_eq!(f.store.backend, StoreBackend::Etcd);
+        let c = f.store.etcd_config();
+        assert_eq!(
+            c.endpoints,
+            ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+        );
+        assert_eq!(c.prefix, "/edge-eu/");
+        let tls = c.tls.expect("tls");
+        assert_eq!(tls.ca_file, PathBuf::from("/etc/warren/etcd-ca.pem"));
+        assert_eq!(tls.cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("k.pem")));
+        assert_eq!(c.user.as_deref(), Some("warren"));
+        assert_eq!(c.password.as_deref(), Some("hunter2"));
+        assert!(!format!("{:?}", f.store).contains("hunter2"));
+
+        let f = parse("[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n")
+            .expect("valid");
+        let c = f.store.etcd_config();
+        assert_eq!(c.prefix, "/warren/");
+        assert!(c.tls.is_none() && c.user.is_none());
+        assert_eq!(
+            parse("").expect("valid").store.backend,
+            StoreBackend::Sqlite
+        );
+    }
+
+    #[test]
+    fn bad_store_combinations_name_the_key() {
+        let etcd = "[store]\nbackend = \"etcd\"\n";
+        let http = "[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+        let https = "[store]\nbackend = \"etcd\"\nendpoints = [\"https://e:2379\"]\n";
+        for (text, starts) in [
+            (etcd.to_string(), "store.endpoints: required"),
+            (
+                format!("{etcd}endpoints = []\n"),
+                "store.endpoints: required",
+            ),
+            (
+                format!("{etcd}endpoints = [\"127.0.0.1:2379\"]\n"),
+                "store.endpoints: \"127.0.0.1:2379\" must start with",
+            ),
+            (
+                format!("{etcd}endpoints = [\"http://a:1\", \"https://b:1\"]\n"),
+                "store.endpoints: all http",
+            ),
+            (
+                "[store]\nendpoints = [\"http://127.0.0.1:2379\"]\n".to_string(),
+                "store.endpoints: only with backend = \"etcd\"",
+            ),
+            (
+                "[store]\nprefix = \"/x/\"\n".to_string(),
+                "store.prefix: only with backend",
+            ),
+            (
+                "[store]\nuser = \"u\"\n".to_string(),
+                "store.user: only with backend",
+            ),
+            (
+                format!("{http}prefix = \"\"\n"),
+                "store.prefix: must not be empty",
+            ),
+            (https.to_string(), "store.ca_file: required with https://"),
+            (
+                format!("{http}ca_file = \"ca.pem\"\n"),
+                "store.ca_file: only with https://",
+            ),
+            (
+                format!("{https}ca_file = \"ca.pem\"\ncert_file = \"c.pem\"\n"),
+                "store.key_file: required with store.cert_file",
+            ),
+            (
+                format!("{http}password = \"p\"\n"),
+                "store.user: required with store.password",
+            ),
+            (
+                format!("{http}user = \"u\"\n"),
+                "store.password: required with store.user",
+            ),
+            (format!("{http}endpionts = []\n"), "store"),
+        ] {
+            let e = parse(&text).expect_err(&text);
+            assert!(e.to_string().starts_with(starts), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn store_files_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("edge.toml");
+        std::fs::write(
+            &path,
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"https://e:2379\"]\nca_file = \"pki/ca.pem\"\n\
+             cert_file = \"/abs/c.pem\"\nkey_file = \"pki/k.pem\"\n",
+        )
+        .expect("write");
+        let f = load(&path).expect("load");
+        assert_eq!(f.store.ca_file, Some(dir.path().join("pki/ca.pem")));
+        assert_eq!(f.store.cert_file, Some(PathBuf::from("/abs/c.pem")));
+        assert_eq!(f.store.key_file, Some(dir.path().join("pki/k.pem")));
+    }
+
+    #[tokio::test]
+    async fn open_store_opens_sqlite_or_connects_to_etcd() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = parse("").expect("valid");
+        f.data_dir = dir.path().join("state");
+        let s = open_store(&f).await.expect("sqlite");
+        let a = s.create_account("a").await.expect("account");
+        assert!(f.data_dir.join("warren.db").is_file());
+
+        let etcd = warren_testkit::etcd::Etcd::shared().expect("etcd");
+        let prefix = format!("/open-store-{}/", a.id);
+        let text = format!(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n",
+            etcd.endpoint()
+        );
+        let f = parse(&text).expect("valid");
+        let s = open_store(&f).await.expect("etcd");
+        let b = s.create_account("b").await.expect("account");
+        assert_eq!(s.list_accounts().await.expect("list"), vec![b]);
+
+        // Nothing listens there: a clear error, quickly.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let text =
+            format!("[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:{port}\"]\n");
+        let start = std::time::Instant::now();
+        let e = open_store(&parse(&text).expect("valid"))
+            .await
+            .err()
+            .expect("unreachable");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let msg = format!("{e:#}");
+        assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+        assert!(msg.contains("unavailable"), "{msg}");
     }
 }

@@ -156,28 +156,79 @@ pub fn workerd(
     Ok(Kill(child))
 }
 
+/// The last lines of `dir/warren.log` (a node's log), for error messages:
+/// the benchmarks' directories are removed when they end.
+pub fn log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("warren.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    format!(
+        "{}/warren.log ends:\n{}",
+        dir.display(),
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    )
+}
+
 /// A `warren serve` node in its own directory, with its CLI profile.
 pub struct WarrenNode {
     /// The `warren` binary.
     pub bin: PathBuf,
     /// The node's process.
     pub process: Kill,
-    /// The CLI profile the node wrote at first start.
+    /// The CLI profile the node wrote at first start (none for a node that
+    /// joined a store set up by another, see [`NodeOptions::joins`]).
     pub profile: PathBuf,
     /// Where workers are served (`<name>.workers.localhost`).
     pub runtime: SocketAddr,
+}
+
+/// How a [`WarrenNode`] differs from a lone node on SQLite with its data in
+/// `dir/data` (the default).
+#[derive(Debug, Default, Clone)]
+pub struct NodeOptions {
+    /// The data directory (default `dir/data`). Nodes given the same one
+    /// share the edge CA, the internal secret and the bundle directory.
+    pub data_dir: Option<PathBuf>,
+    /// `node_name` (default: the host name).
+    pub node_name: Option<String>,
+    /// Config tables appended to `edge.toml`, e.g. a `[store]` section.
+    pub extra: String,
+    /// The node joins a store another node has already set up: it writes no
+    /// client profile at start, so only its runtime port is waited for, and
+    /// [`WarrenNode::cli`] does not work on it.
+    pub joins: bool,
 }
 
 impl WarrenNode {
     /// Starts `warren serve` with its data in `dir/data`, JS tooling from
     /// `js_dir`, every listener on loopback.
     pub async fn start(bin: &Path, dir: &Path, js_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, dir, js_dir, &NodeOptions::default()).await
+    }
+
+    /// Like [`WarrenNode::start`], changed by `options`.
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        js_dir: &Path,
+        options: &NodeOptions,
+    ) -> anyhow::Result<Self> {
         let runtime: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let node_name = options
+            .node_name
+            .as_ref()
+            .map(|n| format!("node_name = {n:?}\n"))
+            .unwrap_or_default();
         let config = format!(
-            "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
+            "data_dir = {:?}\n{node_name}[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
              [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\
-             [runtime]\nlisten = \"{runtime}\"\njs_dir = \"{}\"\nmax_cpu_ms = 600000\n",
-            js_dir.display()
+             [runtime]\nlisten = \"{runtime}\"\njs_dir = {:?}\nmax_cpu_ms = 600000\n{}",
+            data_dir.display().to_string(),
+            js_dir.display().to_string(),
+            options.extra
         );
         std::fs::write(dir.join("edge.toml"), config)?;
         let profile = dir.join("profile.json");
@@ -194,18 +245,21 @@ impl WarrenNode {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let process = Kill(child);
+        let mut process = Kill(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !profile.exists() {
+        loop {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                bail!("warren serve exited with {status}; {}", log_tail(dir));
+            }
+            let profiled = options.joins || profile.exists();
+            if profiled && tokio::net::TcpStream::connect(runtime).await.is_ok() {
+                break;
+            }
             if Instant::now() > deadline {
-                bail!(
-                    "warren serve did not start (see {}/warren.log)",
-                    dir.display()
-                );
+                bail!("warren serve did not start within 60 s; {}", log_tail(dir));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        wait_port(runtime, Duration::from_secs(30)).await?;
         Ok(WarrenNode {
             bin: bin.to_owned(),
             process,

@@ -30,9 +30,9 @@ use warren_runtime::serve::Router;
 use warren_runtime::{BindingClient, EngineConfig, RuntimeEngine};
 use warren_store::blobs::BlobDir;
 use warren_store::cache::ServiceCache;
-use warren_store::{SqliteStore, Store, hash_secret};
+use warren_store::{Store, hash_secret};
 
-use crate::config::{self, EdgeFile, StoreBackend};
+use crate::config::{self, EdgeFile};
 use crate::profile::{self, Profile};
 
 /// `prefix` followed by 32 random bytes, base64url: tokens, secrets, boundaries.
@@ -262,9 +262,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         !parts.connect || parts.tunnel,
         "parts.connect needs parts.tunnel in the same process: the front door dials through this node's tunnel connections"
     );
-    let store: Arc<dyn Store> = match file.store.backend {
-        StoreBackend::Sqlite => Arc::new(SqliteStore::open(&file.data_dir.join("warren.db"))?),
-    };
+    let store: Arc<dyn Store> = config::open_store(file).await?;
     let (stop_tx, stop) = watch::channel(false);
     let mut node = Node {
         file,

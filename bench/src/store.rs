@@ -58,9 +58,11 @@ async fn binding_node(
         serde_json::from_slice(&node.cli(&["tunnel", "create", "bench", "--json"])?.stdout)?;
     let tunnel_id = tunnel["id"].as_str().context("tunnel id")?.to_owned();
     let token = String::from_utf8(node.cli(&["tunnel", "token", &tunnel_id])?.stdout)?;
-    let connector = Kill(
+    // Each connector its own metrics port: two on the default one collide.
+    let metrics = format!("127.0.0.1:{}", procs::free_port()?);
+    let mut connector = Kill(
         Command::new(&bins.connector)
-            .args(["run", "--token", token.trim()])
+            .args(["run", "--token", token.trim(), "--metrics", &metrics])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -97,9 +99,13 @@ async fn binding_node(
         ),
     )?;
     node.deploy(&wdir)?;
-    node.first_ok("shop", Duration::from_secs(60))
-        .await
-        .with_context(|| procs::log_tail(dir))?;
+    if let Err(e) = node.first_ok("shop", Duration::from_secs(60)).await {
+        let connector_exit = match connector.0.try_wait() {
+            Ok(Some(status)) => format!("the connector exited with {status}; "),
+            _ => String::new(),
+        };
+        bail!("{e}: {connector_exit}{}", procs::log_tail(dir));
+    }
     Ok(BindingNode {
         node,
         _connector: connector,

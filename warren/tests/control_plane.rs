@@ -53,20 +53,52 @@ fn deploy(profile: &Path, dir: &Path, extra: &[&str]) {
     );
 }
 
-/// Runs `warren serve --config` on `config` (written to `dir/name`).
+/// Runs `warren serve --config` on `config` (written to `dir/name`; its log
+/// to `dir/name.log`).
 fn serve(dir: &Path, name: &str, config: &str, profile: &Path) -> Kill {
     let path = dir.join(name);
     std::fs::write(&path, config).expect("config");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .expect("log");
     Kill(
         Command::new(WARREN)
             .args(["serve", "--config"])
             .arg(&path)
             .env("WARREN_PROFILE", profile)
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("warren serve"),
     )
+}
+
+/// Prints the tail of every node log in its folder when the test fails.
+struct ShowLogs(std::path::PathBuf);
+impl Drop for ShowLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- {} (first and last 25 lines)", path.display());
+                for l in lines.iter().take(25) {
+                    eprintln!("{l}");
+                }
+                eprintln!("...");
+                for l in &lines[lines.len().saturating_sub(25).max(25.min(lines.len()))..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
 }
 
 /// Waits until `addr` accepts TCP connections.
@@ -166,6 +198,7 @@ async fn two_nodes_on_one_etcd_share_workers_and_services() {
     // Two nodes, one etcd. They share the data directory's trust roots (edge
     // CA, sealing key, internal secret) and its bundle directory.
     let dir = tempfile::tempdir().expect("tempdir");
+    let _logs = ShowLogs(dir.path().to_owned());
     let profile = dir.path().join("profile.json");
     let node_config = |name: &str| {
         let udp = std::net::UdpSocket::bind((ns.host_ip(), 0))
@@ -217,6 +250,8 @@ async fn two_nodes_on_one_etcd_share_workers_and_services() {
         connectors.push(Kill(
             ns.command(&connector_bin())
                 .args(["run", "--token", &token, "--grace-period", "1s"])
+                // Two connectors in one network: each its own metrics port.
+                .args(["--metrics", "127.0.0.1:0"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -292,7 +327,11 @@ async fn two_nodes_on_one_etcd_share_workers_and_services() {
     );
     assert!(!out.status.success(), "a write with etcd down must fail");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("503") && err.contains("unavailable"), "{err}");
+    assert!(
+        err.starts_with("error: storage backend unavailable: etcd at ")
+            && err.trim_end().ends_with("nothing was changed, try again"),
+        "{err}"
+    );
     etcd.start_again().expect("etcd restarts");
 
     // An edit through B is used by B's next request, and by A's within 2 s.

@@ -17,10 +17,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 use tokio::net::TcpListener;
 use warren_bench::load;
-use warren_bench::procs::{self, Kill, WarrenNode};
+use warren_bench::procs::{self, WarrenNode};
 
 const ROUNDS: usize = 3;
 const RUN_FOR: Duration = Duration::from_secs(5);
@@ -169,39 +168,7 @@ async fn main() -> anyhow::Result<()> {
     let node_dir = work.path().join("warren");
     std::fs::create_dir_all(&node_dir)?;
     let node = WarrenNode::start(&warren_bin, &node_dir, &js_dir).await?;
-    let tunnel: Value =
-        serde_json::from_slice(&node.cli(&["tunnel", "create", "bench", "--json"])?.stdout)?;
-    let tunnel_id = tunnel["id"].as_str().context("tunnel id")?.to_owned();
-    let token = String::from_utf8(node.cli(&["tunnel", "token", &tunnel_id])?.stdout)?;
-    let _connector = Kill(
-        Command::new(&connector)
-            .args(["run", "--token", token.trim()])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", connector.display()))?,
-    );
-    let port = origin.port().to_string();
-    let service: Value = serde_json::from_slice(
-        &node
-            .cli(&[
-                "vpc",
-                "service",
-                "create",
-                "inventory",
-                "--type",
-                "http",
-                "--tunnel-id",
-                &tunnel_id,
-                "--ipv4",
-                "127.0.0.1",
-                "--http-port",
-                &port,
-                "--json",
-            ])?
-            .stdout,
-    )?;
-    let service_id = service["service_id"].as_str().context("service id")?;
+    let (_connector, service_id) = node.private_origin(&connector, origin)?;
     let wdir = work.path().join("shop");
     procs::worker_dir(
         &wdir,

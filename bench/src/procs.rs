@@ -268,6 +268,53 @@ impl WarrenNode {
         })
     }
 
+    /// Creates a tunnel, starts the real connector for it (with its own
+    /// metrics port, so several can run side by side) and an http VPC
+    /// service for `origin` (on loopback) through it; the connector and the
+    /// service's id.
+    pub fn private_origin(
+        &self,
+        connector: &Path,
+        origin: SocketAddr,
+    ) -> anyhow::Result<(Kill, String)> {
+        let tunnel: serde_json::Value =
+            serde_json::from_slice(&self.cli(&["tunnel", "create", "bench", "--json"])?.stdout)?;
+        let tunnel_id = tunnel["id"].as_str().context("tunnel id")?.to_owned();
+        let token = String::from_utf8(self.cli(&["tunnel", "token", &tunnel_id])?.stdout)?;
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let running = Kill(
+            Command::new(connector)
+                .args(["run", "--token", token.trim(), "--metrics", &metrics])
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", connector.display()))?,
+        );
+        let port = origin.port().to_string();
+        let ip = origin.ip().to_string();
+        let service: serde_json::Value = serde_json::from_slice(
+            &self
+                .cli(&[
+                    "vpc",
+                    "service",
+                    "create",
+                    "inventory",
+                    "--type",
+                    "http",
+                    "--tunnel-id",
+                    &tunnel_id,
+                    "--ipv4",
+                    &ip,
+                    "--http-port",
+                    &port,
+                    "--json",
+                ])?
+                .stdout,
+        )?;
+        let id = service["service_id"].as_str().context("service id")?;
+        Ok((running, id.to_owned()))
+    }
+
     /// Runs a `warren` CLI command against this node; fails with its stderr.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
         let out = Command::new(&self.bin)

@@ -18,7 +18,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 use warren_bench::load;
 use warren_bench::procs::{self, Kill, NodeOptions, WarrenNode};
 use warren_testkit::etcd::Etcd;
@@ -54,41 +53,7 @@ async fn binding_node(
 ) -> anyhow::Result<BindingNode> {
     std::fs::create_dir_all(dir)?;
     let node = WarrenNode::start_with(&bins.warren, dir, &bins.js_dir, options).await?;
-    let tunnel: Value =
-        serde_json::from_slice(&node.cli(&["tunnel", "create", "bench", "--json"])?.stdout)?;
-    let tunnel_id = tunnel["id"].as_str().context("tunnel id")?.to_owned();
-    let token = String::from_utf8(node.cli(&["tunnel", "token", &tunnel_id])?.stdout)?;
-    // Each connector its own metrics port: two on the default one collide.
-    let metrics = format!("127.0.0.1:{}", procs::free_port()?);
-    let mut connector = Kill(
-        Command::new(&bins.connector)
-            .args(["run", "--token", token.trim(), "--metrics", &metrics])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bins.connector.display()))?,
-    );
-    let port = origin.port().to_string();
-    let service: Value = serde_json::from_slice(
-        &node
-            .cli(&[
-                "vpc",
-                "service",
-                "create",
-                "inventory",
-                "--type",
-                "http",
-                "--tunnel-id",
-                &tunnel_id,
-                "--ipv4",
-                "127.0.0.1",
-                "--http-port",
-                &port,
-                "--json",
-            ])?
-            .stdout,
-    )?;
-    let service_id = service["service_id"].as_str().context("service id")?;
+    let (mut connector, service_id) = node.private_origin(&bins.connector, origin)?;
     let wdir = dir.join("shop");
     procs::worker_dir(
         &wdir,

@@ -561,6 +561,13 @@ impl EtcdStore {
             .collect()
     }
 
+    /// The records of `table` that the index `index`/`owner` lists.
+    async fn indexed(&self, index: &str, owner: &str, table: &str) -> StoreResult<Vec<KeyValue>> {
+        let ids = self.scan_ids(self.key(index, &[owner, ""])).await?;
+        let keys = ids.iter().map(|id| self.key(table, &[id])).collect();
+        self.get_many(keys).await
+    }
+
     /// The values of `keys` that exist, in order, batched into transactions.
     async fn get_many(&self, keys: Vec<String>) -> StoreResult<Vec<KeyValue>> {
         let mut out = Vec::with_capacity(keys.len());
@@ -883,12 +890,8 @@ impl Store for EtcdStore {
     }
 
     async fn list_tunnels(&self, account_id: &str) -> StoreResult<Vec<Tunnel>> {
-        let ids = self
-            .scan_ids(self.key("account-tunnels", &[account_id, ""]))
-            .await?;
-        let keys = ids.iter().map(|id| self.key("tunnels", &[id])).collect();
         let mut tunnels = self
-            .get_many(keys)
+            .indexed("account-tunnels", account_id, "tunnels")
             .await?
             .iter()
             .map(tunnel_from)
@@ -1075,12 +1078,8 @@ impl Store for EtcdStore {
     }
 
     async fn list_services(&self, account_id: &str) -> StoreResult<Vec<VpcService>> {
-        let ids = self
-            .scan_ids(self.key("account-services", &[account_id, ""]))
-            .await?;
-        let keys = ids.iter().map(|id| self.key("services", &[id])).collect();
         let mut services = self
-            .get_many(keys)
+            .indexed("account-services", account_id, "services")
             .await?
             .iter()
             .map(decode::<VpcService>)

@@ -198,14 +198,9 @@ fn header(v: &str, what: &str) -> Result<HeaderValue, ProxyError> {
 }
 
 impl TunnelPool {
-    /// A pool; must be created inside a tokio runtime (a task closes idle tunnels).
-    pub fn new(config: FrontDoorConfig) -> Self {
-        Self::with_changes(config, None)
-    }
-
-    /// A pool that drops its pooled tunnels when `changes` reports a changed
-    /// VPC service, so the next request reaches the service as edited. Must
-    /// be created inside a tokio runtime.
+    /// A pool (a task closes idle tunnels; must be created inside a tokio
+    /// runtime) that drops its pooled tunnels when `changes` reports a
+    /// changed VPC service, so the next request reaches the service as edited.
     pub fn with_changes(
         config: FrontDoorConfig,
         changes: Option<broadcast::Receiver<Change>>,

@@ -54,11 +54,6 @@ impl BlobDir {
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Stores `bytes` and returns their hash; a bundle already stored is not
     /// written again.
     pub fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {

@@ -97,3 +97,36 @@ struct DnsAnswer {
   message @2 :Data;
   # A raw DNS response message (empty when error is not `none`).
 }
+
+# ---- node-to-node link (bidirectional streams between edge nodes, after a preamble) ----
+
+struct PeerRequest {
+  # The first message of a stream one edge node opens to another.
+  union {
+    connect :group {
+      # Open a data stream on one of this node's own connections of the tunnel;
+      # the answer is a PeerResponse, then raw bytes both ways.
+      tunnelId @0 :Text;
+      request @1 :ConnectRequest;
+    }
+    dns :group {
+      # Resolve through one of this node's own connections of the tunnel; the
+      # answer is a PeerResponse carrying the raw DNS response in `data`.
+      tunnelId @2 :Text;
+      resolver @3 :SocketAddress;
+      message @4 :Data;
+    }
+    bundle @5 :Text;
+    # A worker bundle by SHA-256 (hex): a PeerResponse, then its bytes until FIN.
+    compiled @6 :Text;
+    # A compiled component by cache key: a PeerResponse, then its bytes until FIN.
+  }
+}
+
+struct PeerResponse {
+  error @0 :ErrorCode;
+  # `none`: done (for content: found, bytes follow).
+  message @1 :Text;
+  data @2 :Data;
+  # The raw DNS response of a `dns` request.
+}

@@ -481,6 +481,159 @@ impl WireMessage for DnsAnswer {
     }
 }
 
+/// Node → node: the first message of a stream on the node-to-node link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Open a data stream to `request.destination` on one of the receiving
+    /// node's own connections of the tunnel; a [`PeerResponse`] (the
+    /// connector's answer), then raw bytes both ways.
+    Connect {
+        /// The tunnel.
+        tunnel_id: String,
+        /// What the connector is asked to dial.
+        request: ConnectRequest,
+    },
+    /// Resolve through one of the receiving node's own connections of the
+    /// tunnel; the [`PeerResponse`] carries the raw DNS response.
+    Dns {
+        /// The tunnel.
+        tunnel_id: String,
+        /// Resolver to ask; `None` means the connector's own default.
+        resolver: Option<SocketAddr>,
+        /// The raw DNS query message.
+        message: Vec<u8>,
+    },
+    /// A worker bundle by SHA-256 (lowercase hex): a [`PeerResponse`], then
+    /// its bytes until the end of the stream.
+    Bundle(String),
+    /// A compiled component by cache key: a [`PeerResponse`], then its bytes
+    /// until the end of the stream.
+    Compiled(String),
+}
+
+impl WireMessage for PeerRequest {
+    const LIMIT: usize = MAX_DNS_MESSAGE;
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut msg = capnp::message::Builder::new_default();
+        let b = msg.init_root::<wire::peer_request::Builder<'_>>();
+        match self {
+            PeerRequest::Connect { tunnel_id, request } => {
+                let mut g = b.init_connect();
+                g.set_tunnel_id(tunnel_id.as_str());
+                let mut r = g.init_request();
+                set_addr(r.reborrow().init_destination(), Some(request.destination));
+                r.set_flow_id(request.flow_id.as_str());
+                r.set_timeout_ms(request.timeout_ms);
+            }
+            PeerRequest::Dns {
+                tunnel_id,
+                resolver,
+                message,
+            } => {
+                let mut g = b.init_dns();
+                g.set_tunnel_id(tunnel_id.as_str());
+                set_addr(g.reborrow().init_resolver(), *resolver);
+                g.set_message(&message[..]);
+            }
+            PeerRequest::Bundle(sha) => b.init_bundle(sha.len() as u32).push_str(sha),
+            PeerRequest::Compiled(key) => b.init_compiled(key.len() as u32).push_str(key),
+        }
+        write_capnp(&msg)
+    }
+
+    fn from_bytes(body: &[u8]) -> Result<Self, DecodeError> {
+        use wire::peer_request::Which;
+        check_body::<Self>(body)?;
+        let msg = read_capnp(body)?;
+        let r = msg.get_root::<wire::peer_request::Reader<'_>>()?;
+        Ok(match r.which()? {
+            Which::Connect(g) => {
+                let c = g.get_request()?;
+                let destination =
+                    get_addr(c.get_destination()?)?.ok_or(DecodeError::InvalidField {
+                        field: "destination",
+                        reason: "missing",
+                    })?;
+                PeerRequest::Connect {
+                    tunnel_id: text(g.get_tunnel_id(), "tunnelId")?,
+                    request: ConnectRequest {
+                        destination,
+                        flow_id: text(c.get_flow_id(), "flowId")?,
+                        timeout_ms: c.get_timeout_ms(),
+                    },
+                }
+            }
+            Which::Dns(g) => PeerRequest::Dns {
+                tunnel_id: text(g.get_tunnel_id(), "tunnelId")?,
+                resolver: if g.has_resolver() {
+                    get_addr(g.get_resolver()?)?
+                } else {
+                    None
+                },
+                message: g.get_message()?.to_vec(),
+            },
+            Which::Bundle(t) => PeerRequest::Bundle(text(t, "bundle")?),
+            Which::Compiled(t) => PeerRequest::Compiled(text(t, "compiled")?),
+        })
+    }
+}
+
+/// Node → node: the answer to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerResponse {
+    /// `None` when done (for content: found, its bytes follow); otherwise why not.
+    pub error: Option<ErrorCode>,
+    /// Detail for logs and error messages.
+    pub message: String,
+    /// The raw DNS response of a [`PeerRequest::Dns`] (empty otherwise).
+    pub data: Vec<u8>,
+}
+
+impl PeerResponse {
+    /// A success with no data.
+    pub fn ok() -> Self {
+        PeerResponse {
+            error: None,
+            message: String::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// A failure.
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Self {
+        PeerResponse {
+            error: Some(code),
+            message: message.into(),
+            data: Vec::new(),
+        }
+    }
+}
+
+impl WireMessage for PeerResponse {
+    const LIMIT: usize = MAX_DNS_MESSAGE + MAX_TEXT;
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut msg = capnp::message::Builder::new_default();
+        let mut b = msg.init_root::<wire::peer_response::Builder<'_>>();
+        b.set_error(code_to_wire(self.error));
+        b.set_message(self.message.as_str());
+        b.set_data(&self.data[..]);
+        write_capnp(&msg)
+    }
+
+    fn from_bytes(body: &[u8]) -> Result<Self, DecodeError> {
+        check_body::<Self>(body)?;
+        let msg = read_capnp(body)?;
+        let r = msg.get_root::<wire::peer_response::Reader<'_>>()?;
+        Ok(PeerResponse {
+            error: code_from_wire(r.get_error()?),
+            message: text(r.get_message(), "message")?,
+            data: r.get_data()?.to_vec(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +671,36 @@ mod tests {
             retry_after_ms: 30_000,
         });
         round_trip(ControlMessage::Unregister);
+        round_trip(PeerRequest::Connect {
+            tunnel_id: "t1".into(),
+            request: ConnectRequest {
+                destination: "10.0.0.5:8080".parse().expect("addr"),
+                flow_id: "req-1".into(),
+                timeout_ms: 5000,
+            },
+        });
+        round_trip(PeerRequest::Dns {
+            tunnel_id: "t1".into(),
+            resolver: Some("10.0.0.53:53".parse().expect("addr")),
+            message: vec![1, 2, 3],
+        });
+        round_trip(PeerRequest::Dns {
+            tunnel_id: "t1".into(),
+            resolver: None,
+            message: vec![4],
+        });
+        round_trip(PeerRequest::Bundle("ab".repeat(32)));
+        round_trip(PeerRequest::Compiled("key-1".into()));
+        round_trip(PeerResponse::ok());
+        round_trip(PeerResponse {
+            error: None,
+            message: String::new(),
+            data: vec![9; 300],
+        });
+        round_trip(PeerResponse::failed(
+            ErrorCode::DestinationUnavailable,
+            "no connection",
+        ));
         round_trip(ControlMessage::UnregisterAck);
         round_trip(ConnectRequest {
             destination: "[fd00::1]:8080".parse().expect("literal"),

@@ -16,6 +16,8 @@ pub enum StreamKind {
     Connect,
     /// Connector → edge unidirectional stream: one `DnsAnswer` too large for a datagram.
     DnsAnswer,
+    /// Node → node bidirectional stream: `PeerRequest`, `PeerResponse`, then raw bytes.
+    Peer,
 }
 
 impl StreamKind {
@@ -23,6 +25,7 @@ impl StreamKind {
         match self {
             StreamKind::Connect => 1,
             StreamKind::DnsAnswer => 2,
+            StreamKind::Peer => 3,
         }
     }
 }
@@ -50,6 +53,7 @@ pub fn decode(bytes: [u8; PREAMBLE_LEN]) -> Result<StreamKind, DecodeError> {
     match bytes[5] {
         1 => Ok(StreamKind::Connect),
         2 => Ok(StreamKind::DnsAnswer),
+        3 => Ok(StreamKind::Peer),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -60,7 +64,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        for kind in [StreamKind::Connect, StreamKind::DnsAnswer] {
+        for kind in [StreamKind::Connect, StreamKind::DnsAnswer, StreamKind::Peer] {
             assert_eq!(decode(encode(kind)), Ok(kind));
         }
         assert_eq!(decode(*b"GET / "), Err(DecodeError::BadMagic));

@@ -13,6 +13,7 @@
 //! | `services/<id>`, `account-services/<account>/<id>`, `tunnel-services/<tunnel>/<id>` | service, empty, empty |
 //! | `scripts/<name>`, `service-scripts/<service>/<name>` | script, empty |
 //! | `connections/<id>`, `tunnel-connections/<tunnel>/<id>` | connection (both under its lease) |
+//! | `nodes/<name>` | an edge node (under its lease) |
 //!
 //! Key parts are escaped (`%` → `%25`, `/` → `%2F`) so an id cannot reach
 //! into another key. Writes that touch several keys are one etcd transaction
@@ -41,8 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
-    Account, Change, ConnectionRecord, ScriptRecord, Store, StoreError, StoreResult, Tunnel,
-    VpcService, rfc3339,
+    Account, Change, ConnectionRecord, NodeRecord, ScriptRecord, Store, StoreError, StoreResult,
+    Tunnel, VpcService, rfc3339,
 };
 
 /// Longest wait for a connection to an endpoint.
@@ -1179,6 +1180,81 @@ impl Store for EtcdStore {
             ))
             .await?;
         Ok(resp.count().max(0) as usize)
+    }
+
+    async fn put_node(&self, node: &NodeRecord, lease: Duration) -> StoreResult<()> {
+        let ttl = lease_secs(lease);
+        let lease_key = format!("node:{}", node.name);
+        let held = self
+            .inner
+            .leases
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&lease_key).copied());
+        let body = encode(node)?;
+        if let Some(h) = held
+            && h.ttl == ttl
+            && self.keep_alive(h.id).await?
+        {
+            // The record may have moved (a new address): rewrite it under the
+            // lease it already has.
+            self.call(self.inner.client.kv_client().put(
+                self.key("nodes", &[&node.name]),
+                body,
+                Some(PutOptions::new().with_lease(h.id)),
+            ))
+            .await?;
+            return Ok(());
+        }
+        let granted = self
+            .call(self.inner.client.lease_client().grant(ttl, None))
+            .await?;
+        let id = granted.id();
+        let written = self
+            .call(self.inner.client.kv_client().put(
+                self.key("nodes", &[&node.name]),
+                body,
+                Some(PutOptions::new().with_lease(id)),
+            ))
+            .await;
+        if let Err(e) = written {
+            self.revoke(id).await;
+            return Err(e);
+        }
+        if let Ok(mut l) = self.inner.leases.lock() {
+            l.insert(lease_key, HeldLease { id, ttl });
+        }
+        if let Some(old) = held
+            && old.id != id
+        {
+            self.revoke(old.id).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_node(&self, name: &str) -> StoreResult<()> {
+        let held = self
+            .inner
+            .leases
+            .lock()
+            .ok()
+            .and_then(|mut l| l.remove(&format!("node:{name}")));
+        self.call(
+            self.inner
+                .client
+                .kv_client()
+                .delete(self.key("nodes", &[name]), None),
+        )
+        .await?;
+        if let Some(h) = held {
+            self.revoke(h.id).await;
+        }
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        let kvs = self.scan(self.key("nodes", &[""]), false).await?;
+        kvs.iter().map(decode::<NodeRecord>).collect()
     }
 
     async fn create_api_token(

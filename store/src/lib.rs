@@ -80,6 +80,17 @@ pub struct ConnectionRecord {
     pub ha_connections: u8,
 }
 
+/// An edge node of the cluster, held under a lease: how its peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
+    /// The node's name (unique in the cluster; `edge_name` of its connections).
+    pub name: String,
+    /// UDP `host:port` of its node-to-node QUIC link.
+    pub peer_addr: String,
+    /// RFC 3339 time it started.
+    pub started_at: String,
+}
+
 /// A deployed worker script as stored: who owns it, what it binds and routes,
 /// and which bundle (by content hash) runs it. The upload metadata is kept as
 /// the JSON the runtime validated; the store reads only the fields copied out
@@ -190,6 +201,14 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_service(&self, account_id: &str, service_id: &str) -> StoreResult<bool>;
     /// How many services name a tunnel (a tunnel they name cannot be deleted).
     async fn services_using_tunnel(&self, tunnel_id: &str) -> StoreResult<usize>;
+
+    /// Records (or refreshes) a live edge node; it expires after `lease`
+    /// unless refreshed again.
+    async fn put_node(&self, node: &NodeRecord, lease: Duration) -> StoreResult<()>;
+    /// Removes a node at once (clean shutdown).
+    async fn remove_node(&self, name: &str) -> StoreResult<()>;
+    /// The unexpired nodes, by name.
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
 
     /// Stores an API token's hash for an account; returns the token's id.
     async fn create_api_token(

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use crate::{
-    Account, Change, ConnectionRecord, ScriptRecord, Store, StoreError, StoreResult, Tunnel,
-    VpcService, rfc3339,
+    Account, Change, ConnectionRecord, NodeRecord, ScriptRecord, Store, StoreError, StoreResult,
+    Tunnel, VpcService, rfc3339,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -83,6 +83,13 @@ CREATE TABLE changes (
     origin TEXT NOT NULL,
     kind   TEXT NOT NULL,
     id     TEXT NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE nodes (
+    name          TEXT PRIMARY KEY,
+    body          TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
 );
 "#,
 ];
@@ -624,6 +631,45 @@ impl Store for SqliteStore {
         })
         .await
         .map(|n| n as usize)
+    }
+
+    async fn put_node(&self, node: &NodeRecord, lease: Duration) -> StoreResult<()> {
+        let body = serde_json::to_string(node).map_err(backend)?;
+        let name = node.name.clone();
+        let expires = now_ms() + lease.as_millis() as i64;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO nodes (name, body, expires_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET body = excluded.body,
+                     expires_at_ms = excluded.expires_at_ms",
+                params![name, body, expires],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_node(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.with(move |c| c.execute("DELETE FROM nodes WHERE name = ?1", [name]))
+            .await?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        let now = now_ms();
+        let bodies: Vec<String> = self
+            .with(move |c| {
+                c.execute("DELETE FROM nodes WHERE expires_at_ms <= ?1", [now])?;
+                let mut st = c.prepare("SELECT body FROM nodes ORDER BY name")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(backend))
+            .collect()
     }
 
     async fn create_api_token(

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
 use warren_store::{
-    CertVerificationMode, Change, ConnectionRecord, EtcdConfig, EtcdStore, EtcdTls, ScriptRecord,
+    CertVerificationMode, Change, ConnectionRecord, EtcdConfig, EtcdStore, EtcdTls, NodeRecord,
+    ScriptRecord,
     ServiceHost, ServiceType, SqliteStore, Store, StoreError, VpcService, hash_secret, rfc3339,
 };
 use warren_testkit::etcd::Etcd;
@@ -102,6 +103,7 @@ suite!(
     scripts_are_written_by_compare_and_swap_on_the_tag,
     scripts_binding_follows_rebinding_and_deletion,
     connections_expire_with_their_lease_unless_refreshed,
+    nodes_are_listed_by_name_until_their_lease_lapses,
     writes_are_heard_in_this_process_before_they_return,
     a_second_instance_hears_writes_within_two_seconds,
 );
@@ -463,6 +465,52 @@ async fn connections_expire_with_their_lease_unless_refreshed(f: &Fixture) {
     s.remove_connection("never-there")
         .await
         .expect("remove unknown");
+}
+
+async fn nodes_are_listed_by_name_until_their_lease_lapses(f: &Fixture) {
+    let s = &f.store;
+    let node = |name: &str, port: u16| NodeRecord {
+        name: name.to_owned(),
+        peer_addr: format!("127.0.0.1:{port}"),
+        started_at: rfc3339(SystemTime::now()),
+    };
+    let (b, a) = (node("node-b", 7001), node("node-a", 7002));
+    s.put_node(&b, Duration::from_secs(30)).await.expect("put b");
+    s.put_node(&a, Duration::from_secs(1)).await.expect("put a");
+    let other = f.another().await;
+    assert_eq!(
+        other.list_nodes().await.expect("list"),
+        vec![a.clone(), b.clone()],
+        "another instance sees both nodes, by name"
+    );
+    // A refresh may move the node (a restart on another port).
+    let moved = node("node-b", 7003);
+    s.put_node(&moved, Duration::from_secs(30))
+        .await
+        .expect("refresh");
+    // node-a is never refreshed: gone within 5 s of its 1 s lease.
+    let start = Instant::now();
+    loop {
+        let names: Vec<String> = s
+            .list_nodes()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        if names == ["node-b"] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "an unrefreshed 1 s node lease still listed after 5 s: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.list_nodes().await.expect("list"), vec![moved]);
+    s.remove_node("node-b").await.expect("remove");
+    assert!(other.list_nodes().await.expect("list").is_empty());
+    s.remove_node("never-there").await.expect("remove unknown");
 }
 
 /// Whether `want` is among the changes already queued (without waiting):

@@ -17,6 +17,7 @@ pub mod connect;
 pub mod dns_cache;
 pub mod edge;
 pub mod origin_tls;
+pub mod peer;
 pub mod registry;
 pub mod resolve;
 pub mod sealing;

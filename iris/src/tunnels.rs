@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use warren_protocol::messages::{ConnectRequest, ConnectResponse, DnsQuery, WireM
 use warren_protocol::preamble::{self, StreamKind};
 use warren_protocol::{ErrorCode, ProxyError};
 
+use crate::peer::PeerLink;
 use crate::registry::{LiveConnection, Registry, StreamGuard};
 
 /// How long to wait for a DNS answer on one connection before trying another.
@@ -30,7 +31,18 @@ const CONNECT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
 pub struct TunnelStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    _guard: StreamGuard,
+    _guard: Option<StreamGuard>,
+}
+
+impl TunnelStream {
+    /// A stream relayed over the node-to-node link (no local connection to track).
+    pub(crate) fn relayed(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        TunnelStream {
+            send,
+            recv,
+            _guard: None,
+        }
+    }
 }
 
 impl AsyncRead for TunnelStream {
@@ -64,6 +76,8 @@ impl AsyncWrite for TunnelStream {
 pub struct Tunnels {
     registry: Arc<Registry>,
     next_dns_id: Arc<AtomicU32>,
+    /// The node-to-node link, for tunnels whose connections are on other nodes.
+    peers: Arc<OnceLock<Weak<PeerLink>>>,
 }
 
 fn unavailable(tunnel_id: &str) -> ProxyError {
@@ -85,7 +99,18 @@ impl Tunnels {
         Tunnels {
             registry,
             next_dns_id: Arc::new(AtomicU32::new(1)),
+            peers: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Relays to other nodes, through `link`, what this node's own
+    /// connections cannot carry (set once).
+    pub fn set_peers(&self, link: &Arc<PeerLink>) {
+        let _ = self.peers.set(Arc::downgrade(link));
+    }
+
+    fn peers(&self) -> Option<Arc<PeerLink>> {
+        self.peers.get().and_then(Weak::upgrade)
     }
 
     /// The registry of live connections (for status and administration).
@@ -93,11 +118,34 @@ impl Tunnels {
         &self.registry
     }
 
-    /// Opens a TCP connection to `dest` inside the tunnel's network. Fails at once
-    /// with `destination_unavailable` when no connection is live; otherwise with the
-    /// connector's code (`connection_refused`, `connection_timeout`,
-    /// `destination_forbidden`, …).
+    /// Opens a TCP connection to `dest` inside the tunnel's network, on one of
+    /// this node's connections, else relayed through another node that holds
+    /// some. Fails with `destination_unavailable` when no connection is live
+    /// anywhere; otherwise with the connector's code (`connection_refused`,
+    /// `connection_timeout`, `destination_forbidden`, …).
     pub async fn open_tcp(
+        &self,
+        tunnel_id: &str,
+        dest: SocketAddr,
+        timeout: Duration,
+        flow_id: &str,
+    ) -> Result<TunnelStream, ProxyError> {
+        let local = self.open_tcp_local(tunnel_id, dest, timeout, flow_id).await;
+        match (local, self.peers()) {
+            (Err(e), Some(peers)) if e.code == ErrorCode::DestinationUnavailable => {
+                let request = ConnectRequest {
+                    destination: dest,
+                    flow_id: flow_id.to_owned(),
+                    timeout_ms: timeout_ms(timeout),
+                };
+                peers.open_tcp(tunnel_id, &request).await
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// [`Tunnels::open_tcp`] on this node's own connections only.
+    pub async fn open_tcp_local(
         &self,
         tunnel_id: &str,
         dest: SocketAddr,
@@ -107,7 +155,7 @@ impl Tunnels {
         let request = ConnectRequest {
             destination: dest,
             flow_id: flow_id.to_owned(),
-            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+            timeout_ms: timeout_ms(timeout),
         };
         let mut header = preamble::encode(StreamKind::Connect).to_vec();
         header.extend_from_slice(&request.to_frame());
@@ -121,8 +169,24 @@ impl Tunnels {
     }
 
     /// Sends a raw DNS query to `resolver` (or the connector's default) inside the
-    /// tunnel's network and returns the raw response.
+    /// tunnel's network and returns the raw response: through this node's own
+    /// connections, else relayed through another node that holds some.
     pub async fn dns_query(
+        &self,
+        tunnel_id: &str,
+        resolver: Option<SocketAddr>,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, ProxyError> {
+        if let Some(p) = self.peers()
+            && self.registry.candidates(tunnel_id).is_empty()
+        {
+            return p.dns_query(tunnel_id, resolver, message).await;
+        }
+        self.dns_query_local(tunnel_id, resolver, message).await
+    }
+
+    /// [`Tunnels::dns_query`] on this node's own connections only.
+    pub async fn dns_query_local(
         &self,
         tunnel_id: &str,
         resolver: Option<SocketAddr>,
@@ -169,6 +233,10 @@ impl Tunnels {
     }
 }
 
+fn timeout_ms(timeout: Duration) -> u32 {
+    timeout.as_millis().min(u32::MAX as u128) as u32
+}
+
 async fn open_on(
     conn: &LiveConnection,
     header: &[u8],
@@ -191,7 +259,7 @@ async fn open_on(
         Ok(Ok(ConnectResponse { error: None, .. })) => Attempt::Done(Ok(TunnelStream {
             send,
             recv,
-            _guard: guard,
+            _guard: Some(guard),
         })),
         Ok(Ok(ConnectResponse {
             error: Some(code),

@@ -50,6 +50,32 @@ pub struct EdgeFile {
     /// Limits every listening socket of the node applies.
     #[serde(default)]
     pub connections: ConnectionsSection,
+    /// The node-to-node link.
+    #[serde(default)]
+    pub peer: PeerSection,
+}
+
+/// `[peer]`: the node-to-node link (QUIC, mutual TLS with node certificates)
+/// over which nodes relay tunnel streams and fetch bundles from each other.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerSection {
+    /// UDP listen address (default `127.0.0.1:0`: a free port, enough for
+    /// nodes on one machine).
+    pub listen: SocketAddr,
+    /// `host:port` other nodes dial, written into this node's record in the
+    /// store (default: the bound address; required when `listen` is
+    /// unspecified, e.g. `0.0.0.0:7845`).
+    pub advertise: Option<String>,
+}
+
+impl Default for PeerSection {
+    fn default() -> Self {
+        PeerSection {
+            listen: ([127, 0, 0, 1], 0).into(),
+            advertise: None,
+        }
+    }
 }
 
 /// `[connections]`: applied to every listener (workers, API, CONNECT front

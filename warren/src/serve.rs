@@ -16,6 +16,7 @@ use warren_iris::api::{ApiState, router};
 use warren_iris::ca::EdgeCa;
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
 use warren_iris::origin_tls::OriginTls;
+use warren_iris::peer::{self, PeerConfig, PeerLink};
 use warren_iris::sealing::Sealer;
 use warren_iris::tunnel_admin::TunnelAdmin;
 use warren_iris::tunnels::Tunnels;
@@ -277,6 +278,10 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         true => Some(start_tunnel(&mut node)?),
         false => None,
     };
+    let _peers = match parts.tunnel || parts.runtime {
+        true => Some(start_peer(&mut node, tunnel.as_ref().map(|(t, _)| t))?),
+        false => None,
+    };
     let admin = Arc::new(TunnelAdmin {
         edges: match (&tunnel, file.tunnel.public_addresses.is_empty()) {
             (Some((_, addr)), true) => vec![addr.to_string()],
@@ -321,9 +326,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
 fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
     let file = node.file;
     let mut edge_config = EdgeConfig::new(file.tunnel.listen, file.data_dir.clone());
-    if let Some(n) = &file.node_name {
-        edge_config.edge_name = n.clone();
-    }
+    edge_config.edge_name = node_name(file);
     let edge = TunnelEdge::bind(edge_config, node.store.clone())?;
     let addr = edge.local_addr()?;
     let tunnels = edge.tunnels();
@@ -331,6 +334,46 @@ fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
     let stop = node.stopped();
     node.tasks.spawn(edge.run(stop));
     Ok((tunnels, addr))
+}
+
+/// This node's name: unique in a cluster (default: the host name).
+fn node_name(file: &EdgeFile) -> String {
+    file.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "warren-edge".to_owned())
+    })
+}
+
+/// The node-to-node link: registers this node in the store, relays tunnel
+/// streams and DNS to the node holding a tunnel's connections, and serves
+/// this node's bundles to peers.
+fn start_peer(node: &mut Node<'_>, tunnels: Option<&Tunnels>) -> anyhow::Result<Arc<PeerLink>> {
+    let file = node.file;
+    let ca = EdgeCa::load_or_create(&file.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (chain, key) = ca
+        .issue_edge_cert(&[peer::SERVER_NAME.to_owned()])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (server, client) = peer::quic_configs(chain, key, ca.cert_der().clone())?;
+    let link = PeerLink::bind(
+        file.peer.listen,
+        server,
+        client,
+        node.store.clone(),
+        PeerConfig {
+            node_name: node_name(file),
+            advertise: file.peer.advertise.clone(),
+        },
+    )?;
+    if let Some(t) = tunnels {
+        link.set_tunnels(t.clone());
+        t.set_peers(&link);
+    }
+    let stop = node.stopped();
+    node.tasks.spawn(link.clone().serve(stop));
+    Ok(link)
 }
 
 /// The CONNECT front door (on its listener, and over in-memory pipes for a

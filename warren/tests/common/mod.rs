@@ -5,7 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use warren_testkit::origin;
@@ -215,4 +216,116 @@ pub fn api_request(api: SocketAddr, method: &str, path: &str, token: &str) -> u1
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"))
+}
+
+/// Writes the test worker as `name` with `VERSION=version`, bound to
+/// `service` when given.
+pub fn write_worker(dir: &Path, name: &str, version: &str, service: Option<&str>) {
+    std::fs::create_dir_all(dir.join("src")).expect("dir");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/control-plane-worker/src/index.js"
+        ),
+        dir.join("src/index.js"),
+    )
+    .expect("copy worker");
+    let mut config = serde_json::json!({
+        "name": name,
+        "main": "src/index.js",
+        "vars": { "VERSION": version },
+        "limits": { "cpu_ms": 60000 },
+    });
+    if let Some(id) = service {
+        config["vpc_services"] = serde_json::json!([{ "binding": "API", "service_id": id }]);
+    }
+    std::fs::write(dir.join("warren.json"), config.to_string()).expect("config");
+}
+
+/// `warren deploy DIR` with `profile` (and `extra` flags); panics on failure.
+pub fn deploy(profile: &Path, dir: &Path, extra: &[&str]) {
+    let mut args = vec!["deploy", dir.to_str().expect("path")];
+    args.extend_from_slice(extra);
+    let out = warren(profile, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `warren serve --config` on `config` (written to `dir/name`; its log
+/// to `dir/name.log`).
+pub fn serve_node(dir: &Path, name: &str, config: &str, profile: &Path) -> Kill {
+    let path = dir.join(name);
+    std::fs::write(&path, config).expect("config");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .expect("log");
+    Kill(
+        Command::new(WARREN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("WARREN_PROFILE", profile)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("warren serve"),
+    )
+}
+
+/// Prints the tail of every node log in its folder when the test fails.
+pub struct ShowLogs(pub std::path::PathBuf);
+impl Drop for ShowLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- {} (first and last 25 lines)", path.display());
+                for l in lines.iter().take(25) {
+                    eprintln!("{l}");
+                }
+                eprintln!("...");
+                for l in &lines[lines.len().saturating_sub(25).max(25.min(lines.len()))..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// GETs until `want(status, body)` holds or `limit` passes; the last answer
+/// and how long it took.
+pub async fn until(
+    runtime: SocketAddr,
+    host: &str,
+    limit: Duration,
+    want: impl Fn(u16, &str) -> bool,
+) -> (u16, String, Duration) {
+    let start = Instant::now();
+    loop {
+        let (s, b) = get(runtime, host, "/").await;
+        let b = String::from_utf8_lossy(&b).into_owned();
+        if want(s, &b) || start.elapsed() > limit {
+            return (s, b, start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

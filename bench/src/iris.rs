@@ -10,10 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use warren_bench::load::{self, Samples};
@@ -28,28 +24,6 @@ use warren_store::{
 const SECRET: &str = "bench-secret";
 const RUN_FOR: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 2;
-
-async fn origin() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"inventory: 42\n"),
-                        )))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// Opens a CONNECT tunnel to `service` through the front door.
 async fn connect(front: SocketAddr, service: &str, account: &str) -> anyhow::Result<TcpStream> {
@@ -122,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other}"),
         }
     }
-    let origin = origin().await?;
+    let origin = warren_bench::procs::short_origin().await?;
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open_in_memory()?);
     let account = store.create_account("bench").await?.id;

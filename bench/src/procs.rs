@@ -196,6 +196,8 @@ pub struct NodeOptions {
     /// client profile at start, so only its runtime port is waited for, and
     /// [`WarrenNode::cli`] does not work on it.
     pub joins: bool,
+    /// The tunnel edge's UDP address (default `127.0.0.1:0`).
+    pub tunnel: Option<SocketAddr>,
 }
 
 impl WarrenNode {
@@ -222,8 +224,12 @@ impl WarrenNode {
             .as_ref()
             .map(|n| format!("node_name = {n:?}\n"))
             .unwrap_or_default();
+        let tunnel = options
+            .tunnel
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
         let config = format!(
-            "data_dir = {:?}\n{node_name}[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
+            "data_dir = {:?}\n{node_name}[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"{tunnel}\"\n\
              [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\
              [runtime]\nlisten = \"{runtime}\"\njs_dir = {:?}\nmax_cpu_ms = 600000\n{}",
             data_dir.display().to_string(),
@@ -277,15 +283,29 @@ impl WarrenNode {
         connector: &Path,
         origin: SocketAddr,
     ) -> anyhow::Result<(Kill, String)> {
+        self.private_origin_via(connector, origin, None)
+    }
+
+    /// Like [`WarrenNode::private_origin`], with the connector dialling only
+    /// `edge` (another node's tunnel edge) when given.
+    pub fn private_origin_via(
+        &self,
+        connector: &Path,
+        origin: SocketAddr,
+        edge: Option<SocketAddr>,
+    ) -> anyhow::Result<(Kill, String)> {
         let tunnel: serde_json::Value =
             serde_json::from_slice(&self.cli(&["tunnel", "create", "bench", "--json"])?.stdout)?;
         let tunnel_id = tunnel["id"].as_str().context("tunnel id")?.to_owned();
         let token = String::from_utf8(self.cli(&["tunnel", "token", &tunnel_id])?.stdout)?;
         let metrics = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new(connector);
+        cmd.args(["run", "--token", token.trim(), "--metrics", &metrics]);
+        if let Some(edge) = edge {
+            cmd.args(["--edge", &edge.to_string()]);
+        }
         let running = Kill(
-            Command::new(connector)
-                .args(["run", "--token", token.trim(), "--metrics", &metrics])
-                .env("RUST_LOG", "warn")
+            cmd.env("RUST_LOG", "warn")
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting {}", connector.display()))?,
@@ -363,4 +383,42 @@ pub fn worker_dir(dir: &Path, name: &str, source: &str, extra: &str) -> anyhow::
         format!("{{ \"name\": \"{name}\", \"main\": \"worker.js\"{sep}{extra} }}"),
     )?;
     Ok(())
+}
+
+/// A private origin on loopback: every path answers `inventory: 42`.
+pub async fn short_origin() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"inventory: 42\n")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The median (the mean of the two middle values of an even count).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let n = v.len();
+    match n {
+        0 => Duration::ZERO,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2,
+    }
+}
+
+/// Milliseconds of `d`.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use warren_bench::load;
-use warren_bench::procs::{self, Kill, NodeOptions, WarrenNode};
+use warren_bench::procs::{self, Kill, NodeOptions, WarrenNode, median, ms};
 use warren_testkit::etcd::Etcd;
 
 /// Load rounds and run length: the same as bench/binding.
@@ -77,28 +77,6 @@ async fn binding_node(
     })
 }
 
-/// The private origin: every path answers a short text (as bench/binding's).
-async fn origin() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"inventory: 42\n")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
 /// The binaries and JS tooling under test.
 struct Bins {
     warren: PathBuf,
@@ -111,24 +89,9 @@ fn etcd_store(endpoint: &str, prefix: &str) -> String {
     format!("[store]\nbackend = \"etcd\"\nendpoints = [{endpoint:?}]\nprefix = {prefix:?}\n")
 }
 
-/// The median (the mean of the two middle values of an even count).
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    let n = v.len();
-    match n {
-        0 => Duration::ZERO,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2,
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Part 1: requests/s and latency of the binding hot path, SQLite vs etcd.
 async fn hot_path(bins: &Bins, etcd: &Etcd, work: &Path) -> anyhow::Result<()> {
-    let origin = origin().await?;
+    let origin = procs::short_origin().await?;
     let sqlite = binding_node(bins, &work.join("sqlite"), &NodeOptions::default(), origin).await?;
     let on_etcd = binding_node(
         bins,
@@ -206,6 +169,7 @@ async fn propagation(bins: &Bins, etcd: &Etcd, work: &Path) -> anyhow::Result<()
         node_name: Some(name.into()),
         extra: etcd_store(&etcd.endpoint(), prefix),
         joins,
+        ..NodeOptions::default()
     };
     let (dir_a, dir_b) = (work.join("node-a"), work.join("node-b"));
     std::fs::create_dir_all(&dir_a)?;

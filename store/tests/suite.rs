@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 use warren_store::{
     CertVerificationMode, Change, ConnectionRecord, EtcdConfig, EtcdStore, EtcdTls, NodeRecord,
-    ScriptRecord,
-    ServiceHost, ServiceType, SqliteStore, Store, StoreError, VpcService, hash_secret, rfc3339,
+    ScriptRecord, ServiceHost, ServiceType, SqliteStore, Store, StoreError, VpcService,
+    hash_secret, rfc3339,
 };
 use warren_testkit::etcd::Etcd;
 
@@ -475,7 +475,9 @@ async fn nodes_are_listed_by_name_until_their_lease_lapses(f: &Fixture) {
         started_at: rfc3339(SystemTime::now()),
     };
     let (b, a) = (node("node-b", 7001), node("node-a", 7002));
-    s.put_node(&b, Duration::from_secs(30)).await.expect("put b");
+    s.put_node(&b, Duration::from_secs(30))
+        .await
+        .expect("put b");
     s.put_node(&a, Duration::from_secs(1)).await.expect("put a");
     let other = f.another().await;
     assert_eq!(

@@ -7,7 +7,6 @@
 //! while etcd is down (writes then fail with a clear 503).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -14,10 +14,11 @@
 //! so a relay never loops.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -39,7 +40,9 @@ const NODE_LEASE: Duration = Duration::from_secs(10);
 /// How often a node refreshes its record.
 const NODE_REFRESH: Duration = Duration::from_secs(3);
 /// Longest wait for a QUIC handshake with a peer.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// A peer that failed is tried after the others for this long.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
 /// Longest wait for a request's first message on an accepted stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a peer's answer to a DNS question.
@@ -47,9 +50,9 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time granted over the connect timeout for a relayed answer.
 const CONNECT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
 /// Keep-alive on the link: a dead peer is noticed within the idle timeout.
-const KEEP_ALIVE: Duration = Duration::from_millis(500);
+const KEEP_ALIVE: Duration = Duration::from_millis(400);
 /// Idle timeout of the link.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Settings of the node-to-node link.
 #[derive(Debug, Clone)]
@@ -100,6 +103,10 @@ pub enum FetchError {
 struct Directory {
     holders: HashMap<String, Vec<String>>,
     nodes: HashMap<String, String>,
+    /// Peer addresses that failed recently, until when they are tried last.
+    suspects: HashMap<String, Instant>,
+    /// Rotates the first holder asked, spreading relayed streams.
+    turn: usize,
 }
 
 /// The node-to-node link of this node: serves peers and asks them.
@@ -468,7 +475,26 @@ impl PeerLink {
                 out.push((name, addr));
             }
         }
+        // Spread streams over the holders, and ask recently failed ones last.
+        if let Ok(mut d) = self.directory.lock() {
+            if !out.is_empty() {
+                d.turn = d.turn.wrapping_add(1);
+                let k = d.turn % out.len();
+                out.rotate_left(k);
+            }
+            let now = Instant::now();
+            d.suspects.retain(|_, until| *until > now);
+            out.sort_by_key(|(_, addr)| d.suspects.contains_key(addr));
+        }
         out
+    }
+
+    /// Asks the peer at `addr` last for a while.
+    fn suspect(&self, addr: &str) {
+        if let Ok(mut d) = self.directory.lock() {
+            d.suspects
+                .insert(addr.to_owned(), Instant::now() + SUSPECT_FOR);
+        }
     }
 
     async fn node_addr(&self, name: &str, fresh: bool) -> Option<String> {
@@ -572,13 +598,18 @@ impl PeerLink {
             request: request.clone(),
         };
         let mut last = format!("tunnel {tunnel_id} has no live connection on any node");
+        let mut tried = HashSet::new();
         for fresh in [false, true] {
             let holders = self.holders(tunnel_id, fresh).await;
             for (name, addr) in holders {
+                if !tried.insert(addr.clone()) {
+                    continue;
+                }
                 let (send, mut recv) = match self.ask(&addr, &msg).await {
                     Ok(s) => s,
                     Err(e) => {
                         debug!(node = %name, error = %e, "relay: node unreachable");
+                        self.suspect(&addr);
                         last = e;
                         continue;
                     }
@@ -607,6 +638,7 @@ impl PeerLink {
                     })) => return Err(ProxyError::new(code, message)),
                     Ok(Err(e)) => {
                         debug!(node = %name, error = %e, "relay: stream broke before the answer");
+                        self.suspect(&addr);
                         last = format!("node {name}: {e}");
                     }
                     Err(_) => {
@@ -635,11 +667,16 @@ impl PeerLink {
             message,
         };
         let mut last = format!("tunnel {tunnel_id} has no live connection on any node");
+        let mut tried = HashSet::new();
         for fresh in [false, true] {
             for (name, addr) in self.holders(tunnel_id, fresh).await {
+                if !tried.insert(addr.clone()) {
+                    continue;
+                }
                 let (_send, mut recv) = match self.ask(&addr, &msg).await {
                     Ok(s) => s,
                     Err(e) => {
+                        self.suspect(&addr);
                         last = e;
                         continue;
                     }
@@ -660,7 +697,10 @@ impl PeerLink {
                         message,
                         ..
                     })) => return Err(ProxyError::new(code, message)),
-                    Ok(Err(e)) => last = format!("node {name}: {e}"),
+                    Ok(Err(e)) => {
+                        self.suspect(&addr);
+                        last = format!("node {name}: {e}");
+                    }
                     Err(_) => last = format!("node {name} did not answer the DNS question in time"),
                 }
             }

@@ -244,7 +244,7 @@ impl StagedWriter {
             staged: StagedFile {
                 dir: dir.to_owned(),
                 tmp,
-                path: dir.join(name),
+                target: dir.join(name),
                 persisted: false,
             },
             expected,
@@ -276,13 +276,13 @@ impl StagedWriter {
                 return Err(BlobError::Mismatch { expected, actual });
             }
         }
-        let path = self.staged.path.clone();
+        let target = self.staged.target.clone();
         Ok(std::mem::replace(
             &mut self.staged,
             StagedFile {
                 dir: PathBuf::new(),
                 tmp: PathBuf::new(),
-                path,
+                target,
                 persisted: true,
             },
         ))
@@ -345,7 +345,8 @@ impl AsyncWrite for StagedWriter {
 pub struct StagedFile {
     dir: PathBuf,
     tmp: PathBuf,
-    path: PathBuf,
+    /// The final name.
+    target: PathBuf,
     persisted: bool,
 }
 
@@ -357,7 +358,7 @@ impl StagedFile {
 
     /// Renames the file to its final name, durably.
     pub async fn persist(mut self) -> Result<(), BlobError> {
-        tokio::fs::rename(&self.tmp, &self.path).await?;
+        tokio::fs::rename(&self.tmp, &self.target).await?;
         self.persisted = true;
         sync_dir(&self.dir).await?;
         Ok(())
@@ -528,7 +529,13 @@ mod tests {
         assert_eq!(names(dir.path()), vec![hash.clone()]);
 
         // Names that are not hashes never reach the file system.
-        for bad in ["../etc/passwd", "", &hash[..63], &hash.to_uppercase(), "/tmp/x"] {
+        for bad in [
+            "../etc/passwd",
+            "",
+            &hash[..63],
+            &hash.to_uppercase(),
+            "/tmp/x",
+        ] {
             assert!(
                 matches!(blobs.writer(bad).await, Err(BlobError::BadHash(_))),
                 "{bad}"

@@ -9,7 +9,11 @@
 //! or deleted anywhere is loaded or removed here too. At start the node serves
 //! what the store holds, without rebuilding or recompiling; a bundle that fails
 //! to load is logged and its record (so its name and routes) stays its
-//! owner's. A crash at any point of a deploy leaves the old or the new version
+//! owner's. A bundle this node does not have is fetched from its peers
+//! ([`ScriptsConfig::peers`]) in the background, checked against its hash,
+//! and retried with backoff until a peer has it; the compiled code for it is
+//! taken from a peer too when one with the same engine has it, so the worker
+//! is served without compiling. A crash at any point of a deploy leaves the old or the new version
 //! in the store, never none: the bundle is written (atomically) before the
 //! record that names it.
 //!
@@ -24,7 +28,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use warren_store::blobs::BlobDir;
+use warren_store::blobs::{BlobDir, BlobError};
+use warren_store::peers::PeerContent;
 use warren_store::{Change, ScriptRecord, Store, StoreError};
 
 pub use warren_api::scripts::{BindingSpec, LimitsSpec, ScriptInfo, ScriptMetadata};
@@ -136,7 +141,19 @@ pub struct ScriptsConfig {
     pub client: Option<Arc<dyn BindingClient>>,
     /// Largest `limits.cpu_ms` an upload may ask for (see [`DEFAULT_MAX_CPU_MS`]).
     pub max_cpu_ms: u64,
+    /// The cluster's other nodes, asked for a bundle this node lacks (checked
+    /// against its hash before it is stored) and for its compiled code
+    /// (native code: peers are authenticated cluster nodes, trusted like the
+    /// store). `None`: a missing bundle is logged and the worker not served.
+    pub peers: Option<Arc<dyn PeerContent>>,
 }
+
+/// First wait before asking the peers again for a bundle none could give.
+const FETCH_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest wait between two such attempts.
+const FETCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest one fetch from the peers may take before it counts as failed.
+const FETCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Default of [`ScriptsConfig::max_cpu_ms`]: 30 s, the most Workers allows.
 pub const DEFAULT_MAX_CPU_MS: u64 = 30_000;
@@ -153,6 +170,8 @@ pub struct Scripts {
     /// Builds and compiles running at once: one per core, so uploads (each
     /// build may use 2 GiB and a core) queue instead of swamping the node.
     building: tokio::sync::Semaphore,
+    /// Scripts whose bundle is being fetched from peers: name → bundle hash.
+    fetching: Mutex<HashMap<String, String>>,
 }
 
 impl Scripts {
@@ -173,6 +192,7 @@ impl Scripts {
             building: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
@@ -355,6 +375,13 @@ impl Scripts {
         };
         let wasm = match self.config.blobs.get(&record.bundle) {
             Ok(w) => w,
+            Err(e @ (BlobError::Missing(_) | BlobError::Corrupt(_)))
+                if self.config.peers.is_some() =>
+            {
+                tracing::info!(worker = %name, error = %e, "fetching the bundle from peers");
+                self.fetch_later(&name, &record.bundle);
+                return false;
+            }
             Err(e) => {
                 tracing::error!(worker = %name, error = %e, "stored script's bundle cannot be read; not served");
                 return false;
@@ -387,6 +414,141 @@ impl Scripts {
             Err(e) => {
                 tracing::error!(worker = %name, error = %e, "stored script failed to load");
                 false
+            }
+        }
+    }
+
+    /// Fetches bundle `hash` of worker `name` from the peers in the
+    /// background, retrying with backoff while the store still names it,
+    /// then loads the worker. One task per worker and bundle.
+    fn fetch_later(self: &Arc<Self>, name: &str, hash: &str) {
+        let Ok(mut fetching) = self.fetching.lock() else {
+            return;
+        };
+        if fetching.get(name).is_some_and(|h| h == hash) {
+            return;
+        }
+        fetching.insert(name.to_owned(), hash.to_owned());
+        drop(fetching);
+        let weak = Arc::downgrade(self);
+        let (name, hash) = (name.to_owned(), hash.to_owned());
+        tokio::spawn(async move {
+            let mut backoff = FETCH_BACKOFF_MIN;
+            let mut attempt = 0u32;
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                attempt += 1;
+                match this.config.store.get_script(&name).await {
+                    Ok(Some(r)) if r.bundle == hash => match this.fetch_bundle(&hash).await {
+                        Ok(()) => {
+                            tracing::info!(worker = %name, bundle = %hash, attempt, "bundle fetched from a peer");
+                            this.fetch_compiled(&hash).await;
+                            this.done_fetching(&name, &hash);
+                            this.reconcile(&name).await;
+                            return;
+                        }
+                        Err(e) => tracing::warn!(
+                            worker = %name, bundle = %hash, attempt, retry_in = ?backoff, error = %e,
+                            "cannot fetch the bundle from peers; not served yet"
+                        ),
+                    },
+                    // Deleted or redeployed since: whatever replaced it is
+                    // loaded by its own change.
+                    Ok(_) => {
+                        this.done_fetching(&name, &hash);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(
+                        worker = %name, retry_in = ?backoff, error = %e,
+                        "cannot read the script whose bundle is missing"
+                    ),
+                }
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+            }
+        });
+    }
+
+    fn done_fetching(&self, name: &str, hash: &str) {
+        if let Ok(mut fetching) = self.fetching.lock()
+            && fetching.get(name).is_some_and(|h| h == hash)
+        {
+            fetching.remove(name);
+        }
+    }
+
+    /// One attempt to get bundle `hash` from a peer, verified and stored.
+    async fn fetch_bundle(&self, hash: &str) -> Result<(), String> {
+        let blobs = self.config.blobs.clone();
+        let have = hash.to_owned();
+        // Stored meanwhile (a deploy through this node, a shared directory)?
+        if tokio::task::spawn_blocking(move || blobs.get(&have).is_ok())
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let Some(peers) = self.config.peers.clone() else {
+            return Err("no peers configured".into());
+        };
+        let mut dest = self
+            .config
+            .blobs
+            .writer(hash)
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(FETCH_LIMIT, peers.fetch_bundle(hash, &mut dest)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err("no peer has it".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no complete answer within {FETCH_LIMIT:?}")),
+        }
+        // A peer's bytes are stored only when they hash to `hash`.
+        dest.commit().await.map_err(|e| e.to_string())
+    }
+
+    /// Takes the compiled code of bundle `hash` from a peer whose engine has
+    /// this one's fingerprint, unless it is cached here; when none has it,
+    /// or it does not load, the worker is compiled here as usual.
+    async fn fetch_compiled(&self, hash: &str) {
+        let Some(peers) = self.config.peers.clone() else {
+            return;
+        };
+        if self.engine.has_compiled(hash) {
+            return;
+        }
+        let key = self.engine.compiled_key(hash);
+        let fetched = async {
+            let mut dest = self
+                .engine
+                .compiled_dir()
+                .writer(&key)
+                .await
+                .map_err(|e| e.to_string())?;
+            match tokio::time::timeout(FETCH_LIMIT, peers.fetch_compiled(&key, &mut dest)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(false),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("no complete answer within {FETCH_LIMIT:?}")),
+            }
+            let staged = dest.finish().await.map_err(|e| e.to_string())?;
+            let engine = self.engine.clone();
+            let path = staged.path().to_owned();
+            tokio::task::spawn_blocking(move || engine.check_compiled(&path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{e:#}"))?;
+            staged.persist().await.map_err(|e| e.to_string())?;
+            Ok::<bool, String>(true)
+        };
+        match fetched.await {
+            Ok(true) => tracing::info!(bundle = %hash, "compiled code taken from a peer"),
+            Ok(false) => {
+                tracing::info!(bundle = %hash, "no peer has compiled code for this engine; compiling here")
+            }
+            Err(e) => {
+                tracing::warn!(bundle = %hash, error = %e, "compiled code from peers unusable; compiling here")
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The shared wasmtime engine: pooling allocator, epoch interruption driven by
 //! one ticker thread, and compiled components cached on disk by content hash
-//! (a restart loads them with `deserialize_file` instead of compiling), plus
+//! and engine fingerprint, `<sha256>-<fingerprint>.cwasm` (a restart loads
+//! them with `deserialize_file` instead of compiling; a node may also take
+//! them from a peer with the same fingerprint, [`RuntimeEngine::check_compiled`]), plus
 //! Cranelift's incremental cache on disk: functions already compiled for any
 //! earlier component (every JS worker shares the StarlingMonkey engine) are
 //! reused, so a second JS worker compiles in a fraction of the first's time.
@@ -12,13 +14,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
+use warren_store::blobs::{CompiledDir, compiled_key};
 use wasmtime::component::Component;
 use wasmtime::{CacheStore, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Engine settings. Defaults from [`EngineConfig::new`].
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Where compiled components are kept (`<hash>.cwasm`), with Cranelift's
+    /// Where compiled components are kept (`<hash>-<fingerprint>.cwasm`), with Cranelift's
     /// per-function incremental cache under `functions/`.
     pub cache_dir: PathBuf,
     /// Epoch tick: the granularity of CPU-limit checks (default 2 ms).
@@ -63,6 +66,8 @@ impl EngineConfig {
 pub struct RuntimeEngine {
     engine: Engine,
     config: EngineConfig,
+    compiled: CompiledDir,
+    fingerprint: String,
     compiles: AtomicU64,
     functions: Arc<FunctionCache>,
     pagemap_scan: bool,
@@ -128,8 +133,9 @@ impl RuntimeEngine {
         let engine = Engine::new(&c)
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
-        std::fs::create_dir_all(&config.cache_dir)
+        let compiled = CompiledDir::open(&config.cache_dir)
             .with_context(|| format!("cannot create {}", config.cache_dir.display()))?;
+        let fingerprint = fingerprint(&engine);
         let ticker = engine.weak();
         let tick = config.tick;
         std::thread::Builder::new()
@@ -145,6 +151,8 @@ impl RuntimeEngine {
         Ok(Arc::new(RuntimeEngine {
             engine,
             config,
+            compiled,
+            fingerprint,
             compiles: AtomicU64::new(0),
             functions,
             pagemap_scan,
@@ -184,15 +192,64 @@ impl RuntimeEngine {
         self.functions.hits.load(Ordering::Relaxed)
     }
 
-    /// The component for `wasm`, from the on-disk cache when this engine has
-    /// compiled it before, else compiled and cached.
+    /// What compiled code must have been made for to load here: 32 hex
+    /// digits of SHA-256 over wasmtime's compatibility hash of this engine
+    /// (target, CPU features, compiler flags, tunables, wasm features,
+    /// wasmtime version). Engines with equal fingerprints can load each
+    /// other's compiled components.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The compiled-code key of bundle `bundle_hash` for this engine
+    /// (`<bundle_hash>-<fingerprint>`), as peers are asked for it.
+    pub fn compiled_key(&self, bundle_hash: &str) -> String {
+        compiled_key(bundle_hash, &self.fingerprint)
+    }
+
+    /// The compiled-code directory (also served to peers).
+    pub fn compiled_dir(&self) -> &CompiledDir {
+        &self.compiled
+    }
+
+    /// Whether compiled code for bundle `bundle_hash` is cached here.
+    pub fn has_compiled(&self, bundle_hash: &str) -> bool {
+        self.compiled
+            .path(&self.compiled_key(bundle_hash))
+            .is_ok_and(|p| p.is_file())
+    }
+
+    /// Checks that the file at `path` (compiled code a peer sent) loads into
+    /// this engine; wasmtime refuses a file that is not a compiled component
+    /// or was made by an incompatible engine. Call it before keeping the file
+    /// under [`RuntimeEngine::compiled_key`].
+    ///
+    /// Compiled code is native code run as it is: only files from this
+    /// node's own cache or from an authenticated cluster peer (trusted like
+    /// the store) may reach this, never bytes from a client.
+    pub fn check_compiled(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        // SAFETY: the file comes from a node of this cluster, which is trusted
+        // like the store (see above); wasmtime checks its format and the
+        // engine's compatibility, and the file is not modified while mapped
+        // (it is renamed into the cache, never rewritten in place).
+        unsafe { Component::deserialize_file(&self.engine, path) }
+            .map(drop)
+            .map_err(anyhow::Error::from)
+            .context("compiled code from a peer does not load into this engine")
+    }
+
+    /// The component for `wasm`, from the on-disk cache when this engine (or
+    /// a peer with the same fingerprint) has compiled it before, else
+    /// compiled and cached.
     pub fn component(&self, wasm: &[u8]) -> anyhow::Result<Component> {
-        let key = content_hash(wasm);
-        let path = self.config.cache_dir.join(format!("{key}.cwasm"));
+        let path = self
+            .compiled
+            .path(&self.compiled_key(&content_hash(wasm)))?;
         if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine
-            // with this configuration, into a directory only this runtime writes;
-            // wasmtime checks the engine's compatibility on load.
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with this fingerprint, here or on a cluster peer (trusted
+            // like the store, see `check_compiled`), into a directory only this
+            // runtime writes; wasmtime checks the engine's compatibility on load.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!(error = %e, "cached component unusable; recompiling"),
@@ -254,6 +311,31 @@ impl CacheStore for FunctionCache {
 /// Hex SHA-256 of a component: its cache key and deployed version tag.
 pub fn content_hash(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
+}
+
+/// A [`std::hash::Hasher`] feeding SHA-256, so a `Hash` value gives the same
+/// digest in every process (unlike the standard library's seeded hashers).
+struct Sha256Hasher(Sha256);
+
+impl std::hash::Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+/// See [`RuntimeEngine::fingerprint`].
+fn fingerprint(engine: &Engine) -> String {
+    use std::hash::Hash;
+    let mut h = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    hex::encode(&h.0.finalize()[..16])
 }
 
 #[cfg(test)]

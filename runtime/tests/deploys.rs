@@ -44,6 +44,7 @@ async fn node(dir: &std::path::Path) -> Node {
             js: JsBuilder::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")),
             client: None,
             max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,
+            peers: None,
         },
     );
     scripts.restore().await.expect("restore");

@@ -7,11 +7,13 @@
 //! scan), live connections are written with a lease so a dead node's entries
 //! expire by themselves, and changes are published on a [`Store::watch`] channel
 //! so caches ([`cache::ServiceCache`]) drop what changed. Worker bundles (MBs)
-//! live beside the store in a content-addressed [`blobs::BlobDir`].
+//! live beside the store in a content-addressed [`blobs::BlobDir`]; a node
+//! that lacks one fetches it from its peers ([`peers::PeerContent`]).
 
 pub mod blobs;
 pub mod cache;
 mod etcd;
+pub mod peers;
 mod secret;
 mod service;
 mod sqlite;

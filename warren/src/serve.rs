@@ -504,6 +504,7 @@ async fn start_runtime(
                 }),
             client: Some(client),
             max_cpu_ms: file.runtime.max_cpu_ms,
+            peers: None,
         },
     );
     // Follow before restoring, so nothing deployed meanwhile is missed.

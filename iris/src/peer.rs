@@ -21,12 +21,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 use warren_protocol::io::{ReadError, read_message, read_preamble};
 use warren_protocol::messages::{ConnectRequest, PeerRequest, PeerResponse, WireMessage};
 use warren_protocol::preamble::{self, StreamKind};
 use warren_protocol::{ErrorCode, ProxyError};
+use warren_store::blobs::{BlobError, ContentFile};
+use warren_store::peers::{LocalContent, PeerContent, PeerError};
 use warren_store::{Change, NodeRecord, Store, rfc3339};
 
 use crate::tunnels::{TunnelStream, Tunnels};
@@ -65,38 +67,6 @@ pub struct PeerConfig {
     pub advertise: Option<String>,
 }
 
-/// Content this node can hand to a peer: worker bundles and compiled
-/// components, opened read-only by hash or cache key.
-#[async_trait]
-pub trait LocalContent: Send + Sync {
-    /// Opens the bundle with this SHA-256 (lowercase hex), if this node has it.
-    async fn open_bundle(
-        &self,
-        sha256: &str,
-    ) -> std::io::Result<Option<Box<dyn AsyncRead + Unpin + Send>>>;
-    /// Opens the compiled component under this cache key, if this node has it.
-    async fn open_compiled(
-        &self,
-        key: &str,
-    ) -> std::io::Result<Option<Box<dyn AsyncRead + Unpin + Send>>>;
-}
-
-/// Why content could not be fetched from any peer.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The store could not say which nodes there are.
-    #[error("cannot list the cluster's nodes: {0}")]
-    Store(#[from] warren_store::StoreError),
-    /// The transfer broke (the peer's stream or the destination).
-    #[error("transfer from node {node} failed: {source}")]
-    Transfer {
-        /// The node sending.
-        node: String,
-        /// What failed.
-        source: std::io::Error,
-    },
-}
-
 /// Which nodes hold a tunnel's connections, cached until the store says the
 /// tunnel's connections changed.
 #[derive(Default)]
@@ -119,7 +89,7 @@ pub struct PeerLink {
     directory: Mutex<Directory>,
     conns: Mutex<HashMap<String, quinn::Connection>>,
     tunnels: OnceLock<Tunnels>,
-    content: OnceLock<Arc<dyn LocalContent>>,
+    content: OnceLock<LocalContent>,
 }
 
 /// The link's QUIC transport: quick to notice a dead peer, room for bulk.
@@ -226,8 +196,8 @@ impl PeerLink {
         let _ = self.tunnels.set(tunnels);
     }
 
-    /// Serves bundles and compiled components to peers (set once).
-    pub fn set_content(&self, content: Arc<dyn LocalContent>) {
+    /// Serves this node's bundles and compiled components to peers (set once).
+    pub fn set_content(&self, content: LocalContent) {
         let _ = self.content.set(content);
     }
 
@@ -391,13 +361,13 @@ impl PeerLink {
     }
 
     async fn serve_content(&self, key: &str, bundle: bool, mut send: quinn::SendStream) {
-        let opened = match self.content.get() {
+        let opened: Result<Option<ContentFile>, BlobError> = match self.content.get() {
             Some(c) if bundle => c.open_bundle(key).await,
             Some(c) => c.open_compiled(key).await,
             None => Ok(None),
         };
         let mut reader = match opened {
-            Ok(Some(r)) => r,
+            Ok(Some(r)) => r.file,
             Ok(None) => {
                 let _ = send
                     .write_all(
@@ -716,8 +686,12 @@ impl PeerLink {
         &self,
         request: &PeerRequest,
         dest: &mut (dyn AsyncWrite + Unpin + Send),
-    ) -> Result<bool, FetchError> {
-        let nodes = self.store.list_nodes().await?;
+    ) -> Result<bool, PeerError> {
+        let nodes = self
+            .store
+            .list_nodes()
+            .await
+            .map_err(|e| PeerError::Link(format!("cannot list the cluster's nodes: {e}")))?;
         for node in nodes {
             if node.name == self.config.node_name {
                 continue;
@@ -743,12 +717,12 @@ impl PeerLink {
                 }
                 Err(_) => continue,
             }
-            let transfer = |source| FetchError::Transfer {
-                node: node.name.clone(),
-                source,
-            };
-            tokio::io::copy(&mut recv, dest).await.map_err(transfer)?;
-            dest.flush().await.map_err(transfer)?;
+            // A broken transfer is an error, never a fall-through to the
+            // next node: part of this node's bytes may be in `dest` already.
+            tokio::io::copy(&mut recv, dest)
+                .await
+                .map_err(|e| PeerError::Link(format!("transfer from node {}: {e}", node.name)))?;
+            dest.flush().await?;
             return Ok(true);
         }
         Ok(false)
@@ -775,5 +749,26 @@ async fn follow(link: Weak<PeerLink>, mut changes: tokio::sync::broadcast::Recei
             Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[async_trait]
+impl PeerContent for PeerLink {
+    async fn fetch_bundle(
+        &self,
+        sha256: &str,
+        dest: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<bool, PeerError> {
+        self.fetch(&PeerRequest::Bundle(sha256.to_owned()), dest)
+            .await
+    }
+
+    async fn fetch_compiled(
+        &self,
+        key: &str,
+        dest: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<bool, PeerError> {
+        self.fetch(&PeerRequest::Compiled(key.to_owned()), dest)
+            .await
     }
 }

@@ -31,6 +31,7 @@ use warren_runtime::serve::Router;
 use warren_runtime::{BindingClient, EngineConfig, RuntimeEngine};
 use warren_store::blobs::BlobDir;
 use warren_store::cache::ServiceCache;
+use warren_store::peers::{LocalContent, PeerContent};
 use warren_store::{Store, hash_secret};
 
 use crate::config::{self, EdgeFile};
@@ -278,7 +279,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         true => Some(start_tunnel(&mut node)?),
         false => None,
     };
-    let _peers = match parts.tunnel || parts.runtime {
+    let peers = match parts.tunnel || parts.runtime {
         true => Some(start_peer(&mut node, tunnel.as_ref().map(|(t, _)| t))?),
         false => None,
     };
@@ -301,7 +302,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         false => None,
     };
     let runtime = match parts.runtime {
-        true => Some(start_runtime(&mut node, binding.as_ref()).await?),
+        true => Some(start_runtime(&mut node, binding.as_ref(), peers.as_ref()).await?),
         false => None,
     };
     let scripts = runtime.as_ref().map(|(_, s)| s.clone());
@@ -475,6 +476,7 @@ async fn start_binding(
 async fn start_runtime(
     node: &mut Node<'_>,
     in_process_rpc: Option<&Endpoint>,
+    link: Option<&Arc<PeerLink>>,
 ) -> anyhow::Result<(SocketAddr, Arc<Scripts>)> {
     let file = node.file;
     let engine = RuntimeEngine::new(EngineConfig::new(file.data_dir.join("compiled")))?;
@@ -487,14 +489,22 @@ async fn start_runtime(
     let client: Arc<dyn BindingClient> =
         Arc::new(RpcBindingClient::new(rpc, node.secret.clone(), 4));
     let bundles = file.data_dir.join("bundles");
+    let blobs =
+        BlobDir::open(&bundles).with_context(|| format!("cannot open {}", bundles.display()))?;
+    if let Some(link) = link {
+        link.set_content(LocalContent::new(
+            blobs.clone(),
+            engine.compiled_dir().clone(),
+        ));
+    }
+    let peers = link.map(|l| l.clone() as Arc<dyn PeerContent>);
     let scripts = Scripts::new(
         engine,
         router.clone(),
         Arc::new(LogHub::default()),
         ScriptsConfig {
             store: node.store.clone(),
-            blobs: BlobDir::open(&bundles)
-                .with_context(|| format!("cannot open {}", bundles.display()))?,
+            blobs,
             legacy_dir: Some(file.data_dir.join("workers")),
             js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
                 .with_cache(file.data_dir.join("built"))
@@ -504,7 +514,7 @@ async fn start_runtime(
                 }),
             client: Some(client),
             max_cpu_ms: file.runtime.max_cpu_ms,
-            peers: None,
+            peers,
         },
     );
     // Follow before restoring, so nothing deployed meanwhile is missed.

@@ -11,11 +11,12 @@
 //! to load is logged and its record (so its name and routes) stays its
 //! owner's. A bundle this node does not have is fetched from its peers
 //! ([`ScriptsConfig::peers`]) in the background, checked against its hash,
-//! and retried with backoff until a peer has it; the compiled code for it is
-//! taken from a peer too when one with the same engine has it, so the worker
-//! is served without compiling. A crash at any point of a deploy leaves the old or the new version
-//! in the store, never none: the bundle is written (atomically) before the
-//! record that names it.
+//! and retried with backoff until a peer has it (meanwhile an older version
+//! stays served); the compiled code for it is taken from a peer too when one
+//! with the same engine has it, so the worker is served without compiling.
+//! A crash at any point of a deploy leaves the old or the new version in the
+//! store, never none: the bundle is written (atomically) before the record
+//! that names it.
 //!
 //! Uploads build and compile concurrently; only the short commit step (the
 //! final conflict checks, storing, swapping into the router) is serialized

@@ -23,19 +23,33 @@
 //! Live connections are held by a lease of their own, kept alive by each
 //! refresh: when a node dies, etcd deletes its connections when their leases
 //! run out. One background task watches the prefix and turns key events into
-//! [`Change`]s; when the watch breaks it reconnects with backoff, resumes after
-//! the last revision it saw, and publishes [`Change::All`].
+//! [`Change`]s; when the watch breaks it reconnects with backoff (to the next
+//! member), resumes after the last revision it saw, and publishes
+//! [`Change::All`].
+//!
+//! Members: each endpoint has a client of its own, and requests go to one
+//! member at a time (the last that answered). A request that finds its member
+//! unreachable, without a leader, or silent for [`ATTEMPT_TIMEOUT`] is sent
+//! to the next member, round after round, until it succeeds or about 2 s have
+//! passed. Reads are safe to repeat; every write is made safe to repeat too,
+//! since a request cut off by a member's death may still have been committed:
+//! updates are compare-and-swap loops that read again, a create or script
+//! write sent more than once that finds exactly its own value stored counts
+//! as done, and a delete sent more than once that finds the record gone
+//! reports it deleted. A repeated lease grant may leave an unused lease,
+//! which expires.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -48,8 +62,14 @@ use crate::{
 
 /// Longest wait for a connection to an endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait for one request; past it the call fails as unavailable.
+/// Longest wait for one request, over every member asked; past it the call
+/// fails as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one member's answer while other members could be asked
+/// (a request in flight when the leader dies waits for the election).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(600);
+/// Pause before asking every member again when none answered.
+const ROUND_PAUSE: Duration = Duration::from_millis(50);
 /// HTTP/2 pings find a dead connection (a watch that would wait forever).
 /// etcd answers pings more often than every 5 s with GOAWAY, so 10 s.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -131,11 +151,95 @@ struct HeldLease {
     ttl: i64,
 }
 
-struct Inner {
-    client: Client,
-    prefix: String,
+/// One member's endpoint and its client (connected on first use when the
+/// member could not be reached at start).
+struct Member {
+    endpoint: String,
+    client: Mutex<Option<Client>>,
+}
+
+/// The members, and which one requests go to first.
+struct Members {
+    list: Vec<Member>,
+    options: ConnectOptions,
+    /// Index of the member that answered last.
+    preferred: AtomicUsize,
     /// The endpoints, for error messages.
     endpoints: String,
+}
+
+impl Members {
+    /// Member `i`'s client, connecting it if needed.
+    async fn client(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        let member = &self.list[i];
+        if let Some(c) = member.client.lock().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let c = Client::connect([member.endpoint.as_str()], Some(self.options.clone())).await?;
+        if let Ok(mut slot) = member.client.lock() {
+            return Ok(slot.get_or_insert(c).clone());
+        }
+        Ok(c)
+    }
+
+    /// Runs `op` on the preferred member, and on the next ones while members
+    /// are unreachable, have no leader or do not answer (see the module
+    /// documentation), for up to [`REQUEST_TIMEOUT`]. Other errors return
+    /// at once. The flag says whether more than one attempt was made (an
+    /// earlier one may have been applied).
+    async fn call<T, F, Fut>(&self, mut op: F) -> StoreResult<(T, bool)>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.list.len();
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let mut i = self.preferred.load(Ordering::Relaxed) % n;
+        let mut attempts = 0usize;
+        loop {
+            let now = tokio::time::Instant::now();
+            let per_attempt = if n > 1 {
+                ATTEMPT_TIMEOUT
+            } else {
+                REQUEST_TIMEOUT + Duration::from_millis(500)
+            };
+            let limit = per_attempt.min(deadline.saturating_duration_since(now));
+            attempts += 1;
+            let attempt = async {
+                let client = self.client(i).await?;
+                op(client).await
+            };
+            let error = match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(v)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok((v, attempts > 1));
+                }
+                Ok(Err(e)) if !is_unavailable(&e) => return Err(classify(&self.endpoints, e)),
+                Ok(Err(e)) => classify(&self.endpoints, e),
+                Err(_) => timed_out(&self.endpoints),
+            };
+            if n == 1 || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(endpoint = %self.list[i].endpoint, error = %error, "etcd member failed a request; asking the next");
+            // The next calls start on the next member too.
+            let next = (i + 1) % n;
+            let _ = self
+                .preferred
+                .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+            i = next;
+            if attempts.is_multiple_of(n) {
+                let pause = ROUND_PAUSE
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+struct Inner {
+    members: Arc<Members>,
+    prefix: String,
     changes: broadcast::Sender<Change>,
     leases: Mutex<HashMap<String, HeldLease>>,
     /// Dropped with the store: stops the watch task.
@@ -395,6 +499,13 @@ fn txn_get(resp: &TxnResponse, n: usize) -> Option<KeyValue> {
     }
 }
 
+/// Whether the `n`-th operation of a failed transaction read `body`: sent
+/// again after a failure, a create that finds its own value was applied by
+/// the earlier attempt.
+fn holds(resp: &TxnResponse, n: usize, body: &str) -> bool {
+    txn_get(resp, n).is_some_and(|kv| kv.value() == body.as_bytes())
+}
+
 impl EtcdStore {
     /// Connects to etcd, checks it answers, and starts following changes
     /// under the prefix from the current revision on.
@@ -427,16 +538,45 @@ impl EtcdStore {
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls)?);
         }
-        let client = match tokio::time::timeout(
-            CONNECT_TIMEOUT + REQUEST_TIMEOUT,
-            Client::connect(&config.endpoints, Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(classify(&endpoints, e)),
-            Err(_) => return Err(timed_out(&endpoints)),
-        };
+        // A client per member, connected at once (which only authenticates,
+        // with a user); one that cannot be reached now is connected on use.
+        let mut connecting = tokio::task::JoinSet::new();
+        for (i, endpoint) in config.endpoints.iter().enumerate() {
+            let (endpoint, options) = (endpoint.clone(), options.clone());
+            connecting.spawn(async move {
+                let c = tokio::time::timeout(
+                    CONNECT_TIMEOUT + REQUEST_TIMEOUT,
+                    Client::connect([endpoint], Some(options)),
+                )
+                .await;
+                (i, c)
+            });
+        }
+        let mut clients: Vec<Option<Client>> = vec![None; config.endpoints.len()];
+        while let Some(done) = connecting.join_next().await {
+            match done {
+                Ok((i, Ok(Ok(c)))) => clients[i] = Some(c),
+                Ok((_, Ok(Err(e)))) if !is_unavailable(&e) => {
+                    return Err(classify(&endpoints, e));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(StoreError::Backend(format!("etcd: connecting: {e}"))),
+            }
+        }
+        let members = Arc::new(Members {
+            list: config
+                .endpoints
+                .iter()
+                .zip(clients)
+                .map(|(endpoint, client)| Member {
+                    endpoint: endpoint.clone(),
+                    client: Mutex::new(client),
+                })
+                .collect(),
+            options,
+            preferred: AtomicUsize::new(0),
+            endpoints: endpoints.clone(),
+        });
         let mut prefix = config.prefix.clone();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
@@ -445,9 +585,8 @@ impl EtcdStore {
         let (stop_tx, stop_rx) = oneshot::channel();
         let store = EtcdStore {
             inner: Arc::new(Inner {
-                client,
+                members,
                 prefix,
-                endpoints,
                 changes,
                 leases: Mutex::new(HashMap::new()),
                 _stop: stop_tx,
@@ -455,16 +594,15 @@ impl EtcdStore {
         };
         // The revision now: the watch starts right after it.
         let probe = store
-            .call(store.inner.client.kv_client().get(
+            .range(
                 store.inner.prefix.clone(),
                 Some(GetOptions::new().with_prefix().with_count_only()),
-            ))
+            )
             .await?;
         let revision = probe.header().map(|h| h.revision()).unwrap_or(0);
         let follower = Follower {
-            client: store.inner.client.clone(),
+            members: store.inner.members.clone(),
             prefix: store.inner.prefix.clone(),
-            endpoints: store.inner.endpoints.clone(),
             changes: store.inner.changes.clone(),
         };
         tokio::spawn(async move {
@@ -491,25 +629,48 @@ impl EtcdStore {
         k
     }
 
-    /// Runs one request with the request timeout, mapping its error.
-    async fn call<T>(
+    /// Runs one request on a member, failing over to the others (see
+    /// [`Members::call`]).
+    async fn call<T, F, Fut>(&self, op: F) -> StoreResult<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        Ok(self.inner.members.call(op).await?.0)
+    }
+
+    /// A range read.
+    async fn range(
         &self,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> StoreResult<T> {
-        match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_millis(500), fut).await {
-            Ok(r) => r.map_err(|e| classify(&self.inner.endpoints, e)),
-            Err(_) => Err(timed_out(&self.inner.endpoints)),
-        }
+        key: impl Into<Vec<u8>>,
+        opts: Option<GetOptions>,
+    ) -> StoreResult<GetResponse> {
+        let key = key.into();
+        self.call(|c| {
+            let (key, opts) = (key.clone(), opts.clone());
+            async move { c.kv_client().get(key, opts).await }
+        })
+        .await
     }
 
     async fn txn(&self, txn: Txn) -> StoreResult<TxnResponse> {
-        self.call(self.inner.client.kv_client().txn(txn)).await
+        Ok(self.txn_retried(txn).await?.0)
+    }
+
+    /// A transaction, and whether it was sent more than once (an earlier
+    /// attempt may have been applied).
+    async fn txn_retried(&self, txn: Txn) -> StoreResult<(TxnResponse, bool)> {
+        self.inner
+            .members
+            .call(|c| {
+                let txn = txn.clone();
+                async move { c.kv_client().txn(txn).await }
+            })
+            .await
     }
 
     async fn get(&self, key: String) -> StoreResult<Option<KeyValue>> {
-        let mut resp = self
-            .call(self.inner.client.kv_client().get(key, None))
-            .await?;
+        let mut resp = self.range(key, None).await?;
         Ok(resp.take_kvs().into_iter().next())
     }
 
@@ -528,9 +689,7 @@ impl EtcdStore {
             if keys_only {
                 opts = opts.with_keys_only();
             }
-            let mut resp = self
-                .call(self.inner.client.kv_client().get(from.clone(), Some(opts)))
-                .await?;
+            let mut resp = self.range(from.clone(), Some(opts)).await?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -601,19 +760,22 @@ impl EtcdStore {
 
     /// Sends one keep-alive for `lease`; `false` when it has expired.
     async fn keep_alive(&self, lease: i64) -> StoreResult<bool> {
-        let mut client = self.inner.client.lease_client();
-        match tokio::time::timeout(REQUEST_TIMEOUT, client.keep_alive(lease)).await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
-            Ok(Err(e)) => Err(classify(&self.inner.endpoints, e)),
-            Err(_) => Err(timed_out(&self.inner.endpoints)),
-        }
+        self.call(|c| async move {
+            match c.lease_client().keep_alive(lease).await {
+                Ok(_) => Ok(true),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// Revokes a lease this store no longer needs; failures only delay expiry.
     async fn revoke(&self, lease: i64) {
-        let mut client = self.inner.client.lease_client();
-        if let Err(e) = self.call(client.revoke(lease)).await {
+        let revoked = self
+            .call(|c| async move { c.lease_client().revoke(lease).await })
+            .await;
+        if let Err(e) = revoked {
             tracing::debug!(error = %e, lease, "could not revoke an etcd lease; it will expire");
         }
     }
@@ -681,9 +843,8 @@ fn tls_options(tls: &EtcdTls) -> StoreResult<TlsOptions> {
 
 /// The watch task's state.
 struct Follower {
-    client: Client,
+    members: Arc<Members>,
     prefix: String,
-    endpoints: String,
     changes: broadcast::Sender<Change>,
 }
 
@@ -705,38 +866,42 @@ impl Follower {
     }
 
     /// Watches the prefix from `next` on, forever: reconnects with backoff
-    /// after a break and resumes after the last revision seen.
+    /// after a break, to the next member, and resumes after the last
+    /// revision seen.
     async fn run(self, mut next: i64) {
         let mut backoff = BACKOFF_MIN;
         let mut resumed = false;
+        let mut member = self.members.preferred.load(Ordering::Relaxed);
         loop {
-            match self.follow(&mut next, resumed, &mut backoff).await {
-                Ok(()) => tracing::warn!(endpoints = %self.endpoints, "etcd watch ended; resuming"),
+            member %= self.members.list.len();
+            let endpoint = &self.members.list[member].endpoint;
+            match self.follow(member, &mut next, resumed, &mut backoff).await {
+                Ok(()) => tracing::warn!(%endpoint, "etcd watch ended; resuming"),
                 Err(e) => {
-                    tracing::warn!(endpoints = %self.endpoints, error = %e, "etcd watch broken; resuming")
+                    tracing::warn!(%endpoint, error = %e, "etcd watch broken; resuming")
                 }
             }
             resumed = true;
+            member += 1;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
-    /// One watch stream, until it breaks.
+    /// One watch stream on member `member`, until it breaks.
     async fn follow(
         &self,
+        member: usize,
         next: &mut i64,
         resumed: bool,
         backoff: &mut Duration,
     ) -> Result<(), String> {
         let opts = WatchOptions::new().with_prefix().with_start_revision(*next);
-        let mut client = self.client.watch_client();
-        let mut stream = match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.watch(self.prefix.clone(), Some(opts)),
-        )
-        .await
-        {
+        let watching = async {
+            let mut client = self.members.client(member).await?.watch_client();
+            client.watch(self.prefix.clone(), Some(opts)).await
+        };
+        let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, watching).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
@@ -798,14 +963,17 @@ impl Store for EtcdStore {
             name: account.name.clone(),
             created_at: account.created_at.clone(),
         })?;
-        let resp = self
-            .txn(
+        let (resp, retried) = self
+            .txn_retried(
                 Txn::new()
                     .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, body, None)]),
+                    .and_then([TxnOp::put(key.clone(), body.clone(), None)])
+                    .or_else([TxnOp::get(key, None)]),
             )
             .await?;
-        if !resp.succeeded() {
+        // Sent more than once and holding this very value (fresh id): an
+        // earlier attempt of this call created it.
+        if !(resp.succeeded() || retried && holds(&resp, 0, &body)) {
             return Err(StoreError::Backend(format!(
                 "account id {} already exists",
                 account.id
@@ -859,24 +1027,28 @@ impl Store for EtcdStore {
             sealed_secret,
         };
         let key = self.key("tunnels", &[&tunnel.id]);
-        let resp = self
-            .txn(
+        let body = encode(&TunnelDoc::from(&tunnel))?;
+        let (resp, retried) = self
+            .txn_retried(
                 Txn::new()
                     .when([
                         self.account_exists(account_id),
                         Compare::version(key.clone(), CompareOp::Equal, 0),
                     ])
                     .and_then([
-                        TxnOp::put(key, encode(&TunnelDoc::from(&tunnel))?, None),
+                        TxnOp::put(key.clone(), body.clone(), None),
                         TxnOp::put(
                             self.key("account-tunnels", &[account_id, &tunnel.id]),
                             "",
                             None,
                         ),
-                    ]),
+                    ])
+                    .or_else([TxnOp::get(key, None)]),
             )
             .await?;
-        if !resp.succeeded() {
+        // Sent more than once and holding this very value (fresh id): an
+        // earlier attempt of this call created it.
+        if !(resp.succeeded() || retried && holds(&resp, 0, &body)) {
             return Err(StoreError::NotFound("account"));
         }
         self.publish(Change::Tunnel(tunnel.id.clone()));
@@ -904,15 +1076,21 @@ impl Store for EtcdStore {
 
     async fn delete_tunnel(&self, account_id: &str, tunnel_id: &str) -> StoreResult<bool> {
         let key = self.key("tunnels", &[tunnel_id]);
+        // Set once the delete was sent more than once: a record found gone
+        // afterwards may have been deleted by this call.
+        let mut maybe_deleted = false;
         for _ in 0..CAS_ATTEMPTS {
             let Some(kv) = self.get(key.clone()).await? else {
-                return Ok(false);
+                if maybe_deleted {
+                    self.publish(Change::Tunnel(tunnel_id.to_owned()));
+                }
+                return Ok(maybe_deleted);
             };
             if tunnel_from(&kv)?.account_id != account_id {
                 return Ok(false);
             }
-            let resp = self
-                .txn(
+            let (resp, retried) = self
+                .txn_retried(
                     Txn::new()
                         .when([Compare::mod_revision(
                             key.clone(),
@@ -928,6 +1106,7 @@ impl Store for EtcdStore {
                         ]),
                 )
                 .await?;
+            maybe_deleted |= retried;
             if resp.succeeded() {
                 self.publish(Change::Tunnel(tunnel_id.to_owned()));
                 return Ok(true);
@@ -952,8 +1131,10 @@ impl Store for EtcdStore {
             return Ok(());
         }
         // First registration, a new lease length, or the lease ran out.
+        // Repeated after a failure, a grant may leave an unused lease: it
+        // expires by itself.
         let granted = self
-            .call(self.inner.client.lease_client().grant(ttl, None))
+            .call(|c| async move { c.lease_client().grant(ttl, None).await })
             .await?;
         let id = granted.id();
         let body = encode(&ConnectionDoc::from(record))?;
@@ -1035,15 +1216,16 @@ impl Store for EtcdStore {
     async fn create_service(&self, service: &VpcService) -> StoreResult<()> {
         let key = self.key("services", &[&service.id]);
         let account = self.key("accounts", &[&service.account_id]);
-        let resp = self
-            .txn(
+        let body = encode(service)?;
+        let (resp, retried) = self
+            .txn_retried(
                 Txn::new()
                     .when([
                         self.account_exists(&service.account_id),
                         Compare::version(key.clone(), CompareOp::Equal, 0),
                     ])
                     .and_then([
-                        TxnOp::put(key, encode(service)?, None),
+                        TxnOp::put(key.clone(), body.clone(), None),
                         TxnOp::put(
                             self.key("account-services", &[&service.account_id, &service.id]),
                             "",
@@ -1055,10 +1237,12 @@ impl Store for EtcdStore {
                             None,
                         ),
                     ])
-                    .or_else([TxnOp::get(account, None)]),
+                    .or_else([TxnOp::get(account, None), TxnOp::get(key, None)]),
             )
             .await?;
-        if !resp.succeeded() {
+        // Sent more than once and holding this very value: an earlier
+        // attempt of this call created it.
+        if !(resp.succeeded() || retried && holds(&resp, 1, &body)) {
             if txn_get(&resp, 0).is_none() {
                 return Err(StoreError::NotFound("account"));
             }
@@ -1134,16 +1318,22 @@ impl Store for EtcdStore {
 
     async fn delete_service(&self, account_id: &str, service_id: &str) -> StoreResult<bool> {
         let key = self.key("services", &[service_id]);
+        // Set once the delete was sent more than once: a record found gone
+        // afterwards may have been deleted by this call.
+        let mut maybe_deleted = false;
         for _ in 0..CAS_ATTEMPTS {
             let Some(kv) = self.get(key.clone()).await? else {
-                return Ok(false);
+                if maybe_deleted {
+                    self.publish(Change::Service(service_id.to_owned()));
+                }
+                return Ok(maybe_deleted);
             };
             let old: VpcService = decode(&kv)?;
             if old.account_id != account_id {
                 return Ok(false);
             }
-            let resp = self
-                .txn(
+            let (resp, retried) = self
+                .txn_retried(
                     Txn::new()
                         .when([Compare::mod_revision(
                             key.clone(),
@@ -1163,6 +1353,7 @@ impl Store for EtcdStore {
                         ]),
                 )
                 .await?;
+            maybe_deleted |= retried;
             if resp.succeeded() {
                 self.publish(Change::Service(service_id.to_owned()));
                 return Ok(true);
@@ -1174,10 +1365,10 @@ impl Store for EtcdStore {
     async fn services_using_tunnel(&self, tunnel_id: &str) -> StoreResult<usize> {
         let prefix = self.key("tunnel-services", &[tunnel_id, ""]);
         let resp = self
-            .call(self.inner.client.kv_client().get(
+            .range(
                 prefix,
                 Some(GetOptions::new().with_prefix().with_count_only()),
-            ))
+            )
             .await?;
         Ok(resp.count().max(0) as usize)
     }
@@ -1271,18 +1462,23 @@ impl Store for EtcdStore {
             name: name.to_owned(),
             created_at: rfc3339(SystemTime::now()),
         })?;
-        let resp = self
-            .txn(
+        let (resp, retried) = self
+            .txn_retried(
                 Txn::new()
                     .when([
                         self.account_exists(account_id),
                         Compare::version(key.clone(), CompareOp::Equal, 0),
                     ])
-                    .and_then([TxnOp::put(key, body, None)])
-                    .or_else([TxnOp::get(self.key("accounts", &[account_id]), None)]),
+                    .and_then([TxnOp::put(key.clone(), body.clone(), None)])
+                    .or_else([
+                        TxnOp::get(self.key("accounts", &[account_id]), None),
+                        TxnOp::get(key, None),
+                    ]),
             )
             .await?;
-        if !resp.succeeded() {
+        // Sent more than once and holding this very value (fresh id): an
+        // earlier attempt of this call created it.
+        if !(resp.succeeded() || retried && holds(&resp, 1, &body)) {
             if txn_get(&resp, 0).is_none() {
                 return Err(StoreError::NotFound("account"));
             }
@@ -1304,8 +1500,19 @@ impl Store for EtcdStore {
         let key = self.key("scripts", &[&script.name]);
         let body = encode(script)?;
         let new: BTreeSet<&str> = script.services.iter().map(String::as_str).collect();
+        let mut maybe_written = false;
         for _ in 0..CAS_ATTEMPTS {
             let current = self.get(key.clone()).await?;
+            if maybe_written
+                && current
+                    .as_ref()
+                    .is_some_and(|kv| kv.value() == body.as_bytes())
+            {
+                // Exactly this record, times included, after a write sent
+                // more than once: an earlier attempt of this call wrote it.
+                self.publish(Change::Script(script.name.clone()));
+                return Ok(true);
+            }
             let (revision, old) = match &current {
                 Some(kv) => (kv.mod_revision(), Some(decode::<ScriptRecord>(kv)?)),
                 None => (0, None),
@@ -1335,8 +1542,8 @@ impl Store for EtcdStore {
                     None,
                 ));
             }
-            let resp = self
-                .txn(
+            let (resp, retried) = self
+                .txn_retried(
                     Txn::new()
                         // Unchanged since read (0: still absent).
                         .when([Compare::mod_revision(
@@ -1347,6 +1554,7 @@ impl Store for EtcdStore {
                         .and_then(ops),
                 )
                 .await?;
+            maybe_written |= retried;
             if resp.succeeded() {
                 self.publish(Change::Script(script.name.clone()));
                 return Ok(true);
@@ -1375,9 +1583,15 @@ impl Store for EtcdStore {
 
     async fn delete_script(&self, account_id: &str, name: &str) -> StoreResult<bool> {
         let key = self.key("scripts", &[name]);
+        // Set once the delete was sent more than once: a record found gone
+        // afterwards may have been deleted by this call.
+        let mut maybe_deleted = false;
         for _ in 0..CAS_ATTEMPTS {
             let Some(kv) = self.get(key.clone()).await? else {
-                return Ok(false);
+                if maybe_deleted {
+                    self.publish(Change::Script(name.to_owned()));
+                }
+                return Ok(maybe_deleted);
             };
             let old: ScriptRecord = decode(&kv)?;
             if old.account_id != account_id {
@@ -1388,8 +1602,8 @@ impl Store for EtcdStore {
             for s in bound {
                 ops.push(TxnOp::delete(self.key("service-scripts", &[s, name]), None));
             }
-            let resp = self
-                .txn(
+            let (resp, retried) = self
+                .txn_retried(
                     Txn::new()
                         .when([Compare::mod_revision(
                             key.clone(),
@@ -1399,6 +1613,7 @@ impl Store for EtcdStore {
                         .and_then(ops),
                 )
                 .await?;
+            maybe_deleted |= retried;
             if resp.succeeded() {
                 self.publish(Change::Script(name.to_owned()));
                 return Ok(true);

@@ -3,8 +3,9 @@
 //! plain HTTP, or TLS with client certificates ([`Etcd::start_tls`]).
 //! [`Etcd::stop`] and [`Etcd::start_again`] make outages for tests;
 //! [`Etcd::shared`] is one instance for a whole test process (tests keep
-//! apart by key prefix). etcd dies with the test process even when it is
-//! killed: it is started with a parent-death signal.
+//! apart by key prefix). [`EtcdCluster`] is a cluster of several members,
+//! each of which can be killed and restarted. etcd dies with the test process
+//! even when it is killed: it is started with a parent-death signal.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -140,6 +141,69 @@ extern "C" fn remove_shared() {
     }
 }
 
+/// The etcd binary: `$WARREN_ETCD`, else `/usr/bin/etcd`, else `etcd` on the `PATH`.
+fn etcd_binary() -> String {
+    std::env::var("WARREN_ETCD").ok().unwrap_or_else(|| {
+        if Path::new("/usr/bin/etcd").exists() {
+            "/usr/bin/etcd".into()
+        } else {
+            "etcd".into()
+        }
+    })
+}
+
+/// A fresh data directory, in `/dev/shm` when there is one (fsyncs cost nothing).
+fn data_dir() -> anyhow::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("warren-etcd")
+            .tempdir_in(shm)
+    } else {
+        tempfile::Builder::new().prefix("warren-etcd").tempdir()
+    }
+    .context("etcd data directory")
+}
+
+/// Copies the lines of `child`'s stderr into `sink` from a thread.
+fn capture_log(child: &mut Child, sink: &Arc<Mutex<Vec<String>>>) {
+    if let Some(stderr) = child.stderr.take() {
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+    }
+}
+
+/// `GET path` on the plain-HTTP metrics port; the whole answer, or `None`.
+fn metrics_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    Some(body)
+}
+
+/// Whether `GET /health` on the metrics port answers `"health":"true"` (the
+/// member has a leader).
+fn healthy_on(metrics_port: u16) -> bool {
+    metrics_get(metrics_port, "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
+}
+
+/// The last `n` lines of a log, newest first.
+fn tail(log: &Arc<Mutex<Vec<String>>>, n: usize) -> Vec<String> {
+    log.lock()
+        .map(|l| l.iter().rev().take(n).cloned().collect())
+        .unwrap_or_default()
+}
+
 /// A loopback port nothing listens on right now.
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free port")?;
@@ -161,15 +225,7 @@ impl Etcd {
     }
 
     fn start_with(tls: bool) -> anyhow::Result<Etcd> {
-        let shm = Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::Builder::new()
-                .prefix("warren-etcd")
-                .tempdir_in(shm)
-        } else {
-            tempfile::Builder::new().prefix("warren-etcd").tempdir()
-        }
-        .context("etcd data directory")?;
+        let dir = data_dir()?;
         let tls = if tls {
             Some(write_tls_files(dir.path())?)
         } else {
@@ -235,13 +291,7 @@ impl Etcd {
         if self.child.is_some() {
             return Ok(());
         }
-        let binary = std::env::var("WARREN_ETCD").ok().unwrap_or_else(|| {
-            if Path::new("/usr/bin/etcd").exists() {
-                "/usr/bin/etcd".into()
-            } else {
-                "etcd".into()
-            }
-        });
+        let binary = etcd_binary();
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(&binary);
@@ -278,16 +328,7 @@ impl Etcd {
         let mut child = spawn_for_process(cmd).with_context(|| {
             format!("starting {binary} (Debian package etcd-server; run scripts/setup.sh)")
         })?;
-        if let Some(stderr) = child.stderr.take() {
-            let sink = self.log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(mut l) = sink.lock() {
-                        l.push(line);
-                    }
-                }
-            });
-        }
+        capture_log(&mut child, &self.log);
         self.pid = Some(child.id());
         self.child = Some(child);
         let deadline = Instant::now() + START_LIMIT;
@@ -300,13 +341,14 @@ impl Etcd {
             {
                 self.child = None;
                 self.pid = None;
-                let tail: Vec<String> = self.log_lines().into_iter().rev().take(20).collect();
-                bail!("etcd exited with {status}: {tail:?}");
+                bail!("etcd exited with {status}: {:?}", tail(&self.log, 20));
             }
             if Instant::now() > deadline {
                 self.stop();
-                let tail: Vec<String> = self.log_lines().into_iter().rev().take(20).collect();
-                bail!("etcd did not become healthy within {START_LIMIT:?}: {tail:?}");
+                bail!(
+                    "etcd did not become healthy within {START_LIMIT:?}: {:?}",
+                    tail(&self.log, 20)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -315,26 +357,222 @@ impl Etcd {
     /// Whether `GET /health` on the metrics port answers `"health":"true"`
     /// (it has a leader).
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.metrics_port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-        let req = format!(
-            "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.metrics_port
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.contains("\"health\":\"true\"")
+        healthy_on(self.metrics_port)
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One member of an [`EtcdCluster`].
+struct Member {
+    name: String,
+    child: Option<Child>,
+    data: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    metrics_port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Member {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A cluster of real etcd members on loopback (plain HTTP), each with its own
+/// data directory and client, peer and metrics ports; every member is killed
+/// and the data removed on drop.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    /// `name=peer URL,…` of every member.
+    initial_cluster: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members as one new cluster (`--initial-cluster` naming all,
+    /// `--initial-cluster-state new`) and waits until every one reports a
+    /// leader.
+    pub fn start(n: usize) -> anyhow::Result<EtcdCluster> {
+        if n == 0 {
+            bail!("an etcd cluster needs at least one member");
+        }
+        let dir = data_dir()?;
+        let mut members = Vec::with_capacity(n);
+        for i in 0..n {
+            members.push(Member {
+                name: format!("warren-{i}"),
+                child: None,
+                data: dir.path().join(format!("member-{i}")),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                metrics_port: free_port()?,
+                log: Arc::new(Mutex::new(Vec::new())),
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            _dir: dir,
+        };
+        // All at once: none has a leader until a quorum is up.
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        for i in 0..n {
+            cluster.wait_healthy(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// How many members the cluster has (running or not).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the cluster has no members (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every member's client URL (`http://127.0.0.1:<port>`), in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// Member `i`'s client URL.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].endpoint()
+    }
+
+    /// Kills member `i` with SIGKILL (a crash, not a shutdown); its data stays.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again on its data directory and ports (a no-op while
+    /// it runs); it rejoins the cluster. Waits until it reports a leader.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.members[i].child.is_some() {
+            return Ok(());
+        }
+        self.spawn(i)?;
+        self.wait_healthy(i)
+    }
+
+    /// Whether member `i` runs and reports a leader.
+    pub fn healthy(&self, i: usize) -> bool {
+        self.members[i].child.is_some() && healthy_on(self.members[i].metrics_port)
+    }
+
+    /// The member that is the leader now, by its metrics
+    /// (`etcd_server_is_leader 1`), if a running member says so.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some()
+                && metrics_get(m.metrics_port, "/metrics")
+                    .is_some_and(|b| b.lines().any(|l| l.trim_end() == "etcd_server_is_leader 1"))
+        })
+    }
+
+    /// Member `i`'s log so far (for failure messages).
+    pub fn log_lines(&self, i: usize) -> Vec<String> {
+        self.members[i]
+            .log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let binary = etcd_binary();
+        let initial_cluster = self.initial_cluster.clone();
+        let m = &mut self.members[i];
+        let client = m.endpoint();
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut cmd = Command::new(&binary);
+        cmd.arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", m.data.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            // Ignored once the data directory holds the member's log, so a
+            // restarted member rejoins as itself.
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=warren-test")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                m.metrics_port
+            ))
+            // A dead leader is missed within 250–500 ms and replaced; pre-vote
+            // keeps a restarted member from unseating a healthy leader.
+            .arg("--heartbeat-interval=25")
+            .arg("--election-timeout=250")
+            .arg("--pre-vote=true")
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = spawn_for_process(cmd).with_context(|| {
+            format!("starting {binary} (Debian package etcd-server; run scripts/setup.sh)")
+        })?;
+        capture_log(&mut child, &m.log);
+        m.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_healthy(&mut self, i: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            let m = &mut self.members[i];
+            if healthy_on(m.metrics_port) {
+                return Ok(());
+            }
+            if let Some(child) = &mut m.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                m.child = None;
+                bail!(
+                    "etcd member {i} exited with {status}: {:?}",
+                    tail(&m.log, 20)
+                );
+            }
+            if Instant::now() > deadline {
+                m.kill();
+                bail!(
+                    "etcd member {i} did not report a leader within {START_LIMIT:?}: {:?}",
+                    tail(&m.log, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+        }
     }
 }

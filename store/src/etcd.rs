@@ -639,6 +639,20 @@ impl EtcdStore {
         Ok(self.inner.members.call(op).await?.0)
     }
 
+    /// Puts `value` at `key` under lease `lease` (safe to send twice).
+    async fn put_leased(&self, key: String, value: String, lease: i64) -> StoreResult<()> {
+        self.call(|c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.kv_client()
+                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// A range read.
     async fn range(
         &self,
@@ -1389,24 +1403,16 @@ impl Store for EtcdStore {
         {
             // The record may have moved (a new address): rewrite it under the
             // lease it already has.
-            self.call(self.inner.client.kv_client().put(
-                self.key("nodes", &[&node.name]),
-                body,
-                Some(PutOptions::new().with_lease(h.id)),
-            ))
-            .await?;
+            self.put_leased(self.key("nodes", &[&node.name]), body, h.id)
+                .await?;
             return Ok(());
         }
         let granted = self
-            .call(self.inner.client.lease_client().grant(ttl, None))
+            .call(|c| async move { c.lease_client().grant(ttl, None).await })
             .await?;
         let id = granted.id();
         let written = self
-            .call(self.inner.client.kv_client().put(
-                self.key("nodes", &[&node.name]),
-                body,
-                Some(PutOptions::new().with_lease(id)),
-            ))
+            .put_leased(self.key("nodes", &[&node.name]), body, id)
             .await;
         if let Err(e) = written {
             self.revoke(id).await;
@@ -1430,12 +1436,11 @@ impl Store for EtcdStore {
             .lock()
             .ok()
             .and_then(|mut l| l.remove(&format!("node:{name}")));
-        self.call(
-            self.inner
-                .client
-                .kv_client()
-                .delete(self.key("nodes", &[name]), None),
-        )
+        let key = self.key("nodes", &[name]);
+        self.call(|c| {
+            let key = key.clone();
+            async move { c.kv_client().delete(key, None).await }
+        })
         .await?;
         if let Some(h) = held {
             self.revoke(h.id).await;

@@ -20,6 +20,7 @@ use warren_store::{ConnectionRecord, Store, rfc3339, secret_matches};
 
 use crate::ca::{CaError, EdgeCa};
 use crate::registry::{LiveConnection, Registry};
+use crate::reset_key::ResetKey;
 use crate::tunnels::Tunnels;
 
 /// Settings of the tunnel edge. Every field has a documented default from [`EdgeConfig::new`].
@@ -72,6 +73,10 @@ pub enum EdgeError {
     /// The CA could not be loaded or created.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// The QUIC stateless-reset key could not be loaded or created (the
+    /// message names the file).
+    #[error("{0}")]
+    ResetKey(std::io::Error),
     /// TLS configuration failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -99,9 +104,11 @@ struct EdgeCtx {
 }
 
 impl TunnelEdge {
-    /// Loads (or creates) the CA and binds the QUIC listener. Needs a tokio runtime.
+    /// Loads (or creates) the CA and the QUIC stateless-reset key
+    /// (`<data_dir>/quic-reset.key`) and binds the QUIC listener. Needs a tokio runtime.
     pub fn bind(config: EdgeConfig, store: Arc<dyn Store>) -> Result<TunnelEdge, EdgeError> {
         let ca = EdgeCa::load_or_create(&config.data_dir)?;
+        let reset_key = ResetKey::load_or_create(&config.data_dir).map_err(EdgeError::ResetKey)?;
         let (chain, key) = ca.issue_edge_cert(&config.extra_cert_names)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -126,11 +133,18 @@ impl TunnelEdge {
             .receive_window((32u32 * 1024 * 1024).into())
             .send_window(32 * 1024 * 1024);
         server.transport_config(Arc::new(transport));
-        let endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|source| EdgeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let bind_error = |source| EdgeError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            reset_key.endpoint_config(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         Ok(TunnelEdge {
             endpoint,
             ca,

@@ -18,6 +18,7 @@ pub mod dns_cache;
 pub mod edge;
 pub mod origin_tls;
 pub mod registry;
+pub mod reset_key;
 pub mod resolve;
 pub mod sealing;
 pub mod tunnel_admin;

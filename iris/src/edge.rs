@@ -23,6 +23,12 @@ use crate::registry::{LiveConnection, Registry};
 use crate::reset_key::ResetKey;
 use crate::tunnels::Tunnels;
 
+/// Default QUIC keep-alive interval of the edge (and of the connector).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// Default QUIC idle timeout of the edge (and of the connector): a dead peer is
+/// noticed this long after its last packet.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Settings of the tunnel edge. Every field has a documented default from [`EdgeConfig::new`].
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -39,9 +45,12 @@ pub struct EdgeConfig {
     pub registration_timeout: Duration,
     /// Lease of a connection's record in the store, refreshed at a third of it (default 30 s).
     pub lease: Duration,
-    /// QUIC keep-alive interval (default 5 s).
+    /// QUIC keep-alive interval: a connection that sent nothing for this long
+    /// sends a ping (default 500 ms).
     pub keep_alive: Duration,
-    /// QUIC idle timeout: a silent connection is declared dead after it (default 15 s).
+    /// QUIC idle timeout: a connection that received nothing for this long is
+    /// declared dead, and its streams fail (default 1.5 s). The connection uses
+    /// the smaller of this and the connector's own.
     pub idle_timeout: Duration,
 }
 
@@ -60,8 +69,8 @@ impl EdgeConfig {
             extra_cert_names: Vec::new(),
             registration_timeout: Duration::from_secs(10),
             lease: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(15),
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -124,7 +133,11 @@ impl TunnelEdge {
         let mut transport = quinn::TransportConfig::default();
         transport
             .keep_alive_interval(Some(config.keep_alive))
-            .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok())
+            .max_idle_timeout(Some(
+                // Longer than QUIC can say (2^62 ms): the longest it can.
+                quinn::IdleTimeout::try_from(config.idle_timeout)
+                    .unwrap_or_else(|_| quinn::VarInt::MAX.into()),
+            ))
             // The connector opens only its control stream and DNS answer streams.
             .max_concurrent_bidi_streams(4u32.into())
             .max_concurrent_uni_streams(256u32.into())

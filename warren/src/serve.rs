@@ -324,6 +324,8 @@ fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
     if let Some(n) = &file.node_name {
         edge_config.edge_name = n.clone();
     }
+    edge_config.keep_alive = file.tunnel.keep_alive;
+    edge_config.idle_timeout = file.tunnel.idle_timeout;
     let edge = TunnelEdge::bind(edge_config, node.store.clone())?;
     let addr = edge.local_addr()?;
     let tunnels = edge.tunnels();

@@ -33,6 +33,10 @@ use crate::tls::EdgeTrust;
 
 /// A connection that stayed registered this long resets its backoff.
 const STABLE_PERIOD: Duration = Duration::from_secs(60);
+/// A registered connection lost after at least this long is re-dialled at
+/// once; one lost sooner waits its backoff (so an edge that drops every
+/// connection right after registering is not hammered).
+const IMMEDIATE_REDIAL_AFTER: Duration = Duration::from_secs(1);
 /// Default QUIC keep-alive interval.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// Default QUIC idle timeout: a silent edge is declared gone after it.
@@ -219,7 +223,10 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Keeps connection `index` up: reconnects with full-jitter backoff forever.
+/// Keeps connection `index` up forever. A registered connection that is lost
+/// (reset by a restarted edge, closed, timed out) after
+/// [`IMMEDIATE_REDIAL_AFTER`] is re-dialled at once; every other attempt waits
+/// a full-jitter backoff.
 async fn supervise(
     shared: Arc<Shared>,
     index: u8,
@@ -243,8 +250,12 @@ async fn supervise(
                 if up_for >= STABLE_PERIOD {
                     backoff.reset();
                 }
-                let d = backoff.next_delay();
-                warn!(index, %edge, %reason, retry_in = ?d, "tunnel connection lost");
+                let d = if up_for >= IMMEDIATE_REDIAL_AFTER {
+                    Duration::ZERO
+                } else {
+                    backoff.next_delay()
+                };
+                warn!(index, %edge, %reason, up_for = ?up_for, retry_in = ?d, "tunnel connection lost");
                 d
             }
             SessionEnd::Refused {

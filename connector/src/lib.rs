@@ -39,8 +39,10 @@ const STABLE_PERIOD: Duration = Duration::from_secs(60);
 const IMMEDIATE_REDIAL_AFTER: Duration = Duration::from_secs(1);
 /// Default QUIC keep-alive interval.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
-/// Default QUIC idle timeout: a silent edge is declared gone after it.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Default QUIC idle timeout: a silent edge is declared gone 1.2–1.7 s after
+/// its last packet (the timer restarts on the first ping sent after a packet
+/// received).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 /// Shortest wait after the edge refused our credentials.
 const MIN_REFUSED_WAIT: Duration = Duration::from_secs(10);
 
@@ -76,7 +78,7 @@ pub struct ConnectorConfig {
     /// sends a ping (default 500 ms).
     pub keep_alive: Duration,
     /// QUIC idle timeout: a connection that received nothing for this long is
-    /// lost (default 1.5 s). The connection uses the smaller of this and the
+    /// lost (default 1.2 s). The connection uses the smaller of this and the
     /// edge's own.
     pub idle_timeout: Duration,
 }

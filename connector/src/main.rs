@@ -73,7 +73,7 @@ struct RunArgs {
     keep_alive: Duration,
     /// QUIC idle timeout: a connection that heard nothing from the edge for this long is
     /// lost and re-dialled (the smaller of this and the edge's own applies).
-    #[arg(long, env = "WARREN_CONNECTOR_IDLE_TIMEOUT", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WARREN_CONNECTOR_IDLE_TIMEOUT", default_value = "1200ms", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Trust this CA certificate (PEM) for the edge instead of the token's fingerprint.
     #[arg(long)]

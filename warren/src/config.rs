@@ -160,7 +160,7 @@ pub struct TunnelSection {
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// QUIC idle timeout: a connector connection that sent nothing for this
-    /// long is dead and its streams fail over (default 1.5 s; the smaller of
+    /// long is dead and its streams fail over (default 1.2 s; the smaller of
     /// this and the connector's own applies).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -576,7 +576,7 @@ mod tests {
     fn tunnel_keep_alive_and_idle_timeout_are_read_and_checked() {
         let f = parse("").expect("empty is valid");
         assert_eq!(f.tunnel.keep_alive, Duration::from_millis(500));
-        assert_eq!(f.tunnel.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(f.tunnel.idle_timeout, Duration::from_millis(1200));
         let f = parse("[tunnel]\nkeep_alive = \"5s\"\nidle_timeout = \"15s\"\n").expect("valid");
         assert_eq!(f.tunnel.keep_alive, Duration::from_secs(5));
         assert_eq!(f.tunnel.idle_timeout, Duration::from_secs(15));

@@ -173,12 +173,10 @@ impl Tunnels {
         let mut candidates = self.candidates(tunnel_id);
         let mut current = candidates.next();
         let mut unanswered = 0;
-        let mut tried_any = false;
         while unanswered < DNS_ATTEMPTS {
             let Some(Candidate::Local(conn)) = &current else {
                 break;
             };
-            tried_any = true;
             let id = self.next_dns_id.fetch_add(1, Ordering::Relaxed);
             match ask_on(conn, id, resolver, &message).await {
                 DnsAttempt::Done(r) => return r,
@@ -193,7 +191,9 @@ impl Tunnels {
                 }
             }
         }
-        if tried_any {
+        // Unanswered on a live connection: the resolver's fault; otherwise every
+        // connection died under the question.
+        if unanswered > 0 {
             Err(ProxyError::new(
                 ErrorCode::DnsError,
                 "no answer from the tunnel's resolver",

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Empty;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -235,8 +235,24 @@ impl TunnelPool {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) over a pooled tunnel for `key`,
-    /// or a new one. A request a dead pooled tunnel did not take is retried on
-    /// the next.
+    /// or a new one.
+    ///
+    /// A pooled tunnel can have died while it sat in the pool (its tunnel
+    /// connection was lost, the connector went away). Two cases are retried:
+    ///
+    /// - the request was never written to it (hyper hands it back): on the
+    ///   next pooled tunnel or a new one, whatever the request — nothing of it
+    ///   reached the origin;
+    /// - it was written, and the tunnel broke (closed, reset) before any of the
+    ///   response arrived: once, on a new tunnel, only when the request can be
+    ///   replayed safely — an idempotent method (`GET`, `HEAD`, `OPTIONS`,
+    ///   `TRACE`, `PUT`, `DELETE`, RFC 9110 §9.2.2) with an empty body. The
+    ///   origin may have received it, which an idempotent request allows; a
+    ///   `POST`, or any request with a body (streamed, so not kept for a
+    ///   second send), fails with `connection_terminated` instead.
+    ///
+    /// A failure on a new tunnel is not retried: it is the origin's (or the
+    /// tunnel's) answer, not a stale pooled connection.
     pub async fn send(
         &self,
         key: &TunnelKey,
@@ -251,14 +267,25 @@ impl TunnelPool {
             if sender.ready().await.is_err() {
                 continue;
             }
+            let replay = Replay::of(&req);
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(key, sender, resp, epoch)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => {
+                Err(mut e) => match (e.take_message(), replay) {
+                    (Some(r), _) => {
                         debug!(error = %e.into_error(), "pooled tunnel was dead; retrying");
                         req = r;
                     }
-                    None => return Err(terminated(e.into_error())),
+                    (None, Some(replay)) if broke_before_response(e.error()) => {
+                        debug!(
+                            error = %e.into_error(),
+                            "pooled tunnel broke before the response; replaying on a new tunnel"
+                        );
+                        req = replay.request();
+                        // A new tunnel, not another pooled one: those may
+                        // have died the same way.
+                        break self.inner.epoch.load(Ordering::SeqCst);
+                    }
+                    (None, _) => return Err(terminated(e.into_error())),
                 },
             }
         };
@@ -370,6 +397,55 @@ impl TunnelPool {
                 )
             })?
     }
+}
+
+/// What is needed to send a request again: kept only for requests that are
+/// safe to replay (an idempotent method and an empty body).
+struct Replay {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<ReqBody>) -> Option<Replay> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let body = req.body();
+        let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        (idempotent && empty).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<ReqBody> {
+        let mut req = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// Whether `e` says the connection closed or broke while the response was
+/// awaited (rather than, say, a malformed response).
+fn broke_before_response(e: &hyper::Error) -> bool {
+    e.is_incomplete_message()
+        || e.is_closed()
+        || e.is_canceled()
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 struct Returner {

@@ -33,6 +33,16 @@ use crate::tls::EdgeTrust;
 
 /// A connection that stayed registered this long resets its backoff.
 const STABLE_PERIOD: Duration = Duration::from_secs(60);
+/// A registered connection lost after at least this long is re-dialled at
+/// once; one lost sooner waits its backoff (so an edge that drops every
+/// connection right after registering is not hammered).
+const IMMEDIATE_REDIAL_AFTER: Duration = Duration::from_secs(1);
+/// Default QUIC keep-alive interval.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// Default QUIC idle timeout: a silent edge is declared gone 1.2–1.7 s after
+/// its last packet (the timer restarts on the first ping sent after a packet
+/// received).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 /// Shortest wait after the edge refused our credentials.
 const MIN_REFUSED_WAIT: Duration = Duration::from_secs(10);
 
@@ -64,6 +74,13 @@ pub struct ConnectorConfig {
     pub connect_timeout: Duration,
     /// This process's id, reported to the edge (default: a fresh UUID).
     pub connector_id: String,
+    /// QUIC keep-alive interval: a connection that sent nothing for this long
+    /// sends a ping (default 500 ms).
+    pub keep_alive: Duration,
+    /// QUIC idle timeout: a connection that received nothing for this long is
+    /// lost (default 1.2 s). The connection uses the smaller of this and the
+    /// edge's own.
+    pub idle_timeout: Duration,
 }
 
 impl ConnectorConfig {
@@ -86,6 +103,8 @@ impl ConnectorConfig {
             grace_period: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             connector_id: uuid::Uuid::new_v4().to_string(),
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         })
     }
 }
@@ -105,13 +124,21 @@ pub struct Shared {
     client_config: quinn::ClientConfig,
 }
 
-fn transport() -> quinn::TransportConfig {
+fn transport(config: &ConnectorConfig) -> anyhow::Result<quinn::TransportConfig> {
+    anyhow::ensure!(
+        !config.keep_alive.is_zero() && config.keep_alive < config.idle_timeout,
+        "the keep-alive interval ({:?}) must be more than 0 and less than the idle timeout ({:?})",
+        config.keep_alive,
+        config.idle_timeout
+    );
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .map_err(|_| anyhow::anyhow!("idle timeout {:?} is too long", config.idle_timeout))?;
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(15)).ok())
+    t.keep_alive_interval(Some(config.keep_alive))
+        .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(4096u32.into())
         .max_concurrent_uni_streams(16u32.into());
-    t
+    Ok(t)
 }
 
 /// Runs the connector until `shutdown` completes, then unregisters every
@@ -131,7 +158,7 @@ pub async fn run(
         info!(addr = %listener.local_addr()?, "serving /ready, /healthcheck and /metrics");
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
-    let client_config = tls::client_config(&config.trust, transport())?;
+    let client_config = tls::client_config(&config.trust, transport(&config)?)?;
     let shared = Arc::new(Shared {
         policy: config.policy.clone(),
         dns: DnsForwarder::new(config.dns_resolvers.clone()).with_policy(config.policy.clone()),
@@ -198,7 +225,10 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Keeps connection `index` up: reconnects with full-jitter backoff forever.
+/// Keeps connection `index` up forever. A registered connection that is lost
+/// (reset by a restarted edge, closed, timed out) after
+/// [`IMMEDIATE_REDIAL_AFTER`] is re-dialled at once; every other attempt waits
+/// a full-jitter backoff.
 async fn supervise(
     shared: Arc<Shared>,
     index: u8,
@@ -222,8 +252,12 @@ async fn supervise(
                 if up_for >= STABLE_PERIOD {
                     backoff.reset();
                 }
-                let d = backoff.next_delay();
-                warn!(index, %edge, %reason, retry_in = ?d, "tunnel connection lost");
+                let d = if up_for >= IMMEDIATE_REDIAL_AFTER {
+                    Duration::ZERO
+                } else {
+                    backoff.next_delay()
+                };
+                warn!(index, %edge, %reason, up_for = ?up_for, retry_in = ?d, "tunnel connection lost");
                 d
             }
             SessionEnd::Refused {

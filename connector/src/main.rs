@@ -68,6 +68,13 @@ struct RunArgs {
     /// TCP connect timeout to origins.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// QUIC keep-alive interval: a connection that sent nothing for this long sends a ping.
+    #[arg(long, env = "WARREN_CONNECTOR_KEEP_ALIVE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    keep_alive: Duration,
+    /// QUIC idle timeout: a connection that heard nothing from the edge for this long is
+    /// lost and re-dialled (the smaller of this and the edge's own applies).
+    #[arg(long, env = "WARREN_CONNECTOR_IDLE_TIMEOUT", default_value = "1200ms", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     /// Trust this CA certificate (PEM) for the edge instead of the token's fingerprint.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -126,6 +133,14 @@ fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
     config.metrics_addr = Some(args.metrics);
     config.grace_period = args.grace_period;
     config.connect_timeout = args.connect_timeout;
+    anyhow::ensure!(
+        !args.keep_alive.is_zero() && args.keep_alive < args.idle_timeout,
+        "--keep-alive ({}) must be more than 0 and less than --idle-timeout ({})",
+        humantime::format_duration(args.keep_alive),
+        humantime::format_duration(args.idle_timeout)
+    );
+    config.keep_alive = args.keep_alive;
+    config.idle_timeout = args.idle_timeout;
     Ok(config)
 }
 

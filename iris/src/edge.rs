@@ -20,7 +20,15 @@ use warren_store::{ConnectionRecord, Store, rfc3339, secret_matches};
 
 use crate::ca::{CaError, EdgeCa};
 use crate::registry::{LiveConnection, Registry};
+use crate::reset_key::ResetKey;
 use crate::tunnels::Tunnels;
+
+/// Default QUIC keep-alive interval of the edge (and of the connector).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// Default QUIC idle timeout of the edge (and of the connector). QUIC restarts
+/// the idle timer on every packet received and on the first ping sent after
+/// one, so a dead peer is noticed 1.2–1.7 s after its last packet.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 
 /// Settings of the tunnel edge. Every field has a documented default from [`EdgeConfig::new`].
 #[derive(Debug, Clone)]
@@ -38,9 +46,12 @@ pub struct EdgeConfig {
     pub registration_timeout: Duration,
     /// Lease of a connection's record in the store, refreshed at a third of it (default 30 s).
     pub lease: Duration,
-    /// QUIC keep-alive interval (default 5 s).
+    /// QUIC keep-alive interval: a connection that sent nothing for this long
+    /// sends a ping (default 500 ms).
     pub keep_alive: Duration,
-    /// QUIC idle timeout: a silent connection is declared dead after it (default 15 s).
+    /// QUIC idle timeout: a connection that received nothing for this long is
+    /// declared dead, and its streams fail (default 1.2 s). The connection uses
+    /// the smaller of this and the connector's own.
     pub idle_timeout: Duration,
 }
 
@@ -59,8 +70,8 @@ impl EdgeConfig {
             extra_cert_names: Vec::new(),
             registration_timeout: Duration::from_secs(10),
             lease: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(15),
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -72,6 +83,10 @@ pub enum EdgeError {
     /// The CA could not be loaded or created.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// The QUIC stateless-reset key could not be loaded or created (the
+    /// message names the file).
+    #[error("{0}")]
+    ResetKey(std::io::Error),
     /// TLS configuration failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -99,9 +114,11 @@ struct EdgeCtx {
 }
 
 impl TunnelEdge {
-    /// Loads (or creates) the CA and binds the QUIC listener. Needs a tokio runtime.
+    /// Loads (or creates) the CA and the QUIC stateless-reset key
+    /// (`<data_dir>/quic-reset.key`) and binds the QUIC listener. Needs a tokio runtime.
     pub fn bind(config: EdgeConfig, store: Arc<dyn Store>) -> Result<TunnelEdge, EdgeError> {
         let ca = EdgeCa::load_or_create(&config.data_dir)?;
+        let reset_key = ResetKey::load_or_create(&config.data_dir).map_err(EdgeError::ResetKey)?;
         let (chain, key) = ca.issue_edge_cert(&config.extra_cert_names)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -117,7 +134,11 @@ impl TunnelEdge {
         let mut transport = quinn::TransportConfig::default();
         transport
             .keep_alive_interval(Some(config.keep_alive))
-            .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok())
+            .max_idle_timeout(Some(
+                // Longer than QUIC can say (2^62 ms): the longest it can.
+                quinn::IdleTimeout::try_from(config.idle_timeout)
+                    .unwrap_or_else(|_| quinn::VarInt::MAX.into()),
+            ))
             // The connector opens only its control stream and DNS answer streams.
             .max_concurrent_bidi_streams(4u32.into())
             .max_concurrent_uni_streams(256u32.into())
@@ -126,11 +147,18 @@ impl TunnelEdge {
             .receive_window((32u32 * 1024 * 1024).into())
             .send_window(32 * 1024 * 1024);
         server.transport_config(Arc::new(transport));
-        let endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|source| EdgeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let bind_error = |source| EdgeError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            reset_key.endpoint_config(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         Ok(TunnelEdge {
             endpoint,
             ca,

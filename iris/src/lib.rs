@@ -19,6 +19,7 @@ pub mod edge;
 pub mod origin_tls;
 pub mod peer;
 pub mod registry;
+pub mod reset_key;
 pub mod resolve;
 pub mod sealing;
 pub mod tunnel_admin;

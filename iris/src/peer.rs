@@ -54,7 +54,7 @@ const CONNECT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
 /// Keep-alive on the link: a dead peer is noticed within the idle timeout.
 const KEEP_ALIVE: Duration = Duration::from_millis(400);
 /// Idle timeout of the link.
-const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+const IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 
 /// Settings of the node-to-node link.
 #[derive(Debug, Clone)]

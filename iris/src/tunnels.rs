@@ -87,11 +87,43 @@ fn unavailable(tunnel_id: &str) -> ProxyError {
     )
 }
 
-/// Outcome of trying one connection.
+/// Outcome of trying one candidate.
 enum Attempt<T> {
     Done(Result<T, ProxyError>),
-    /// This connection is gone; another may work.
+    /// This candidate is gone (its connection closed, or the stream was reset
+    /// before the connector answered): nothing reached the origin, another may work.
     TryNext,
+}
+
+/// Somewhere a data stream or a DNS question can be tried.
+pub(crate) enum Candidate {
+    /// A live connection of the tunnel on this node.
+    Local(Arc<LiveConnection>),
+}
+
+/// The candidates of one operation, in the order they are tried: each at
+/// most once. The registry is read again before each pick, so a connection
+/// that closed meanwhile is skipped and one that registered meanwhile is
+/// tried; closing and closed connections are never picked.
+pub(crate) struct Candidates<'a> {
+    registry: &'a Registry,
+    tunnel_id: &'a str,
+    tried: Vec<Arc<LiveConnection>>,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = Candidate;
+
+    /// The next candidate not tried yet; `None` when every one has been.
+    fn next(&mut self) -> Option<Candidate> {
+        let fresh = self
+            .registry
+            .candidates(self.tunnel_id)
+            .into_iter()
+            .find(|c| !self.tried.iter().any(|t| Arc::ptr_eq(t, c)))?;
+        self.tried.push(fresh.clone());
+        Some(Candidate::Local(fresh))
+    }
 }
 
 impl Tunnels {
@@ -122,7 +154,9 @@ impl Tunnels {
     /// this node's connections, else relayed through another node that holds
     /// some. Fails with `destination_unavailable` when no connection is live
     /// anywhere; otherwise with the connector's code (`connection_refused`,
-    /// `connection_timeout`, `destination_forbidden`, …).
+    /// `connection_timeout`, `destination_forbidden`, …). A connection that
+    /// closes, or whose stream is reset, before the connector answers is left
+    /// for the next live one (here or, after those, on another node).
     pub async fn open_tcp(
         &self,
         tunnel_id: &str,
@@ -159,18 +193,27 @@ impl Tunnels {
         };
         let mut header = preamble::encode(StreamKind::Connect).to_vec();
         header.extend_from_slice(&request.to_frame());
-        for conn in self.registry.candidates(tunnel_id) {
-            match open_on(&conn, &header, timeout + CONNECT_ANSWER_MARGIN).await {
+        for candidate in self.candidates(tunnel_id) {
+            let attempt = match &candidate {
+                Candidate::Local(conn) => {
+                    open_on(conn, &header, timeout + CONNECT_ANSWER_MARGIN).await
+                }
+            };
+            match attempt {
                 Attempt::Done(r) => return r,
-                Attempt::TryNext => continue,
+                Attempt::TryNext => debug!(tunnel = tunnel_id, "connection gone; trying the next"),
             }
         }
         Err(unavailable(tunnel_id))
     }
 
     /// Sends a raw DNS query to `resolver` (or the connector's default) inside the
-    /// tunnel's network and returns the raw response: through this node's own
-    /// connections, else relayed through another node that holds some.
+    /// tunnel's network and returns the raw response. A question whose
+    /// connection closes before the answer is asked again on another
+    /// connection at once; one left unanswered (datagrams can be lost) is
+    /// asked again, on the next connection when there is one, up to
+    /// [`DNS_ATTEMPTS`] times. A tunnel with no connection on this node is
+    /// asked through another node that holds some.
     pub async fn dns_query(
         &self,
         tunnel_id: &str,
@@ -192,37 +235,30 @@ impl Tunnels {
         resolver: Option<SocketAddr>,
         message: Vec<u8>,
     ) -> Result<Vec<u8>, ProxyError> {
-        let mut tried_any = false;
-        for attempt in 0..DNS_ATTEMPTS {
-            let candidates = self.registry.candidates(tunnel_id);
-            let Some(conn) = candidates.into_iter().next() else {
+        let mut candidates = self.candidates(tunnel_id);
+        let mut current = candidates.next();
+        let mut unanswered = 0;
+        while unanswered < DNS_ATTEMPTS {
+            let Some(Candidate::Local(conn)) = &current else {
                 break;
             };
-            tried_any = true;
             let id = self.next_dns_id.fetch_add(1, Ordering::Relaxed);
-            let query = DnsQuery {
-                id,
-                resolver,
-                message: message.clone(),
-            };
-            let answer = conn.expect_dns(id);
-            if let Err(e) = conn.quic().send_datagram(Bytes::from(query.to_bytes())) {
-                conn.forget_dns(id);
-                debug!(attempt, error = %e, "dns datagram not sent");
-                continue;
-            }
-            match tokio::time::timeout(DNS_ATTEMPT_TIMEOUT, answer).await {
-                Ok(Ok(Ok(msg))) => return Ok(msg),
-                Ok(Ok(Err(code))) => {
-                    return Err(ProxyError::new(code, "the connector could not resolve"));
-                }
-                Ok(Err(_)) | Err(_) => {
-                    conn.forget_dns(id);
-                    debug!(attempt, "no dns answer; retrying");
+            match ask_on(conn, id, resolver, &message).await {
+                DnsAttempt::Done(r) => return r,
+                DnsAttempt::TryNext => current = candidates.next(),
+                // Unanswered: the next connection if there is one, else this one again.
+                DnsAttempt::Unanswered => {
+                    unanswered += 1;
+                    debug!(attempt = unanswered, "no dns answer; retrying");
+                    if let Some(next) = candidates.next() {
+                        current = Some(next);
+                    }
                 }
             }
         }
-        if tried_any {
+        // Unanswered on a live connection: the resolver's fault; otherwise every
+        // connection died under the question.
+        if unanswered > 0 {
             Err(ProxyError::new(
                 ErrorCode::DnsError,
                 "no answer from the tunnel's resolver",
@@ -231,12 +267,65 @@ impl Tunnels {
             Err(unavailable(tunnel_id))
         }
     }
+
+    /// The candidates for one operation on `tunnel_id`, tried in turn.
+    pub(crate) fn candidates<'a>(&'a self, tunnel_id: &'a str) -> Candidates<'a> {
+        Candidates {
+            registry: &self.registry,
+            tunnel_id,
+            tried: Vec::new(),
+        }
+    }
 }
 
 fn timeout_ms(timeout: Duration) -> u32 {
     timeout.as_millis().min(u32::MAX as u128) as u32
 }
 
+/// Outcome of one DNS question on one connection.
+enum DnsAttempt {
+    Done(Result<Vec<u8>, ProxyError>),
+    /// The connection closed (or could not send): ask elsewhere.
+    TryNext,
+    /// No answer in time on a live connection.
+    Unanswered,
+}
+
+async fn ask_on(
+    conn: &LiveConnection,
+    id: u32,
+    resolver: Option<SocketAddr>,
+    message: &[u8],
+) -> DnsAttempt {
+    let query = DnsQuery {
+        id,
+        resolver,
+        message: message.to_vec(),
+    };
+    let answer = conn.expect_dns(id);
+    if let Err(e) = conn.quic().send_datagram(Bytes::from(query.to_bytes())) {
+        conn.forget_dns(id);
+        debug!(error = %e, "dns datagram not sent");
+        return DnsAttempt::TryNext;
+    }
+    let outcome = tokio::select! {
+        answer = tokio::time::timeout(DNS_ATTEMPT_TIMEOUT, answer) => match answer {
+            Ok(Ok(Ok(msg))) => DnsAttempt::Done(Ok(msg)),
+            Ok(Ok(Err(code))) => {
+                DnsAttempt::Done(Err(ProxyError::new(code, "the connector could not resolve")))
+            }
+            Ok(Err(_)) | Err(_) => DnsAttempt::Unanswered,
+        },
+        _ = conn.quic().closed() => DnsAttempt::TryNext,
+    };
+    conn.forget_dns(id);
+    outcome
+}
+
+/// Opens a data stream on `conn`, sends its header and waits for the
+/// connector's answer. Every failure before that answer (the stream could
+/// not be opened or written, the connection closed, the stream was reset)
+/// is [`Attempt::TryNext`].
 async fn open_on(
     conn: &LiveConnection,
     header: &[u8],
@@ -269,11 +358,13 @@ async fn open_on(
             ErrorCode::ConnectionTerminated,
             format!("malformed answer from the connector: {e}"),
         ))),
-        Ok(Err(ReadError::Io(_))) if quic.close_reason().is_some() => Attempt::TryNext,
-        Ok(Err(ReadError::Io(e))) => Attempt::Done(Err(ProxyError::new(
-            ErrorCode::ConnectionTerminated,
-            format!("tunnel stream broke before the connector answered: {e}"),
-        ))),
+        // The connection died, or the stream was reset or ended, before the
+        // answer: the origin got no byte (at most a TCP connect), so another
+        // connection may carry it.
+        Ok(Err(ReadError::Io(e))) => {
+            debug!(error = %e, "tunnel stream broke before the connector answered");
+            Attempt::TryNext
+        }
         Err(_) => Attempt::Done(Err(ProxyError::new(
             ErrorCode::ConnectionTimeout,
             "the connector did not answer in time",

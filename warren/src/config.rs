@@ -181,6 +181,15 @@ pub struct TunnelSection {
     pub listen: SocketAddr,
     /// Addresses connectors dial, written into tokens (default: the bound address).
     pub public_addresses: Vec<String>,
+    /// QUIC keep-alive interval: a connection that sent nothing for this long
+    /// sends a ping (default 500 ms).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// QUIC idle timeout: a connector connection that sent nothing for this
+    /// long is dead and its streams fail over (default 1.2 s; the smaller of
+    /// this and the connector's own applies).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for TunnelSection {
@@ -188,6 +197,8 @@ impl Default for TunnelSection {
         TunnelSection {
             listen: ([0, 0, 0, 0], warren_protocol::DEFAULT_EDGE_PORT).into(),
             public_addresses: Vec::new(),
+            keep_alive: warren_iris::edge::DEFAULT_KEEP_ALIVE,
+            idle_timeout: warren_iris::edge::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -546,9 +557,15 @@ pub fn parse(text: &str) -> anyhow::Result<EdgeFile> {
             file.connections.header_timeout,
         ),
         ("connections.idle_timeout", file.connections.idle_timeout),
+        ("tunnel.keep_alive", file.tunnel.keep_alive),
     ] {
         anyhow::ensure!(!value.is_zero(), "{key}: must be more than 0");
     }
+    anyhow::ensure!(
+        file.tunnel.keep_alive < file.tunnel.idle_timeout,
+        "tunnel.keep_alive: must be less than tunnel.idle_timeout ({})",
+        humantime_serde::re::humantime::format_duration(file.tunnel.idle_timeout)
+    );
     file.store.check()?;
     Ok(file)
 }
@@ -579,6 +596,25 @@ mod tests {
         let f = parse("[runtime]\nbuild_timeout = \"5s\"\nmax_cpu_ms = 100\n").expect("valid");
         assert_eq!(f.runtime.build_timeout, Duration::from_secs(5));
         assert_eq!(f.runtime.max_cpu_ms, 100);
+    }
+
+    #[test]
+    fn tunnel_keep_alive_and_idle_timeout_are_read_and_checked() {
+        let f = parse("").expect("empty is valid");
+        assert_eq!(f.tunnel.keep_alive, Duration::from_millis(500));
+        assert_eq!(f.tunnel.idle_timeout, Duration::from_millis(1200));
+        let f = parse("[tunnel]\nkeep_alive = \"5s\"\nidle_timeout = \"15s\"\n").expect("valid");
+        assert_eq!(f.tunnel.keep_alive, Duration::from_secs(5));
+        assert_eq!(f.tunnel.idle_timeout, Duration::from_secs(15));
+        let e = parse("[tunnel]\nkeep_alive = \"0s\"\n").expect_err("zero");
+        assert_eq!(e.to_string(), "tunnel.keep_alive: must be more than 0");
+        let e = parse("[tunnel]\nkeep_alive = \"2s\"\nidle_timeout = \"2s\"\n").expect_err("equal");
+        assert_eq!(
+            e.to_string(),
+            "tunnel.keep_alive: must be less than tunnel.idle_timeout (2s)"
+        );
+        let e = parse("[tunnel]\nidle_timeout = \"soon\"\n").expect_err("bad duration");
+        assert!(e.to_string().starts_with("tunnel.idle_timeout"), "{e}");
     }
 
     #[test]

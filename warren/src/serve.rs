@@ -328,6 +328,8 @@ fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
     let file = node.file;
     let mut edge_config = EdgeConfig::new(file.tunnel.listen, file.data_dir.clone());
     edge_config.edge_name = node_name(file);
+    edge_config.keep_alive = file.tunnel.keep_alive;
+    edge_config.idle_timeout = file.tunnel.idle_timeout;
     let edge = TunnelEdge::bind(edge_config, node.store.clone())?;
     let addr = edge.local_addr()?;
     let tunnels = edge.tunnels();

@@ -381,3 +381,57 @@ async fn nodes_on_one_store_share_the_cluster_ca_so_any_node_serves_a_token() {
         "the connector registers at node b"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_binding_rpc_is_plain_and_private_to_the_nodes_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sockets = dir.path().join("run");
+    std::fs::create_dir(&sockets).expect("socket dir");
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700)).expect("0700");
+    let socket = sockets.join("binding.sock");
+    let config = format!(
+        "data_dir = \"data\"\n[parts]\napi = true\ntunnel = false\nconnect = false\nbinding = true\n\
+         runtime = false\n[api]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"unix:{}\"\n",
+        socket.display()
+    );
+    let _served = start_serve(Command::new(WARREN), dir.path(), &config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no socket at {}",
+            socket.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is the node user's only");
+
+    // No TLS on it: a call goes through to the binding-worker's own checks.
+    use http_body_util::BodyExt;
+    let client = RpcBindingClient::new(Endpoint::Unix(socket), None, 1);
+    let body = http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let req = hyper::Request::get("http://inventory.internal/")
+        .body(body)
+        .expect("request");
+    let ctx = BindingContext {
+        account_id: "a".into(),
+        worker: "w".into(),
+        binding: "API".into(),
+        service_id: "no-such-service".into(),
+        request_id: "unix".into(),
+    };
+    let code = client
+        .fetch(ctx, req)
+        .await
+        .map(|r| r.status())
+        .err()
+        .map(|e| e.code);
+    assert_eq!(code, Some(ErrorCode::ServiceNotFound));
+}

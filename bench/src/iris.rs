@@ -2,7 +2,8 @@
 //! tunnel → the real connector binary → origin) against the same requests sent
 //! straight to the origin, in one run: requests/s and p50/p99 latency, with 1
 //! client (latency) and 8 clients (throughput), each client on one keep-alive
-//! connection (its own CONNECT tunnel on the tunnel path).
+//! connection (its own CONNECT tunnel on the tunnel path, opened over TLS with
+//! a node certificate, as a binding-worker does).
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -12,25 +13,38 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
 use warren_bench::load::{self, Samples};
 use warren_bench::procs::Kill;
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
 use warren_iris::origin_tls::OriginTls;
-use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
+use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, NodeIdentity, TunnelEdge};
 use warren_store::{
-    CertVerificationMode, ServiceHost, ServiceType, SqliteStore, Store, VpcService, rfc3339,
+    CertVerificationMode, ScriptRecord, ServiceHost, ServiceType, SqliteStore, Store, VpcService,
+    rfc3339,
 };
 
-const SECRET: &str = "bench-secret";
+/// The worker the bench's service is bound by.
+const WORKER: &str = "bench";
+
+/// A connection the load generator drives: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 const RUN_FOR: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 2;
 
-/// Opens a CONNECT tunnel to `service` through the front door.
-async fn connect(front: SocketAddr, service: &str, account: &str) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect(front).await?;
-    s.set_nodelay(true)?;
+/// Opens a CONNECT tunnel to `service` through the front door, for the
+/// bench's worker.
+async fn connect(
+    front: SocketAddr,
+    tls: TlsConnector,
+    service: &str,
+) -> anyhow::Result<impl Io + use<>> {
+    let tcp = TcpStream::connect(front).await?;
+    tcp.set_nodelay(true)?;
+    let mut s = tls.connect(NodeIdentity::server_name(), tcp).await?;
     let req = format!(
-        "CONNECT {service}:80 HTTP/1.1\r\nHost: {service}:80\r\nProxy-Authorization: Bearer {SECRET}\r\nwarren-account: {account}\r\n\r\n"
+        "CONNECT {service}:80 HTTP/1.1\r\nHost: {service}:80\r\nwarren-script: {WORKER}\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut head = Vec::new();
@@ -53,20 +67,24 @@ enum Target {
     Direct(SocketAddr),
     Tunnel {
         front: SocketAddr,
+        tls: TlsConnector,
         service: String,
-        account: String,
     },
 }
 
 impl Target {
-    async fn open(self) -> anyhow::Result<TcpStream> {
+    async fn open(self) -> anyhow::Result<Box<dyn Io>> {
         match self {
-            Target::Direct(a) => Ok(TcpStream::connect(a).await?),
+            Target::Direct(a) => {
+                let s = TcpStream::connect(a).await?;
+                s.set_nodelay(true)?;
+                Ok(Box::new(s))
+            }
             Target::Tunnel {
                 front,
+                tls,
                 service,
-                account,
-            } => connect(front, &service, &account).await,
+            } => Ok(Box::new(connect(front, tls, &service).await?)),
         }
     }
 }
@@ -105,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
     )?;
     let tunnels = edge.tunnels();
+    let identity = Arc::new(NodeIdentity::issue(edge.ca(), "bench")?);
     let (tunnel, token) = warren_iris::tunnel_admin::create_tunnel(
         store.as_ref(),
         &account,
@@ -155,13 +174,30 @@ async fn main() -> anyhow::Result<()> {
         updated_at: now,
     };
     store.create_service(&service).await?;
+    store
+        .put_script(
+            &ScriptRecord {
+                name: WORKER.into(),
+                account_id: account.clone(),
+                tag: "bench".into(),
+                metadata: "{}".into(),
+                services: vec![service.id.clone()],
+                routes: Vec::new(),
+                bundle: "00".repeat(32),
+                secrets: Default::default(),
+                created_on: rfc3339(SystemTime::now()),
+                modified_on: rfc3339(SystemTime::now()),
+            },
+            None,
+        )
+        .await?;
     let door = FrontDoor::new(
         warren_store::cache::ServiceCache::new(store.clone()),
         tunnels.clone(),
         Arc::new(DnsCache::new(tunnels.clone(), DnsCacheConfig::default())),
         OriginTls::new(&[]).map_err(|e| anyhow::anyhow!("{e}"))?,
         FrontDoorConfig {
-            secret: SECRET.into(),
+            identity: identity.clone(),
             attempt_timeout: Duration::from_secs(5),
         },
     );
@@ -172,8 +208,8 @@ async fn main() -> anyhow::Result<()> {
     let direct = Target::Direct(origin);
     let through = Target::Tunnel {
         front,
+        tls: TlsConnector::from(Arc::new(identity.client_config(&[b"http/1.1"]))),
         service: service.id.clone(),
-        account,
     };
     println!(
         "bench/iris: GET through pooled CONNECT tunnels vs straight to the origin; {ROUNDS} interleaved rounds of {RUN_FOR:?}"

@@ -54,10 +54,11 @@ impl Samples {
     }
 }
 
-/// Runs `clients` connections for `run_for`, each opened by `connect` and
-/// sending `GET path` with `host`; every answer must be 200. Returns each
-/// request's latency and the run's duration.
-pub async fn run<C, F>(
+/// Runs `clients` connections for `run_for`, each opened by `connect` (TCP
+/// without Nagle's delay, or anything over it) and sending `GET path` with
+/// `host`; every answer must be 200. Returns each request's latency and the
+/// run's duration.
+pub async fn run<C, F, S>(
     clients: usize,
     run_for: Duration,
     connect: C,
@@ -66,7 +67,8 @@ pub async fn run<C, F>(
 ) -> anyhow::Result<(Vec<Duration>, Duration)>
 where
     C: Fn() -> F + Clone + Send + 'static,
-    F: Future<Output = anyhow::Result<TcpStream>> + Send,
+    F: Future<Output = anyhow::Result<S>> + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
     let deadline = start + run_for;
@@ -76,7 +78,6 @@ where
         let (host, path) = (host.to_owned(), path.to_owned());
         tasks.push(tokio::spawn(async move {
             let io = connect().await?;
-            io.set_nodelay(true)?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await?;
             tokio::spawn(conn);
@@ -120,7 +121,11 @@ pub async fn interleaved(
                 run(
                     clients,
                     run_for,
-                    move || async move { Ok(TcpStream::connect(addr).await?) },
+                    move || async move {
+                        let s = TcpStream::connect(addr).await?;
+                        s.set_nodelay(true)?;
+                        Ok(s)
+                    },
                     host,
                     path,
                 )

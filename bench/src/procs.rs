@@ -186,7 +186,8 @@ pub struct WarrenNode {
 #[derive(Debug, Default, Clone)]
 pub struct NodeOptions {
     /// The data directory (default `dir/data`). Nodes given the same one
-    /// share the edge CA, the internal secret and the bundle directory.
+    /// share the sealing key and the bundle directory (nodes on one store
+    /// share its cluster CA anyway).
     pub data_dir: Option<PathBuf>,
     /// `node_name` (default: the host name).
     pub node_name: Option<String>,

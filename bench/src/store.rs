@@ -7,8 +7,8 @@
 //! The hot path reads the store only through change-driven caches, so the
 //! ratio should sit near 1.
 //!
-//! Part 2, deploy propagation: nodes A and B on one etcd (same prefix, one
-//! shared data directory, so one edge CA, internal secret and bundle
+//! Part 2, deploy propagation: nodes A and B on one etcd (same prefix, so one
+//! cluster CA; one shared data directory, so one sealing key and bundle
 //! directory); `warren deploy` through A's API, then B's runtime is polled
 //! until it answers the new version.
 

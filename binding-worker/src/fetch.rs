@@ -65,7 +65,7 @@ struct Target {
     host: HeaderValue,
 }
 
-fn target(service_id: &str, url: &url::Url) -> Result<Target, ProxyError> {
+fn target(ctx: &BindingContext, url: &url::Url) -> Result<Target, ProxyError> {
     let scheme = url.scheme();
     if scheme != "http" && scheme != "https" {
         return Err(bad_request(format!(
@@ -88,7 +88,8 @@ fn target(service_id: &str, url: &url::Url) -> Result<Target, ProxyError> {
         host: HeaderValue::from_str(&authority)
             .map_err(|_| bad_request("the URL host is not a valid Host header"))?,
         key: TunnelKey {
-            service_id: service_id.to_owned(),
+            worker: ctx.worker.clone(),
+            service_id: ctx.service_id.clone(),
             scheme: scheme.to_owned(),
             // The URL's port never routes (iris picks it by scheme): the host alone.
             authority: host
@@ -165,7 +166,7 @@ impl BindingWorker {
         let replayable = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let mut body = Some(body);
         for hop in 0..=MAX_REDIRECTS {
-            let t = target(&ctx.service_id, &url)?;
+            let t = target(&ctx, &url)?;
             let mut req =
                 Request::new(body.take().unwrap_or_else(|| {
                     Empty::new().map_err(|never| match never {}).boxed_unsync()
@@ -240,14 +241,23 @@ mod tests {
 
     #[test]
     fn target_takes_host_and_path_from_the_url() {
+        let ctx = BindingContext {
+            worker: "shop".into(),
+            service_id: "svc".into(),
+            ..BindingContext::default()
+        };
         let u = url::Url::parse("https://inventory.internal:8443/items?x=1").unwrap();
-        let t = target("svc", &u).unwrap();
+        let t = target(&ctx, &u).unwrap();
+        assert_eq!(
+            (t.key.worker.as_str(), t.key.service_id.as_str()),
+            ("shop", "svc")
+        );
         assert_eq!(t.path, "/items?x=1");
         assert_eq!(t.host, "inventory.internal:8443");
         assert_eq!(t.key.scheme, "https");
         let u = url::Url::parse("ftp://x/").unwrap();
         assert_eq!(
-            target("svc", &u).err().unwrap().code,
+            target(&ctx, &u).err().unwrap().code,
             ErrorCode::ServiceNotFound
         );
     }

@@ -1,7 +1,13 @@
-//! CONNECT tunnels to iris, pooled per (service, scheme, authority). Each
-//! pooled tunnel carries an HTTP/1.1 connection to the origin (hyper); after a
-//! response body ends its connection goes back to the pool, so a warm path
-//! costs no handshakes. Idle tunnels are closed after the idle timeout.
+//! CONNECT tunnels to iris, pooled per (worker, service, scheme, authority).
+//! Each pooled tunnel carries an HTTP/1.1 connection to the origin (hyper);
+//! after a response body ends its connection goes back to the pool, so a warm
+//! path costs no handshakes. Idle tunnels are closed after the idle timeout.
+//!
+//! iris is reached over TLS with this node's certificate (mutual TLS: the
+//! front door serves only clients with a certificate from the cluster CA), or
+//! over in-memory pipes when it runs in this process. Each CONNECT names the
+//! worker and binding it is for; iris opens it only when that worker binds
+//! the service, so a tunnel is pooled for one worker only.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,8 +44,9 @@ pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct FrontDoorConfig {
     /// The front door's address.
     pub addr: SocketAddr,
-    /// The internal secret iris expects in `Proxy-Authorization`.
-    pub secret: String,
+    /// TLS to the front door: this node's identity as a client (its
+    /// certificate, trusting only the cluster CA), ALPN `http/1.1`.
+    pub tls: Arc<rustls::ClientConfig>,
     /// Timeout for reaching the front door and getting its answer (default 30 s:
     /// iris itself tries each origin address with its own timeout).
     pub connect_timeout: Duration,
@@ -57,11 +64,14 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 impl FrontDoorConfig {
-    /// Defaults for a front door at `addr` with `secret`.
-    pub fn new(addr: SocketAddr, secret: impl Into<String>) -> Self {
+    /// Defaults for a front door at `addr` reached with `tls`, the node
+    /// identity's client configuration (its ALPN is set here).
+    pub fn new(addr: SocketAddr, tls: &rustls::ClientConfig) -> Self {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         FrontDoorConfig {
             addr,
-            secret: secret.into(),
+            tls: Arc::new(tls),
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_key: 64,
@@ -73,6 +83,8 @@ impl FrontDoorConfig {
 /// What a pooled tunnel reaches: a tunnel is reused only for the same key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TunnelKey {
+    /// The worker the tunnel was opened for (iris checked its binding).
+    pub worker: String,
     /// VPC service id.
     pub service_id: String,
     /// `http` or `https` (iris originates TLS for `https`).
@@ -332,16 +344,7 @@ impl TunnelPool {
                         format!("in-process front door unreachable: {e}"),
                     )
                 })?),
-                None => {
-                    let tcp = TcpStream::connect(cfg.addr).await.map_err(|e| {
-                        ProxyError::new(
-                            ErrorCode::DestinationUnavailable,
-                            format!("iris front door {} unreachable: {e}", cfg.addr),
-                        )
-                    })?;
-                    let _ = tcp.set_nodelay(true);
-                    Box::new(tcp)
-                }
+                None => Box::new(dial_tls(cfg).await?),
             };
             let (mut s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
                 .await
@@ -354,11 +357,8 @@ impl TunnelPool {
                 .method(Method::CONNECT)
                 .uri(&target)
                 .header(http::header::HOST, header(&target, "service id")?)
-                .header(
-                    http::header::PROXY_AUTHORIZATION,
-                    header(&format!("Bearer {}", cfg.secret), "internal secret")?,
-                )
-                .header("warren-account", header(&ctx.account_id, "account id")?)
+                .header("warren-script", header(&ctx.worker, "worker name")?)
+                .header("warren-binding", header(&ctx.binding, "binding name")?)
                 .header("warren-scheme", header(&key.scheme, "scheme")?)
                 .header("warren-host", header(&key.authority, "URL host")?)
                 .header("warren-request-id", header(&ctx.request_id, "request id")?)
@@ -366,16 +366,7 @@ impl TunnelPool {
                 .map_err(|e| ProxyError::new(ErrorCode::ServiceNotFound, e.to_string()))?;
             let resp = s.send_request(req).await.map_err(terminated)?;
             if !resp.status().is_success() {
-                let code = resp
-                    .headers()
-                    .get(warren_protocol::PROXY_ERROR_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<ErrorCode>().ok())
-                    .unwrap_or(ErrorCode::ConnectionTerminated);
-                return Err(ProxyError::new(
-                    code,
-                    format!("iris refused the tunnel with {}", resp.status()),
-                ));
+                return Err(refusal(resp).await);
             }
             let upgraded = hyper::upgrade::on(resp).await.map_err(terminated)?;
             let (sender, conn) = http1::handshake::<_, ReqBody>(upgraded)
@@ -446,6 +437,62 @@ fn broke_before_response(e: &hyper::Error) -> bool {
         || e.is_closed()
         || e.is_canceled()
         || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// Most of a refusal's body read for its message.
+const REFUSAL_BODY: usize = 8 * 1024;
+
+/// The error a refused CONNECT carries: the code of its
+/// `warren-proxy-error` header and the message of its JSON body.
+async fn refusal(resp: Response<Incoming>) -> ProxyError {
+    use http_body_util::BodyExt;
+    let status = resp.status();
+    let code = resp
+        .headers()
+        .get(warren_protocol::PROXY_ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<ErrorCode>().ok())
+        .unwrap_or(ErrorCode::ConnectionTerminated);
+    let body = http_body_util::Limited::new(resp.into_body(), REFUSAL_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_owned));
+    ProxyError::new(
+        code,
+        match message {
+            Some(m) => format!("iris refused the tunnel with {status}: {m}"),
+            None => format!("iris refused the tunnel with {status}"),
+        },
+    )
+}
+
+/// TCP to the front door, then TLS with this node's certificate.
+async fn dial_tls(
+    cfg: &FrontDoorConfig,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+    let unreachable = |e: std::io::Error| {
+        ProxyError::new(
+            ErrorCode::DestinationUnavailable,
+            format!("iris front door {} unreachable: {e}", cfg.addr),
+        )
+    };
+    let tcp = TcpStream::connect(cfg.addr).await.map_err(unreachable)?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(warren_protocol::NODE_SERVER_NAME)
+        .map_err(|e| terminated(format!("the node server name: {e}")))?;
+    tokio_rustls::TlsConnector::from(cfg.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            ProxyError::new(
+                ErrorCode::DestinationUnavailable,
+                format!("TLS to iris front door {} failed: {e}", cfg.addr),
+            )
+        })
 }
 
 struct Returner {

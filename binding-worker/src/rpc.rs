@@ -1,7 +1,12 @@
 //! The binding RPC server: the runtime's binding calls arrive as HTTP/2 streams
-//! (over TCP or a Unix socket) whose bodies start with a Cap'n Proto
-//! [`CallHead`]; each answer starts with a [`ReplyHead`] and streams the origin's
-//! body after it. Every stream must present the shared secret.
+//! whose bodies start with a Cap'n Proto [`CallHead`]; each answer starts with
+//! a [`ReplyHead`] and streams the origin's body after it.
+//!
+//! Who may call: on TCP ([`RpcServer::serve_tls`]) only a client presenting a
+//! node certificate from the cluster CA (mutual TLS; anything else is refused
+//! in the handshake); on a Unix socket, whoever the socket file's permissions
+//! let in (the node makes it 0600); over in-process pipes, the runtime of this
+//! process.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,8 +19,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 use warren_protocol::binding::{CallHead, RPC_PATH, ReplyHead};
 use warren_protocol::body::{Prefixed, read_head};
@@ -31,8 +37,10 @@ pub type ReplyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Serves the binding RPC for a [`BindingWorker`].
 pub struct RpcServer {
     worker: Arc<BindingWorker>,
-    secret: String,
 }
+
+/// ALPN protocol of the binding RPC over TLS.
+pub const RPC_ALPN: &[u8] = b"h2";
 
 fn plain(status: StatusCode, msg: &str) -> Response<ReplyBody> {
     let mut r = Response::new(
@@ -48,7 +56,8 @@ fn reply(head: &ReplyHead, rest: ReplyBody) -> Response<ReplyBody> {
     Response::new(Prefixed::new(Bytes::from(head.to_frame()), rest).boxed_unsync())
 }
 
-/// The connection types the server accepts (TCP, Unix and in-memory streams).
+/// The connection types served without TLS (Unix sockets and in-memory
+/// streams); TCP is served by [`RpcServer::serve_tls`] only.
 pub trait Accept {
     /// The stream type.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -56,14 +65,21 @@ pub trait Accept {
     fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
 }
 
-impl Accept for tokio::net::TcpListener {
+/// TCP, before its TLS handshake.
+struct Tcp(TcpListener);
+
+impl Accept for Tcp {
     type Io = tokio::net::TcpStream;
     async fn accept(&self) -> std::io::Result<Self::Io> {
-        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let (s, _) = self.0.accept().await?;
         let _ = s.set_nodelay(true);
         Ok(s)
     }
 }
+
+/// A served connection, whatever carries it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
@@ -81,16 +97,14 @@ impl Accept for warren_protocol::pipe::PipeListener {
 }
 
 impl RpcServer {
-    /// A server for `worker` that requires `secret` on every call.
-    pub fn new(worker: Arc<BindingWorker>, secret: impl Into<String>) -> Arc<Self> {
-        Arc::new(RpcServer {
-            worker,
-            secret: secret.into(),
-        })
+    /// A server for `worker`.
+    pub fn new(worker: Arc<BindingWorker>) -> Arc<Self> {
+        Arc::new(RpcServer { worker })
     }
 
-    /// Serves connections from `listener` until `shutdown` completes, with
-    /// the default connection limits.
+    /// Serves connections from `listener` (no TLS: a Unix socket or
+    /// in-process pipes) until `shutdown` completes, with the default
+    /// connection limits.
     pub async fn serve<L: Accept>(
         self: Arc<Self>,
         listener: L,
@@ -100,15 +114,70 @@ impl RpcServer {
             .await
     }
 
-    /// Serves connections from `listener` within `limits` (accept errors back
-    /// off; a connection over the cap is closed at once; one that moves no
-    /// byte for the idle timeout is closed) until `shutdown` completes.
+    /// Serves connections from `listener` (no TLS: a Unix socket or
+    /// in-process pipes) within `limits` (accept errors back off; a
+    /// connection over the cap is closed at once; one that moves no byte for
+    /// the idle timeout is closed) until `shutdown` completes.
     pub async fn serve_with<L: Accept>(
         self: Arc<Self>,
         listener: L,
         limits: ConnLimits,
         shutdown: impl Future<Output = ()>,
     ) {
+        self.accept_loop(listener, limits, shutdown, |io| async move {
+            Ok(Box::new(io) as Box<dyn Io>)
+        })
+        .await
+    }
+
+    /// Serves TLS connections from `listener` with `tls` (the node
+    /// identity's server configuration: a client without a certificate from
+    /// the cluster CA is refused in the handshake; ALPN `h2` is set here),
+    /// within `limits` as [`RpcServer::serve_with`] (a handshake slower than
+    /// the header timeout is cut), until `shutdown` completes.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: &rustls::ServerConfig,
+        limits: ConnLimits,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![RPC_ALPN.to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let timeout = limits.header_timeout;
+        self.accept_loop(Tcp(listener), limits, shutdown, move |io| {
+            let acceptor = acceptor.clone();
+            async move {
+                match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => Ok(Box::new(tls) as Box<dyn Io>),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "binding RPC: TLS handshake refused");
+                        Err(e)
+                    }
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    )),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The accept loop: each connection is taken within the caps, made
+    /// ready by `upgrade` (a TLS handshake, or nothing), then served.
+    async fn accept_loop<L, U, F>(
+        self: Arc<Self>,
+        listener: L,
+        limits: ConnLimits,
+        shutdown: impl Future<Output = ()>,
+        upgrade: U,
+    ) where
+        L: Accept,
+        U: Fn(warren_protocol::listen::Tracked<L::Io>) -> F + Clone + Send + 'static,
+        F: Future<Output = std::io::Result<Box<dyn Io>>> + Send,
+    {
         tokio::pin!(shutdown);
         let slots = ConnSlots::new(limits);
         let mut backoff = Backoff::default();
@@ -126,20 +195,27 @@ impl RpcServer {
                 continue;
             };
             let server = self.clone();
+            let upgrade = upgrade.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let server = server.clone();
                     async move { Ok::<_, std::convert::Infallible>(server.call(req).await) }
                 });
-                let io = TokioIo::new(guard.track(io));
-                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                let tracked = guard.track(io);
                 // Boxed as a plain `Send` future: the connection's own type
                 // trips the compiler's higher-ranked `Send` check here.
                 let conn: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>> =
-                    Box::pin(builder.serve_connection(io, svc));
+                    Box::pin(async move {
+                        let Ok(io) = upgrade(tracked).await else {
+                            return Ok(());
+                        };
+                        let mut builder =
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                        builder
+                            .timer(TokioTimer::new())
+                            .keep_alive_interval(Some(Duration::from_secs(30)));
+                        builder.serve_connection(TokioIo::new(io), svc).await
+                    });
                 if let Some(Err(e)) = guard.run(Idle::Bytes, conn).await {
                     debug!(error = %e, "binding RPC connection ended");
                 }
@@ -150,18 +226,6 @@ impl RpcServer {
     async fn call(&self, req: Request<Incoming>) -> Response<ReplyBody> {
         if req.uri().path() != RPC_PATH || req.method() != http::Method::POST {
             return plain(StatusCode::NOT_FOUND, "not a binding RPC path");
-        }
-        let presented = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        if !bool::from(presented.ct_eq(self.secret.as_bytes())) {
-            warn!("binding RPC call without the shared secret refused");
-            return plain(
-                StatusCode::UNAUTHORIZED,
-                "the binding RPC secret is missing or wrong",
-            );
         }
         let (head, body) = match read_head::<CallHead, _>(req.into_body()).await {
             Ok(h) => h,

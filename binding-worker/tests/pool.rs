@@ -1,6 +1,6 @@
 //! Which requests the tunnel pool sends again when a pooled CONNECT tunnel
-//! breaks before the response: against a front door over real TCP on
-//! loopback that accepts every CONNECT and then plays the origin, closing the
+//! breaks before the response: against a front door over the in-process
+//! pipe (the transport a binding-worker beside iris uses) that accepts every CONNECT and then plays the origin, closing the
 //! connection without an answer the first time it sees a `/flaky…` path.
 
 use std::convert::Infallible;
@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use warren_binding_worker::FrontDoorConfig;
 use warren_binding_worker::pool::{BoxError, ReqBody, TunnelKey, TunnelPool};
 use warren_protocol::ErrorCode;
 use warren_protocol::binding::BindingContext;
+use warren_protocol::pipe::{PipeListener, pipe_pair};
 
 /// What the front door saw: CONNECTs accepted, and each request (method, path).
 #[derive(Default)]
@@ -49,8 +49,8 @@ async fn head<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Vec<Strin
     }
 }
 
-async fn serve(listener: TcpListener, seen: Arc<Mutex<Seen>>) {
-    while let Ok((tcp, _)) = listener.accept().await {
+async fn serve(listener: PipeListener, seen: Arc<Mutex<Seen>>) {
+    while let Ok(tcp) = listener.accept().await {
         let seen = seen.clone();
         tokio::spawn(async move {
             let mut r = BufReader::new(tcp);
@@ -132,6 +132,7 @@ async fn send(
     body: &'static str,
 ) -> Result<String, ErrorCode> {
     let key = TunnelKey {
+        worker: "w".into(),
         service_id: "svc".into(),
         scheme: "http".into(),
         authority: "inv.internal".into(),
@@ -153,11 +154,21 @@ async fn send(
 
 #[tokio::test]
 async fn a_pooled_tunnel_broken_before_the_response_is_replayed_only_when_safe() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let (dialer, listener) = pipe_pair();
     let seen = Arc::new(Mutex::new(Seen::default()));
     tokio::spawn(serve(listener, seen.clone()));
-    let pool = TunnelPool::with_changes(FrontDoorConfig::new(addr, "secret"), None);
+    // Never dialled: the pipe is used instead of TCP + TLS.
+    let addr: SocketAddr = ([127, 0, 0, 1], 9).into();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let mut door = FrontDoorConfig::new(addr, &tls);
+    door.in_process = Some(dialer);
+    let pool = TunnelPool::with_changes(door, None);
     let tunnels = || seen.lock().expect("lock").tunnels;
     let times = |m: &str, p: &str| seen.lock().expect("lock").times(m, p);
 

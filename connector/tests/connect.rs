@@ -1,6 +1,7 @@
-//! The CONNECT front door end to end: a client asks iris for a VPC service by
-//! id and speaks HTTP to a private origin (in the test's namespace, reached
-//! only through the connector), with DNS answered by dnsmasq inside.
+//! The CONNECT front door end to end: a client with a node certificate asks
+//! iris for a VPC service by id on behalf of a worker that binds it, and
+//! speaks HTTP to a private origin (in the test's namespace, reached only
+//! through the connector), with DNS answered by dnsmasq inside.
 
 mod common;
 
@@ -12,15 +13,40 @@ use common::*;
 use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use warren_iris::dns_cache::{DnsCache, DnsCacheConfig};
 use warren_iris::origin_tls::OriginTls;
-use warren_iris::{FrontDoor, FrontDoorConfig};
-use warren_store::{CertVerificationMode, ServiceHost, ServiceType, Store, VpcService, rfc3339};
+use warren_iris::{EdgeCa, FrontDoor, FrontDoorConfig, NodeIdentity};
+use warren_store::{
+    CertVerificationMode, ScriptRecord, ServiceHost, ServiceType, Store, VpcService, rfc3339,
+};
 use warren_testkit::dnsmasq::Dnsmasq;
 use warren_testkit::origin;
 use warren_testkit::tls::{TestCa, self_signed};
 
-const SECRET: &str = "internal-secret-for-tests";
+/// The worker every service of these tests is bound by (see [`add_service`]).
+const WORKER: &str = "shop";
+
+/// The front door's address and a node's TLS clients for it.
+struct Door {
+    addr: SocketAddr,
+    /// ALPN http/1.1, as binding-workers dial.
+    tls: TlsConnector,
+    /// ALPN h2.
+    h2: TlsConnector,
+}
+
+impl Door {
+    /// A TLS connection to the front door with the node's certificate.
+    async fn dial(&self) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.expect("front door");
+        self.tls
+            .connect(NodeIdentity::server_name(), tcp)
+            .await
+            .expect("TLS to the front door")
+    }
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip literal")
@@ -30,7 +56,7 @@ fn ip(s: &str) -> IpAddr {
 async fn setup(
     connector_args: &[String],
     origin_ca: &[rustls::pki_types::CertificateDer<'static>],
-) -> (World, Connector, SocketAddr, String) {
+) -> (World, Connector, Door, String) {
     let w = World::new().await;
     let c = w.connector(connector_args);
     w.wait_registered(1).await;
@@ -45,13 +71,16 @@ async fn setup(
         w.edge.tunnels.clone(),
         DnsCacheConfig::default(),
     ));
+    let identity = Arc::new(
+        NodeIdentity::issue(&EdgeCa::generate().expect("ca"), "test-node").expect("identity"),
+    );
     let door = FrontDoor::new(
         warren_store::cache::ServiceCache::new(w.store.clone()),
         w.edge.tunnels.clone(),
         dns,
         OriginTls::new(origin_ca).expect("origin tls"),
         FrontDoorConfig {
-            secret: SECRET.into(),
+            identity: identity.clone(),
             attempt_timeout: Duration::from_secs(2),
         },
     );
@@ -60,7 +89,37 @@ async fn setup(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(door.serve(listener, std::future::pending()));
-    (w, c, addr, account)
+    let tls = |alpn: &[u8]| TlsConnector::from(Arc::new(identity.client_config(&[alpn])));
+    let door = Door {
+        addr,
+        tls: tls(b"http/1.1"),
+        h2: tls(b"h2"),
+    };
+    (w, c, door, account)
+}
+
+/// Stores worker `name` of `account` binding `services` (replacing it).
+async fn bind(w: &World, name: &str, account: &str, services: &[String]) {
+    let old = w.store.get_script(name).await.expect("store");
+    let now = rfc3339(SystemTime::now());
+    let record = ScriptRecord {
+        name: name.into(),
+        account_id: account.into(),
+        tag: uuid::Uuid::new_v4().to_string(),
+        metadata: "{}".into(),
+        services: services.to_vec(),
+        routes: Vec::new(),
+        bundle: "00".repeat(32),
+        secrets: Default::default(),
+        created_on: now.clone(),
+        modified_on: now,
+    };
+    let written = w
+        .store
+        .put_script(&record, old.as_ref().map(|o| o.tag.as_str()))
+        .await
+        .expect("put script");
+    assert!(written, "worker {name} written");
 }
 
 async fn add_service(
@@ -86,6 +145,16 @@ async fn add_service(
         updated_at: now,
     };
     w.store.create_service(&s).await.expect("create service");
+    // The test worker binds every service it creates.
+    let mut bound = w
+        .store
+        .get_script(WORKER)
+        .await
+        .expect("store")
+        .map(|r| r.services)
+        .unwrap_or_default();
+    bound.push(s.id.clone());
+    bind(w, WORKER, account, &bound).await;
     s
 }
 
@@ -97,19 +166,19 @@ fn hostname(name: &str, w: &World, resolvers: &[&str]) -> ServiceHost {
     }
 }
 
-/// Sends CONNECT; on 200 returns the tunnel, else the status and the error code header.
+/// Sends CONNECT for `worker`; on 200 returns the tunnel, else the status
+/// and the error code header.
 async fn connect(
-    front: SocketAddr,
-    secret: &str,
+    front: &Door,
     service: &str,
-    account: &str,
+    worker: &str,
     scheme: &str,
     host: &str,
-) -> Result<TcpStream, (StatusCode, Option<String>)> {
-    let mut s = TcpStream::connect(front).await.expect("front door");
+) -> Result<TlsStream<TcpStream>, (StatusCode, Option<String>)> {
+    let mut s = front.dial().await;
     let req = format!(
-        "CONNECT {service}:443 HTTP/1.1\r\nHost: {service}:443\r\nProxy-Authorization: Bearer {secret}\r\n\
-         warren-account: {account}\r\nwarren-scheme: {scheme}\r\nwarren-host: {host}\r\nwarren-request-id: t-1\r\n\r\n"
+        "CONNECT {service}:443 HTTP/1.1\r\nHost: {service}:443\r\nwarren-script: {worker}\r\n\
+         warren-binding: API\r\nwarren-scheme: {scheme}\r\nwarren-host: {host}\r\nwarren-request-id: t-1\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut head = Vec::new();
@@ -140,14 +209,16 @@ async fn connect(
     Err((status, code))
 }
 
-async fn fetch(s: TcpStream, host: &str, path: &str) -> (StatusCode, String) {
+async fn fetch(s: TlsStream<TcpStream>, host: &str, path: &str) -> (StatusCode, String) {
     let (status, body) = origin::get(s, host, path)
         .await
         .expect("http through CONNECT");
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn code(r: Result<TcpStream, (StatusCode, Option<String>)>) -> (StatusCode, Option<String>) {
+fn code(
+    r: Result<TlsStream<TcpStream>, (StatusCode, Option<String>)>,
+) -> (StatusCode, Option<String>) {
     r.expect_err("CONNECT must fail")
 }
 
@@ -171,16 +242,9 @@ async fn http_by_hostname_ipv4_and_ipv6() {
         CertVerificationMode::VerifyFull,
     )
     .await;
-    let s = connect(
-        front,
-        SECRET,
-        &by_name.id,
-        &account,
-        "http",
-        "inventory.internal",
-    )
-    .await
-    .expect("CONNECT");
+    let s = connect(&front, &by_name.id, WORKER, "http", "inventory.internal")
+        .await
+        .expect("CONNECT");
     assert_eq!(
         fetch(s, "inventory.internal", "/hello").await,
         (StatusCode::OK, "hello from origin".into())
@@ -201,7 +265,7 @@ async fn http_by_hostname_ipv4_and_ipv6() {
         CertVerificationMode::VerifyFull,
     )
     .await;
-    let s = connect(front, SECRET, &svc.id, &account, "http", "127.0.0.1")
+    let s = connect(&front, &svc.id, WORKER, "http", "127.0.0.1")
         .await
         .expect("CONNECT");
     assert_eq!(
@@ -223,7 +287,7 @@ async fn http_by_hostname_ipv4_and_ipv6() {
         CertVerificationMode::VerifyFull,
     )
     .await;
-    let s = connect(front, SECRET, &svc.id, &account, "http", "[::1]")
+    let s = connect(&front, &svc.id, WORKER, "http", "[::1]")
         .await
         .expect("CONNECT");
     assert_eq!(
@@ -254,14 +318,14 @@ async fn resolver_ips_are_honoured_and_a_service_update_applies_at_once() {
         CertVerificationMode::VerifyFull,
     )
     .await;
-    let s = connect(front, SECRET, &svc.id, &account, "http", "app.internal")
+    let s = connect(&front, &svc.id, WORKER, "http", "app.internal")
         .await
         .expect("CONNECT");
     assert_eq!(fetch(s, "app.internal", "/addr").await.1, b.to_string());
 
     svc.host = hostname("app.internal", &w, &["127.0.0.53"]);
     assert!(w.store.replace_service(&svc).await.expect("replace"));
-    let s = connect(front, SECRET, &svc.id, &account, "http", "app.internal")
+    let s = connect(&front, &svc.id, WORKER, "http", "app.internal")
         .await
         .expect("CONNECT");
     assert_eq!(fetch(s, "app.internal", "/addr").await.1, a.to_string());
@@ -301,7 +365,7 @@ async fn https_follows_the_certificate_verification_mode() {
         (untrusted, CertVerificationMode::Disabled, true),
     ] {
         let svc = add_service(&w, &account, at(), None, Some(origin.port()), mode).await;
-        let r = connect(front, SECRET, &svc.id, &account, "https", "secure.internal").await;
+        let r = connect(&front, &svc.id, WORKER, "https", "secure.internal").await;
         let got = match r {
             Ok(s) => {
                 fetch(s, "secure.internal", "/hello").await
@@ -328,7 +392,7 @@ async fn https_follows_the_certificate_verification_mode() {
         CertVerificationMode::VerifyFull,
     )
     .await;
-    let r = connect(front, SECRET, &svc.id, &account, "http", "secure.internal").await;
+    let r = connect(&front, &svc.id, WORKER, "http", "secure.internal").await;
     assert_eq!(
         code(r),
         (StatusCode::FORBIDDEN, Some("destination_forbidden".into()))
@@ -356,21 +420,36 @@ async fn failures_answer_with_their_codes() {
         CertVerificationMode::VerifyFull,
     )
     .await;
-    let r = connect(front, SECRET, &svc.id, &account, "http", "x").await;
+    let r = connect(&front, &svc.id, WORKER, "http", "x").await;
     assert_eq!(
         code(r),
         (StatusCode::BAD_GATEWAY, Some("connection_refused".into()))
     );
 
-    let r = connect(front, "wrong-secret", &svc.id, &account, "http", "x").await;
-    assert_eq!(code(r), (StatusCode::PROXY_AUTHENTICATION_REQUIRED, None));
-
-    let r = connect(front, SECRET, "no-such-service", &account, "http", "x").await;
+    // The worker must bind the service: an unknown worker, or one that
+    // binds something else, is binding_not_found.
+    let r = connect(&front, &svc.id, "no-such-worker", "http", "x").await;
+    assert_eq!(
+        code(r),
+        (StatusCode::NOT_FOUND, Some("binding_not_found".into()))
+    );
+    bind(&w, "other", &account, &["something-else".into()]).await;
+    let r = connect(&front, &svc.id, "other", "http", "x").await;
+    assert_eq!(
+        code(r),
+        (StatusCode::NOT_FOUND, Some("binding_not_found".into()))
+    );
+    // A service that does not exist, or is another account's, even when the
+    // worker's record names it: service_not_found.
+    bind(&w, "other", &account, &["no-such-service".into()]).await;
+    let r = connect(&front, "no-such-service", "other", "http", "x").await;
     assert_eq!(
         code(r),
         (StatusCode::NOT_FOUND, Some("service_not_found".into()))
     );
-    let r = connect(front, SECRET, &svc.id, "another-account", "http", "x").await;
+    let stranger = w.store.create_account("stranger").await.expect("account");
+    bind(&w, "thief", &stranger.id, std::slice::from_ref(&svc.id)).await;
+    let r = connect(&front, &svc.id, "thief", "http", "x").await;
     assert_eq!(
         code(r),
         (StatusCode::NOT_FOUND, Some("service_not_found".into()))
@@ -386,15 +465,7 @@ async fn failures_answer_with_their_codes() {
         CertVerificationMode::VerifyFull,
     )
     .await;
-    let r = connect(
-        front,
-        SECRET,
-        &missing.id,
-        &account,
-        "http",
-        "missing.internal",
-    )
-    .await;
+    let r = connect(&front, &missing.id, WORKER, "http", "missing.internal").await;
     assert_eq!(code(r), (StatusCode::BAD_GATEWAY, Some("dns_error".into())));
     drop(dns);
 
@@ -423,7 +494,7 @@ async fn failures_answer_with_their_codes() {
     )
     .await;
     let started = Instant::now();
-    let r = connect(front, SECRET, &svc.id, &account, "http", "x").await;
+    let r = connect(&front, &svc.id, WORKER, "http", "x").await;
     assert_eq!(
         code(r),
         (
@@ -439,7 +510,7 @@ async fn failures_answer_with_their_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_carries_several_tunnels_on_one_connection() {
+async fn h2_carries_several_tunnels_on_one_connection() {
     let (w, _c, front, account) = setup(&["--ha-connections".into(), "1".into()], &[]).await;
     let a = origin::serve(w.ns.bind_tcp("127.0.0.1:0").expect("listener")).expect("origin");
     let b = origin::serve(w.ns.bind_tcp("127.0.0.1:0").expect("listener")).expect("origin");
@@ -467,13 +538,19 @@ async fn h2c_carries_several_tunnels_on_one_connection() {
     )
     .await;
 
-    let tcp = TcpStream::connect(front).await.expect("front door");
+    let tcp = TcpStream::connect(front.addr).await.expect("front door");
+    let tls = front
+        .h2
+        .connect(NodeIdentity::server_name(), tcp)
+        .await
+        .expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
+        hyper_util::rt::TokioIo::new(tls),
     )
     .await
-    .expect("h2c handshake");
+    .expect("h2 handshake");
     tokio::spawn(conn);
     let mut tunnels = Vec::new();
     for (svc, expect) in [(&sa, a), (&sb, b), (&sa, a)] {
@@ -481,8 +558,7 @@ async fn h2c_carries_several_tunnels_on_one_connection() {
         let req = hyper::Request::builder()
             .method(hyper::Method::CONNECT)
             .uri(format!("{}:443", svc.id))
-            .header("proxy-authorization", format!("Bearer {SECRET}"))
-            .header("warren-account", &account)
+            .header("warren-script", WORKER)
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .expect("request");
         let resp = sender.send_request(req).await.expect("CONNECT over h2");

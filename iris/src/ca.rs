@@ -1,5 +1,9 @@
-//! The edge's certificate authority: generated on first start, kept in the data
-//! directory, pinned by fingerprint in every tunnel token.
+//! The cluster's certificate authority: kept in the store (one for every node
+//! sharing it), pinned by fingerprint in every tunnel token, and the issuer of
+//! each node's certificates (the tunnel edge's, and the node identity of
+//! [`crate::identity`]). Nodes from before the store held it kept it in the
+//! data directory (`edge-ca.crt`, `edge-ca.key`); [`EdgeCa::load`] reads
+//! those files so the store can adopt them.
 
 use std::fs;
 use std::io::Write;
@@ -8,6 +12,7 @@ use std::path::{Path, PathBuf};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
+use warren_store::CaRecord;
 
 /// Why the CA could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +50,16 @@ pub enum CaError {
     /// Generating a certificate failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The CA the store holds is not a usable CA.
+    #[error("the cluster CA in the store is unusable: {0}")]
+    InvalidRecord(String),
 }
 
 /// The edge CA: its certificate, its signing key and the fingerprint tokens carry.
 pub struct EdgeCa {
     der: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -70,12 +80,27 @@ impl EdgeCa {
     /// file exists. One file without the other, or a file that is empty or not
     /// a CA, is an error naming the file; the files are then left as they are.
     pub fn load_or_create(dir: &Path) -> Result<EdgeCa, CaError> {
+        if let Some(ca) = Self::load(dir)? {
+            return Ok(ca);
+        }
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let ca = Self::generate()?;
+        write_private(&dir.join(KEY_FILE), ca.key_pem.as_bytes())?;
+        let cert_path = dir.join(CERT_FILE);
+        fs::write(&cert_path, &ca.cert_pem).map_err(io_err(&cert_path))?;
+        Ok(ca)
+    }
+
+    /// The CA kept in `dir` ([`CERT_FILE`], [`KEY_FILE`]), `None` when
+    /// neither file exists. One file without the other, or a file that is
+    /// empty or not a CA, is an error naming the file.
+    pub fn load(dir: &Path) -> Result<Option<EdgeCa>, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
         let exists = |p: &Path| p.try_exists().map_err(io_err(p));
         match (exists(&cert_path)?, exists(&key_path)?) {
             (true, true) => {}
-            (false, false) => return Self::create(dir, &cert_path, &key_path),
+            (false, false) => return Ok(None),
             (true, false) => {
                 return Err(CaError::HalfMissing {
                     missing: key_path,
@@ -100,31 +125,71 @@ impl EdgeCa {
                 return Err(invalid(path, "the file is empty".into()));
             }
         }
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e.to_string()))?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
-            .map_err(|e| invalid(&cert_path, e.to_string()))?;
-        let der = pem_to_der(&cert_pem)
-            .ok_or_else(|| invalid(&cert_path, "the certificate is not PEM".into()))?;
-        Ok(EdgeCa { der, issuer })
+        Self::parse(cert_pem, key_pem)
+            .map(Some)
+            .map_err(|(key, reason)| invalid(if key { &key_path } else { &cert_path }, reason))
     }
 
-    /// A new CA written to `cert_path` and `key_path` (first start).
-    fn create(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<EdgeCa, CaError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    /// A new CA (nothing is written anywhere).
+    pub fn generate() -> Result<EdgeCa, CaError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Warren edge CA");
+        // A name of its own, so two clusters' CAs are told apart (in logs
+        // and by certificate path building).
+        let mut tag = [0u8; 4];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut tag);
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Warren cluster CA {}", hex::encode(tag)),
+        );
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        write_private(key_path, key.serialize_pem().as_bytes())?;
-        fs::write(cert_path, cert.pem()).map_err(io_err(cert_path))?;
         Ok(EdgeCa {
             der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// The CA a store record holds.
+    pub fn from_record(record: &CaRecord) -> Result<EdgeCa, CaError> {
+        Self::parse(record.cert_pem.clone(), record.key_pem.clone()).map_err(|(key, reason)| {
+            CaError::InvalidRecord(format!(
+                "{}: {reason}",
+                if key { "the key" } else { "the certificate" }
+            ))
+        })
+    }
+
+    /// The record the store keeps of this CA.
+    pub fn to_record(&self) -> CaRecord {
+        CaRecord {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+
+    /// A CA from its PEM halves; the error says whether the key (`true`) or
+    /// the certificate is at fault, and why.
+    fn parse(cert_pem: String, key_pem: String) -> Result<EdgeCa, (bool, String)> {
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| (true, e.to_string()))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| (false, e.to_string()))?;
+        let der =
+            pem_to_der(&cert_pem).ok_or_else(|| (false, "the certificate is not PEM".into()))?;
+        Ok(EdgeCa {
+            der,
+            cert_pem,
+            key_pem,
+            issuer,
+        })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
     }
 
     /// The CA certificate (DER).
@@ -149,6 +214,14 @@ impl EdgeCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "Warren edge");
+        self.issue(params)
+    }
+
+    /// Signs `params` with a fresh key pair; the chain (leaf, CA) and the key.
+    pub(crate) fn issue(
+        &self,
+        params: CertificateParams,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -196,6 +269,34 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_stored_ca_round_trips_and_a_broken_one_is_refused() {
+        let ca = EdgeCa::generate().expect("generate");
+        let record = ca.to_record();
+        let back = EdgeCa::from_record(&record).expect("from the store");
+        assert_eq!(back.fingerprint(), ca.fingerprint());
+        assert_eq!(back.cert_pem(), ca.cert_pem());
+        let broken = CaRecord {
+            key_pem: "junk".into(),
+            ..record.clone()
+        };
+        let err = EdgeCa::from_record(&broken).err().expect("refused");
+        assert!(
+            err.to_string()
+                .starts_with("the cluster CA in the store is unusable: the key"),
+            "{err}"
+        );
+        let broken = CaRecord {
+            cert_pem: "junk".into(),
+            ..record
+        };
+        let err = EdgeCa::from_record(&broken).err().expect("refused");
+        assert!(err.to_string().contains("the certificate"), "{err}");
+        // Nothing is written by generating: the data directory stays empty.
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(EdgeCa::load(dir.path()).expect("load").is_none());
     }
 
     #[test]

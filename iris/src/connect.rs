@@ -1,13 +1,23 @@
-//! The CONNECT front door (HTTP/1.1, and HTTP/2 over h2c): binding-workers ask for a tunnel to a VPC service by
-//! id; iris loads the service, picks the port by scheme, resolves the host
-//! through the service's tunnel, opens the stream (and TLS for `https`), answers
-//! 200 and splices bytes both ways. Every failure is a non-2xx answer with a
-//! `warren-proxy-error: <code>` header and a JSON body.
+//! The CONNECT front door (HTTP/1.1 or HTTP/2): binding-workers ask for a
+//! tunnel to a VPC service by id on behalf of one worker's binding; iris
+//! checks that the worker binds the service, loads the service, picks the
+//! port by scheme, resolves the host through the service's tunnel, opens the
+//! stream (and TLS for `https`), answers 200 and splices bytes both ways.
+//! Every failure is a non-2xx answer with a `warren-proxy-error: <code>`
+//! header and a JSON body.
 //!
-//! Request: `CONNECT <service-id>:<any port> HTTP/1.1` with
-//! `Proxy-Authorization: Bearer <internal secret>`, `warren-account`,
-//! `warren-scheme` (`http` default, or `https`), `warren-host` (the URL's host:
-//! SNI for https) and optionally `warren-request-id`.
+//! Who may ask: on TCP, only a client presenting a node certificate from the
+//! cluster CA (mutual TLS with the node's [`NodeIdentity`]; anything else is
+//! refused in the handshake); over in-process pipes, the binding-worker of
+//! this process.
+//!
+//! Request: `CONNECT <service-id>:<any port> HTTP/1.1` with `warren-script`
+//! (the worker whose binding calls), optionally `warren-binding` (its binding
+//! name, for logs), `warren-scheme` (`http` default, or `https`),
+//! `warren-host` (the URL's host: SNI for https) and `warren-request-id`. The
+//! account is the worker's, from its record in the store: the tunnel is
+//! opened only when that record lists the service and the worker's account
+//! owns it.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -21,17 +31,18 @@ use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
-use warren_protocol::listen::{Backoff, ConnLimits, HTTP_REFUSAL, Idle, TcpAcceptor};
+use warren_protocol::listen::{Backoff, ConnLimits, Idle, TcpAcceptor};
 use warren_protocol::pipe::PipeListener;
 use warren_protocol::{ErrorCode, ProxyError};
-use warren_store::cache::ServiceCache;
-use warren_store::{ServiceHost, VpcService};
+use warren_store::cache::{ScriptCache, ServiceCache};
+use warren_store::{ScriptRecord, ServiceHost, VpcService};
 
 use crate::dns_cache::DnsCache;
+use crate::identity::NodeIdentity;
 use crate::origin_tls::OriginTls;
 use crate::tunnels::Tunnels;
 
@@ -40,11 +51,21 @@ pub use warren_protocol::PROXY_ERROR_HEADER;
 /// Buffer per direction while splicing.
 const SPLICE_BUF: usize = 64 * 1024;
 
+/// ALPN protocols the front door offers on TCP.
+pub const FRONT_DOOR_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Header naming the worker a CONNECT is made for.
+pub const SCRIPT_HEADER: &str = "warren-script";
+/// Header naming the worker's binding a CONNECT is made for (logs only).
+pub const BINDING_HEADER: &str = "warren-binding";
+
 /// Settings of the front door.
 #[derive(Debug, Clone)]
 pub struct FrontDoorConfig {
-    /// Shared secret binding-workers present as `Proxy-Authorization: Bearer …`.
-    pub secret: String,
+    /// This node's identity: the TCP listener serves TLS with its
+    /// certificate and accepts only clients with a certificate from the
+    /// cluster CA.
+    pub identity: Arc<NodeIdentity>,
     /// Connect timeout of each resolved address tried in turn (default 5 s).
     pub attempt_timeout: Duration,
 }
@@ -52,9 +73,11 @@ pub struct FrontDoorConfig {
 /// The CONNECT front door. Share it (`Arc`) and call [`FrontDoor::serve`].
 pub struct FrontDoor {
     services: Arc<ServiceCache>,
+    scripts: Arc<ScriptCache>,
     tunnels: Tunnels,
     dns: Arc<DnsCache>,
     tls: OriginTls,
+    acceptor: TlsAcceptor,
     config: FrontDoorConfig,
 }
 
@@ -97,7 +120,8 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 impl FrontDoor {
-    /// A front door reading services from the node's change-driven cache,
+    /// A front door reading services from the node's change-driven cache
+    /// (and worker scripts from a cache of its own over the same store),
     /// resolving through `dns` and dialling through `tunnels`.
     pub fn new(
         services: Arc<ServiceCache>,
@@ -106,24 +130,30 @@ impl FrontDoor {
         tls: OriginTls,
         config: FrontDoorConfig,
     ) -> Arc<Self> {
+        let acceptor = TlsAcceptor::from(Arc::new(config.identity.server_config(FRONT_DOOR_ALPN)));
         Arc::new(FrontDoor {
+            scripts: ScriptCache::new(services.store().clone()),
             services,
             tunnels,
             dns,
             tls,
+            acceptor,
             config,
         })
     }
 
-    /// Serves CONNECT requests on `listener` until `shutdown` completes.
+    /// Serves CONNECT requests on `listener` (TLS, node certificates only)
+    /// until `shutdown` completes.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         self.serve_with(listener, ConnLimits::default(), shutdown)
             .await
     }
 
     /// Serves CONNECT requests on `listener` within `limits` (accept errors
-    /// back off, connections over the cap get a 503, slow heads and idle
-    /// connections are closed) until `shutdown` completes.
+    /// back off, connections over the cap are closed, TLS handshakes and
+    /// request heads slower than the header timeout and idle connections are
+    /// closed) until `shutdown` completes. Every connection is TLS; a client
+    /// without a certificate from the cluster CA is refused in the handshake.
     pub async fn serve_with(
         self: Arc<Self>,
         listener: TcpListener,
@@ -131,7 +161,8 @@ impl FrontDoor {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let acceptor = TcpAcceptor::new("CONNECT front door", listener, limits, HTTP_REFUSAL);
+        // Over the cap a connection is just closed: it speaks TLS, not HTTP.
+        let acceptor = TcpAcceptor::new("CONNECT front door", listener, limits, b"");
         let mut backoff = Backoff::default();
         loop {
             let (stream, peer, guard) = tokio::select! {
@@ -143,12 +174,20 @@ impl FrontDoor {
             let door = self.clone();
             tokio::spawn(async move {
                 let io = guard.track(stream);
-                guard
-                    .run(
-                        Idle::Bytes,
-                        door.serve_connection(io, peer.to_string(), Some(limits)),
-                    )
-                    .await;
+                let serve = async {
+                    let handshake = door.acceptor.accept(io);
+                    match tokio::time::timeout(limits.header_timeout, handshake).await {
+                        Ok(Ok(tls)) => {
+                            door.serve_connection(tls, peer.to_string(), Some(limits))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            warn!(%peer, error = %e, "front door: TLS handshake refused")
+                        }
+                        Err(_) => debug!(%peer, "front door: TLS handshake timed out"),
+                    }
+                };
+                guard.run(Idle::Bytes, serve).await;
             });
         }
     }
@@ -213,20 +252,12 @@ impl FrontDoor {
                 serde_json::json!({ "error": "only CONNECT is served here" }),
             );
         }
-        let presented = header(&req, "proxy-authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(presented.as_bytes().ct_eq(self.config.secret.as_bytes())) {
-            warn!(
-                request_id,
-                "CONNECT refused: missing or wrong internal secret"
-            );
-            return json_response(
-                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                serde_json::json!({ "error": "unauthorized" }),
-            );
-        }
-        let span = info_span!("connect", request_id = %request_id);
+        let span = info_span!(
+            "connect",
+            request_id = %request_id,
+            script = header(&req, SCRIPT_HEADER).unwrap_or(""),
+            binding = header(&req, BINDING_HEADER).unwrap_or(""),
+        );
         let prepared = self.prepare(&req).instrument(span.clone()).await;
         match prepared {
             Ok(origin) => {
@@ -257,12 +288,13 @@ impl FrontDoor {
             .authority()
             .map(|a| a.host().to_owned())
             .ok_or_else(|| not_found("CONNECT target names no service".into()))?;
-        let account = header(req, "warren-account").unwrap_or("");
-        let service = self
-            .service(&service_id)
-            .await?
-            .filter(|s| s.account_id == account)
-            .ok_or_else(|| not_found(format!("no service {service_id} in account {account}")))?;
+        let script = header(req, SCRIPT_HEADER).ok_or_else(|| {
+            ProxyError::new(
+                ErrorCode::BindingNotFound,
+                format!("the CONNECT to service {service_id} names no worker ({SCRIPT_HEADER})"),
+            )
+        })?;
+        let service = self.authorize(script, &service_id).await?;
         let https = match header(req, "warren-scheme").unwrap_or("http") {
             "http" => false,
             "https" => true,
@@ -296,6 +328,56 @@ impl FrontDoor {
             .connect(service.cert_verification_mode, &sni, stream)
             .await?;
         Ok(Box::new(tls))
+    }
+
+    /// The service `service_id`, when worker `script` binds it and the
+    /// worker's account owns it; otherwise `binding_not_found` (no such
+    /// worker, or it does not bind the service) or `service_not_found` (no
+    /// such service, or another account's), naming worker and service.
+    async fn authorize(&self, script: &str, service_id: &str) -> Result<VpcService, ProxyError> {
+        let binds = |r: &ScriptRecord| r.services.iter().any(|s| s == service_id);
+        let mut record = self.script(script, false).await?;
+        if !record.as_ref().is_some_and(binds) {
+            // The cached record may predate a deploy this process has not
+            // heard of yet: ask the store before refusing.
+            record = self.script(script, true).await?;
+        }
+        let Some(record) = record else {
+            return Err(ProxyError::new(
+                ErrorCode::BindingNotFound,
+                format!("no worker {script} to bind service {service_id}"),
+            ));
+        };
+        if !binds(&record) {
+            return Err(ProxyError::new(
+                ErrorCode::BindingNotFound,
+                format!("worker {script} has no binding to service {service_id}"),
+            ));
+        }
+        match self.service(service_id).await? {
+            Some(s) if s.account_id == record.account_id => Ok(s),
+            Some(_) => Err(ProxyError::new(
+                ErrorCode::ServiceNotFound,
+                format!("service {service_id} is not in the account of worker {script}"),
+            )),
+            None => Err(ProxyError::new(
+                ErrorCode::ServiceNotFound,
+                format!("no service {service_id} (bound by worker {script})"),
+            )),
+        }
+    }
+
+    async fn script(&self, name: &str, fresh: bool) -> Result<Option<ScriptRecord>, ProxyError> {
+        let found = match fresh {
+            true => self.scripts.get_fresh(name).await,
+            false => self.scripts.get(name).await,
+        };
+        found.map_err(|e| {
+            ProxyError::new(
+                ErrorCode::BindingNotFound,
+                format!("script store unavailable: {e}"),
+            )
+        })
     }
 
     async fn service(&self, id: &str) -> Result<Option<VpcService>, ProxyError> {

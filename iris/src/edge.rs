@@ -35,7 +35,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 pub struct EdgeConfig {
     /// UDP address to listen on (default `0.0.0.0:7844`).
     pub listen: SocketAddr,
-    /// Directory holding the edge CA (created if missing).
+    /// Directory holding the edge CA for [`TunnelEdge::bind`] (created if
+    /// missing; [`TunnelEdge::bind_with_ca`] is given its CA instead).
     pub data_dir: PathBuf,
     /// This node's name, shown as `colo_name` (default: the host name).
     pub edge_name: String,
@@ -103,7 +104,7 @@ pub enum EdgeError {
 /// A running tunnel edge: accepts connector connections until shut down.
 pub struct TunnelEdge {
     endpoint: quinn::Endpoint,
-    ca: EdgeCa,
+    ca: Arc<EdgeCa>,
     ctx: Arc<EdgeCtx>,
 }
 
@@ -114,10 +115,22 @@ struct EdgeCtx {
 }
 
 impl TunnelEdge {
-    /// Loads (or creates) the CA and the QUIC stateless-reset key
-    /// (`<data_dir>/quic-reset.key`) and binds the QUIC listener. Needs a tokio runtime.
+    /// Loads (or creates) the CA in `config.data_dir` and binds the QUIC
+    /// listener. Needs a tokio runtime.
     pub fn bind(config: EdgeConfig, store: Arc<dyn Store>) -> Result<TunnelEdge, EdgeError> {
         let ca = EdgeCa::load_or_create(&config.data_dir)?;
+        Self::bind_with_ca(config, store, Arc::new(ca))
+    }
+
+    /// Binds the QUIC listener with an edge certificate issued by `ca` (a
+    /// node uses the cluster CA, so connectors accept every node), and the
+    /// QUIC stateless-reset key kept in `<data_dir>/quic-reset.key`. Needs a
+    /// tokio runtime.
+    pub fn bind_with_ca(
+        config: EdgeConfig,
+        store: Arc<dyn Store>,
+        ca: Arc<EdgeCa>,
+    ) -> Result<TunnelEdge, EdgeError> {
         let reset_key = ResetKey::load_or_create(&config.data_dir).map_err(EdgeError::ResetKey)?;
         let (chain, key) = ca.issue_edge_cert(&config.extra_cert_names)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -26,15 +26,14 @@ use tracing::{debug, info, warn};
 use warren_protocol::io::{ReadError, read_message, read_preamble};
 use warren_protocol::messages::{ConnectRequest, PeerRequest, PeerResponse, WireMessage};
 use warren_protocol::preamble::{self, StreamKind};
-use warren_protocol::{ErrorCode, ProxyError};
+use warren_protocol::{ErrorCode, NODE_SERVER_NAME, ProxyError};
 use warren_store::blobs::{BlobError, ContentFile};
 use warren_store::peers::{LocalContent, PeerContent, PeerError};
 use warren_store::{Change, NodeRecord, Store, rfc3339};
 
+use crate::identity::NodeIdentity;
 use crate::tunnels::{TunnelStream, Tunnels};
 
-/// The name every node's certificate carries and peers verify.
-pub const SERVER_NAME: &str = "node.warren.internal";
 /// ALPN of the node-to-node link.
 pub const ALPN: &[u8] = b"warren-peer/1";
 /// How long a node's record lives in the store unless refreshed.
@@ -105,39 +104,17 @@ pub fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// The link's QUIC configurations from a node certificate `chain` (leaf
-/// first) and its `key`: the server requires a client certificate chaining to
-/// `ca`, the client presents the node certificate and trusts only `ca`.
+/// The link's QUIC configurations from this node's identity: the server
+/// requires a client certificate from the cluster CA, the client presents the
+/// node certificate and trusts only the cluster CA; both with [`ALPN`] and
+/// the link's [`transport`].
 pub fn quic_configs(
-    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
-    ca: rustls::pki_types::CertificateDer<'static>,
-) -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
-    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca)?;
-    let roots = Arc::new(roots);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots.clone(),
-        provider.clone(),
-    )
-    .build()?;
-    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.clone(), key.clone_key())?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    client.alpn_protocols = vec![ALPN.to_vec()];
+    identity: &NodeIdentity,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), crate::identity::IdentityError> {
     let transport = Arc::new(transport());
-    let mut server =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
+    let mut server = identity.quic_server_config(&[ALPN])?;
     server.transport_config(transport.clone());
-    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client)?));
+    let mut client = identity.quic_client_config(&[ALPN])?;
     client.transport_config(transport);
     Ok((server, client))
 }
@@ -520,7 +497,7 @@ impl PeerLink {
         };
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), sock, SERVER_NAME)
+            .connect_with(self.client.clone(), sock, NODE_SERVER_NAME)
             .map_err(|e| format!("cannot dial {addr}: {e}"))?;
         let conn = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
             Ok(Ok(c)) => c,

@@ -48,6 +48,12 @@ pub const TUNNEL_ALPN: &[u8] = b"warren-tunnel/1";
 /// address the edge is dialled at (the edge is identified by its CA, not by a DNS name).
 pub const EDGE_SERVER_NAME: &str = "warren-edge";
 
+/// Server name every node certificate carries and every client on an internal
+/// hop (binding-worker → front door, runtime → binding RPC, node → node) asks
+/// for, whatever address it dials: nodes are identified by their certificate
+/// from the cluster CA, not by a DNS name.
+pub const NODE_SERVER_NAME: &str = "warren-node";
+
 /// Default UDP port of the tunnel edge.
 pub const DEFAULT_EDGE_PORT: u16 = 7844;
 

@@ -1,11 +1,14 @@
 //! The runtime's side of the binding RPC: a [`BindingClient`] that sends each
 //! binding call to the binding-worker as one HTTP/2 stream — a Cap'n Proto
 //! [`CallHead`] then the request body out, a [`ReplyHead`] then the response
-//! body back — multiplexed over a few long-lived connections (TCP or a Unix
-//! socket), each call carrying the shared secret.
+//! body back — multiplexed over a few long-lived connections: TLS over TCP
+//! with the node's certificate (the binding-worker serves only clients with a
+//! certificate from the cluster CA, and is trusted only with one), a Unix
+//! socket, or in-memory pipes to a binding-worker in this process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
@@ -29,7 +32,7 @@ type CallBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// Where the binding-worker listens.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    /// TCP.
+    /// TCP, with TLS (the client needs a node identity).
     Tcp(SocketAddr),
     /// A Unix socket.
     Unix(PathBuf),
@@ -40,11 +43,14 @@ pub enum Endpoint {
 /// Binding calls to a binding-worker over the binding RPC.
 pub struct RpcBindingClient {
     endpoint: Endpoint,
-    /// `Bearer <secret>`, or why the secret cannot be a header value.
-    auth: Result<http::HeaderValue, String>,
+    /// TLS for [`Endpoint::Tcp`]: the node identity as a client, ALPN `h2`.
+    tls: Option<tokio_rustls::TlsConnector>,
     connections: Vec<Mutex<Option<SendRequest<CallBody>>>>,
     next: AtomicUsize,
 }
+
+/// ALPN protocol of the binding RPC over TLS.
+const RPC_ALPN: &[u8] = b"h2";
 
 fn terminated(detail: impl std::fmt::Display) -> ProxyError {
     ProxyError::new(
@@ -55,13 +61,18 @@ fn terminated(detail: impl std::fmt::Display) -> ProxyError {
 
 impl RpcBindingClient {
     /// A client spreading calls over `connections` (at least 1) connections,
-    /// opened on first use and reopened when they fail.
-    pub fn new(endpoint: Endpoint, secret: impl Into<String>, connections: usize) -> Self {
-        let auth = http::HeaderValue::from_str(&format!("Bearer {}", secret.into()))
-            .map_err(|_| "the shared secret is not a valid header value".to_owned());
+    /// opened on first use and reopened when they fail. `tls` — the node
+    /// identity's client configuration (its ALPN is set here) — is required
+    /// for [`Endpoint::Tcp`] and unused otherwise.
+    pub fn new(endpoint: Endpoint, tls: Option<&rustls::ClientConfig>, connections: usize) -> Self {
+        let tls = tls.map(|c| {
+            let mut c = c.clone();
+            c.alpn_protocols = vec![RPC_ALPN.to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(c))
+        });
         RpcBindingClient {
             endpoint,
-            auth,
+            tls,
             connections: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
@@ -97,10 +108,22 @@ impl RpcBindingClient {
         }
         Ok(match &self.endpoint {
             Endpoint::Tcp(a) => {
+                let tls = self.tls.as_ref().ok_or_else(|| {
+                    terminated("a TCP endpoint needs TLS with the node's certificate")
+                })?;
                 let s = tokio::net::TcpStream::connect(a)
                     .await
                     .map_err(unavailable)?;
                 let _ = s.set_nodelay(true);
+                let name =
+                    rustls::pki_types::ServerName::try_from(warren_protocol::NODE_SERVER_NAME)
+                        .map_err(terminated)?;
+                let s = tls.connect(name, s).await.map_err(|e| {
+                    ProxyError::new(
+                        ErrorCode::DestinationUnavailable,
+                        format!("TLS to binding-worker {a} failed: {e}"),
+                    )
+                })?;
                 handshake!(s)
             }
             Endpoint::Unix(p) => {
@@ -156,8 +179,6 @@ impl BindingClient for RpcBindingClient {
         let mut call = http::Request::new(body);
         *call.method_mut() = http::Method::POST;
         *call.uri_mut() = http::Uri::from_static(RPC_PATH);
-        let auth = self.auth.clone().map_err(terminated)?;
-        call.headers_mut().insert(http::header::AUTHORIZATION, auth);
         let mut sender = self.sender().await?;
         sender.ready().await.map_err(terminated)?;
         let resp = sender.send_request(call).await.map_err(terminated)?;

@@ -14,6 +14,7 @@
 //! | `scripts/<name>`, `service-scripts/<service>/<name>` | script, empty |
 //! | `connections/<id>`, `tunnel-connections/<tunnel>/<id>` | connection (both under its lease) |
 //! | `nodes/<name>` | an edge node (under its lease) |
+//! | `cluster-ca` | the cluster CA: certificate and private key (PEM) |
 //!
 //! Key parts are escaped (`%` → `%25`, `/` → `%2F`) so an id cannot reach
 //! into another key. Writes that touch several keys are one etcd transaction
@@ -56,8 +57,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
-    Account, Change, ConnectionRecord, NodeRecord, ScriptRecord, Store, StoreError, StoreResult,
-    Tunnel, VpcService, rfc3339,
+    Account, CaRecord, Change, ConnectionRecord, NodeRecord, ScriptRecord, Store, StoreError,
+    StoreResult, Tunnel, VpcService, rfc3339,
 };
 
 /// Longest wait for a connection to an endpoint.
@@ -1637,6 +1638,35 @@ impl Store for EtcdStore {
 
     fn watch(&self) -> broadcast::Receiver<Change> {
         self.inner.changes.subscribe()
+    }
+
+    async fn cluster_ca(&self) -> StoreResult<Option<CaRecord>> {
+        self.get(self.key("cluster-ca", &[]))
+            .await?
+            .map(|kv| decode(&kv))
+            .transpose()
+    }
+
+    async fn init_cluster_ca(&self, ca: &CaRecord) -> StoreResult<CaRecord> {
+        let key = self.key("cluster-ca", &[]);
+        let resp = self
+            .txn(
+                Txn::new()
+                    // Created only while absent: the first node wins.
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.clone(), encode(ca)?, None)])
+                    .or_else([TxnOp::get(key.clone(), None)]),
+            )
+            .await?;
+        if resp.succeeded() {
+            return Ok(ca.clone());
+        }
+        let kv = txn_get(&resp, 0).ok_or_else(|| {
+            StoreError::Backend(format!(
+                "etcd key {key} was neither absent nor readable in one transaction"
+            ))
+        })?;
+        decode(&kv)
     }
 }
 

@@ -2,13 +2,15 @@
 //!
 //! [`Store`] is what every part uses and the one source of truth for everything
 //! that must outlive a node: accounts, API tokens, tunnels, VPC services, worker
-//! scripts and the registry of live tunnel connections. [`SqliteStore`] is the
-//! embedded backend (the default). Every listing is by an owning key (a prefix
+//! scripts, the registry of live tunnel connections and the cluster CA
+//! ([`CaRecord`]). [`SqliteStore`] is the embedded backend (the default),
+//! [`EtcdStore`] the shared one. Every listing is by an owning key (a prefix
 //! scan), live connections are written with a lease so a dead node's entries
-//! expire by themselves, and changes are published on a [`Store::watch`] channel
-//! so caches ([`cache::ServiceCache`]) drop what changed. Worker bundles (MBs)
-//! live beside the store in a content-addressed [`blobs::BlobDir`]; a node
-//! that lacks one fetches it from its peers ([`peers::PeerContent`]).
+//! expire by themselves, and changes are published on a [`Store::watch`]
+//! channel so caches ([`cache::ServiceCache`], [`cache::ScriptCache`]) drop
+//! what changed. Worker bundles (MBs) live beside the store in a
+//! content-addressed [`blobs::BlobDir`]; a node that lacks one fetches it
+//! from its peers ([`peers::PeerContent`]).
 
 pub mod blobs;
 pub mod cache;
@@ -120,6 +122,26 @@ pub struct ScriptRecord {
     pub created_on: String,
     /// RFC 3339 time of the last upload.
     pub modified_on: String,
+}
+
+/// The cluster's certificate authority as stored: the one CA every node
+/// issues its certificates from and every tunnel token pins. Both halves are
+/// PEM; the key is a secret (whoever reads the store can read it).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaRecord {
+    /// The CA certificate (PEM).
+    pub cert_pem: String,
+    /// The CA's private key (PKCS#8 PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A change published to watchers.
@@ -239,6 +261,13 @@ pub trait Store: Send + Sync + 'static {
     /// the write returns), those made by other processes or nodes as the
     /// backend learns of them.
     fn watch(&self) -> broadcast::Receiver<Change>;
+
+    /// The cluster CA, when one has been stored.
+    async fn cluster_ca(&self) -> StoreResult<Option<CaRecord>>;
+    /// Stores `ca` as the cluster CA unless one is stored already (atomically:
+    /// of concurrent calls exactly one writes), and returns the stored one —
+    /// `ca` itself, or the CA another node stored first.
+    async fn init_cluster_ca(&self, ca: &CaRecord) -> StoreResult<CaRecord>;
 }
 
 /// Formats a time as RFC 3339 with second precision (`2026-11-22T10:00:00Z`).

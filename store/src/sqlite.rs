@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use crate::{
-    Account, Change, ConnectionRecord, NodeRecord, ScriptRecord, Store, StoreError, StoreResult,
-    Tunnel, VpcService, rfc3339,
+    Account, CaRecord, Change, ConnectionRecord, NodeRecord, ScriptRecord, Store, StoreError,
+    StoreResult, Tunnel, VpcService, rfc3339,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -90,6 +90,13 @@ CREATE TABLE nodes (
     name          TEXT PRIMARY KEY,
     body          TEXT NOT NULL,
     expires_at_ms INTEGER NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE cluster_ca (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    cert_pem TEXT NOT NULL,
+    key_pem  TEXT NOT NULL
 );
 "#,
 ];
@@ -803,6 +810,50 @@ impl Store for SqliteStore {
 
     fn watch(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    async fn cluster_ca(&self) -> StoreResult<Option<CaRecord>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT cert_pem, key_pem FROM cluster_ca WHERE id = 1",
+                [],
+                |r| {
+                    Ok(CaRecord {
+                        cert_pem: r.get(0)?,
+                        key_pem: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn init_cluster_ca(&self, ca: &CaRecord) -> StoreResult<CaRecord> {
+        let ca = ca.clone();
+        self.with(move |c| {
+            // The insert takes the write lock: a process racing this one
+            // either committed first (nothing inserted here) or waits.
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "INSERT INTO cluster_ca (id, cert_pem, key_pem) VALUES (1, ?1, ?2) \
+                 ON CONFLICT(id) DO NOTHING",
+                params![ca.cert_pem, ca.key_pem],
+            )?;
+            let stored = tx.query_row(
+                "SELECT cert_pem, key_pem FROM cluster_ca WHERE id = 1",
+                [],
+                |r| {
+                    Ok(CaRecord {
+                        cert_pem: r.get(0)?,
+                        key_pem: r.get(1)?,
+                    })
+                },
+            )?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
 use warren_store::{
-    CertVerificationMode, Change, ConnectionRecord, EtcdConfig, EtcdStore, EtcdTls, NodeRecord,
-    ScriptRecord, ServiceHost, ServiceType, SqliteStore, Store, StoreError, VpcService,
+    CaRecord, CertVerificationMode, Change, ConnectionRecord, EtcdConfig, EtcdStore, EtcdTls,
+    NodeRecord, ScriptRecord, ServiceHost, ServiceType, SqliteStore, Store, StoreError, VpcService,
     hash_secret, rfc3339,
 };
 use warren_testkit::etcd::Etcd;
@@ -106,6 +106,7 @@ suite!(
     nodes_are_listed_by_name_until_their_lease_lapses,
     writes_are_heard_in_this_process_before_they_return,
     a_second_instance_hears_writes_within_two_seconds,
+    the_first_cluster_ca_stored_wins_a_race,
 );
 
 fn service(id: &str, account: &str, tunnel: &str) -> VpcService {
@@ -581,6 +582,33 @@ async fn a_second_instance_hears_writes_within_two_seconds(f: &Fixture) {
         Some("t".into())
     );
     eprintln!("a second instance's tunnel was heard after {took:?}");
+}
+
+fn ca(n: u8) -> CaRecord {
+    CaRecord {
+        cert_pem: format!("-----BEGIN CERTIFICATE-----\nca {n}\n-----END CERTIFICATE-----\n"),
+        key_pem: format!("-----BEGIN PRIVATE KEY-----\nkey {n}\n-----END PRIVATE KEY-----\n"),
+    }
+}
+
+async fn the_first_cluster_ca_stored_wins_a_race(f: &Fixture) {
+    assert_eq!(f.store.cluster_ca().await.expect("read"), None);
+    // Two instances (two nodes starting at once) each offer their own CA.
+    let other = f.another().await;
+    let (a, b) = (ca(1), ca(2));
+    let (got_a, got_b) = tokio::join!(f.store.init_cluster_ca(&a), other.init_cluster_ca(&b));
+    let (got_a, got_b) = (got_a.expect("init here"), got_b.expect("init there"));
+    assert_eq!(got_a, got_b, "both nodes must end up with one CA");
+    assert!(got_a == a || got_a == b, "the winner is one of the offers");
+    for s in [&f.store, &other] {
+        assert_eq!(s.cluster_ca().await.expect("read"), Some(got_a.clone()));
+    }
+    // Later offers change nothing.
+    assert_eq!(f.store.init_cluster_ca(&ca(3)).await.expect("again"), got_a);
+    assert_eq!(
+        f.another().await.cluster_ca().await.expect("reopened"),
+        Some(got_a)
+    );
 }
 
 // ---- etcd only ----

@@ -1,9 +1,11 @@
 //! Certificates for test origins: a private CA and leaves it signs, or
-//! self-signed certificates nobody trusts.
+//! self-signed certificates nobody trusts; and TLS clients a test points at a
+//! node's internal listeners (one with a certificate from a CA of its own,
+//! one with none).
 
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A private certificate authority.
@@ -52,6 +54,51 @@ impl TestCa {
         let leaf = params.signed_by(&key, &self.issuer)?;
         server_config(vec![leaf.der().clone(), self.cert.clone()], &key)
     }
+}
+
+impl TestCa {
+    /// A TLS 1.3 client presenting a leaf certificate from this CA (client
+    /// authentication) and trusting the servers `roots` vouch for, offering
+    /// `alpn`.
+    pub fn client_config(
+        &self,
+        roots: &[CertificateDer<'static>],
+        alpn: &[&[u8]],
+    ) -> anyhow::Result<rustls::ClientConfig> {
+        let mut params = CertificateParams::new(vec!["test-client".to_owned()])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let leaf = params.signed_by(&key, &self.issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut c = client_builder(roots)?
+            .with_client_auth_cert(vec![leaf.der().clone(), self.cert.clone()], key)?;
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(c)
+    }
+}
+
+fn client_builder(
+    roots: &[CertificateDer<'static>],
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store))
+}
+
+/// A TLS 1.3 client with no certificate of its own, trusting the servers
+/// `roots` vouch for, offering `alpn`.
+pub fn anonymous_client(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> anyhow::Result<rustls::ClientConfig> {
+    let mut c = client_builder(roots)?.with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(c)
 }
 
 /// A server configuration with a self-signed certificate for `names`.

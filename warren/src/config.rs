@@ -14,15 +14,17 @@ use warren_store::{EtcdConfig, EtcdStore, EtcdTls, SqliteStore, Store};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeFile {
-    /// State directory: SQLite database, edge CA, sealing key, internal secret
-    /// (default `warren-data`, relative to the config file).
+    /// State directory: SQLite database, sealing key, worker bundles and
+    /// caches (default `warren-data`, relative to the config file).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// This node's name (default: the host name).
+    /// This node's name (default: the host name); also a name in its node
+    /// certificate when it is a valid DNS name.
     pub node_name: Option<String>,
-    /// Secret binding-workers present to the CONNECT front door (default:
-    /// generated once into `<data_dir>/internal-secret`).
-    pub internal_secret: Option<String>,
+    /// No longer used: node certificates from the cluster CA replaced the
+    /// internal secret, and a file that still sets it is refused.
+    #[serde(default)]
+    internal_secret: Option<toml::Value>,
     /// Which parts this node runs.
     #[serde(default)]
     pub parts: Parts,
@@ -551,6 +553,11 @@ pub fn parse(text: &str) -> anyhow::Result<EdgeFile> {
         let msg = inner.message().to_owned();
         anyhow::anyhow!("{path}: {msg}")
     })?;
+    anyhow::ensure!(
+        file.internal_secret.is_none(),
+        "internal_secret: no longer used — node certificates from the cluster CA replaced the \
+         internal secret (parts authenticate each other with mutual TLS); remove the key"
+    );
     for (key, value) in [
         (
             "connections.header_timeout",
@@ -630,6 +637,17 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "connections.idle_timeout: must be more than 0"
+        );
+    }
+
+    #[test]
+    fn the_internal_secret_is_refused_with_what_replaced_it() {
+        let e = parse("internal_secret = \"s3cret\"\n").expect_err("refused");
+        assert!(
+            e.to_string().starts_with(
+                "internal_secret: no longer used — node certificates from the cluster CA replaced"
+            ),
+            "{e}"
         );
     }
 

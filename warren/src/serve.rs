@@ -20,7 +20,7 @@ use warren_iris::peer::{self, PeerConfig, PeerLink};
 use warren_iris::sealing::Sealer;
 use warren_iris::tunnel_admin::TunnelAdmin;
 use warren_iris::tunnels::Tunnels;
-use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, TunnelEdge};
+use warren_iris::{EdgeConfig, FrontDoor, FrontDoorConfig, NodeIdentity, TunnelEdge};
 use warren_protocol::listen::ConnLimits;
 use warren_protocol::pipe::{PipeDialer, pipe_pair};
 use warren_runtime::binding_rpc::{Endpoint, RpcBindingClient};
@@ -44,93 +44,103 @@ pub fn random_token(prefix: &str) -> String {
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(b))
 }
 
-/// The node's trust roots (edge CA, sealing key, internal secret) are made on
-/// its first start, when none of them is in the data directory. Later, a
-/// missing edge CA or sealing key stops the node naming the files, rather
-/// than a fresh one being made: a new CA would cut off every connector (their
-/// tokens pin the old one), a new sealing key would lose every stored tunnel
-/// token. (Half a CA, an empty secret or an unreadable key are refused where
-/// they are loaded.)
-fn check_trust_roots(data_dir: &Path) -> anyhow::Result<()> {
-    use warren_iris::{ca, sealing};
-    let has = |f: &str| data_dir.join(f).exists();
-    let files = [
-        ca::CERT_FILE,
-        ca::KEY_FILE,
-        sealing::KEY_FILE,
-        "internal-secret",
-    ];
-    if !files.iter().any(|f| has(f)) {
-        return Ok(());
-    }
-    if !has(ca::CERT_FILE) && !has(ca::KEY_FILE) {
-        anyhow::bail!(
-            "the edge CA ({}, {}) is missing, but this node has started before: restore both \
-             files from a backup (a new CA would cut off every connector, whose token pins the old one)",
-            data_dir.join(ca::CERT_FILE).display(),
-            data_dir.join(ca::KEY_FILE).display()
-        );
-    }
-    if !has(sealing::KEY_FILE) {
+/// The node's trust roots are the cluster CA (in the store) and the sealing
+/// key (in the data directory). A node that has started before — its data
+/// directory holds a CA of older versions, or its own SQLite store already
+/// holds the cluster CA — stops when the sealing key is missing, naming the
+/// file, rather than make a new key (which could not open the tunnel tokens
+/// and worker secrets stored sealed). An unreadable or empty key is refused
+/// where it is loaded.
+fn check_sealing_key(file: &EdgeFile, legacy_ca: bool, stored_ca: bool) -> anyhow::Result<()> {
+    use warren_iris::sealing;
+    let own_store = file.store.backend == config::StoreBackend::Sqlite;
+    let started_before = legacy_ca || (own_store && stored_ca);
+    let key = file.data_dir.join(sealing::KEY_FILE);
+    if started_before && !key.exists() {
         anyhow::bail!(
             "the sealing key {} is missing, but this node has started before: restore it from a \
-             backup (a new key could not open the tunnel tokens stored sealed)",
-            data_dir.join(sealing::KEY_FILE).display()
+             backup (a new key could not open the tunnel tokens and worker secrets stored sealed)",
+            key.display()
         );
     }
     Ok(())
 }
 
-/// The internal secret: from the config, else kept in the data directory,
-/// created there on a node's first start only. An empty secret (which would
-/// turn internal authentication off) or a missing file on a node that has
-/// started before (its edge CA or sealing key is there) stops the node.
-fn internal_secret(file: &EdgeFile) -> anyhow::Result<String> {
-    if let Some(s) = &file.internal_secret {
-        anyhow::ensure!(
-            !s.trim().is_empty(),
-            "internal_secret in the config is empty"
+/// The cluster CA, from the store. A store without one adopts the CA of
+/// `<data_dir>/edge-ca.{crt,key}` when there is one (a node of an older
+/// version keeps the CA its tokens pin), else a new one — unless the store
+/// already holds tunnels, whose tokens pin a CA that is then lost. Nodes
+/// starting together agree: the first CA stored wins. A data-directory CA
+/// that is not the store's stops the node (tokens this node issued pin it).
+async fn cluster_ca(file: &EdgeFile, store: &dyn Store) -> anyhow::Result<Arc<EdgeCa>> {
+    use warren_iris::ca;
+    let err = |e: ca::CaError| anyhow::anyhow!("{e}");
+    let local = EdgeCa::load(&file.data_dir).map_err(err)?;
+    let stored = store
+        .cluster_ca()
+        .await
+        .context("cannot read the cluster CA from the store")?;
+    check_sealing_key(file, local.is_some(), stored.is_some())?;
+    let (cert, key) = (
+        file.data_dir.join(ca::CERT_FILE),
+        file.data_dir.join(ca::KEY_FILE),
+    );
+    let record = match stored {
+        Some(r) => r,
+        None => {
+            let offer = match &local {
+                Some(l) => l.to_record(),
+                None => {
+                    for account in store.list_accounts().await? {
+                        anyhow::ensure!(
+                            store.list_tunnels(&account.id).await?.is_empty(),
+                            "the store holds tunnels but no cluster CA, and the edge CA ({}, {}) \
+                             is missing: restore both files from a backup (the tokens of those \
+                             tunnels pin that CA; a new one would cut off every connector)",
+                            cert.display(),
+                            key.display()
+                        );
+                    }
+                    EdgeCa::generate().map_err(err)?.to_record()
+                }
+            };
+            store
+                .init_cluster_ca(&offer)
+                .await
+                .context("cannot store the cluster CA")?
+        }
+    };
+    let ca = EdgeCa::from_record(&record).map_err(err)?;
+    if let Some(l) = &local
+        && l.fingerprint() != ca.fingerprint()
+    {
+        anyhow::bail!(
+            "the edge CA in {} and {} (sha256 {}) is not the cluster CA in the store (sha256 {}): \
+             tunnel tokens this node issued pin the first. Point the node at the store it used, \
+             or move both files away to join this store with its CA (this node's connectors \
+             then need new tokens: `warren tunnel token`)",
+            cert.display(),
+            key.display(),
+            l.fingerprint(),
+            ca.fingerprint()
         );
-        return Ok(s.clone());
     }
-    let p = file.data_dir.join("internal-secret");
-    let started_before = [
-        warren_iris::ca::CERT_FILE,
-        warren_iris::ca::KEY_FILE,
-        warren_iris::sealing::KEY_FILE,
-    ]
-    .iter()
-    .any(|f| file.data_dir.join(f).exists());
-    match std::fs::read_to_string(&p) {
-        Ok(s) if s.trim().is_empty() => anyhow::bail!(
-            "the internal secret file {} is empty: restore it (every part of the node shares it) \
-             or set internal_secret in the config",
-            p.display()
-        ),
-        Ok(s) => Ok(s.trim().to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && started_before => anyhow::bail!(
-            "the internal secret file {} is missing, but this node has started before: restore \
-             it (every part of the node shares it) or set internal_secret in the config",
-            p.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let s = random_token("");
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            opts.open(&p)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, s.as_bytes()))
-                .with_context(|| format!("cannot write the internal secret {}", p.display()))?;
-            Ok(s)
-        }
-        Err(e) => {
-            Err(e).with_context(|| format!("cannot read the internal secret {}", p.display()))
-        }
+    if local.is_none() {
+        tracing::info!(ca_sha256 = %ca.fingerprint(), "cluster CA from the store");
     }
+    Ok(Arc::new(ca))
+}
+
+/// This node's name (unique in a cluster): the config's `node_name`, else
+/// the host name.
+fn node_name(file: &EdgeFile) -> String {
+    file.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "warren-node".to_owned())
+    })
 }
 
 /// On an empty store: an account and an admin API token (printed once), and
@@ -237,7 +247,10 @@ struct Node<'a> {
     store: Arc<dyn Store>,
     /// One change-driven service cache for the front door and the binding-worker.
     services: Arc<ServiceCache>,
-    secret: String,
+    /// The cluster CA (tunnel edge certificates, tokens).
+    ca: Arc<EdgeCa>,
+    /// This node's certificate from the cluster CA (internal hops).
+    identity: Arc<NodeIdentity>,
     limits: ConnLimits,
     stop: watch::Receiver<bool>,
     tasks: tokio::task::JoinSet<()>,
@@ -258,19 +271,29 @@ impl Node<'_> {
 pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&file.data_dir)
         .with_context(|| format!("cannot create {}", file.data_dir.display()))?;
-    check_trust_roots(&file.data_dir)?;
     let parts = &file.parts;
     anyhow::ensure!(
         !parts.connect || parts.tunnel,
         "parts.connect needs parts.tunnel in the same process: the front door dials through this node's tunnel connections"
     );
     let store: Arc<dyn Store> = config::open_store(file).await?;
+    let ca = cluster_ca(file, store.as_ref()).await?;
+    let identity =
+        Arc::new(NodeIdentity::issue(&ca, &node_name(file)).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let legacy_secret = file.data_dir.join("internal-secret");
+    if legacy_secret.exists() {
+        tracing::info!(
+            file = %legacy_secret.display(),
+            "the internal secret is no longer used (node certificates replaced it); the file can be deleted"
+        );
+    }
     let (stop_tx, stop) = watch::channel(false);
     let mut node = Node {
         file,
         services: ServiceCache::new(store.clone()),
         store: store.clone(),
-        secret: internal_secret(file)?,
+        ca: ca.clone(),
+        identity: identity.clone(),
         limits: file.connections.limits(),
         stop,
         tasks: tokio::task::JoinSet::new(),
@@ -288,9 +311,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             (Some((_, addr)), true) => vec![addr.to_string()],
             _ => file.tunnel.public_addresses.clone(),
         },
-        ca_sha256: EdgeCa::load_or_create(&file.data_dir)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .fingerprint(),
+        ca_sha256: ca.fingerprint(),
         sealer: Sealer::load_or_create(&file.data_dir)?,
     });
     let door = match &tunnel {
@@ -330,7 +351,7 @@ fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
     edge_config.edge_name = node_name(file);
     edge_config.keep_alive = file.tunnel.keep_alive;
     edge_config.idle_timeout = file.tunnel.idle_timeout;
-    let edge = TunnelEdge::bind(edge_config, node.store.clone())?;
+    let edge = TunnelEdge::bind_with_ca(edge_config, node.store.clone(), node.ca.clone())?;
     let addr = edge.local_addr()?;
     let tunnels = edge.tunnels();
     tracing::info!(%addr, "tunnel edge listening");
@@ -339,27 +360,13 @@ fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
     Ok((tunnels, addr))
 }
 
-/// This node's name: unique in a cluster (default: the host name).
-fn node_name(file: &EdgeFile) -> String {
-    file.node_name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_owned())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "warren-edge".to_owned())
-    })
-}
-
 /// The node-to-node link: registers this node in the store, relays tunnel
 /// streams and DNS to the node holding a tunnel's connections, and serves
 /// this node's bundles to peers.
 fn start_peer(node: &mut Node<'_>, tunnels: Option<&Tunnels>) -> anyhow::Result<Arc<PeerLink>> {
     let file = node.file;
-    let ca = EdgeCa::load_or_create(&file.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (chain, key) = ca
-        .issue_edge_cert(&[peer::SERVER_NAME.to_owned()])
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (server, client) = peer::quic_configs(chain, key, ca.cert_der().clone())?;
+    let (server, client) =
+        peer::quic_configs(&node.identity).map_err(|e| anyhow::anyhow!("{e}"))?;
     let link = PeerLink::bind(
         file.peer.listen,
         server,
@@ -398,7 +405,7 @@ async fn start_connect(node: &mut Node<'_>, tunnels: &Tunnels) -> anyhow::Result
         dns,
         OriginTls::new(&origin_roots(file)?).map_err(|e| anyhow::anyhow!("{e}"))?,
         FrontDoorConfig {
-            secret: node.secret.clone(),
+            identity: node.identity.clone(),
             attempt_timeout: file.connect.attempt_timeout,
         },
     );
@@ -438,15 +445,12 @@ async fn start_binding(
         (None, Some(d)) => d.addr,
         (None, None) => file.connect.listen,
     };
-    let mut fd = BindingFrontDoor::new(door_addr, node.secret.clone());
+    let mut fd = BindingFrontDoor::new(door_addr, &node.identity.client_config(&[]));
     fd.idle_timeout = file.binding.idle_timeout;
     if file.binding.front_door.is_none() {
         fd.in_process = door.map(|d| d.in_process.clone());
     }
-    let server = RpcServer::new(
-        BindingWorker::new(node.services.clone(), fd),
-        node.secret.clone(),
-    );
+    let server = RpcServer::new(BindingWorker::new(node.services.clone(), fd));
     let (dialer, pipes) = pipe_pair();
     let stop = node.stopped();
     node.tasks.spawn(server.clone().serve(pipes, stop));
@@ -457,13 +461,14 @@ async fn start_binding(
                 .await
                 .with_context(|| format!("cannot listen on {a}"))?;
             let bound = Endpoint::Tcp(l.local_addr()?);
-            node.tasks.spawn(server.serve_with(l, node.limits, stop));
+            let tls = node.identity.server_config(&[]);
+            let limits = node.limits;
+            node.tasks
+                .spawn(async move { server.serve_tls(l, &tls, limits, stop).await });
             bound
         }
         Endpoint::Unix(p) => {
-            let _ = std::fs::remove_file(&p);
-            let l = tokio::net::UnixListener::bind(&p)
-                .with_context(|| format!("cannot listen on {}", p.display()))?;
+            let l = bind_unix(&p)?;
             node.tasks.spawn(server.serve_with(l, node.limits, stop));
             Endpoint::Unix(p)
         }
@@ -471,6 +476,29 @@ async fn start_binding(
     };
     tracing::info!(?endpoint, "binding-worker listening");
     Ok(Endpoint::Memory(dialer))
+}
+
+/// A Unix socket for the binding RPC, reachable by this user only: calls on
+/// it are not authenticated otherwise. The file is made 0600 right after
+/// binding (put it in a 0700 directory to leave no moment at all when others
+/// could connect); a directory others may enter is logged.
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
+    if let Some(dir) = path.parent()
+        && let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            dir = %dir.display(),
+            "the binding RPC socket's directory is open to other users; use a 0700 directory"
+        );
+    }
+    Ok(l)
 }
 
 /// The worker runtime: restores the workers the store holds, follows the
@@ -488,8 +516,11 @@ async fn start_runtime(
         (None, Some(e)) => e.clone(),
         (None, None) => rpc_endpoint(&file.binding.listen)?,
     };
-    let client: Arc<dyn BindingClient> =
-        Arc::new(RpcBindingClient::new(rpc, node.secret.clone(), 4));
+    let client: Arc<dyn BindingClient> = Arc::new(RpcBindingClient::new(
+        rpc,
+        Some(&node.identity.client_config(&[])),
+        4,
+    ));
     let bundles = file.data_dir.join("bundles");
     let blobs =
         BlobDir::open(&bundles).with_context(|| format!("cannot open {}", bundles.display()))?;

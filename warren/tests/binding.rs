@@ -200,14 +200,19 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
         );
     }
 
-    // A binding context forged by a caller holding the RPC secret still
-    // cannot reach another account's service.
-    let secret =
-        std::fs::read_to_string(dir.path().join("data/internal-secret")).expect("internal secret");
-    let forged = forged_call(rpc, secret.trim(), &api, "another-account").await;
+    // A binding context forged by a caller holding a node certificate still
+    // cannot reach another account's service; a client of another cluster
+    // does not get a TLS connection at all.
+    let node = common::node_identity(&dir.path().join("data"), "forger").await;
+    let forged = forged_call(rpc, &node.client_config(&[]), &api, "another-account").await;
     assert_eq!(forged, Err(ErrorCode::ServiceNotFound));
-    let wrong = forged_call(rpc, "not-the-secret", &api, "another-account").await;
-    assert_eq!(wrong, Err(ErrorCode::ConnectionTerminated));
+    let stranger = warren_iris::NodeIdentity::issue(
+        &warren_iris::EdgeCa::generate().expect("another CA"),
+        "stranger",
+    )
+    .expect("identity");
+    let wrong = forged_call(rpc, &stranger.client_config(&[]), &api, "another-account").await;
+    assert_eq!(wrong, Err(ErrorCode::DestinationUnavailable));
 
     // The tail saw the first successful request's console.log.
     let found = tokio::task::spawn_blocking(move || {
@@ -255,16 +260,17 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
     );
 }
 
-/// Sends one binding call straight to the binding-worker's RPC endpoint with
-/// a context claiming `account` owns `service`; the error code it gets.
+/// Sends one binding call straight to the binding-worker's RPC endpoint over
+/// TLS with `tls`, with a context claiming `account` owns `service`; the
+/// error code it gets.
 async fn forged_call(
     rpc: SocketAddr,
-    secret: &str,
+    tls: &rustls::ClientConfig,
     service: &str,
     account: &str,
 ) -> Result<u16, ErrorCode> {
     use http_body_util::BodyExt;
-    let client = RpcBindingClient::new(Endpoint::Tcp(rpc), secret, 1);
+    let client = RpcBindingClient::new(Endpoint::Tcp(rpc), Some(tls), 1);
     let ctx = BindingContext {
         account_id: account.into(),
         worker: "shop".into(),

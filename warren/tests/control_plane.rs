@@ -96,8 +96,8 @@ async fn two_nodes_on_one_etcd_share_workers_and_services() {
     let inner: IpAddr = ns.inner_ip().into();
     origin::serve(ns.bind_tcp(&format!("{inner}:8000")).expect("bind")).expect("origin");
 
-    // Two nodes, one etcd. They share the data directory's trust roots (edge
-    // CA, sealing key, internal secret) and its bundle directory.
+    // Two nodes, one etcd (which holds the cluster CA). They share the data
+    // directory's sealing key and its bundle directory.
     let dir = tempfile::tempdir().expect("tempdir");
     let _logs = ShowLogs(dir.path().to_owned());
     let profile = dir.path().join("profile.json");

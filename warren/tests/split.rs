@@ -101,8 +101,9 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
         format!("[parts]\n{}\n", lines.join("\n"))
     };
 
-    // iris first: it creates the account, the edge CA and the internal secret
-    // the others then share through the data directory.
+    // iris first: it creates the account and the cluster CA in the store
+    // (each process issues itself a node certificate from it) and the
+    // sealing key the others share through the data directory.
     let _iris = serve(
         dir.path(),
         "iris.toml",

@@ -1,8 +1,9 @@
-//! The node's trust roots — the edge CA, the internal secret, the sealing key —
-//! are created on the first start of the real `warren serve` and kept; when one
-//! is lost or damaged later, the node refuses to start with an error naming the
-//! file instead of silently making a new CA (cutting off every connector) or
-//! running with an empty secret (internal authentication off).
+//! The node's trust roots — the cluster CA (in the store) and the sealing key
+//! (in the data directory) — are created on the first start of the real
+//! `warren serve` and kept. A CA kept in the data directory by older versions
+//! is adopted by a store without one; one that differs from the store's, or a
+//! lost or damaged root, stops the node with an error naming the files instead
+//! of silently making a new CA (cutting off every connector) or a new key.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -12,10 +13,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{Kill, WARREN, free_tcp, wait_for_profile};
+use warren_iris::EdgeCa;
+use warren_store::{SqliteStore, Store};
 
 const CA_CERT: &str = "edge-ca.crt";
 const CA_KEY: &str = "edge-ca.key";
-const SECRET: &str = "internal-secret";
 const SEALING: &str = "sealing.key";
 
 /// A node's files: its config, profile and data directory.
@@ -112,29 +114,89 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-#[test]
-fn first_start_creates_the_trust_roots_and_a_restart_keeps_them() {
+impl Node {
+    /// The data directory of a node of an older version: its CA and sealing
+    /// key, no store yet; the CA.
+    fn older_version(&self) -> EdgeCa {
+        let data = self.dir.path().join("data");
+        warren_iris::sealing::Sealer::load_or_create(&data).expect("sealing key");
+        EdgeCa::load_or_create(&data).expect("old CA")
+    }
+
+    /// The fingerprint of the cluster CA the node's store holds, if any.
+    async fn stored_ca(&self) -> Option<String> {
+        let store = SqliteStore::open(&self.data("warren.db")).expect("store");
+        let record = store.cluster_ca().await.expect("read")?;
+        Some(EdgeCa::from_record(&record).expect("usable").fingerprint())
+    }
+}
+
+#[tokio::test]
+async fn first_start_creates_the_trust_roots_and_a_restart_keeps_them() {
     let node = Node::new();
     let first = node.start();
     wait_for_profile(&node.dir.path().join("profile.json"));
     drop(first);
-    let files = [CA_CERT, CA_KEY, SECRET, SEALING];
-    let before: Vec<Vec<u8>> = files.iter().map(|f| read(&node.data(f))).collect();
-    for (f, bytes) in files.iter().zip(&before) {
-        assert!(!bytes.is_empty(), "{f} is empty after the first start");
+    let ca = node
+        .stored_ca()
+        .await
+        .expect("the store holds the cluster CA");
+    // The CA's key is in the store only.
+    for f in [CA_CERT, CA_KEY] {
+        assert!(!node.data(f).exists(), "{f} was written");
     }
+    let sealing = read(&node.data(SEALING));
+    assert!(!sealing.is_empty(), "the sealing key is empty");
     drop(node.start());
-    let after: Vec<Vec<u8>> = files.iter().map(|f| read(&node.data(f))).collect();
-    assert_eq!(before, after, "a restart changed a trust root");
+    assert_eq!(node.stored_ca().await, Some(ca), "a restart changed the CA");
+    assert_eq!(
+        read(&node.data(SEALING)),
+        sealing,
+        "a restart changed the key"
+    );
 }
 
-#[test]
-fn a_lost_or_empty_trust_root_stops_the_node_naming_the_file() {
+#[tokio::test]
+async fn a_data_directory_ca_is_adopted_and_one_that_differs_from_the_store_is_refused() {
+    // A node of an older version: its CA in the data directory, a store
+    // without one. The store adopts it, so tokens already issued stay valid.
     let node = Node::new();
+    let old = node.older_version();
     drop(node.start());
-    let cert = read(&node.data(CA_CERT));
+    assert_eq!(node.stored_ca().await, Some(old.fingerprint()));
+    drop(node.start());
 
-    // Half of the CA: no new CA is made, the remaining half is untouched.
+    // The files, gone afterwards, are not needed: the store has the CA.
+    let (cert, key) = (read(&node.data(CA_CERT)), read(&node.data(CA_KEY)));
+    std::fs::remove_file(node.data(CA_CERT)).expect("remove");
+    std::fs::remove_file(node.data(CA_KEY)).expect("remove");
+    drop(node.start());
+    assert_eq!(node.stored_ca().await, Some(old.fingerprint()));
+
+    // Another CA in the data directory than the store's: refused, naming
+    // both files and both fingerprints; nothing changes.
+    let other = EdgeCa::load_or_create(&node.dir.path().join("data")).expect("other CA");
+    let words = format!(
+        "the edge CA in {} and {} (sha256 {}) is not the cluster CA in the store (sha256 {})",
+        node.data(CA_CERT).display(),
+        node.data(CA_KEY).display(),
+        other.fingerprint(),
+        old.fingerprint()
+    );
+    node.refuses("edge.toml", &words);
+    assert_eq!(node.stored_ca().await, Some(old.fingerprint()));
+    std::fs::write(node.data(CA_CERT), cert).expect("restore");
+    std::fs::write(node.data(CA_KEY), key).expect("restore");
+    drop(node.start());
+}
+
+#[tokio::test]
+async fn a_lost_or_damaged_trust_root_stops_the_node_naming_the_file() {
+    let node = Node::new();
+    node.older_version();
+    drop(node.start());
+
+    // Half of a data-directory CA: refused, the remaining half untouched.
     for (missing, kept) in [(CA_KEY, CA_CERT), (CA_CERT, CA_KEY)] {
         let saved = read(&node.data(missing));
         let kept_bytes = read(&node.data(kept));
@@ -145,15 +207,8 @@ fn a_lost_or_empty_trust_root_stops_the_node_naming_the_file() {
         std::fs::write(node.data(missing), saved).expect("restore");
     }
 
-    // The whole CA, or the sealing key, gone on a node that has started
-    // before: nothing is made afresh.
-    let key = read(&node.data(CA_KEY));
-    std::fs::remove_file(node.data(CA_KEY)).expect("remove");
-    std::fs::remove_file(node.data(CA_CERT)).expect("remove");
-    node.refuses("edge.toml", &node.data(CA_CERT).display().to_string());
-    assert!(!node.data(CA_CERT).exists() && !node.data(CA_KEY).exists());
-    std::fs::write(node.data(CA_CERT), &cert).expect("restore");
-    std::fs::write(node.data(CA_KEY), &key).expect("restore");
+    // The sealing key gone, emptied or unreadable on a node that has
+    // started before: nothing is made afresh.
     let sealing = read(&node.data(SEALING));
     std::fs::remove_file(node.data(SEALING)).expect("remove");
     node.refuses("edge.toml", &node.data(SEALING).display().to_string());
@@ -161,30 +216,6 @@ fn a_lost_or_empty_trust_root_stops_the_node_naming_the_file() {
         !node.data(SEALING).exists(),
         "the sealing key was recreated"
     );
-    std::fs::write(node.data(SEALING), &sealing).expect("restore");
-
-    // The internal secret, emptied or removed, is not replaced.
-    let secret = read(&node.data(SECRET));
-    std::fs::write(node.data(SECRET), "").expect("truncate");
-    node.refuses("edge.toml", &node.data(SECRET).display().to_string());
-    assert!(read(&node.data(SECRET)).is_empty());
-    std::fs::remove_file(node.data(SECRET)).expect("remove");
-    node.refuses("edge.toml", &node.data(SECRET).display().to_string());
-    assert!(
-        !node.data(SECRET).exists(),
-        "the internal secret was recreated"
-    );
-    std::fs::write(node.data(SECRET), &secret).expect("restore");
-
-    // An empty secret in the config is refused too.
-    node.write_config("empty-secret.toml", "internal_secret = \" \"\n");
-    node.refuses(
-        "empty-secret.toml",
-        "internal_secret in the config is empty",
-    );
-
-    // The sealing key, emptied or unreadable.
-    let sealing = read(&node.data(SEALING));
     std::fs::write(node.data(SEALING), "").expect("truncate");
     node.refuses("edge.toml", &node.data(SEALING).display().to_string());
     std::fs::remove_file(node.data(SEALING)).expect("remove");
@@ -193,7 +224,41 @@ fn a_lost_or_empty_trust_root_stops_the_node_naming_the_file() {
     std::fs::remove_dir(node.data(SEALING)).expect("rmdir");
     std::fs::write(node.data(SEALING), &sealing).expect("restore");
 
+    // The internal secret is gone: a config that still sets it is refused.
+    node.write_config("secret.toml", "internal_secret = \"s3cret\"\n");
+    node.refuses(
+        "secret.toml",
+        "internal_secret: no longer used — node certificates from the cluster CA replaced the \
+         internal secret",
+    );
+
     // Restored, the node starts with the CA it had.
+    let ca = node.stored_ca().await;
     drop(node.start());
-    assert_eq!(read(&node.data(CA_CERT)), cert);
+    assert_eq!(node.stored_ca().await, ca);
+}
+
+#[tokio::test]
+async fn a_store_with_tunnels_but_no_ca_anywhere_is_refused() {
+    // Tunnels whose tokens pin a CA that is nowhere to be found (an older
+    // node whose CA files were lost): a new CA would cut their connectors off.
+    let node = Node::new();
+    std::fs::create_dir_all(node.dir.path().join("data")).expect("data dir");
+    {
+        let store = SqliteStore::open(&node.data("warren.db")).expect("store");
+        let account = store.create_account("old").await.expect("account");
+        store
+            .create_tunnel(&account.id, "lab", [7; 32], None)
+            .await
+            .expect("tunnel");
+    }
+    node.refuses(
+        "edge.toml",
+        &format!(
+            "the store holds tunnels but no cluster CA, and the edge CA ({}, {}) is missing",
+            node.data(CA_CERT).display(),
+            node.data(CA_KEY).display()
+        ),
+    );
+    assert_eq!(node.stored_ca().await, None, "no CA was made");
 }

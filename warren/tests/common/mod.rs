@@ -199,6 +199,20 @@ pub async fn first_ok(runtime: SocketAddr, host: &str, path: &str) -> (u16, byte
     }
 }
 
+/// A certificate from the cluster CA of the SQLite store in `data_dir`, as
+/// every node on that store issues itself (whoever reads the store can).
+pub async fn node_identity(data_dir: &Path, name: &str) -> warren_iris::NodeIdentity {
+    use warren_store::Store;
+    let store = warren_store::SqliteStore::open(&data_dir.join("warren.db")).expect("store");
+    let record = store
+        .cluster_ca()
+        .await
+        .expect("store read")
+        .expect("the store holds a cluster CA");
+    let ca = warren_iris::EdgeCa::from_record(&record).expect("a usable CA");
+    warren_iris::NodeIdentity::issue(&ca, name).expect("node identity")
+}
+
 /// Sends `METHOD path` with no body and a bearer token to the API at `api`;
 /// the response's status.
 pub fn api_request(api: SocketAddr, method: &str, path: &str, token: &str) -> u16 {

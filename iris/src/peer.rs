@@ -278,7 +278,7 @@ impl PeerLink {
                 resolver,
                 message,
             } => {
-                let answer = match self.tunnels.get() {
+                let response = match self.tunnels.get() {
                     Some(t) => match t.dns_query_local(&tunnel_id, resolver, message).await {
                         Ok(data) => PeerResponse {
                             data,
@@ -288,8 +288,7 @@ impl PeerLink {
                     },
                     None => no_tunnel_edge(&self.config.node_name),
                 };
-                let _ = send.write_all(&answer.to_frame()).await;
-                let _ = send.finish();
+                answer(&mut send, response).await;
             }
             PeerRequest::Bundle(sha) => self.serve_content(&sha, true, send).await,
             PeerRequest::Compiled(key) => self.serve_content(&key, false, send).await,
@@ -304,10 +303,7 @@ impl PeerLink {
         recv: quinn::RecvStream,
     ) {
         let Some(tunnels) = self.tunnels.get() else {
-            let _ = send
-                .write_all(&no_tunnel_edge(&self.config.node_name).to_frame())
-                .await;
-            let _ = send.finish();
+            answer(&mut send, no_tunnel_edge(&self.config.node_name)).await;
             return;
         };
         let timeout = Duration::from_millis(u64::from(request.timeout_ms));
@@ -317,10 +313,7 @@ impl PeerLink {
         let mut tunnel = match opened {
             Ok(s) => s,
             Err(e) => {
-                let _ = send
-                    .write_all(&PeerResponse::failed(e.code, e.detail).to_frame())
-                    .await;
-                let _ = send.finish();
+                answer(&mut send, PeerResponse::failed(e.code, e.detail)).await;
                 return;
             }
         };
@@ -346,27 +339,23 @@ impl PeerLink {
         let mut reader = match opened {
             Ok(Some(r)) => r.file,
             Ok(None) => {
-                let _ = send
-                    .write_all(
-                        &PeerResponse::failed(
-                            ErrorCode::DestinationUnavailable,
-                            format!("node {} does not have {key}", self.config.node_name),
-                        )
-                        .to_frame(),
-                    )
-                    .await;
-                let _ = send.finish();
+                answer(
+                    &mut send,
+                    PeerResponse::failed(
+                        ErrorCode::DestinationUnavailable,
+                        format!("node {} does not have {key}", self.config.node_name),
+                    ),
+                )
+                .await;
                 return;
             }
             Err(e) => {
                 warn!(key, error = %e, "cannot open content a peer asked for");
-                let _ = send
-                    .write_all(
-                        &PeerResponse::failed(ErrorCode::DestinationUnavailable, e.to_string())
-                            .to_frame(),
-                    )
-                    .await;
-                let _ = send.finish();
+                answer(
+                    &mut send,
+                    PeerResponse::failed(ErrorCode::DestinationUnavailable, e.to_string()),
+                )
+                .await;
                 return;
             }
         };
@@ -704,6 +693,12 @@ impl PeerLink {
         }
         Ok(false)
     }
+}
+
+/// Writes the one answer of a request that ends here.
+async fn answer(send: &mut quinn::SendStream, response: PeerResponse) {
+    let _ = send.write_all(&response.to_frame()).await;
+    let _ = send.finish();
 }
 
 fn no_tunnel_edge(node: &str) -> PeerResponse {

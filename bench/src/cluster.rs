@@ -12,12 +12,12 @@
 //! the bundle, and the compiled component, from a peer).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use warren_bench::load;
-use warren_bench::procs::{self, NodeOptions, WarrenNode, median, ms};
+use warren_bench::procs::{self, Bins, NodeOptions, WarrenNode, median, ms};
 use warren_testkit::etcd::Etcd;
 
 /// Load rounds and run length (as bench/binding).
@@ -31,13 +31,6 @@ const PROPAGATION_LIMIT: Duration = Duration::from_secs(120);
 const RELAY_GOAL: Duration = Duration::from_micros(300);
 /// A JS worker without bindings answering the version its vars name.
 const VERSION_WORKER: &str = "export default {\n  async fetch(request, env) {\n    return new Response(`version ${env.VERSION}`);\n  },\n};\n";
-
-/// The binaries and JS tooling under test.
-struct Bins {
-    warren: PathBuf,
-    connector: PathBuf,
-    js_dir: PathBuf,
-}
 
 /// Polls `node`'s worker `name` until it answers `want`; the time taken.
 async fn until_answers(node: &WarrenNode, name: &str, want: &str) -> anyhow::Result<Duration> {
@@ -202,25 +195,7 @@ async fn deploys(nodes: &[WarrenNode; 3], work: &Path) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut bins = Bins {
-        warren: PathBuf::from("target/release/warren"),
-        connector: PathBuf::from("target/release/warren-connector"),
-        js_dir: PathBuf::from("runtime/js"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--warren" => bins.warren = value()?.into(),
-            "--connector" => bins.connector = value()?.into(),
-            "--js-dir" => bins.js_dir = value()?.into(),
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    for p in [&mut bins.warren, &mut bins.connector, &mut bins.js_dir] {
-        *p = std::fs::canonicalize(&*p)
-            .with_context(|| format!("{} (run bench/cluster/run.sh)", p.display()))?;
-    }
+    let bins = Bins::from_args("bench/cluster/run.sh")?;
     let etcd = tokio::task::spawn_blocking(Etcd::start).await??;
     println!(
         "bench/cluster: three warren serve nodes on one etcd ({}), each its own data directory",

@@ -423,3 +423,41 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// The binaries and JS tooling a multi-node bench runs: release builds by
+/// default, `--warren`, `--connector`, `--js-dir` to override.
+pub struct Bins {
+    /// The `warren` binary.
+    pub warren: PathBuf,
+    /// The `warren-connector` binary.
+    pub connector: PathBuf,
+    /// `runtime/js` with ComponentizeJS.
+    pub js_dir: PathBuf,
+}
+
+impl Bins {
+    /// Reads the command line; each path must exist (else the error names
+    /// `run_script`, which builds them).
+    pub fn from_args(run_script: &str) -> anyhow::Result<Bins> {
+        let mut bins = Bins {
+            warren: PathBuf::from("target/release/warren"),
+            connector: PathBuf::from("target/release/warren-connector"),
+            js_dir: PathBuf::from("runtime/js"),
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--warren" => bins.warren = value()?.into(),
+                "--connector" => bins.connector = value()?.into(),
+                "--js-dir" => bins.js_dir = value()?.into(),
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        for p in [&mut bins.warren, &mut bins.connector, &mut bins.js_dir] {
+            *p = std::fs::canonicalize(&*p)
+                .with_context(|| format!("{} (run {run_script})", p.display()))?;
+        }
+        Ok(bins)
+    }
+}

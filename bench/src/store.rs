@@ -13,13 +13,13 @@
 //! until it answers the new version.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use warren_bench::load;
-use warren_bench::procs::{self, Kill, NodeOptions, WarrenNode, median, ms};
+use warren_bench::procs::{self, Bins, Kill, NodeOptions, WarrenNode, median, ms};
 use warren_testkit::etcd::Etcd;
 
 /// Load rounds and run length: the same as bench/binding.
@@ -75,13 +75,6 @@ async fn binding_node(
         node,
         _connector: connector,
     })
-}
-
-/// The binaries and JS tooling under test.
-struct Bins {
-    warren: PathBuf,
-    connector: PathBuf,
-    js_dir: PathBuf,
 }
 
 /// The `[store]` section for etcd at `endpoint` under `prefix`.
@@ -239,25 +232,7 @@ async fn propagation(bins: &Bins, etcd: &Etcd, work: &Path) -> anyhow::Result<()
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut bins = Bins {
-        warren: PathBuf::from("target/release/warren"),
-        connector: PathBuf::from("target/release/warren-connector"),
-        js_dir: PathBuf::from("runtime/js"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--warren" => bins.warren = value()?.into(),
-            "--connector" => bins.connector = value()?.into(),
-            "--js-dir" => bins.js_dir = value()?.into(),
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    for p in [&mut bins.warren, &mut bins.connector, &mut bins.js_dir] {
-        *p = std::fs::canonicalize(&*p)
-            .with_context(|| format!("{} (run bench/store/run.sh)", p.display()))?;
-    }
+    let bins = Bins::from_args("bench/store/run.sh")?;
     let etcd = tokio::task::spawn_blocking(Etcd::start).await??;
     let version = std::env::var("WARREN_ETCD")
         .ok()

@@ -5,7 +5,9 @@
 //! worker (bench/binding's, calling a loopback origin through its VPC binding)
 //! is served by B (the tunnel's streams are B's own) and by A (which relays
 //! each stream to B over the node-to-node link). Interleaved load against B
-//! and A; the ratio and the latency the relay adds.
+//! and A; the ratio and the latency the relay adds: the difference of the
+//! two p50s within each round (both saw the same machine state), and its
+//! median over the rounds, which the goal is judged on.
 //!
 //! Part 2, deploys: `warren deploy` through A's API, then every node's
 //! runtime is polled until it answers the new version (nodes B and C fetch
@@ -20,8 +22,9 @@ use warren_bench::load;
 use warren_bench::procs::{self, Bins, NodeOptions, WarrenNode, median, ms};
 use warren_testkit::etcd::Etcd;
 
-/// Load rounds and run length (as bench/binding).
-const ROUNDS: usize = 3;
+/// Load rounds (bench/binding runs 3; the relay's added latency is taken
+/// per round, so more rounds steady its median) and run length.
+const ROUNDS: usize = 5;
 const RUN_FOR: Duration = Duration::from_secs(5);
 /// Deploys measured in part 2.
 const DEPLOYS: usize = 5;
@@ -89,7 +92,7 @@ async fn relay(
         "clients / node", "req/s", "p50", "p99"
     );
     for clients in [1usize, 8] {
-        let [on_b, on_a] = load::interleaved(
+        let ([on_b, on_a], rounds) = load::interleaved_by_round(
             ROUNDS,
             clients,
             RUN_FOR,
@@ -99,15 +102,26 @@ async fn relay(
         .await?;
         load::row(&format!("{clients} B (holds the tunnel)"), &on_b);
         load::row(&format!("{clients} A (relays to B)"), &on_a);
-        let added = on_a.p50.saturating_sub(on_b.p50);
+        let overall = on_a.p50.saturating_sub(on_b.p50);
+        let per_round: Vec<Duration> = rounds
+            .iter()
+            .map(|[b, a]| a.p50.saturating_sub(b.p50))
+            .collect();
+        let spread = per_round
+            .iter()
+            .map(|d| d.as_micros().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let added = median(per_round);
         println!(
-            "{clients} relay/direct {:.2}x requests/s, p50 +{}µs, p99 {:.2}x{}",
+            "{clients} relay/direct {:.2}x requests/s, p99 {:.2}x; p50 added +{}µs over all requests, per round [{spread}] µs, median +{}µs{}",
             on_a.rps / on_b.rps,
-            added.as_micros(),
             on_a.p99.as_secs_f64() / on_b.p99.as_secs_f64().max(f64::EPSILON),
+            overall.as_micros(),
+            added.as_micros(),
             if clients == 1 {
                 format!(
-                    " (goal: relay adds ≤ {}µs p50: {})",
+                    " (goal: relay adds ≤ {}µs p50, per-round median: {})",
                     RELAY_GOAL.as_micros(),
                     if added <= RELAY_GOAL {
                         "met"

@@ -114,27 +114,46 @@ pub async fn interleaved(
     targets: [(std::net::SocketAddr, &str); 2],
     path: &str,
 ) -> anyhow::Result<[Stats; 2]> {
+    Ok(interleaved_by_round(rounds, clients, run_for, targets, path)
+        .await?
+        .0)
+}
+
+/// As [`interleaved`], also giving each round's pair of [`Stats`] (for a
+/// difference taken within a round, where both targets saw the same machine
+/// state, then its median over rounds).
+pub async fn interleaved_by_round(
+    rounds: usize,
+    clients: usize,
+    run_for: Duration,
+    targets: [(std::net::SocketAddr, &str); 2],
+    path: &str,
+) -> anyhow::Result<([Stats; 2], Vec<[Stats; 2]>)> {
     let mut samples = [Samples::default(), Samples::default()];
+    let mut by_round = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        for (s, (addr, host)) in samples.iter_mut().zip(targets) {
-            s.add(
-                run(
-                    clients,
-                    run_for,
-                    move || async move {
-                        let s = TcpStream::connect(addr).await?;
-                        s.set_nodelay(true)?;
-                        Ok(s)
-                    },
-                    host,
-                    path,
-                )
-                .await?,
-            );
+        let mut round = [Samples::default(), Samples::default()];
+        for ((s, r), (addr, host)) in samples.iter_mut().zip(round.iter_mut()).zip(targets) {
+            let (latencies, elapsed) = run(
+                clients,
+                run_for,
+                move || async move {
+                    let s = TcpStream::connect(addr).await?;
+                    s.set_nodelay(true)?;
+                    Ok(s)
+                },
+                host,
+                path,
+            )
+            .await?;
+            r.add((latencies.clone(), elapsed));
+            s.add((latencies, elapsed));
         }
+        let [a, b] = round;
+        by_round.push([a.stats(), b.stats()]);
     }
     let [a, b] = samples;
-    Ok([a.stats(), b.stats()])
+    Ok(([a.stats(), b.stats()], by_round))
 }
 
 /// One GET on a fresh connection: (status, body).

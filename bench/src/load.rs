@@ -114,9 +114,11 @@ pub async fn interleaved(
     targets: [(std::net::SocketAddr, &str); 2],
     path: &str,
 ) -> anyhow::Result<[Stats; 2]> {
-    Ok(interleaved_by_round(rounds, clients, run_for, targets, path)
-        .await?
-        .0)
+    Ok(
+        interleaved_by_round(rounds, clients, run_for, targets, path)
+            .await?
+            .0,
+    )
 }
 
 /// As [`interleaved`], also giving each round's pair of [`Stats`] (for a

@@ -343,3 +343,29 @@ pub async fn until(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The runtime's Rust test guest (a `wasi:http/proxy` component answering
+/// `/hello`, `/env?NAME`, …): deploys without a JS build. Built once per
+/// test process, into the guest's own target directory.
+pub fn test_guest() -> &'static [u8] {
+    static WASM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    WASM.get_or_init(|| {
+        let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/guest");
+        let target = guest.join("target");
+        let built = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(guest.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "building the test guest failed");
+        std::fs::read(target.join("wasm32-wasip2/release/warren_test_guest.wasm"))
+            .expect("the guest's wasm")
+    })
+}

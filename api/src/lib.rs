@@ -5,13 +5,15 @@
 //! - [`envelope`]: the v4 envelope every answer is wrapped in.
 //! - [`field`]: errors that name the offending field (a JSON pointer), and the
 //!   strict parse that produces them.
-//! - [`tunnels`], [`services`], [`scripts`], [`tail`]: one module per resource.
+//! - [`accounts`], [`tunnels`], [`services`], [`scripts`], [`tail`]: one
+//!   module per resource.
 //! - `server` (cargo feature): what an axum handler needs on top of these.
 //!
 //! Requests are strict (unknown fields are errors) and carry their semantic
 //! checks (`validate`), so the CLI can refuse a bad request before sending it
 //! and the server refuses it with the same words.
 
+pub mod accounts;
 pub mod envelope;
 pub mod field;
 pub mod scripts;

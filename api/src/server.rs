@@ -190,6 +190,20 @@ pub fn page<T>(items: Vec<T>, query: &HashMap<String, String>) -> ApiResult<Vec<
     Ok(Json(Envelope::page(items, page, per_page)))
 }
 
+/// The account whose bearer token `headers` carry: 401 when it is missing
+/// or unknown.
+pub async fn account_of(store: &dyn Store, headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(ApiError::unauthorized)?;
+    store
+        .account_for_token(hash_secret(token.trim().as_bytes()))
+        .await?
+        .ok_or_else(ApiError::unauthorized)
+}
+
 /// Checks the bearer token of `headers` against `account_id`: 401 when it is
 /// missing or unknown (the same answer whether the account exists or not),
 /// 403 when it belongs to another account.
@@ -198,16 +212,7 @@ pub async fn authorize(
     headers: &HeaderMap,
     account_id: &str,
 ) -> Result<(), ApiError> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(ApiError::unauthorized)?;
-    let owner = store
-        .account_for_token(hash_secret(token.trim().as_bytes()))
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
-    if owner != account_id {
+    if account_of(store, headers).await? != account_id {
         return Err(ApiError::forbidden());
     }
     Ok(())

@@ -7,7 +7,7 @@
 //! - open connections are capped, in all ([`ConnLimits::max_connections`])
 //!   and per client address ([`ConnLimits::max_per_ip`]); a connection over a
 //!   cap gets a short refusal (for HTTP listeners a `503`) and is closed at once;
-//! - HTTP listeners ([`serve_http`]) close a connection that has not started a
+//! - HTTP listeners ([`serve_http`], [`serve_https`]) close a connection that has not started a
 //!   request within [`ConnLimits::header_timeout`] (whatever bytes it sends:
 //!   a dribbled HTTP/2 preface counts for nothing), set hyper's header read
 //!   timeout to the same, and close a connection that has had no request in
@@ -440,18 +440,75 @@ pub async fn serve_http<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve(name, listener, limits, tuning, None, service, shutdown).await
+}
+
+/// As [`serve_http`], over TLS with `tls` (HTTP/1.1, and HTTP/2 when `tls`
+/// offers `h2` by ALPN). The handshake counts against the header timeout, so
+/// a client that stalls it is cut like one that never sends a request.
+#[cfg(feature = "http-server")]
+pub async fn serve_https<S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: ConnLimits,
+    tuning: HttpTuning,
+    tls: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve(name, listener, limits, tuning, Some(acceptor), service, shutdown).await
+}
+
+#[cfg(feature = "http-server")]
+async fn serve<S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: ConnLimits,
+    tuning: HttpTuning,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     tokio::pin!(shutdown);
     let acceptor = TcpAcceptor::new(name, listener, limits, HTTP_REFUSAL);
     let mut backoff = Backoff::default();
     loop {
-        let (stream, _, guard) = tokio::select! {
+        let (stream, peer, guard) = tokio::select! {
             a = acceptor.accept(&mut backoff) => a,
             () = &mut shutdown => return,
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let requests = guard.requests();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let token = requests.start();
@@ -471,10 +528,22 @@ pub async fn serve_http<S, B>(
                 .header_read_timeout(limits.header_timeout);
             builder.http2().timer(TokioTimer::new());
             tuning(&mut builder);
-            let io = TokioIo::new(stream);
-            let _ = guard
-                .run(Idle::Requests, builder.serve_connection(io, svc))
-                .await;
+            let connection = async move {
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                        }
+                    },
+                }
+            };
+            let _ = guard.run(Idle::Requests, connection).await;
         });
     }
 }

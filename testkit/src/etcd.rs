@@ -241,8 +241,27 @@ impl Etcd {
             tls,
             log: Arc::new(Mutex::new(Vec::new())),
         };
-        etcd.start_again()?;
-        Ok(etcd)
+        // A port found free can be taken by another test before etcd binds
+        // it: then etcd exits with "address already in use", and new ports
+        // are tried (a few times).
+        let mut attempts = 0;
+        loop {
+            match etcd.start_again() {
+                Ok(()) => return Ok(etcd),
+                Err(e) if attempts < 4 && e.to_string().contains("address already in use") => {
+                    attempts += 1;
+                    if let Ok(mut log) = etcd.log.lock() {
+                        log.clear();
+                    }
+                    let data = etcd.dir.path().join("data");
+                    let _ = std::fs::remove_dir_all(&data);
+                    etcd.client_port = free_port()?;
+                    etcd.peer_port = free_port()?;
+                    etcd.metrics_port = free_port()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// One member shared by every test of this process, started on first use

@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 /// A private certificate authority.
 pub struct TestCa {
     cert: CertificateDer<'static>,
+    pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -37,6 +38,7 @@ impl TestCa {
         let cert = params.self_signed(&key)?;
         Ok(TestCa {
             cert: cert.der().clone(),
+            pem: cert.pem(),
             issuer: Issuer::new(params, key),
         })
     }
@@ -44,6 +46,21 @@ impl TestCa {
     /// The CA certificate (to trust it).
     pub fn cert(&self) -> CertificateDer<'static> {
         self.cert.clone()
+    }
+
+    /// The CA certificate as PEM (to hand to a client as a file).
+    pub fn cert_pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A leaf for `names` signed by this CA, as PEM files' text: the chain
+    /// (leaf, then CA) and the leaf's private key.
+    pub fn leaf_pem(&self, names: &[&str]) -> anyhow::Result<(String, String)> {
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let key = KeyPair::generate()?;
+        let leaf = params.signed_by(&key, &self.issuer)?;
+        Ok((format!("{}{}", leaf.pem(), self.pem), key.serialize_pem()))
     }
 
     /// A server configuration presenting a leaf for `names`, signed by this CA.

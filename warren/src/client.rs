@@ -1,22 +1,33 @@
-//! The API client the `warren` commands use: where the API is and the account
-//! and token come from flags, then `WARREN_API` / `WARREN_API_TOKEN` /
-//! `WARREN_ACCOUNT_ID`, then the profile.
+//! The API client the `warren` commands use (HTTP/1.1 or HTTP/2, plain or
+//! HTTPS, through the proxy `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` name
+//! unless `NO_PROXY` excludes the host). Where the API is, the account, the
+//! token and an extra CA to trust come from flags, then `WARREN_API` /
+//! `WARREN_ACCOUNT_ID` / `WARREN_API_TOKEN` / `WARREN_CA_CERT`, then the
+//! profile.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use reqwest::Method;
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
+use warren_api::accounts::AccountInfo;
 use warren_api::{Envelope, FieldError};
 
 use crate::profile;
 
+/// How long a connection to the API may take to open (TCP and TLS).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one API call may take in all, body included (a deploy builds
+/// the worker before it answers). Not applied to `warren tail`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Flags every API command accepts.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ApiFlags {
-    /// API base URL (default: WARREN_API, then the profile).
+    /// API base URL, http:// or https:// (default: WARREN_API, then the profile).
     #[arg(long, global = true)]
     pub api: Option<String>,
     /// API token (default: WARREN_API_TOKEN, then the profile).
@@ -25,12 +36,17 @@ pub struct ApiFlags {
     /// Account id (default: WARREN_ACCOUNT_ID, then the profile).
     #[arg(long, global = true)]
     pub account_id: Option<String>,
+    /// A CA certificate (PEM file) to trust for the API's HTTPS besides the
+    /// system's (default: WARREN_CA_CERT, then the profile's).
+    #[arg(long, global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// A client for one account.
 pub struct Client {
-    host: String,
-    base_path: String,
+    http: reqwest::Client,
+    /// The API URL without a trailing `/`.
+    base: String,
     account: String,
     token: String,
 }
@@ -47,6 +63,100 @@ pub struct ApiFailure {
     pub pointer: Option<String>,
 }
 
+/// Checks that `api` is an `http://` or `https://` URL with a host; the URL
+/// without a trailing `/`.
+pub fn api_url(api: &str) -> anyhow::Result<String> {
+    let rest = api
+        .strip_prefix("https://")
+        .or_else(|| api.strip_prefix("http://"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("the API address must start with http:// or https:// (got {api})")
+        })?;
+    anyhow::ensure!(
+        !rest.is_empty() && !rest.starts_with('/'),
+        "the API address has no host: {api}"
+    );
+    reqwest::Url::parse(api).map_err(|e| anyhow::anyhow!("the API address {api}: {e}"))?;
+    Ok(api.trim_end_matches('/').to_owned())
+}
+
+/// Reads the PEM CA certificate the `--ca-cert` flag or `WARREN_CA_CERT` names.
+pub fn read_ca_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--ca-cert: cannot read {}: {e}", path.display()))?;
+    anyhow::ensure!(
+        pem.contains("-----BEGIN CERTIFICATE-----"),
+        "--ca-cert: {} holds no PEM certificate",
+        path.display()
+    );
+    Ok(pem)
+}
+
+/// The HTTP client: the system's CA certificates (Mozilla's list when the
+/// system has none) plus `extra_ca` (PEM), the connect timeout, and the
+/// proxy from the environment.
+pub fn http_client(extra_ca: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(pem) = extra_ca {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| anyhow::anyhow!("the CA certificate is not valid PEM: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("the CA certificate cannot be used: {e}"))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("warren/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// Words for a failed call to `url`: what went wrong and what to do.
+pub fn explain(url: &str, e: &reqwest::Error) -> anyhow::Error {
+    use std::error::Error as _;
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    let detail = causes.last().cloned().unwrap_or_else(|| e.to_string());
+    let all = causes.join(": ");
+    if all.contains("UnknownIssuer") || all.contains("invalid peer certificate") {
+        return anyhow::anyhow!(
+            "the API at {url} presented a certificate this client does not trust ({detail}); \
+             pass its CA with --ca-cert FILE (an edge that issued its own certificate keeps \
+             its CA in <data_dir>/api-ca.pem)"
+        );
+    }
+    if e.is_timeout() {
+        return anyhow::anyhow!("the API at {url} did not answer in time ({detail})");
+    }
+    if all.contains("InvalidContentType") || all.contains("corrupt message") {
+        return anyhow::anyhow!(
+            "the API at {url} does not speak TLS ({detail}); use an http:// address"
+        );
+    }
+    if e.is_connect() {
+        return anyhow::anyhow!("cannot reach the API at {url}: {detail}");
+    }
+    anyhow::anyhow!("the API at {url}: {detail}")
+}
+
 impl Client {
     /// Builds a client from flags, environment and profile.
     pub fn new(flags: &ApiFlags) -> anyhow::Result<Client> {
@@ -58,7 +168,8 @@ impl Client {
         };
         let missing = |what: &str, flag: &str, env: &str| {
             anyhow::anyhow!(
-                "no {what}: pass {flag}, set {env}, or start an edge (`warren serve`) to write a profile at {}",
+                "no {what}: pass {flag}, set {env}, run `warren login`, or start an edge \
+                 (`warren serve`) to write a profile at {}",
                 profile::path().display()
             )
         };
@@ -80,61 +191,88 @@ impl Client {
             profile.as_ref().map(|p| p.account_id.as_str()),
         )
         .ok_or_else(|| missing("account id", "--account-id", "WARREN_ACCOUNT_ID"))?;
-        let rest = api.strip_prefix("http://").ok_or_else(|| {
-            anyhow::anyhow!("the API address must start with http:// (got {api})")
-        })?;
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let ca_file = flags.ca_cert.clone().or_else(|| {
+            std::env::var_os("WARREN_CA_CERT")
+                .filter(|v| !v.is_empty())
+                .map(Into::into)
+        });
+        let ca = match ca_file {
+            Some(path) => Some(read_ca_file(&path)?),
+            None => profile.and_then(|p| p.ca_cert),
+        };
+        Client::with_ca(&api, &account, &token, ca.as_deref())
+    }
+
+    /// A client for `api` (an `http://` or `https://` URL), `account` and
+    /// `token`, trusting `ca` (PEM) besides the system's roots.
+    pub fn with_ca(api: &str, account: &str, token: &str, ca: Option<&str>) -> anyhow::Result<Client> {
         Ok(Client {
-            host: host.to_owned(),
-            base_path: if path.is_empty() {
-                String::new()
-            } else {
-                format!("/{}", path.trim_end_matches('/'))
-            },
-            account,
-            token,
+            http: http_client(ca)?,
+            base: api_url(api)?,
+            account: account.to_owned(),
+            token: token.to_owned(),
         })
     }
 
-    /// A client for `api` (an `http://` URL), `account` and `token`.
+    /// A client for `api` (an `http://` or `https://` URL), `account` and
+    /// `token`, trusting the system's CA certificates.
     pub fn with(api: &str, account: &str, token: &str) -> anyhow::Result<Client> {
-        Client::new(&ApiFlags {
-            api: Some(api.to_owned()),
-            api_token: Some(token.to_owned()),
-            account_id: Some(account.to_owned()),
-        })
+        Client::with_ca(api, account, token, None)
+    }
+
+    /// The accounts `token` acts for at `api` (`GET /client/v4/accounts`).
+    pub async fn accounts(
+        api: &str,
+        token: &str,
+        ca: Option<&str>,
+    ) -> anyhow::Result<Vec<AccountInfo>> {
+        let c = Client::with_ca(api, "", token, ca)?;
+        let url = format!("{}/client/v4/accounts", c.base);
+        let resp = c
+            .http
+            .get(&url)
+            .bearer_auth(&c.token)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| explain(&c.base, &e))?;
+        read_envelope(resp, "accounts")
+            .await?
+            .result
+            .ok_or_else(|| anyhow::anyhow!("the API answered /accounts without a result"))
     }
 
     /// Sends `method` to `…/accounts/{account}/{path}` with an optional
-    /// `(content type, bytes)` body and returns the raw response.
+    /// `(content type, bytes)` body and returns the response as it starts
+    /// (no overall timeout: a tail is read as long as it runs).
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<(&str, Bytes)>,
-    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let uri = format!(
+    ) -> anyhow::Result<reqwest::Response> {
+        self.send_within(method, path, body, None).await
+    }
+
+    async fn send_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!(
             "{}/client/v4/accounts/{}/{path}",
-            self.base_path, self.account
+            self.base, self.account
         );
-        let tcp = tokio::net::TcpStream::connect(&self.host)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the API at {}: {e}", self.host))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("host", &self.host)
-            .header("authorization", format!("Bearer {}", self.token));
-        let payload = match body {
-            Some((ctype, bytes)) => {
-                req = req.header("content-type", ctype);
-                bytes
-            }
-            None => Bytes::new(),
-        };
-        Ok(sender.send_request(req.body(Full::new(payload))?).await?)
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        if let Some((ctype, bytes)) = body {
+            req = req.header("content-type", ctype).body(bytes);
+        }
+        req.send().await.map_err(|e| explain(&self.base, &e))
     }
 
     /// Sends `method` to `…/accounts/{account}/{path}` with an optional
@@ -147,38 +285,10 @@ impl Client {
         path: &str,
         body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<Envelope<T>> {
-        let resp = self.send(method, path, body).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let envelope: Envelope<Value> = serde_json::from_slice(&bytes).map_err(|_| {
-            anyhow::anyhow!("the API answered {status} with a body that is not its JSON envelope")
-        })?;
-        if !envelope.success {
-            let e = envelope.first_error();
-            return Err(ApiFailure {
-                status,
-                message: e.message,
-                pointer: e.source.map(|s| s.pointer),
-            }
-            .into());
-        }
-        let result = match envelope.result {
-            None => None,
-            Some(v) => Some(serde_path_to_error::deserialize(v).map_err(|e| {
-                anyhow::anyhow!(
-                    "the API's answer to {path} is not what this warren expects at {}: {}",
-                    e.path(),
-                    e.inner()
-                )
-            })?),
-        };
-        Ok(Envelope {
-            success: true,
-            errors: envelope.errors,
-            messages: envelope.messages,
-            result,
-            result_info: envelope.result_info,
-        })
+        let resp = self
+            .send_within(method, path, body, Some(REQUEST_TIMEOUT))
+            .await?;
+        read_envelope(resp, path).await
     }
 
     /// Sends `method` with `body` as JSON (if any) and returns the result.
@@ -237,4 +347,46 @@ pub fn refused(e: FieldError) -> anyhow::Error {
         pointer: Some(e.pointer),
     }
     .into()
+}
+
+/// Reads an answer's envelope: the result typed as `T` on success, the
+/// API's first error (an [`ApiFailure`]) otherwise.
+async fn read_envelope<T: DeserializeOwned>(
+    resp: reqwest::Response,
+    path: &str,
+) -> anyhow::Result<Envelope<T>> {
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| anyhow::anyhow!("the API's answer to {path} broke off: {e}"))?;
+    let envelope: Envelope<Value> = serde_json::from_slice(&bytes).map_err(|_| {
+        anyhow::anyhow!("the API answered {status} with a body that is not its JSON envelope")
+    })?;
+    if !envelope.success {
+        let e = envelope.first_error();
+        return Err(ApiFailure {
+            status,
+            message: e.message,
+            pointer: e.source.map(|s| s.pointer),
+        }
+        .into());
+    }
+    let result = match envelope.result {
+        None => None,
+        Some(v) => Some(serde_path_to_error::deserialize(v).map_err(|e| {
+            anyhow::anyhow!(
+                "the API's answer to {path} is not what this warren expects at {}: {}",
+                e.path(),
+                e.inner()
+            )
+        })?),
+    };
+    Ok(Envelope {
+        success: true,
+        errors: envelope.errors,
+        messages: envelope.messages,
+        result,
+        result_info: envelope.result_info,
+    })
 }

@@ -162,8 +162,105 @@ impl Default for Parts {
 pub struct ApiSection {
     /// Listen address (default `127.0.0.1:8787`).
     pub listen: SocketAddr,
-    /// URL clients use, written into the first-start profile (default `http://<listen>`).
+    /// URL clients use, written into the first-start profile (default
+    /// `http://<listen>`, or `https://<listen>` with `tls`).
     pub public_url: Option<String>,
+    /// Serve the API over HTTPS (default false).
+    pub tls: bool,
+    /// With `tls`: the certificate chain (PEM) to serve. Without it the node
+    /// issues itself one from the cluster CA for `tls_names`.
+    pub tls_cert: Option<PathBuf>,
+    /// With `tls_cert`: its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// With `tls` and no `tls_cert`: the DNS names and IP addresses the
+    /// issued certificate is valid for (default: the host of `public_url`,
+    /// else the listen address).
+    pub tls_names: Vec<String>,
+}
+
+impl ApiSection {
+    /// The URL clients use: `public_url`, else the scheme and `bound` address.
+    pub fn url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None if self.tls => format!("https://{bound}"),
+            None => format!("http://{bound}"),
+        }
+    }
+
+    /// The names an issued API certificate covers: `tls_names`, else the
+    /// host of `public_url`, else the listen address's IP.
+    pub fn issued_names(&self) -> Vec<String> {
+        if !self.tls_names.is_empty() {
+            return self.tls_names.clone();
+        }
+        if let Some(host) = self.public_url.as_deref().and_then(url_host) {
+            return vec![host];
+        }
+        vec![self.listen.ip().to_string()]
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(u) = &self.public_url {
+            let https = u.starts_with("https://");
+            anyhow::ensure!(
+                https || u.starts_with("http://"),
+                "api.public_url: must start with http:// or https:// (got {u:?})"
+            );
+            anyhow::ensure!(
+                url_host(u).is_some(),
+                "api.public_url: no host in {u:?}"
+            );
+            anyhow::ensure!(
+                https == self.tls,
+                "api.public_url: {u:?} is {} but api.tls is {}: set both to agree",
+                if https { "https://" } else { "http://" },
+                self.tls
+            );
+        }
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "api.tls_cert and api.tls_key: give both or neither"
+        );
+        if !self.tls {
+            for (key, set) in [
+                ("tls_cert", self.tls_cert.is_some()),
+                ("tls_names", !self.tls_names.is_empty()),
+            ] {
+                anyhow::ensure!(!set, "api.{key}: only with api.tls = true");
+            }
+        }
+        anyhow::ensure!(
+            !self.tls
+                || self.tls_cert.is_some()
+                || !self.tls_names.is_empty()
+                || self.public_url.is_some()
+                || !self.listen.ip().is_unspecified(),
+            "api.tls_names: required when the API listens on {} without a public_url \
+             (the names clients reach it by, for its certificate)",
+            self.listen.ip()
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_none() || self.tls_names.is_empty(),
+            "api.tls_names: only for a certificate the node issues (not with api.tls_cert)"
+        );
+        Ok(())
+    }
+}
+
+/// The host of an `http(s)://host[:port][/path]` URL (IPv6 without brackets).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split_once(']')?.0
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_owned())
 }
 
 impl Default for ApiSection {
@@ -171,6 +268,10 @@ impl Default for ApiSection {
         ApiSection {
             listen: ([127, 0, 0, 1], 8787).into(),
             public_url: None,
+            tls: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
         }
     }
 }
@@ -530,6 +631,8 @@ pub fn load(path: &Path) -> anyhow::Result<EdgeFile> {
         }
     }
     for pem in [
+        &mut file.api.tls_cert,
+        &mut file.api.tls_key,
         &mut file.store.ca_file,
         &mut file.store.cert_file,
         &mut file.store.key_file,
@@ -553,6 +656,7 @@ pub fn parse(text: &str) -> anyhow::Result<EdgeFile> {
         let msg = inner.message().to_owned();
         anyhow::anyhow!("{path}: {msg}")
     })?;
+    file.api.check()?;
     anyhow::ensure!(
         file.internal_secret.is_none(),
         "internal_secret: no longer used — node certificates from the cluster CA replaced the \
@@ -638,6 +742,59 @@ mod tests {
             e.to_string(),
             "connections.idle_timeout: must be more than 0"
         );
+    }
+
+    #[test]
+    fn api_tls_is_read_and_its_keys_must_agree() {
+        let addr: SocketAddr = "127.0.0.1:8787".parse().expect("addr");
+        let f = parse("").expect("valid");
+        assert!(!f.api.tls);
+        assert_eq!(f.api.url(addr), "http://127.0.0.1:8787");
+        let f = parse("[api]\nlisten = \"127.0.0.2:8443\"\ntls = true\n").expect("valid");
+        assert_eq!(f.api.url(addr), "https://127.0.0.1:8787");
+        assert_eq!(f.api.issued_names(), ["127.0.0.2"]);
+        let f = parse("[api]\ntls = true\npublic_url = \"https://edge.example.com:8443/\"\n")
+            .expect("valid");
+        assert_eq!(f.api.url(addr), "https://edge.example.com:8443");
+        assert_eq!(f.api.issued_names(), ["edge.example.com"]);
+        let f = parse("[api]\ntls = true\npublic_url = \"https://[::1]:8443\"\n").expect("valid");
+        assert_eq!(f.api.issued_names(), ["::1"]);
+        let f = parse("[api]\ntls = true\ntls_names = [\"a.example\", \"10.0.0.5\"]\n").expect("valid");
+        assert_eq!(f.api.issued_names(), ["a.example", "10.0.0.5"]);
+        for (text, error) in [
+            (
+                "[api]\npublic_url = \"https://edge.example.com\"\n",
+                "api.public_url: \"https://edge.example.com\" is https:// but api.tls is false: set both to agree",
+            ),
+            (
+                "[api]\ntls = true\npublic_url = \"http://edge.example.com\"\n",
+                "api.public_url: \"http://edge.example.com\" is http:// but api.tls is true: set both to agree",
+            ),
+            (
+                "[api]\npublic_url = \"edge.example.com\"\n",
+                "api.public_url: must start with http:// or https:// (got \"edge.example.com\")",
+            ),
+            (
+                "[api]\nlisten = \"0.0.0.0:8443\"\ntls = true\n",
+                "api.tls_names: required when the API listens on 0.0.0.0 without a public_url \
+                 (the names clients reach it by, for its certificate)",
+            ),
+            (
+                "[api]\ntls = true\ntls_cert = \"c.pem\"\n",
+                "api.tls_cert and api.tls_key: give both or neither",
+            ),
+            (
+                "[api]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+                "api.tls_cert: only with api.tls = true",
+            ),
+            (
+                "[api]\ntls = true\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_names = [\"a\"]\n",
+                "api.tls_names: only for a certificate the node issues (not with api.tls_cert)",
+            ),
+        ] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.to_string(), error);
+        }
     }
 
     #[test]

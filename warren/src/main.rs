@@ -1,5 +1,6 @@
 //! `warren`: run an edge node (`serve`), watch the tunnel work in one process
-//! (`demo`), and manage tunnels and VPC services through the API.
+//! (`demo`), log in to an edge (`login`), and manage workers, tunnels and
+//! VPC services through its API.
 
 mod accounts;
 mod client;
@@ -7,6 +8,7 @@ mod commands;
 mod config;
 mod demo;
 mod dev;
+mod login;
 mod profile;
 mod serve;
 mod workers;
@@ -44,6 +46,9 @@ enum Command {
     /// Develop a worker: an edge, a tunnel, a local connector, the folder's VPC
     /// services and worker, its URL and live logs — in one process.
     Dev(dev::DevArgs),
+    /// Log in to an edge's API (`--api URL`, the token on stdin; `--ca-cert`
+    /// for an edge whose certificate its own CA issued) and write the profile.
+    Login,
     /// Deploy a worker from warren.json / wrangler.json / wrangler.jsonc.
     Deploy {
         /// The config file, or its folder (default: the current folder).
@@ -132,6 +137,7 @@ async fn main() -> std::process::ExitCode {
             init_logging_default("warn");
             dev::run(args).await
         }
+        Command::Login => login::run(&cli.api).await,
         Command::Deploy { config } => deploy(&cli.api, config).await,
         Command::Tail { worker, format } => match client::Client::new(&cli.api) {
             Ok(c) => workers::tail(&c, &worker, format == "json").await,

@@ -17,6 +17,11 @@ pub struct Profile {
     pub account_id: String,
     /// API token.
     pub token: String,
+    /// A CA certificate (PEM) trusted for the API's HTTPS besides the
+    /// system's roots: the cluster CA when the edge issued its own API
+    /// certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
 }
 
 /// `$WARREN_PROFILE`, else `$XDG_CONFIG_HOME/warren/profile.json`, else

@@ -144,8 +144,16 @@ fn node_name(file: &EdgeFile) -> String {
 }
 
 /// On an empty store: an account and an admin API token (printed once), and
-/// with `write_profile` a client profile.
-async fn first_start(store: &dyn Store, api_url: &str, write_profile: bool) -> anyhow::Result<()> {
+/// with `write_profile` a client profile for `api_url`, trusting `ca_cert`
+/// (PEM) when the API's certificate was issued by the edge. The token is
+/// printed before the profile is written, so a profile that cannot be
+/// written loses nothing.
+async fn first_start(
+    store: &dyn Store,
+    api_url: &str,
+    ca_cert: Option<&str>,
+    write_profile: bool,
+) -> anyhow::Result<()> {
     if !store.list_accounts().await?.is_empty() {
         return Ok(());
     }
@@ -157,18 +165,76 @@ async fn first_start(store: &dyn Store, api_url: &str, write_profile: bool) -> a
     if !write_profile {
         return Ok(());
     }
-    let path = profile::write(&Profile {
-        api: api_url.to_owned(),
-        account_id: account.id.clone(),
-        token: token.clone(),
-    })?;
     println!(
         "First start: created account {} and an admin API token (shown once):",
         account.id
     );
     println!("  {token}");
-    println!("Client profile written to {} (mode 0600).", path.display());
+    let written = profile::write(&Profile {
+        api: api_url.to_owned(),
+        account_id: account.id.clone(),
+        token: token.clone(),
+        ca_cert: ca_cert.map(str::to_owned),
+    });
+    match written {
+        Ok(path) => println!("Client profile written to {} (mode 0600).", path.display()),
+        Err(e) => {
+            println!(
+                "The client profile could not be written ({e:#}); the token above still works: \
+                 `warren login --api {api_url} --account-id {}` reads it from stdin.",
+                account.id
+            );
+        }
+    }
     Ok(())
+}
+
+/// The API's TLS: the certificate files `[api]` names, or one issued from
+/// the cluster CA (whose PEM is then returned, for clients to trust, and
+/// written to `<data_dir>/api-ca.pem`).
+fn api_tls(file: &EdgeFile, ca: &EdgeCa) -> anyhow::Result<(rustls::ServerConfig, Option<String>)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let api = &file.api;
+    let (chain, key, issued) = match (&api.tls_cert, &api.tls_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    anyhow::anyhow!("api.tls_cert: cannot read {}: {e}", cert.display())
+                })?;
+            anyhow::ensure!(
+                !chain.is_empty(),
+                "api.tls_cert: no certificate in {}",
+                cert.display()
+            );
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                anyhow::anyhow!("api.tls_key: cannot read a private key from {}: {e}", key.display())
+            })?;
+            (chain, key, None)
+        }
+        _ => {
+            let names = api.issued_names();
+            let (chain, key) = ca
+                .issue_api_cert(&names)
+                .map_err(|e| anyhow::anyhow!("cannot issue the API certificate for {names:?}: {e}"))?;
+            let pem = ca.cert_pem().to_owned();
+            let path = file.data_dir.join("api-ca.pem");
+            std::fs::write(&path, &pem)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tracing::info!(names = ?names, ca = %path.display(), "API certificate issued from the cluster CA");
+            (chain, key, Some(pem))
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("api.tls_cert / api.tls_key: the key does not match the certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((config, issued))
 }
 
 fn origin_roots(
@@ -583,12 +649,13 @@ async fn start_api(
         .await
         .with_context(|| format!("cannot listen on {}", file.api.listen))?;
     let addr = listener.local_addr()?;
-    let url = file
-        .api
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
-    first_start(node.store.as_ref(), &url, write_profile).await?;
+    let url = file.api.url(addr);
+    let tls = match file.api.tls {
+        true => Some(api_tls(file, &node.ca)?),
+        false => None,
+    };
+    let ca_pem = tls.as_ref().and_then(|(_, pem)| pem.as_deref());
+    first_start(node.store.as_ref(), &url, ca_pem, write_profile).await?;
     tracing::info!(%addr, "API listening");
     let state = ApiState {
         store: node.store.clone(),
@@ -599,14 +666,25 @@ async fn start_api(
         app = app.merge(warren_runtime::api::routes(node.store.clone(), s.clone()));
     }
     let stop = node.stopped();
-    node.tasks.spawn(warren_protocol::listen::serve_http(
-        "API",
-        listener,
-        node.limits,
-        |_| {},
-        hyper_util::service::TowerToHyperService::new(app),
-        stop,
-    ));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    match tls {
+        Some((config, _)) => {
+            node.tasks.spawn(warren_protocol::listen::serve_https(
+                "API",
+                listener,
+                node.limits,
+                |_| {},
+                Arc::new(config),
+                service,
+                stop,
+            ));
+        }
+        None => {
+            node.tasks.spawn(warren_protocol::listen::serve_http(
+                "API", listener, node.limits, |_| {}, service, stop,
+            ));
+        }
+    }
     Ok(url)
 }
 

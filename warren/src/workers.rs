@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::Method;
+use reqwest::Method;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use warren_api::Envelope;
@@ -355,19 +355,20 @@ pub async fn tail(client: &Client, worker: &str, json_format: bool) -> anyhow::R
         .await?;
     if !resp.status().is_success() {
         let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = resp.bytes().await.unwrap_or_default();
         let message = serde_json::from_slice::<Envelope<IgnoredAny>>(&body)
             .ok()
             .and_then(|e| e.errors.into_iter().next())
             .map_or_else(|| "tail refused".to_owned(), |e| e.message);
         anyhow::bail!("{message} ({status})");
     }
-    let mut body = resp.into_body();
+    let mut resp = resp;
     let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
+    while let Some(data) = resp
+        .chunk()
+        .await
+        .map_err(|e| anyhow::anyhow!("the tail broke off: {e}"))?
+    {
         buf.extend_from_slice(&data);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();

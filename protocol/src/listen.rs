@@ -470,7 +470,16 @@ pub async fn serve_https<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    serve(name, listener, limits, tuning, Some(acceptor), service, shutdown).await
+    serve(
+        name,
+        listener,
+        limits,
+        tuning,
+        Some(acceptor),
+        service,
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(feature = "http-server")]

@@ -106,7 +106,8 @@ pub fn http_client(extra_ca: Option<&str>) -> anyhow::Result<reqwest::Client> {
     }
     if let Some(pem) = extra_ca {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert = cert.map_err(|e| anyhow::anyhow!("the CA certificate is not valid PEM: {e}"))?;
+            let cert =
+                cert.map_err(|e| anyhow::anyhow!("the CA certificate is not valid PEM: {e}"))?;
             roots
                 .add(cert)
                 .map_err(|e| anyhow::anyhow!("the CA certificate cannot be used: {e}"))?;
@@ -153,6 +154,14 @@ pub fn explain(url: &str, e: &reqwest::Error) -> anyhow::Error {
     }
     if e.is_connect() {
         return anyhow::anyhow!("cannot reach the API at {url}: {detail}");
+    }
+    if url.starts_with("http://")
+        && (all.contains("invalid HTTP") || all.contains("connection closed before message"))
+    {
+        return anyhow::anyhow!(
+            "the API at {url} did not answer HTTP ({detail}); if the edge serves HTTPS \
+             ([api] tls), use an https:// address"
+        );
     }
     anyhow::anyhow!("the API at {url}: {detail}")
 }
@@ -205,7 +214,12 @@ impl Client {
 
     /// A client for `api` (an `http://` or `https://` URL), `account` and
     /// `token`, trusting `ca` (PEM) besides the system's roots.
-    pub fn with_ca(api: &str, account: &str, token: &str, ca: Option<&str>) -> anyhow::Result<Client> {
+    pub fn with_ca(
+        api: &str,
+        account: &str,
+        token: &str,
+        ca: Option<&str>,
+    ) -> anyhow::Result<Client> {
         Ok(Client {
             http: http_client(ca)?,
             base: api_url(api)?,
@@ -261,10 +275,7 @@ impl Client {
         body: Option<(&str, Bytes)>,
         timeout: Option<Duration>,
     ) -> anyhow::Result<reqwest::Response> {
-        let url = format!(
-            "{}/client/v4/accounts/{}/{path}",
-            self.base, self.account
-        );
+        let url = format!("{}/client/v4/accounts/{}/{path}", self.base, self.account);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(t) = timeout {
             req = req.timeout(t);

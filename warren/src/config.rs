@@ -207,10 +207,7 @@ impl ApiSection {
                 https || u.starts_with("http://"),
                 "api.public_url: must start with http:// or https:// (got {u:?})"
             );
-            anyhow::ensure!(
-                url_host(u).is_some(),
-                "api.public_url: no host in {u:?}"
-            );
+            anyhow::ensure!(url_host(u).is_some(), "api.public_url: no host in {u:?}");
             anyhow::ensure!(
                 https == self.tls,
                 "api.public_url: {u:?} is {} but api.tls is {}: set both to agree",
@@ -759,7 +756,8 @@ mod tests {
         assert_eq!(f.api.issued_names(), ["edge.example.com"]);
         let f = parse("[api]\ntls = true\npublic_url = \"https://[::1]:8443\"\n").expect("valid");
         assert_eq!(f.api.issued_names(), ["::1"]);
-        let f = parse("[api]\ntls = true\ntls_names = [\"a.example\", \"10.0.0.5\"]\n").expect("valid");
+        let f =
+            parse("[api]\ntls = true\ntls_names = [\"a.example\", \"10.0.0.5\"]\n").expect("valid");
         assert_eq!(f.api.issued_names(), ["a.example", "10.0.0.5"]);
         for (text, error) in [
             (

@@ -50,7 +50,10 @@ pub async fn run(flags: &ApiFlags) -> anyhow::Result<()> {
         Ok(a) => a,
         Err(e) => match e.downcast_ref::<ApiFailure>() {
             Some(f) if f.status == 401 => {
-                anyhow::bail!("the API at {api} does not accept this token ({})", f.message)
+                anyhow::bail!(
+                    "the API at {api} does not accept this token ({})",
+                    f.message
+                )
             }
             _ => return Err(e),
         },

@@ -209,15 +209,18 @@ fn api_tls(file: &EdgeFile, ca: &EdgeCa) -> anyhow::Result<(rustls::ServerConfig
                 cert.display()
             );
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                anyhow::anyhow!("api.tls_key: cannot read a private key from {}: {e}", key.display())
+                anyhow::anyhow!(
+                    "api.tls_key: cannot read a private key from {}: {e}",
+                    key.display()
+                )
             })?;
             (chain, key, None)
         }
         _ => {
             let names = api.issued_names();
-            let (chain, key) = ca
-                .issue_api_cert(&names)
-                .map_err(|e| anyhow::anyhow!("cannot issue the API certificate for {names:?}: {e}"))?;
+            let (chain, key) = ca.issue_api_cert(&names).map_err(|e| {
+                anyhow::anyhow!("cannot issue the API certificate for {names:?}: {e}")
+            })?;
             let pem = ca.cert_pem().to_owned();
             let path = file.data_dir.join("api-ca.pem");
             std::fs::write(&path, &pem)
@@ -681,7 +684,12 @@ async fn start_api(
         }
         None => {
             node.tasks.spawn(warren_protocol::listen::serve_http(
-                "API", listener, node.limits, |_| {}, service, stop,
+                "API",
+                listener,
+                node.limits,
+                |_| {},
+                service,
+                stop,
             ));
         }
     }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use reqwest::Method;
 use serde::Deserialize;
 use serde::de::IgnoredAny;

@@ -75,7 +75,10 @@ fn an_edge_issued_api_certificate_serves_a_cli_that_logged_in_with_its_ca() {
     assert_eq!(first["api"], url.as_str());
     let ca_file = dir.path().join("data/api-ca.pem");
     let ca_pem = std::fs::read_to_string(&ca_file).expect("api-ca.pem");
-    assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----"), "{ca_pem}");
+    assert!(
+        ca_pem.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{ca_pem}"
+    );
     assert_eq!(first["ca_cert"], ca_pem.as_str());
     // The admin profile works as it is.
     let tunnel = ok_json(&served.profile, &["tunnel", "create", "lab", "--json"]);
@@ -193,7 +196,7 @@ fn an_edge_issued_api_certificate_serves_a_cli_that_logged_in_with_its_ca() {
         error_line(&out),
         "error: this token does not act for account 0123456789abcdef0123456789abcdef"
     );
-    // A plain-HTTP client on the HTTPS port gets no API answer.
+    // A plain-HTTP client on the HTTPS port is told to use https://.
     let out = warren(
         &stranger,
         &[
@@ -209,7 +212,9 @@ fn an_edge_issued_api_certificate_serves_a_cli_that_logged_in_with_its_ca() {
     );
     let line = error_line(&out);
     assert!(
-        line.starts_with(&format!("error: the API at http://127.0.0.1:{port}")),
+        line.starts_with(&format!(
+            "error: the API at http://127.0.0.1:{port} did not answer HTTP"
+        )) && line.ends_with("if the edge serves HTTPS ([api] tls), use an https:// address"),
         "{line}"
     );
     assert!(!stranger.exists(), "a failed login writes no profile");
@@ -219,9 +224,7 @@ fn an_edge_issued_api_certificate_serves_a_cli_that_logged_in_with_its_ca() {
 fn an_api_certificate_from_files_is_served_and_trusted_through_its_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new().expect("ca");
-    let (chain, key) = ca
-        .leaf_pem(&["edge.test", "127.0.0.1"])
-        .expect("leaf");
+    let (chain, key) = ca.leaf_pem(&["edge.test", "127.0.0.1"]).expect("leaf");
     std::fs::write(dir.path().join("api.pem"), chain).expect("write");
     std::fs::write(dir.path().join("api.key"), key).expect("write");
     let ca_file = dir.path().join("ca.pem");
@@ -230,7 +233,10 @@ fn an_api_certificate_from_files_is_served_and_trusted_through_its_ca() {
     let served = start_serve(
         Command::new(WARREN),
         dir.path(),
-        &api_config(port, "tls = true\ntls_cert = \"api.pem\"\ntls_key = \"api.key\""),
+        &api_config(
+            port,
+            "tls = true\ntls_cert = \"api.pem\"\ntls_key = \"api.key\"",
+        ),
     );
     let url = format!("https://127.0.0.1:{port}");
     let first = profile_json(&served.profile);
@@ -290,9 +296,8 @@ fn an_api_key_that_does_not_match_its_certificate_stops_the_node_with_the_reason
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(
-            "error: api.tls_cert / api.tls_key: the key does not match the certificate"
-        ),
+        stderr
+            .contains("error: api.tls_cert / api.tls_key: the key does not match the certificate"),
         "{stderr}"
     );
 }

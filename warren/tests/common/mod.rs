@@ -163,7 +163,10 @@ pub fn start_serve(mut cmd: Command, dir: &Path, config: &str) -> Served {
         serde_json::from_slice(&std::fs::read(&profile).expect("profile")).expect("profile JSON");
     let api = p["api"]
         .as_str()
-        .and_then(|u| u.strip_prefix("http://").or_else(|| u.strip_prefix("https://")))
+        .and_then(|u| {
+            u.strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
+        })
         .and_then(|a| a.trim_end_matches('/').parse().ok())
         .expect("API address");
     Served {

@@ -35,7 +35,7 @@ pub enum TunnelCommand {
     },
     /// Show one tunnel with its status and connections.
     Get {
-        /// Tunnel id.
+        /// Tunnel id or name.
         id: String,
         /// Print the API's JSON.
         #[arg(long)]
@@ -43,12 +43,12 @@ pub enum TunnelCommand {
     },
     /// Print a tunnel's token.
     Token {
-        /// Tunnel id.
+        /// Tunnel id or name.
         id: String,
     },
     /// Delete a tunnel (refused while VPC services use it).
     Delete {
-        /// Tunnel id.
+        /// Tunnel id or name.
         id: String,
     },
 }
@@ -59,7 +59,7 @@ pub struct ServiceFlags {
     /// `http` (or `tcp`).
     #[arg(long = "type")]
     pub service_type: Option<String>,
-    /// Tunnel the service is reached through.
+    /// Tunnel the service is reached through (its id or its name).
     #[arg(long)]
     pub tunnel_id: Option<String>,
     /// Host name resolved inside the private network.
@@ -138,14 +138,65 @@ pub enum ServiceCommand {
     },
 }
 
+/// Prints `rows` under `header`, each column as wide as its widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+const TUNNEL_HEADER: [&str; 5] = ["ID", "NAME", "STATUS", "CONNECTIONS", "CREATED"];
+
+fn tunnel_row(t: &Tunnel) -> Vec<String> {
+    vec![
+        t.id.clone(),
+        t.name.clone(),
+        t.status.as_str().to_owned(),
+        t.connections.len().to_string(),
+        t.created_at.clone(),
+    ]
+}
+
 fn print_tunnel(t: &Tunnel) {
-    println!(
-        "{}  {}  {}  {} connection(s)",
-        t.id,
-        t.name,
-        t.status.as_str(),
-        t.connections.len()
-    );
+    print_table(&TUNNEL_HEADER, &[tunnel_row(t)]);
+}
+
+/// A tunnel id from `arg`: an id as it is, else the id of the account's
+/// tunnel named `arg`.
+async fn tunnel_id(c: &Client, arg: &str) -> anyhow::Result<String> {
+    let is_id = arg.len() == 36 && arg.chars().all(|ch| ch.is_ascii_hexdigit() || ch == '-');
+    if is_id {
+        return Ok(arg.to_owned());
+    }
+    let list: Vec<Tunnel> = c.get("cfd_tunnel?per_page=1000").await?;
+    let named: Vec<&Tunnel> = list.iter().filter(|t| t.name == arg).collect();
+    match named.as_slice() {
+        [t] => Ok(t.id.clone()),
+        [] => anyhow::bail!("no tunnel named {arg:?} in this account (nor is it a tunnel id)"),
+        many => anyhow::bail!(
+            "{} tunnels are named {arg:?}: give the id ({})",
+            many.len(),
+            many.iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// A string as JSON (quoted), as the connection lines have always shown them.
@@ -153,7 +204,9 @@ fn quoted(s: &str) -> String {
     Value::from(s).to_string()
 }
 
-fn print_service(s: &Service) {
+const SERVICE_HEADER: [&str; 7] = ["ID", "NAME", "TYPE", "HOST", "HTTP", "HTTPS", "TUNNEL"];
+
+fn service_row(s: &Service) -> Vec<String> {
     let host = match &s.host {
         Host::Hostname { hostname, .. } => hostname.clone(),
         Host::Addresses { ipv4, ipv6, .. } => {
@@ -164,7 +217,7 @@ fn print_service(s: &Service) {
                 .join(",")
         }
     };
-    let port = |p: Option<u16>| p.map_or_else(|| "null".to_owned(), |p| p.to_string());
+    let port = |p: Option<u16>| p.map_or_else(|| "-".to_owned(), |p| p.to_string());
     let (http, https) = match s.ports {
         Ports::Http {
             http_port,
@@ -176,15 +229,24 @@ fn print_service(s: &Service) {
         ServiceType::Http => "http",
         ServiceType::Tcp => "tcp",
     };
-    println!(
-        "{}  {}  {}  {}  http:{} https:{}",
-        s.service_id,
-        s.name,
-        service_type,
+    vec![
+        s.service_id.clone(),
+        s.name.clone(),
+        service_type.to_owned(),
         host,
         port(http),
-        port(https)
-    );
+        port(https),
+        match &s.host {
+            Host::Hostname {
+                resolver_network, ..
+            } => resolver_network.tunnel_id.clone(),
+            Host::Addresses { network, .. } => network.tunnel_id.clone(),
+        },
+    ]
+}
+
+fn print_service(s: &Service) {
+    print_table(&SERVICE_HEADER, &[service_row(s)]);
 }
 
 fn print_json<T: Serialize>(v: &T) {
@@ -218,10 +280,14 @@ pub async fn tunnel(api: &ApiFlags, cmd: TunnelCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&list);
             } else {
-                list.iter().for_each(print_tunnel);
+                print_table(
+                    &TUNNEL_HEADER,
+                    &list.iter().map(tunnel_row).collect::<Vec<_>>(),
+                );
             }
         }
         TunnelCommand::Get { id, json } => {
+            let id = tunnel_id(&c, &id).await?;
             let t: Tunnel = c.get(&format!("cfd_tunnel/{id}")).await?;
             if json {
                 print_json(&t);
@@ -238,10 +304,12 @@ pub async fn tunnel(api: &ApiFlags, cmd: TunnelCommand) -> anyhow::Result<()> {
             }
         }
         TunnelCommand::Token { id } => {
+            let id = tunnel_id(&c, &id).await?;
             let token: String = c.get(&format!("cfd_tunnel/{id}/token")).await?;
             println!("{token}");
         }
         TunnelCommand::Delete { id } => {
+            let id = tunnel_id(&c, &id).await?;
             c.delete(&format!("cfd_tunnel/{id}")).await?;
             println!("deleted tunnel {id}");
         }
@@ -361,8 +429,13 @@ fn from_json(f: &ServiceFlags) -> anyhow::Result<ServiceRequest> {
 }
 
 /// Runs a VPC service command.
-pub async fn service(api: &ApiFlags, cmd: ServiceCommand) -> anyhow::Result<()> {
+pub async fn service(api: &ApiFlags, mut cmd: ServiceCommand) -> anyhow::Result<()> {
     let c = Client::new(api)?;
+    if let ServiceCommand::Create { flags, .. } | ServiceCommand::Update { flags, .. } = &mut cmd
+        && let Some(t) = &flags.tunnel_id
+    {
+        flags.tunnel_id = Some(tunnel_id(&c, t).await?);
+    }
     const PATH: &str = "connectivity/directory/services";
     let (result, json): (Service, bool) = match cmd {
         ServiceCommand::Create { name, flags, json } => {
@@ -378,7 +451,10 @@ pub async fn service(api: &ApiFlags, cmd: ServiceCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&list);
             } else {
-                list.iter().for_each(print_service);
+                print_table(
+                    &SERVICE_HEADER,
+                    &list.iter().map(service_row).collect::<Vec<_>>(),
+                );
             }
             return Ok(());
         }

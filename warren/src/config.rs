@@ -279,7 +279,9 @@ impl Default for ApiSection {
 pub struct TunnelSection {
     /// UDP listen address (default `0.0.0.0:7844`).
     pub listen: SocketAddr,
-    /// Addresses connectors dial, written into tokens (default: the bound address).
+    /// Addresses connectors dial, written into tokens (default: the bound
+    /// address; on 0.0.0.0 / `[::]` the loopback address with the bound port,
+    /// so a token never names an address nobody can dial).
     pub public_addresses: Vec<String>,
     /// QUIC keep-alive interval: a connection that sent nothing for this long
     /// sends a ping (default 500 ms).
@@ -674,7 +676,43 @@ pub fn parse(text: &str) -> anyhow::Result<EdgeFile> {
         "tunnel.keep_alive: must be less than tunnel.idle_timeout ({})",
         humantime_serde::re::humantime::format_duration(file.tunnel.idle_timeout)
     );
+    for (i, a) in file.tunnel.public_addresses.iter().enumerate() {
+        let host = match a.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok_and(|p| p != 0) => {
+                h.trim_start_matches('[').trim_end_matches(']')
+            }
+            _ => anyhow::bail!("tunnel.public_addresses[{i}]: {a:?} is not host:port"),
+        };
+        anyhow::ensure!(
+            !host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified()),
+            "tunnel.public_addresses[{i}]: {a:?} is a wildcard address no connector can dial; \
+             name an address of this node that connectors reach"
+        );
+    }
     file.store.check()?;
+    Ok(file)
+}
+
+/// The file `warren serve` reads: `explicit` (which must exist), else
+/// `edge.toml` in the current folder when there is one, else the defaults
+/// (data in `./warren-data`).
+pub fn load_or_default(explicit: Option<&Path>) -> anyhow::Result<EdgeFile> {
+    if let Some(path) = explicit {
+        return load(path);
+    }
+    let path = Path::new("edge.toml");
+    if path.exists() {
+        return load(path);
+    }
+    tracing::info!(
+        "no edge.toml here: running on the defaults (docs/edge.md), data in ./warren-data"
+    );
+    let mut file = parse("")?;
+    file.data_dir = std::env::current_dir()
+        .context("the current folder")?
+        .join(&file.data_dir);
     Ok(file)
 }
 
@@ -739,6 +777,33 @@ mod tests {
             e.to_string(),
             "connections.idle_timeout: must be more than 0"
         );
+    }
+
+    #[test]
+    fn public_addresses_must_be_dialable() {
+        let f = parse(
+            "[tunnel]\npublic_addresses = [\"edge.example.com:7844\", \"[2001:db8::1]:443\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(f.tunnel.public_addresses.len(), 2);
+        for (text, error) in [
+            (
+                "[tunnel]\npublic_addresses = [\"0.0.0.0:7844\"]\n",
+                "tunnel.public_addresses[0]: \"0.0.0.0:7844\" is a wildcard address no connector can dial; \
+                 name an address of this node that connectors reach",
+            ),
+            (
+                "[tunnel]\npublic_addresses = [\"10.0.0.1:7844\", \"[::]:7844\"]\n",
+                "tunnel.public_addresses[1]: \"[::]:7844\" is a wildcard address no connector can dial; \
+                 name an address of this node that connectors reach",
+            ),
+            (
+                "[tunnel]\npublic_addresses = [\"edge.example.com\"]\n",
+                "tunnel.public_addresses[0]: \"edge.example.com\" is not host:port",
+            ),
+        ] {
+            assert_eq!(parse(text).expect_err(text).to_string(), error);
+        }
     }
 
     #[test]

@@ -39,9 +39,10 @@ enum Command {
     Demo,
     /// Run an edge node: API, tunnel edge and CONNECT front door, per edge.toml.
     Serve {
-        /// The node's configuration (strict TOML; see docs/edge.md).
-        #[arg(long, default_value = "edge.toml")]
-        config: PathBuf,
+        /// The node's configuration (strict TOML; see docs/edge.md). Default:
+        /// ./edge.toml when there is one, else the documented defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Develop a worker: an edge, a tunnel, a local connector, the folder's VPC
     /// services and worker, its URL and live logs — in one process.
@@ -71,6 +72,12 @@ enum Command {
     Vpc {
         #[command(subcommand)]
         command: VpcCommand,
+    },
+    /// Print a shell completion script: `warren completions bash >
+    /// /etc/bash_completion.d/warren` (or zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Accounts of a node (operator command: works on the node's store).
     Account {
@@ -131,13 +138,18 @@ async fn main() -> std::process::ExitCode {
         Command::Demo => demo::run().await,
         Command::Serve { config } => {
             init_logging();
-            serve::run(&config).await
+            serve::run(config.as_deref()).await
         }
         Command::Dev(args) => {
             init_logging_default("warn");
             dev::run(args).await
         }
         Command::Login => login::run(&cli.api).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Deploy { config } => deploy(&cli.api, config).await,
         Command::Tail { worker, format } => match client::Client::new(&cli.api) {
             Ok(c) => workers::tail(&c, &worker, format == "json").await,

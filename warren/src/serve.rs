@@ -377,7 +377,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
     };
     let admin = Arc::new(TunnelAdmin {
         edges: match (&tunnel, file.tunnel.public_addresses.is_empty()) {
-            (Some((_, addr)), true) => vec![addr.to_string()],
+            (Some((_, addr)), true) => vec![token_edge(*addr).to_string()],
             _ => file.tunnel.public_addresses.clone(),
         },
         ca_sha256: ca.fingerprint(),
@@ -696,9 +696,29 @@ async fn start_api(
     Ok(url)
 }
 
-/// Runs the node until Ctrl-C or SIGTERM.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let file = config::load(config_path)?;
+/// The address a token names for a tunnel edge bound to `bound` without
+/// `[tunnel] public_addresses`: the bound address, or on a wildcard (which
+/// nobody can dial) the loopback address with its port.
+fn token_edge(bound: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let loopback: std::net::IpAddr = match bound {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    tracing::warn!(
+        %bound,
+        "tunnel tokens name {}: set [tunnel] public_addresses for connectors on other machines",
+        SocketAddr::new(loopback, bound.port())
+    );
+    SocketAddr::new(loopback, bound.port())
+}
+
+/// Runs the node until Ctrl-C or SIGTERM, on `config_path` (else
+/// `./edge.toml` if there is one, else the defaults).
+pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let file = config::load_or_default(config_path)?;
     let node = start(&file, true).await?;
     warren_connector::shutdown_signal().await;
     tracing::info!("shutting down");

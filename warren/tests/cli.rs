@@ -216,3 +216,167 @@ fn flags_and_environment_override_the_profile() {
         .expect("runs");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API address"));
 }
+
+/// The words of each line of `out`'s stdout (which must be a success).
+fn table(out: &Output) -> Vec<Vec<String>> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn tunnel_commands_take_a_name_and_lists_print_tables() {
+    let node = Node::start();
+    let t = node.json(&["tunnel", "create", "home-lab", "--json"]);
+    let tunnel = t["id"].as_str().expect("id").to_owned();
+    let created = t["created_at"].as_str().expect("created_at").to_owned();
+
+    // A name stands for the id wherever a tunnel is named.
+    let token_out = node.warren(&["tunnel", "token", "home-lab"]);
+    assert_eq!(
+        String::from_utf8_lossy(&token_out.stdout).trim(),
+        t["token"].as_str().expect("token")
+    );
+    assert_eq!(
+        node.json(&["tunnel", "get", "home-lab", "--json"])["id"],
+        tunnel.as_str()
+    );
+    let s = node.json(&[
+        "vpc",
+        "service",
+        "create",
+        "inventory",
+        "--tunnel-id",
+        "home-lab",
+        "--hostname",
+        "inventory.internal",
+        "--json",
+    ]);
+    assert_eq!(s["host"]["resolver_network"]["tunnel_id"], tunnel.as_str());
+    let service = s["service_id"].as_str().expect("service id").to_owned();
+
+    // Lists are tables with a header.
+    assert_eq!(
+        table(&node.warren(&["tunnel", "list"])),
+        [
+            vec!["ID", "NAME", "STATUS", "CONNECTIONS", "CREATED"],
+            vec![
+                tunnel.as_str(),
+                "home-lab",
+                "inactive",
+                "0",
+                created.as_str()
+            ],
+        ]
+    );
+    assert_eq!(
+        table(&node.warren(&["vpc", "service", "list"])),
+        [
+            vec!["ID", "NAME", "TYPE", "HOST", "HTTP", "HTTPS", "TUNNEL"],
+            vec![
+                service.as_str(),
+                "inventory",
+                "http",
+                "inventory.internal",
+                "80",
+                "443",
+                tunnel.as_str()
+            ],
+        ]
+    );
+
+    // An unknown name is one clear line.
+    let out = node.warren(&["tunnel", "get", "no-such-tunnel"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: no tunnel named \"no-such-tunnel\" in this account (nor is it a tunnel id)"
+    );
+    // Delete by name, once the service that uses it is gone.
+    let out = node.warren(&["vpc", "service", "delete", &service]);
+    assert!(out.status.success());
+    let out = node.warren(&["tunnel", "delete", "home-lab"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("deleted tunnel {tunnel}")
+    );
+    assert_eq!(table(&node.warren(&["tunnel", "list"])).len(), 1);
+}
+
+#[test]
+fn shell_completions_cover_the_commands() {
+    let out = Command::new(WARREN)
+        .args(["completions", "bash"])
+        .output()
+        .expect("warren runs");
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("_warren()"), "{script}");
+    for command in ["login", "deploy", "tunnel", "completions"] {
+        assert!(script.contains(command), "{command} missing");
+    }
+    let out = Command::new(WARREN)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("warren runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid value 'tcsh'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_without_a_config_runs_on_the_defaults_and_tokens_name_a_dialable_edge() {
+    // The defaults bind fixed ports (8787, UDP 7844, …): in a namespace of
+    // its own the node collides with nothing on this machine.
+    let ns = warren_testkit::netns::NetNs::create().expect("netns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = dir.path().join("profile.json");
+    let mut child = ns
+        .command(WARREN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("WARREN_PROFILE", &profile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("warren serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !profile.exists() {
+        assert!(Instant::now() < deadline, "no profile written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let p: Value =
+        serde_json::from_slice(&std::fs::read(&profile).expect("profile")).expect("JSON");
+    assert_eq!(p["api"], "http://127.0.0.1:8787");
+    assert!(dir.path().join("warren-data/warren.db").is_file());
+    // The tunnel edge listens on 0.0.0.0:7844; the token names loopback.
+    let out = ns
+        .command(WARREN)
+        .args(["tunnel", "create", "lab", "--json"])
+        .env("WARREN_PROFILE", &profile)
+        .env_remove("WARREN_API")
+        .env_remove("WARREN_API_TOKEN")
+        .env_remove("WARREN_ACCOUNT_ID")
+        .output()
+        .expect("warren runs");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let token = warren_protocol::token::TunnelToken::decode(t["token"].as_str().expect("token"))
+        .expect("token decodes");
+    assert_eq!(token.edges, ["127.0.0.1:7844"]);
+}

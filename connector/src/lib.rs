@@ -68,6 +68,10 @@ pub struct ConnectorConfig {
     pub policy: Policy,
     /// Address of `/ready`, `/healthcheck`, `/metrics` (default `127.0.0.1:20241`; `None` disables).
     pub metrics_addr: Option<SocketAddr>,
+    /// While the metrics port is taken, how many ports above it to try in
+    /// turn (default 4: 20241–20245, as cloudflared; 0 for an address given
+    /// explicitly).
+    pub metrics_fallback: u16,
     /// Time in-flight streams get to finish on shutdown (default 30 s).
     pub grace_period: Duration,
     /// Default TCP connect timeout to origins (default 10 s).
@@ -100,6 +104,7 @@ impl ConnectorConfig {
             dns_resolvers: Vec::new(),
             policy: Policy::default(),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 20241))),
+            metrics_fallback: 4,
             grace_period: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             connector_id: uuid::Uuid::new_v4().to_string(),
@@ -152,7 +157,7 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::new(config.connector_id.clone()));
     if let Some(addr) = config.metrics_addr {
-        let listener = metrics::bind(addr)
+        let listener = metrics::bind(addr, config.metrics_fallback)
             .await
             .with_context(|| format!("cannot listen on the metrics address {addr}"))?;
         info!(addr = %listener.local_addr()?, "serving /ready, /healthcheck and /metrics");

@@ -34,9 +34,12 @@ enum LogFormat {
     Json,
 }
 
+/// Flags of `run`; each also reads an environment variable
+/// (`WARREN_CONNECTOR_<FLAG>`, lists comma-separated), and the token also
+/// cloudflared's `TUNNEL_TOKEN`.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The tunnel token (from `warren tunnel create`).
+    /// The tunnel token (from `warren tunnel create`); also TUNNEL_TOKEN.
     #[arg(
         long,
         env = "WARREN_TUNNEL_TOKEN",
@@ -45,28 +48,29 @@ struct RunArgs {
     )]
     token: Option<String>,
     /// Read the token from a file.
-    #[arg(long)]
+    #[arg(long, env = "WARREN_CONNECTOR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Edge address host:port (repeatable; replaces the token's list).
-    #[arg(long = "edge")]
+    #[arg(long = "edge", env = "WARREN_CONNECTOR_EDGE", value_delimiter = ',')]
     edges: Vec<String>,
     /// Connections to keep, spread over the edge addresses.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    #[arg(long, env = "WARREN_CONNECTOR_HA_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
     ha_connections: u8,
     /// DNS resolver ip[:port] for the edge's questions (repeatable; default: this host's resolution, /etc/hosts included).
-    #[arg(long = "dns-resolver", value_parser = parse_resolver)]
+    #[arg(long = "dns-resolver", env = "WARREN_CONNECTOR_DNS_RESOLVER", value_delimiter = ',', value_parser = parse_resolver)]
     dns_resolvers: Vec<SocketAddr>,
     /// Allowed destination: CIDR[:port[-port]], [v6-CIDR]:port or hostname[:port] (repeatable; absent = allow all).
-    #[arg(long = "allow")]
+    #[arg(long = "allow", env = "WARREN_CONNECTOR_ALLOW", value_delimiter = ',')]
     allow: Vec<AllowRule>,
-    /// Address for /ready, /healthcheck and /metrics.
-    #[arg(long, default_value = "127.0.0.1:20241")]
-    metrics: SocketAddr,
+    /// Address for /ready, /healthcheck and /metrics (default: the first free of
+    /// 127.0.0.1:20241–20245).
+    #[arg(long, env = "WARREN_CONNECTOR_METRICS")]
+    metrics: Option<SocketAddr>,
     /// Time in-flight streams get to finish after SIGTERM.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WARREN_CONNECTOR_GRACE_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
     /// TCP connect timeout to origins.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WARREN_CONNECTOR_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
     /// QUIC keep-alive interval: a connection that sent nothing for this long sends a ping.
     #[arg(long, env = "WARREN_CONNECTOR_KEEP_ALIVE", default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -76,10 +80,15 @@ struct RunArgs {
     #[arg(long, env = "WARREN_CONNECTOR_IDLE_TIMEOUT", default_value = "1200ms", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Trust this CA certificate (PEM) for the edge instead of the token's fingerprint.
-    #[arg(long)]
+    #[arg(long, env = "WARREN_CONNECTOR_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "WARREN_CONNECTOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
 }
 
@@ -107,13 +116,17 @@ fn init_logging(format: LogFormat) {
 }
 
 fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
-    let token_text = match (args.token, args.token_file) {
-        (Some(t), _) => t,
-        (None, Some(f)) => std::fs::read_to_string(&f)
+    let cloudflared_token = std::env::var("TUNNEL_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let token_text = match (args.token, args.token_file, cloudflared_token) {
+        (Some(t), _, _) => t,
+        (None, Some(f), _) => std::fs::read_to_string(&f)
             .with_context(|| format!("cannot read token file {}", f.display()))?,
-        (None, None) => {
-            anyhow::bail!("no token: pass --token, --token-file, or set WARREN_TUNNEL_TOKEN")
-        }
+        (None, None, Some(t)) => t,
+        (None, None, None) => anyhow::bail!(
+            "no token: pass --token or --token-file, or set WARREN_TUNNEL_TOKEN or TUNNEL_TOKEN"
+        ),
     };
     let token = TunnelToken::decode(&token_text).context("invalid tunnel token")?;
     let mut config = ConnectorConfig::from_token(&token)?;
@@ -130,7 +143,10 @@ fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
     config.ha_connections = args.ha_connections;
     config.dns_resolvers = args.dns_resolvers;
     config.policy = Policy::new(args.allow);
-    config.metrics_addr = Some(args.metrics);
+    if let Some(addr) = args.metrics {
+        config.metrics_addr = Some(addr);
+        config.metrics_fallback = 0;
+    }
     config.grace_period = args.grace_period;
     config.connect_timeout = args.connect_timeout;
     anyhow::ensure!(

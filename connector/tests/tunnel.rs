@@ -216,6 +216,7 @@ async fn ready_reports_registered_connections() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("connectorId"), "{body}");
+    assert!(body.contains(r#""status":200"#), "{body}");
     assert_eq!(w_local(&c, "/healthcheck").await.0, StatusCode::OK);
     let records = w
         .store

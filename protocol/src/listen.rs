@@ -413,6 +413,54 @@ impl TcpAcceptor {
 pub type HttpTuning =
     fn(&mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>);
 
+/// A hyper service an HTTP listener can serve, answering with bodies `B`.
+#[cfg(feature = "http-server")]
+pub trait HttpService<B>:
+    hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<B>,
+        Future: Send + 'static,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+#[cfg(feature = "http-server")]
+impl<S, B> HttpService<B> for S where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Future: Send + 'static,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body an HTTP listener can stream.
+#[cfg(feature = "http-server")]
+pub trait ResponseBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+#[cfg(feature = "http-server")]
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// Serves HTTP/1.1 and h2c with `service` on `listener` within `limits`
 /// (the backoff, the caps with a 503, a first request and every request head
 /// within the header timeout, no request in flight for the idle timeout
@@ -427,18 +475,8 @@ pub async fn serve_http<S, B>(
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     serve(name, listener, limits, tuning, None, service, shutdown).await
 }
@@ -456,18 +494,8 @@ pub async fn serve_https<S, B>(
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     serve(
@@ -492,18 +520,8 @@ async fn serve<S, B>(
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     tokio::pin!(shutdown);

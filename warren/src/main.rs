@@ -43,6 +43,9 @@ enum Command {
         /// ./edge.toml when there is one, else the documented defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Log lines as text, or as one JSON object each (for log collectors).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Develop a worker: an edge, a tunnel, a local connector, the folder's VPC
     /// services and worker, its URL and live logs — in one process.
@@ -118,17 +121,23 @@ async fn deploy(flags: &client::ApiFlags, config: Option<PathBuf>) -> anyhow::Re
     Ok(())
 }
 
-fn init_logging() {
-    init_logging_default("info");
+/// How `warren serve` writes its log.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
-fn init_logging_default(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[tokio::main]
@@ -136,12 +145,12 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo => demo::run().await,
-        Command::Serve { config } => {
-            init_logging();
+        Command::Serve { config, log_format } => {
+            init_logging("info", log_format);
             serve::run(config.as_deref()).await
         }
         Command::Dev(args) => {
-            init_logging_default("warn");
+            init_logging("warn", LogFormat::Text);
             dev::run(args).await
         }
         Command::Login => login::run(&cli.api).await,

@@ -380,3 +380,48 @@ fn serve_without_a_config_runs_on_the_defaults_and_tokens_name_a_dialable_edge()
         .expect("token decodes");
     assert_eq!(token.edges, ["127.0.0.1:7844"]);
 }
+
+#[test]
+fn serve_writes_one_json_object_per_log_line_with_log_format_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "data_dir = \"data\"\n[parts]\ntunnel = false\nconnect = false\nbinding = false\nruntime = false\n[api]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(dir.path().join("edge.toml"), config).expect("config");
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new(WARREN)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(dir.path().join("edge.toml"))
+        .env("WARREN_PROFILE", dir.path().join("profile.json"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("warren serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("API listening") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(!lines.is_empty(), "no log line");
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["level"].is_string() && v["timestamp"].is_string()),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["level"] == "INFO" && v["fields"]["message"] == "API listening"),
+        "{text}"
+    );
+}

@@ -13,17 +13,11 @@ use serde_json::Value;
 use warren_testkit::tls::TestCa;
 
 mod common;
-use common::{WARREN, free_tcp, ok_json, start_serve, warren};
+use common::{WARREN, free_tcp, ok_json, start_serve, warren, warren_command};
 
 /// `warren ARGS` with profile `profile`, `stdin` on its standard input.
 fn warren_with_stdin(profile: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(WARREN)
-        .args(args)
-        .env("WARREN_PROFILE", profile)
-        .env_remove("WARREN_API")
-        .env_remove("WARREN_API_TOKEN")
-        .env_remove("WARREN_ACCOUNT_ID")
-        .env_remove("WARREN_CA_CERT")
+    let mut child = warren_command(profile, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -45,17 +45,22 @@ pub fn free_tcp() -> u16 {
         .expect("free port")
 }
 
-/// Runs `warren ARGS` with the client profile `profile`.
-pub fn warren(profile: &Path, args: &[&str]) -> Output {
-    Command::new(WARREN)
-        .args(args)
+/// `warren ARGS` with the client profile `profile` and none of the
+/// environment's `WARREN_*` client settings.
+pub fn warren_command(profile: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(WARREN);
+    c.args(args)
         .env("WARREN_PROFILE", profile)
         .env_remove("WARREN_API")
         .env_remove("WARREN_API_TOKEN")
         .env_remove("WARREN_ACCOUNT_ID")
-        .env_remove("WARREN_CA_CERT")
-        .output()
-        .expect("warren runs")
+        .env_remove("WARREN_CA_CERT");
+    c
+}
+
+/// Runs `warren ARGS` with the client profile `profile`.
+pub fn warren(profile: &Path, args: &[&str]) -> Output {
+    warren_command(profile, args).output().expect("warren runs")
 }
 
 /// Runs `warren ARGS` (which must succeed) and parses its JSON output.

@@ -295,3 +295,47 @@ fn an_api_key_that_does_not_match_its_certificate_stops_the_node_with_the_reason
         "{stderr}"
     );
 }
+
+/// `GET /healthz` on `api` (plain HTTP): the status and the JSON body.
+fn healthz(api: std::net::SocketAddr) -> (u16, Value) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(api).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, serde_json::from_str(body).expect("JSON body"))
+}
+
+#[test]
+fn healthz_answers_without_a_token_and_says_when_the_store_is_gone() {
+    let mut etcd = warren_testkit::etcd::Etcd::start().expect("etcd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_tcp();
+    let config = format!(
+        "{}[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\n",
+        api_config(port, ""),
+        etcd.endpoint()
+    );
+    let served = start_serve(Command::new(WARREN), dir.path(), &config);
+    assert_eq!(
+        healthz(served.api),
+        (200, serde_json::json!({ "status": "ok" }))
+    );
+    etcd.stop();
+    let (status, body) = healthz(served.api);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert!(
+        body["store"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
+}

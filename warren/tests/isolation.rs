@@ -5,9 +5,7 @@
 //! tail that does not read is dropped; `limits.cpu_ms` has a node maximum.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,25 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{Kill, WARREN, free_tcp, get, start_serve};
-
-/// The runtime's Rust test guest (`/hello`, `/env?NAME`), built once.
-fn guest() -> &'static [u8] {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/guest");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2"])
-            .arg("--manifest-path")
-            .arg(dir.join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", dir.join("target"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the test guest failed");
-        std::fs::read(dir.join("target/wasm32-wasip2/release/warren_test_guest.wasm"))
-            .expect("guest wasm")
-    })
-}
+use common::{Kill, WARREN, free_tcp, get, start_serve, test_guest as guest};
 
 /// An account's way into the API.
 #[derive(Clone)]

@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,8 +23,8 @@ use warren_testkit::etcd::Etcd;
 
 mod common;
 use common::{
-    Kill, ShowLogs, free_tcp, ok_json, serve_node as serve, test_guest, wait_for_profile,
-    wait_listening,
+    Kill, ShowLogs, free_tcp, ok_json, over_tls, refusal as proxy_refusal, serve_node as serve,
+    test_guest, wait_for_profile, wait_listening,
 };
 
 /// One node's listeners the test talks to.
@@ -223,46 +222,13 @@ async fn front_door(
          warren-binding: API\r\nwarren-account: {account}\r\nwarren-scheme: http\r\n\
          connection: close\r\n\r\n"
     );
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(identity.client_config(&[b"http/1.1"])));
-    let io = async {
-        let tcp = TcpStream::connect(node.connect).await?;
-        let mut s = tls
-            .connect(warren_iris::NodeIdentity::server_name(), tcp)
-            .await?;
-        s.write_all(request.as_bytes()).await?;
-        let mut out = Vec::new();
-        match s.read_to_end(&mut out).await {
-            // (hyper closes after `connection: close` without close_notify.)
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        Ok::<_, std::io::Error>(out)
-    };
-    let out = tokio::time::timeout(Duration::from_secs(20), io)
-        .await
-        .unwrap_or_else(|_| panic!("node {}: no CONNECT answer within 20 s", node.name))
-        .unwrap_or_else(|e| panic!("node {}: CONNECT failed: {e}", node.name));
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text}"));
-    let code = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("warren-proxy-error")
-                .then(|| value.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let message = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    (status, code, message)
+    let answer = over_tls(
+        node.connect,
+        identity.client_config(&[b"http/1.1"]),
+        request.as_bytes(),
+    )
+    .await;
+    proxy_refusal(&answer)
 }
 
 /// The `warren` CLI as `who` against `node` (flags override the profile).

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,48 +19,9 @@ use warren_testkit::etcd::Etcd;
 use warren_testkit::tls::{TestCa, anonymous_client};
 
 mod common;
-use common::{Kill, WARREN, free_tcp, ok_json, service, start_serve, warren};
-
-/// What a listener did with a client: its answer, or how the connection ended.
-#[derive(Debug)]
-enum Answer {
-    /// Bytes came back (an HTTP answer, or whatever was sent).
-    Bytes(Vec<u8>),
-    /// The server refused the TLS handshake with this alert.
-    Alert(rustls::AlertDescription),
-    /// The connection failed otherwise (the reason shows in failure messages).
-    Failed(#[allow(dead_code)] String),
-}
-
-/// Connects to `addr` over TLS with `tls`, sends `request` and reads until
-/// the server closes.
-async fn over_tls(addr: SocketAddr, tls: rustls::ClientConfig, request: &[u8]) -> Answer {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let name = warren_iris::NodeIdentity::server_name();
-    let io = async {
-        // TLS 1.3: the client's side of the handshake ends before the server
-        // has judged its certificate, so a refusal shows on the first read.
-        let mut s = connector.connect(name, tcp).await?;
-        s.write_all(request).await?;
-        let mut out = Vec::new();
-        match s.read_to_end(&mut out).await {
-            // (hyper closes after `connection: close` without close_notify.)
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        Ok::<_, std::io::Error>(out)
-    };
-    match tokio::time::timeout(Duration::from_secs(20), io).await {
-        Ok(Ok(out)) => Answer::Bytes(out),
-        Ok(Err(e)) => match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-            Some(rustls::Error::AlertReceived(a)) => Answer::Alert(*a),
-            _ => Answer::Failed(e.to_string()),
-        },
-        Err(_) => Answer::Failed("no answer within 20 s".into()),
-    }
-}
+use common::{
+    Answer, Kill, WARREN, free_tcp, ok_json, over_tls, refusal, service, start_serve, warren,
+};
 
 /// A CONNECT for `service` on behalf of `script` (none: the old form with
 /// only an asserted account).
@@ -74,30 +34,6 @@ fn connect_request(service: &str, script: Option<&str>, account: &str) -> Vec<u8
          warren-scheme: http\r\nconnection: close\r\n\r\n"
     )
     .into_bytes()
-}
-
-/// The status, `warren-proxy-error` code and JSON `message` of an answer.
-fn refusal(answer: &Answer) -> (u16, String, String) {
-    let Answer::Bytes(bytes) = answer else {
-        panic!("expected an HTTP answer, got {answer:?}");
-    };
-    let text = String::from_utf8_lossy(bytes);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text}"));
-    let code = head
-        .lines()
-        .find_map(|l| l.strip_prefix("warren-proxy-error: "))
-        .unwrap_or("")
-        .to_owned();
-    let message = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    (status, code, message)
 }
 
 /// A worker record as the runtime stores it, binding `services`.

@@ -126,6 +126,7 @@ impl BindingWorker {
     ) -> Result<Response<PooledBody>, ProxyError> {
         let ctx = head.context.clone();
         let result = self.fetch_inner(head, body).await;
+        crate::metrics::metrics().call(&result);
         if let Err(e) = &result {
             warn!(
                 request_id = %ctx.request_id,
@@ -163,6 +164,7 @@ impl BindingWorker {
         }
         strip_hop_by_hop(&mut headers);
         headers.remove(http::header::HOST);
+        crate::trace::propagate(&mut headers, &ctx.request_id);
         let replayable = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let mut body = Some(body);
         for hop in 0..=MAX_REDIRECTS {

@@ -7,11 +7,15 @@
 //! - [`pool`]: CONNECT tunnels pooled per (service, scheme, host).
 //! - [`fetch`]: one call — request shaping, redirects, error mapping.
 //! - [`rpc`]: the RPC server.
+//! - [`trace`]: the W3C `traceparent` sent to the origin.
+//! - [`metrics`]: binding calls by outcome.
 
 pub mod check;
 pub mod fetch;
+pub mod metrics;
 pub mod pool;
 pub mod rpc;
+pub mod trace;
 
 pub use fetch::BindingWorker;
 pub use pool::FrontDoorConfig;

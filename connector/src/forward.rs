@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info, info_span};
 use warren_protocol::ErrorCode;
 use warren_protocol::io::{read_message, read_preamble};
 use warren_protocol::messages::{ConnectRequest, ConnectResponse, WireMessage};
@@ -54,7 +54,7 @@ pub async fn serve_stream(
             return;
         }
     };
-    let span = info_span!("stream", flow = %req.flow_id, dest = %req.destination);
+    let span = info_span!("stream", request_id = %req.flow_id, dest = %req.destination);
     async move {
         shared.metrics.streams_total.inc();
         shared.metrics.streams_active.inc();
@@ -83,7 +83,7 @@ async fn fail(
     code: ErrorCode,
     message: String,
 ) -> Result<(), ErrorCode> {
-    debug!(%code, %message, "stream refused");
+    info!(%code, %message, "stream refused");
     let _ = answer(send, Some(code), message).await;
     let _ = send.finish();
     Err(code)
@@ -122,6 +122,7 @@ async fn connect_and_splice(
         }
     };
     let _ = tcp.set_nodelay(true);
+    info!("stream connected");
     if answer(send, None, String::new()).await.is_err() {
         return Err(ErrorCode::ConnectionTerminated);
     }
@@ -139,7 +140,10 @@ async fn connect_and_splice(
     let up = quic_to_tcp(recv, tcp_w, to_origin);
     let down = tcp_to_quic(tcp_r, send, from_origin);
     match tokio::try_join!(up, down) {
-        Ok(_) => Ok(()),
+        Ok((up, down)) => {
+            info!(up, down, "stream closed");
+            Ok(())
+        }
         Err(e) => {
             debug!(error = %e, "stream ended with an error");
             Err(ErrorCode::ConnectionTerminated)

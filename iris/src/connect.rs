@@ -243,9 +243,18 @@ impl FrontDoor {
     }
 
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // The id reaches log lines here and on the connector: only a short
+        // token of id characters is kept, anything else gets a fresh id.
         let request_id = header(&req, "warren-request-id")
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         if req.method() != Method::CONNECT {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -258,7 +267,10 @@ impl FrontDoor {
             script = header(&req, SCRIPT_HEADER).unwrap_or(""),
             binding = header(&req, BINDING_HEADER).unwrap_or(""),
         );
-        let prepared = self.prepare(&req).instrument(span.clone()).await;
+        let prepared = self
+            .prepare(&req, &request_id)
+            .instrument(span.clone())
+            .await;
         match prepared {
             Ok(origin) => {
                 let upgrade = hyper::upgrade::on(&mut req);
@@ -281,7 +293,11 @@ impl FrontDoor {
     }
 
     /// Everything before the 200: service, port, address, stream, TLS.
-    async fn prepare(&self, req: &Request<Incoming>) -> Result<Box<dyn Io>, ProxyError> {
+    async fn prepare(
+        &self,
+        req: &Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Box<dyn Io>, ProxyError> {
         let not_found = |detail: String| ProxyError::new(ErrorCode::ServiceNotFound, detail);
         let service_id = req
             .uri()
@@ -316,7 +332,7 @@ impl FrontDoor {
             )
         })?;
         let (tunnel, addrs, default_host) = self.addresses(&service).await?;
-        let stream = self.dial(&tunnel, &addrs, port).await?;
+        let stream = self.dial(&tunnel, &addrs, port, request_id).await?;
         if !https {
             return Ok(Box::new(stream));
         }
@@ -431,18 +447,20 @@ impl FrontDoor {
     }
 
     /// Tries each address in turn; returns the first stream or the last error.
+    /// `request_id` travels as the stream's flow id into the connector's log.
     async fn dial(
         &self,
         tunnel: &str,
         addrs: &[IpAddr],
         port: u16,
+        request_id: &str,
     ) -> Result<crate::TunnelStream, ProxyError> {
         let mut last = ProxyError::new(ErrorCode::DnsError, "no address to connect to");
         for ip in addrs {
             let dest = SocketAddr::new(*ip, port);
             match self
                 .tunnels
-                .open_tcp(tunnel, dest, self.config.attempt_timeout, "connect")
+                .open_tcp(tunnel, dest, self.config.attempt_timeout, request_id)
                 .await
             {
                 Ok(s) => return Ok(s),

@@ -90,9 +90,17 @@ impl DnsCache {
             resolver,
             host: host.trim_end_matches('.').to_ascii_lowercase(),
         };
+        let counted = |result| {
+            crate::metrics::metrics()
+                .dns_cache
+                .get_or_create(&vec![("result", result)])
+                .inc();
+        };
         if let Some(outcome) = self.fresh(&key) {
+            counted("hit");
             return outcome.map(|a| a.to_vec());
         }
+        counted("miss");
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             flights.entry(key.clone()).or_default().clone()

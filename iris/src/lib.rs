@@ -17,6 +17,7 @@ pub mod connect;
 pub mod dns_cache;
 pub mod edge;
 pub mod identity;
+pub mod metrics;
 pub mod origin_tls;
 pub mod peer;
 pub mod registry;

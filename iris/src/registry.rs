@@ -58,6 +58,11 @@ impl LiveConnection {
             .close(quinn::VarInt::from_u32(1), reason.as_bytes());
     }
 
+    /// The transport carrying the connection: `quic` (or `tcp` where UDP is blocked).
+    pub fn transport(&self) -> &'static str {
+        "quic"
+    }
+
     /// The path MTU the QUIC connection has discovered (bytes of UDP payload).
     pub fn path_mtu(&self) -> u16 {
         self.conn.stats().path.current_mtu
@@ -126,6 +131,13 @@ impl LiveConnection {
     }
 }
 
+fn connections_gauge(c: &LiveConnection) -> prometheus_client::metrics::gauge::Gauge {
+    crate::metrics::metrics()
+        .tunnel_connections
+        .get_or_create(&vec![("transport", c.transport())])
+        .clone()
+}
+
 /// Live connections per tunnel.
 #[derive(Default)]
 pub struct Registry {
@@ -137,6 +149,7 @@ pub struct Registry {
 impl Registry {
     pub(crate) fn insert(&self, conn: Arc<LiveConnection>) {
         if let Ok(mut t) = self.tunnels.write() {
+            connections_gauge(&conn).inc();
             t.entry(conn.record.tunnel_id.clone())
                 .or_default()
                 .push(conn);
@@ -148,7 +161,13 @@ impl Registry {
         if let Ok(mut t) = self.tunnels.write()
             && let Some(list) = t.get_mut(tunnel_id)
         {
-            list.retain(|c| c.record.id != connection_id);
+            list.retain(|c| {
+                let keep = c.record.id != connection_id;
+                if !keep {
+                    connections_gauge(c).dec();
+                }
+                keep
+            });
             if list.is_empty() {
                 t.remove(tunnel_id);
             }

@@ -10,6 +10,8 @@
 //! - `listen` (with `tokio`): accept-loop backoff, connection caps and idle
 //!   timeouts every listener of a node applies.
 //! - [`messages`]: the tunnel's messages (control stream, data streams, DNS).
+//! - `metrics` (with `metrics`): `process_*` and `build_info` metrics and the
+//!   metrics port's binding, shared by the edge and the connector.
 //! - [`preamble`]: the magic + version + kind that opens every tunnel stream.
 //! - [`token`]: the tunnel token a connector is started with.
 
@@ -23,6 +25,8 @@ pub mod io;
 #[cfg(feature = "tokio")]
 pub mod listen;
 pub mod messages;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "tokio")]
 pub mod pipe;
 pub mod preamble;

@@ -18,6 +18,7 @@ pub mod engine;
 pub mod js;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod outbound;
 pub mod routes;
 pub mod serve;

@@ -341,6 +341,19 @@ impl Worker {
             );
             Some(outcome)
         };
+        let (account, worker_name, metered) = (
+            self.config.account_id.clone(),
+            self.config.name.clone(),
+            meter.clone(),
+        );
+        let record = move |outcome: &str| {
+            crate::metrics::metrics().request(
+                &account,
+                &worker_name,
+                outcome,
+                metered.used().as_millis() as u64,
+            );
+        };
         if let (Some(hub), Some(info), Some((out, err))) = (hub, info, capture) {
             let event_timestamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -356,6 +369,7 @@ impl Worker {
                 let mut logs = lines("log", &out.contents());
                 logs.extend(lines("error", &err.contents()));
                 let (outcome, exceptions) = outcome.parts();
+                record(&outcome);
                 hub.publish(
                     &key,
                     TailEvent {
@@ -373,7 +387,10 @@ impl Worker {
                 );
             });
         } else {
-            tokio::spawn(ended);
+            tokio::spawn(async move {
+                let (outcome, _) = ended.await.unwrap_or(outcome).parts();
+                record(&outcome);
+            });
         }
         resp
     }

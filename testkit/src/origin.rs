@@ -1,5 +1,6 @@
 //! A real HTTP/1.1 origin (hyper) with a few routes tests use:
-//! `GET /hello` → `hello from origin`; `GET /items` → the JSON inventory of
+//! `GET /hello` → `hello from origin`; `GET /headers` → the request's headers
+//! as a JSON object (name → value); `GET /items` → the JSON inventory of
 //! `examples/private-api`; `GET /bytes/N` → N bytes, streamed;
 //! `GET /slow/N` → N chunks of 64 KiB, 50 ms apart; `POST /echo` → the body back, streamed;
 //! `POST /count` → the number of body bytes received (read as they stream).
@@ -54,6 +55,26 @@ async fn handle(local: SocketAddr, req: Request<Incoming>) -> Result<Response<Bo
         ("GET", ["hello"]) => Response::new(full("hello from origin")),
         ("GET", ["items"]) => {
             let mut r = Response::new(full(ITEMS));
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        ("GET", ["headers"]) => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (n.as_str().to_owned(), serde_json::Value::String(v))
+                })
+                .collect();
+            let mut r = Response::new(
+                Full::new(Bytes::from(serde_json::Value::Object(headers).to_string()))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            );
             r.headers_mut().insert(
                 "content-type",
                 hyper::header::HeaderValue::from_static("application/json"),

@@ -55,6 +55,35 @@ pub struct EdgeFile {
     /// The node-to-node link.
     #[serde(default)]
     pub peer: PeerSection,
+    /// The Prometheus metrics port.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: Prometheus `/metrics` on its own port, loopback by default
+/// (the metrics name accounts and workers, so the port is for the operator,
+/// not the Internet).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve the metrics port (default true).
+    pub enabled: bool,
+    /// Listen address (default `127.0.0.1:9464`). While the port is taken the
+    /// next four are tried, then a free port; the log names the one bound.
+    pub listen: SocketAddr,
+}
+
+/// Default metrics address of `warren serve`.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            listen: DEFAULT_METRICS_LISTEN,
+        }
+    }
 }
 
 /// `[peer]`: the node-to-node link (QUIC, mutual TLS with node certificates)

@@ -144,6 +144,9 @@ async fn session(
         "edge API at {api} (account {}); tunnel edge on udp://{tunnel_addr}",
         account.id
     );
+    if let Some(m) = node.metrics_addr {
+        println!("metrics at http://{m}/metrics");
+    }
 
     let tunnel = match store
         .list_tunnels(&account.id)

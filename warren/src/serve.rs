@@ -294,6 +294,8 @@ pub struct Running {
     pub workers_domain: String,
     /// The tunnel edge's UDP address, when this node runs the tunnel edge.
     pub tunnel_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served, unless `[metrics] enabled = false`.
+    pub metrics_addr: Option<SocketAddr>,
     /// Tunnel creation and tokens.
     pub admin: Arc<TunnelAdmin>,
     /// Deployed workers, when this node runs the runtime.
@@ -400,12 +402,17 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         true => Some(start_api(&mut node, admin.clone(), scripts.clone(), write_profile).await?),
         false => None,
     };
+    let metrics_addr = match file.metrics.enabled {
+        true => Some(start_metrics(&mut node).await?),
+        false => None,
+    };
     Ok(Running {
         store,
         api_url,
         runtime_addr: runtime.map(|(a, _)| a),
         workers_domain: file.runtime.workers_domain.clone(),
         tunnel_addr: tunnel.map(|(_, a)| a),
+        metrics_addr,
         admin,
         scripts,
         stop: stop_tx,
@@ -694,6 +701,63 @@ async fn start_api(
         }
     }
     Ok(url)
+}
+
+/// Prometheus `/metrics`: `build_info`, `process_*`, and the `warren_*`
+/// metrics of the parts this node runs.
+async fn start_metrics(node: &mut Node<'_>) -> anyhow::Result<SocketAddr> {
+    use prometheus_client::registry::Registry;
+    let want = node.file.metrics.listen;
+    let listener = match warren_protocol::metrics::bind(want, 4).await {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tokio::net::TcpListener::bind(SocketAddr::new(want.ip(), 0)).await
+        }
+        other => other,
+    }
+    .with_context(|| format!("cannot listen on {want} for metrics"))?;
+    let addr = listener.local_addr()?;
+    let mut root = Registry::default();
+    warren_protocol::metrics::register_build_info(&mut root, "warren");
+    let process = Arc::new(warren_protocol::metrics::ProcessMetrics::default());
+    process.register(&mut root);
+    let parts = &node.file.parts;
+    let warren = root.sub_registry_with_prefix("warren");
+    if parts.tunnel {
+        warren_iris::metrics::register(warren);
+    }
+    if parts.runtime {
+        warren_runtime::metrics::register(warren);
+    }
+    if parts.binding {
+        warren_binding_worker::metrics::register(warren);
+    }
+    let registry = Arc::new(root);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (registry, process) = (registry.clone(), process.clone());
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        warren_protocol::metrics::CONTENT_TYPE,
+                    )],
+                    warren_protocol::metrics::render(&registry, &process),
+                )
+            }
+        }),
+    );
+    tracing::info!(%addr, "metrics listening");
+    let stop = node.stopped();
+    node.tasks.spawn(warren_protocol::listen::serve_http(
+        "metrics",
+        listener,
+        node.limits,
+        |_| {},
+        hyper_util::service::TowerToHyperService::new(app),
+        stop,
+    ));
+    Ok(addr)
 }
 
 /// The address a token names for a tunnel edge bound to `bound` without

@@ -16,6 +16,10 @@ declare -A NEED=(
   [etcd]=etcd-server         # the etcd store backend's tests run a real etcd
   [protoc]=protobuf-compiler # etcd-client's build script generates its gRPC code
   [ip]=iproute2              # network namespaces for the tests' private network
+  [musl-gcc]=musl-tools      # the static warren-connector: ring builds C for the musl target
+  [buildah]=buildah          # scripts/package.sh image: the connector's OCI image, FROM scratch
+  [podman]=podman            # warren/tests/packaging.rs runs that image …
+  [runc]=runc                # … with runc (crun cannot use some machines' hybrid cgroups)
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
@@ -29,6 +33,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The toolchain rust-toolchain.toml pins, before anything here runs cargo.
+# When this machine's stable toolchain is that very release, it serves under
+# the pinned name too (rustup's toolchain folder name), so nothing is fetched.
+channel=$(sed -n 's/^channel *= *"\(.*\)"$/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list 2>/dev/null | grep -q "^$channel-"; then
+  stable=$(rustc +stable --version 2>/dev/null | awk '{print $2}')
+  if [ "$stable" = "$channel" ]; then
+    host=$(rustc +stable -vV | sed -n 's/^host: //p')
+    echo "setup: using the installed stable toolchain as $channel"
+    ln -s "$(rustc +stable --print sysroot)" \
+      "${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$channel-$host"
+  else
+    echo "setup: installing the Rust toolchain $channel"
+    rustup toolchain install "$channel" --profile minimal --component clippy,rustfmt
+  fi
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
@@ -36,6 +57,10 @@ fi
 if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$'; then
   echo "setup: adding the wasm32-wasip2 target (test workers are built for it)"
   rustup target add wasm32-wasip2
+fi
+if ! rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl$'; then
+  echo "setup: adding the x86_64-unknown-linux-musl target (the static warren-connector)"
+  rustup target add x86_64-unknown-linux-musl
 fi
 for comp in clippy rustfmt; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then

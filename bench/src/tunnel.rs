@@ -380,7 +380,7 @@ async fn main() -> anyhow::Result<()> {
             .registry()
             .connections(tunnel)
             .iter()
-            .map(|c| c.path_mtu())
+            .filter_map(|c| c.path_mtu())
             .collect();
         println!("tunnel connections' path MTU: {mtus:?}");
     }

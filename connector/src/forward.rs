@@ -15,6 +15,7 @@ use warren_protocol::ErrorCode;
 use warren_protocol::io::{read_message, read_preamble};
 use warren_protocol::messages::{ConnectRequest, ConnectResponse, WireMessage};
 use warren_protocol::preamble::StreamKind;
+use warren_transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
 
@@ -26,11 +27,7 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 const BUF: usize = 128 * 1024;
 
 /// Serves one data stream to completion.
-pub async fn serve_stream(
-    shared: Arc<Shared>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
+pub async fn serve_stream(shared: Arc<Shared>, mut send: SendHalf, mut recv: RecvHalf) {
     let header = tokio::time::timeout(HEADER_TIMEOUT, async {
         match read_preamble(&mut recv).await? {
             StreamKind::Connect => read_message::<ConnectRequest, _>(&mut recv).await,
@@ -44,13 +41,13 @@ pub async fn serve_stream(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             debug!(error = %e, "closing malformed data stream");
-            let _ = send.reset(1u32.into());
-            let _ = recv.stop(1u32.into());
+            let _ = send.reset(1);
+            let _ = recv.stop(1);
             return;
         }
         Err(_) => {
             debug!("data stream header timed out");
-            let _ = send.reset(1u32.into());
+            let _ = send.reset(1);
             return;
         }
     };
@@ -68,21 +65,13 @@ pub async fn serve_stream(
     .await
 }
 
-async fn answer(
-    send: &mut quinn::SendStream,
-    error: Option<ErrorCode>,
-    message: String,
-) -> io::Result<()> {
+async fn answer(send: &mut SendHalf, error: Option<ErrorCode>, message: String) -> io::Result<()> {
     let frame = ConnectResponse { error, message }.to_frame();
     send.write_all(&frame).await.map_err(io::Error::other)
 }
 
 /// Tells the edge why no connection was made, ends the stream, and returns the code.
-async fn fail(
-    send: &mut quinn::SendStream,
-    code: ErrorCode,
-    message: String,
-) -> Result<(), ErrorCode> {
+async fn fail(send: &mut SendHalf, code: ErrorCode, message: String) -> Result<(), ErrorCode> {
     info!(%code, %message, "stream refused");
     let _ = answer(send, Some(code), message).await;
     let _ = send.finish();
@@ -92,8 +81,8 @@ async fn fail(
 async fn connect_and_splice(
     shared: &Shared,
     req: &ConnectRequest,
-    send: &mut quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: &mut SendHalf,
+    recv: RecvHalf,
 ) -> Result<(), ErrorCode> {
     // An IPv4-mapped destination is checked and dialled as the IPv4 address it is.
     let dest = crate::policy::canonical(req.destination);
@@ -137,8 +126,8 @@ async fn connect_and_splice(
         .bytes
         .get_or_create(&vec![("direction", "from_origin")])
         .clone();
-    let up = quic_to_tcp(recv, tcp_w, to_origin);
-    let down = tcp_to_quic(tcp_r, send, from_origin);
+    let up = tunnel_to_tcp(recv, tcp_w, to_origin);
+    let down = tcp_to_tunnel(tcp_r, send, from_origin);
     match tokio::try_join!(up, down) {
         Ok((up, down)) => {
             info!(up, down, "stream closed");
@@ -151,12 +140,12 @@ async fn connect_and_splice(
     }
 }
 
-/// Origin → edge until the origin's FIN, then finishes the QUIC stream. Each read
-/// is handed to quinn as it is (no second copy); memory stays bounded by one
+/// Origin → edge until the origin's FIN, then finishes the tunnel stream. Each read
+/// is handed to the transport as it is (no second copy); memory stays bounded by one
 /// buffer plus the stream's flow-control window.
-async fn tcp_to_quic(
+async fn tcp_to_tunnel(
     mut tcp: OwnedReadHalf,
-    send: &mut quinn::SendStream,
+    send: &mut SendHalf,
     counter: Counter,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -167,25 +156,23 @@ async fn tcp_to_quic(
             send.finish().map_err(io::Error::other)?;
             return Ok(total);
         }
-        send.write_chunk(buf.freeze())
-            .await
-            .map_err(io::Error::other)?;
+        send.write_chunk(buf.freeze()).await?;
         counter.inc_by(n as u64);
         total += n as u64;
     }
 }
 
 /// Edge → origin until the edge finishes its stream, then sends FIN to the origin.
-async fn quic_to_tcp(
-    mut recv: quinn::RecvStream,
+async fn tunnel_to_tcp(
+    mut recv: RecvHalf,
     mut tcp: OwnedWriteHalf,
     counter: Counter,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    while let Some(chunk) = recv.read_chunk(BUF, true).await.map_err(io::Error::other)? {
-        tcp.write_all(&chunk.bytes).await?;
-        counter.inc_by(chunk.bytes.len() as u64);
-        total += chunk.bytes.len() as u64;
+    while let Some(chunk) = recv.read_chunk(BUF).await? {
+        tcp.write_all(&chunk).await?;
+        counter.inc_by(chunk.len() as u64);
+        total += chunk.len() as u64;
     }
     tcp.shutdown().await?;
     Ok(total)

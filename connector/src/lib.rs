@@ -28,7 +28,7 @@ use crate::backoff::Backoff;
 use crate::dns::DnsForwarder;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::session::SessionEnd;
+use crate::session::{SessionEnd, Transport};
 use crate::tls::EdgeTrust;
 
 /// A connection that stayed registered this long resets its backoff.
@@ -45,6 +45,21 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 /// Shortest wait after the edge refused our credentials.
 const MIN_REFUSED_WAIT: Duration = Duration::from_secs(10);
+/// Default interval at which a connection on the TCP fallback tries QUIC again.
+pub const DEFAULT_QUIC_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Which transports the connector uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// QUIC; a connection whose QUIC handshake fails moves to TCP at once,
+    /// and back to QUIC when a handshake succeeds again (the default).
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TCP only (TLS over TCP with the stream multiplexer).
+    Tcp,
+}
 
 /// Everything the connector runs with. [`ConnectorConfig::from_token`] fills the
 /// documented defaults.
@@ -85,6 +100,14 @@ pub struct ConnectorConfig {
     /// lost (default 1.2 s). The connection uses the smaller of this and the
     /// edge's own.
     pub idle_timeout: Duration,
+    /// Transports to use (default [`Protocol::Auto`]).
+    pub protocol: Protocol,
+    /// TCP port of the edge's fallback listener (default: the token's, else
+    /// the edge address's port, as the edge listens on both by default).
+    pub tcp_port: Option<u16>,
+    /// On TCP under [`Protocol::Auto`], how often to try QUIC again (default
+    /// 30 s; zero: never).
+    pub quic_retry_interval: Duration,
 }
 
 impl ConnectorConfig {
@@ -110,6 +133,9 @@ impl ConnectorConfig {
             connector_id: uuid::Uuid::new_v4().to_string(),
             keep_alive: DEFAULT_KEEP_ALIVE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            protocol: Protocol::Auto,
+            tcp_port: token.tcp_port,
+            quic_retry_interval: DEFAULT_QUIC_RETRY_INTERVAL,
         })
     }
 }
@@ -127,6 +153,8 @@ pub struct Shared {
     /// Tracks in-flight data streams for graceful shutdown.
     pub tracker: TaskTracker,
     client_config: quinn::ClientConfig,
+    tcp_tls: Arc<rustls::ClientConfig>,
+    tcp_config: warren_transport::TcpConfig,
 }
 
 fn transport(config: &ConnectorConfig) -> anyhow::Result<quinn::TransportConfig> {
@@ -163,8 +191,15 @@ pub async fn run(
         info!(addr = %listener.local_addr()?, "serving /ready, /healthcheck and /metrics");
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
-    let client_config = tls::client_config(&config.trust, transport(&config)?)?;
+    let (client_config, tcp_tls) = tls::client_config(&config.trust, transport(&config)?)?;
+    let tcp_config = warren_transport::TcpConfig {
+        keep_alive: config.keep_alive,
+        idle_timeout: config.idle_timeout,
+        ..Default::default()
+    };
     let shared = Arc::new(Shared {
+        tcp_tls,
+        tcp_config,
         policy: config.policy.clone(),
         dns: DnsForwarder::new(config.dns_resolvers.clone()).with_policy(config.policy.clone()),
         metrics,
@@ -207,8 +242,10 @@ pub async fn run(
         );
     }
     for (endpoint, conn) in open {
-        conn.close(0u32.into(), b"connector shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        conn.close(0, b"connector shutting down");
+        if let Some(endpoint) = endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        }
     }
     info!("connector stopped");
     Ok(())
@@ -233,25 +270,38 @@ pub async fn shutdown_signal() {
 /// Keeps connection `index` up forever. A registered connection that is lost
 /// (reset by a restarted edge, closed, timed out) after
 /// [`IMMEDIATE_REDIAL_AFTER`] is re-dialled at once; every other attempt waits
-/// a full-jitter backoff.
+/// a full-jitter backoff. Under [`Protocol::Auto`] a failed QUIC dial is
+/// followed at once by a TCP dial; a failed TCP dial waits its backoff and
+/// starts over with QUIC; a TCP connection moves back to QUIC when QUIC gets
+/// through again.
 async fn supervise(
     shared: Arc<Shared>,
     index: u8,
     edge: String,
     cancel: CancellationToken,
-) -> Option<(quinn::Endpoint, quinn::Connection)> {
+) -> Option<(Option<quinn::Endpoint>, warren_transport::Conn)> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
     let metrics = shared.metrics.clone();
+    let protocol = shared.config.protocol;
+    let mut transport = match protocol {
+        Protocol::Tcp => Transport::Tcp,
+        Protocol::Auto | Protocol::Quic => Transport::Quic,
+    };
     metrics.conn_state(None, Some("connecting"));
     loop {
         if cancel.is_cancelled() {
             metrics.conn_state(Some("connecting"), None);
             return None;
         }
-        let delay = match session::run(&shared, index, &edge, &cancel).await {
+        let delay = match session::run(&shared, index, &edge, transport, &cancel).await {
             SessionEnd::Shutdown(endpoint, conn) => {
                 metrics.conn_state(Some("connecting"), None);
                 return Some((endpoint, conn));
+            }
+            SessionEnd::QuicAgain => {
+                transport = Transport::Quic;
+                backoff.reset();
+                Duration::ZERO
             }
             SessionEnd::Lost { up_for, reason } => {
                 if up_for >= STABLE_PERIOD {
@@ -262,7 +312,7 @@ async fn supervise(
                 } else {
                     backoff.next_delay()
                 };
-                warn!(index, %edge, %reason, up_for = ?up_for, retry_in = ?d, "tunnel connection lost");
+                warn!(index, %edge, transport = transport.name(), %reason, up_for = ?up_for, retry_in = ?d, "tunnel connection lost");
                 d
             }
             SessionEnd::Refused {
@@ -277,12 +327,27 @@ async fn supervise(
                 );
                 d
             }
+            SessionEnd::Failed(reason)
+                if protocol == Protocol::Auto && transport == Transport::Quic =>
+            {
+                warn!(index, %edge, %reason, "QUIC failed; trying the TCP fallback");
+                transport = Transport::Tcp;
+                Duration::ZERO
+            }
             SessionEnd::Failed(reason) => {
                 let d = backoff.next_delay();
-                warn!(index, %edge, %reason, retry_in = ?d, "could not connect to the edge");
+                if protocol == Protocol::Auto {
+                    transport = Transport::Quic;
+                    error!(index, %edge, %reason, retry_in = ?d, "could not connect to the edge over QUIC (UDP) nor TCP: check that the edge address is right and that outbound UDP or TCP to its port is allowed");
+                } else {
+                    warn!(index, %edge, transport = transport.name(), %reason, retry_in = ?d, "could not connect to the edge");
+                }
                 d
             }
         };
+        if delay.is_zero() {
+            continue;
+        }
         metrics.conn_state(Some("connecting"), Some("backoff"));
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use warren_connector::policy::{AllowRule, Policy};
 use warren_connector::tls::EdgeTrust;
-use warren_connector::{ConnectorConfig, run, shutdown_signal};
+use warren_connector::{ConnectorConfig, Protocol, run, shutdown_signal};
 use warren_protocol::token::TunnelToken;
 
 #[derive(Parser)]
@@ -26,6 +26,18 @@ struct Cli {
 enum Command {
     /// Connect to the edge and serve the tunnel until stopped.
     Run(RunArgs),
+}
+
+/// `--protocol`: cloudflared's values, `http2` meaning the TCP fallback.
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    /// QUIC, falling back to TCP when UDP is blocked, and back again.
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TCP only (TLS over TCP).
+    #[value(alias = "http2")]
+    Tcp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,6 +91,21 @@ struct RunArgs {
     /// lost and re-dialled (the smaller of this and the edge's own applies).
     #[arg(long, env = "WARREN_CONNECTOR_IDLE_TIMEOUT", default_value = "1200ms", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Transport: `auto` (QUIC, and TLS over TCP where UDP is blocked), `quic`, or `tcp`
+    /// (cloudflared's `http2` is accepted for it).
+    #[arg(
+        long,
+        env = "WARREN_CONNECTOR_PROTOCOL",
+        value_enum,
+        default_value = "auto"
+    )]
+    protocol: ProtocolArg,
+    /// TCP port of the edge's fallback listener (default: the token's, else the edge port).
+    #[arg(long, env = "WARREN_CONNECTOR_TCP_PORT")]
+    tcp_port: Option<u16>,
+    /// On the TCP fallback, how often to try QUIC again (0 = never).
+    #[arg(long, env = "WARREN_CONNECTOR_QUIC_RETRY_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    quic_retry_interval: Duration,
     /// Trust this CA certificate (PEM) for the edge instead of the token's fingerprint.
     #[arg(long, env = "WARREN_CONNECTOR_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -105,7 +132,9 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // quinn-udp warns on every datagram a firewall refuses; the connector
+        // says what happens to the connection instead.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn_udp=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -157,6 +186,15 @@ fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
     );
     config.keep_alive = args.keep_alive;
     config.idle_timeout = args.idle_timeout;
+    config.protocol = match args.protocol {
+        ProtocolArg::Auto => Protocol::Auto,
+        ProtocolArg::Quic => Protocol::Quic,
+        ProtocolArg::Tcp => Protocol::Tcp,
+    };
+    if args.tcp_port.is_some() {
+        config.tcp_port = args.tcp_port;
+    }
+    config.quic_retry_interval = args.quic_retry_interval;
     Ok(config)
 }
 

@@ -1,11 +1,13 @@
-//! One tunnel connection's life: dial, register on the control stream, serve
-//! data streams and DNS questions, unregister on shutdown.
+//! One tunnel connection's life: dial (QUIC, or the TCP fallback), register
+//! on the control stream, serve data streams and DNS questions, unregister
+//! on shutdown — or, on TCP, when QUIC gets through again.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -14,6 +16,7 @@ use warren_protocol::messages::{
     ControlMessage, DnsAnswer, DnsQuery, RegisterRequest, RegisterResponse, WireMessage,
 };
 use warren_protocol::preamble::{self, StreamKind};
+use warren_transport::{Conn, RecvHalf, SendHalf};
 
 use crate::{Shared, forward};
 
@@ -24,10 +27,30 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// DNS questions answered at once per connection.
 const DNS_CONCURRENCY: usize = 256;
 
+/// The transport a connection runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC over UDP (the edge's port).
+    Quic,
+    /// TLS over TCP with the stream multiplexer, where UDP is blocked.
+    Tcp,
+}
+
+impl Transport {
+    /// `quic` or `tcp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
 /// How a session ended.
 pub enum SessionEnd {
-    /// Shutdown requested: unregistered; the connection stays open for in-flight streams.
-    Shutdown(quinn::Endpoint, quinn::Connection),
+    /// Shutdown requested: unregistered; the connection stays open for
+    /// in-flight streams (with its QUIC endpoint, when QUIC).
+    Shutdown(Option<quinn::Endpoint>, Conn),
     /// Registered, then lost after `up_for`.
     Lost {
         /// How long it was registered.
@@ -44,6 +67,9 @@ pub enum SessionEnd {
     },
     /// Could not connect or register.
     Failed(String),
+    /// A TCP session saw a QUIC handshake succeed: it unregistered (its
+    /// in-flight streams finish on it) so the connection moves back to QUIC.
+    QuicAgain,
 }
 
 fn endpoint_for(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
@@ -54,11 +80,41 @@ fn endpoint_for(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::client(local)
 }
 
-/// Runs one connection to `edge` until it is lost, refused, or `cancel` fires.
+/// A QUIC handshake with `addr`: the connection and its endpoint, or why not.
+async fn dial_quic(
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let endpoint = endpoint_for(addr).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let connecting = endpoint
+        .connect_with(
+            shared.client_config.clone(),
+            addr,
+            warren_protocol::EDGE_SERVER_NAME,
+        )
+        .map_err(|e| format!("cannot dial {addr}: {e}"))?;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => Ok((endpoint, c)),
+        Ok(Err(e)) => Err(format!("QUIC handshake with {addr} failed: {e}")),
+        Err(_) => Err(format!(
+            "no QUIC answer from edge {addr} within {HANDSHAKE_TIMEOUT:?} (is UDP blocked?)"
+        )),
+    }
+}
+
+/// The TCP fallback's address for edge `addr`: its host, and the configured
+/// TCP port (by default the same port number).
+fn tcp_addr(shared: &Shared, addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip(), shared.config.tcp_port.unwrap_or(addr.port()))
+}
+
+/// Runs one connection to `edge` over `transport` until it is lost, refused,
+/// `cancel` fires, or (TCP with a QUIC retry interval) QUIC works again.
 pub async fn run(
     shared: &Arc<Shared>,
     index: u8,
     edge: &str,
+    transport: Transport,
     cancel: &CancellationToken,
 ) -> SessionEnd {
     let addr = match tokio::net::lookup_host(edge).await.map(|mut a| a.next()) {
@@ -66,22 +122,25 @@ pub async fn run(
         Ok(None) => return SessionEnd::Failed(format!("edge address {edge} resolved to nothing")),
         Err(e) => return SessionEnd::Failed(format!("cannot resolve edge address {edge}: {e}")),
     };
-    let endpoint = match endpoint_for(addr) {
-        Ok(e) => e,
-        Err(e) => return SessionEnd::Failed(format!("cannot open a UDP socket: {e}")),
-    };
-    let connecting = match endpoint.connect_with(
-        shared.client_config.clone(),
-        addr,
-        warren_protocol::EDGE_SERVER_NAME,
-    ) {
-        Ok(c) => c,
-        Err(e) => return SessionEnd::Failed(format!("cannot dial {addr}: {e}")),
-    };
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return SessionEnd::Failed(format!("handshake with {addr} failed: {e}")),
-        Err(_) => return SessionEnd::Failed(format!("no answer from edge {addr}")),
+    let (endpoint, conn, peer) = match transport {
+        Transport::Quic => match dial_quic(shared, addr).await {
+            Ok((endpoint, c)) => (Some(endpoint), Conn::Quic(c), addr),
+            Err(e) => return SessionEnd::Failed(e),
+        },
+        Transport::Tcp => {
+            let to = tcp_addr(shared, addr);
+            match warren_transport::tcp::connect(
+                to,
+                shared.tcp_tls.clone(),
+                warren_protocol::EDGE_SERVER_NAME,
+                &shared.tcp_config,
+            )
+            .await
+            {
+                Ok(c) => (None, c, to),
+                Err(e) => return SessionEnd::Failed(e.to_string()),
+            }
+        }
     };
     let Ok((mut send, mut recv)) = conn.open_bi().await else {
         return SessionEnd::Failed("connection closed before registering".into());
@@ -114,7 +173,7 @@ pub async fn run(
             retry_after_ms,
             ..
         })) => {
-            conn.close(0u32.into(), b"registration refused");
+            conn.close(0, b"registration refused");
             return SessionEnd::Refused {
                 message,
                 retry_after: Duration::from_millis(u64::from(retry_after_ms)),
@@ -127,19 +186,55 @@ pub async fn run(
     shared
         .metrics
         .conn_state(Some("connecting"), Some("registered"));
-    info!(index, %addr, edge = %edge_name, connection = %connection_id, "registered tunnel connection");
+    info!(index, addr = %peer, transport = transport.name(), edge = %edge_name, connection = %connection_id, "registered tunnel connection");
+
+    // On TCP, keep trying QUIC: the connection goes back as soon as UDP gets through.
+    let quic_again = async {
+        let retry = shared.config.quic_retry_interval;
+        if transport == Transport::Quic || retry.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(retry).await;
+            match dial_quic(shared, addr).await {
+                Ok((endpoint, c)) => {
+                    c.close(0u32.into(), b"probe");
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+                    return;
+                }
+                Err(e) => debug!(index, error = %e, "QUIC still unreachable"),
+            }
+        }
+    };
+    tokio::pin!(quic_again);
 
     let dns = tokio::spawn(dns_loop(shared.clone(), conn.clone()));
+    // This connection's streams (also in the connector-wide tracker).
+    let streams = tokio_util::task::TaskTracker::new();
     let end = loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((s, r)) => {
-                    shared.tracker.spawn(forward::serve_stream(shared.clone(), s, r));
+                    let stream = forward::serve_stream(shared.clone(), s, r);
+                    shared.tracker.spawn(streams.track_future(stream));
                 }
                 Err(e) => {
                     break SessionEnd::Lost { up_for: up_since.elapsed(), reason: e.to_string() };
                 }
             },
+            () = &mut quic_again => {
+                info!(index, "QUIC gets through again: moving this connection back from TCP");
+                unregister(&mut send, &mut recv).await;
+                // Its streams in flight finish (within the grace period), then it closes.
+                let (conn, grace) = (conn.clone(), shared.config.grace_period);
+                streams.close();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(grace, streams.wait()).await;
+                    conn.close(0, b"moved to QUIC");
+                });
+                break SessionEnd::QuicAgain;
+            }
             () = cancel.cancelled() => {
                 unregister(&mut send, &mut recv).await;
                 break SessionEnd::Shutdown(endpoint.clone(), conn.clone());
@@ -153,7 +248,7 @@ pub async fn run(
     end
 }
 
-async fn unregister(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+async fn unregister(send: &mut SendHalf, recv: &mut RecvHalf) {
     if send
         .write_all(&ControlMessage::Unregister.to_frame())
         .await
@@ -170,7 +265,7 @@ async fn unregister(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) 
     }
 }
 
-async fn dns_loop(shared: Arc<Shared>, conn: quinn::Connection) {
+async fn dns_loop(shared: Arc<Shared>, conn: Conn) {
     let limit = Arc::new(Semaphore::new(DNS_CONCURRENCY));
     while let Ok(d) = conn.read_datagram().await {
         let Ok(permit) = limit.clone().try_acquire_owned() else {

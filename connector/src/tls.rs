@@ -87,12 +87,14 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
-/// The QUIC client configuration for dialling the edge with `trust`.
+/// The client configurations for dialling the edge with `trust`: QUIC, and
+/// the TCP fallback's TLS (same verification, the TCP transport's ALPN).
 pub fn client_config(
     trust: &EdgeTrust,
     transport: quinn::TransportConfig,
-) -> anyhow::Result<quinn::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+) -> anyhow::Result<(quinn::ClientConfig, Arc<rustls::ClientConfig>)> {
+    // Offers X25519MLKEM768 first (post-quantum), X25519 after it.
+    let provider = warren_transport::pq::crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut tls = match trust {
@@ -110,8 +112,9 @@ pub fn client_config(
         }
     };
     tls.alpn_protocols = vec![warren_protocol::TUNNEL_ALPN.to_vec()];
+    let tcp = warren_transport::tcp::client_tls(&tls);
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok((config, tcp))
 }

@@ -23,6 +23,7 @@ fn token() -> String {
         secret: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
         edges: vec!["127.0.0.1:9".into()],
         ca_sha256: "00".repeat(32),
+        tcp_port: None,
     }
     .encode()
 }

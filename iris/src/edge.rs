@@ -1,6 +1,8 @@
-//! The tunnel edge: the QUIC listener connectors dial, registration on each
-//! connection's control stream, and the per-connection loops (DNS answers,
-//! unregister, lease refresh).
+//! The tunnel edge: the QUIC listener connectors dial, and next to it the TCP
+//! fallback listener (TLS over TCP, on the same port number by default) for
+//! connectors whose network blocks UDP; registration on each connection's
+//! control stream, and the per-connection loops (DNS answers, unregister,
+//! lease refresh) — the same over either transport.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use quinn::crypto::rustls::QuicServerConfig;
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use warren_protocol::io::{ReadError, read_message, read_preamble};
 use warren_protocol::messages::{
@@ -17,6 +21,7 @@ use warren_protocol::messages::{
 };
 use warren_protocol::preamble::StreamKind;
 use warren_store::{ConnectionRecord, Store, rfc3339, secret_matches};
+use warren_transport::{Conn, RecvHalf, SendHalf, TcpConfig};
 
 use crate::ca::{CaError, EdgeCa};
 use crate::registry::{LiveConnection, Registry};
@@ -30,11 +35,26 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// one, so a dead peer is noticed 1.2–1.7 s after its last packet.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 
+/// Where the edge takes tunnel connections over TCP (for connectors whose
+/// network blocks UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpListen {
+    /// TCP on the QUIC listener's address and port (the default, as
+    /// cloudflared's edge uses 7844 for both).
+    SamePort,
+    /// TCP on this address (e.g. port 443 where only HTTPS gets out).
+    At(SocketAddr),
+    /// No TCP fallback.
+    Off,
+}
+
 /// Settings of the tunnel edge. Every field has a documented default from [`EdgeConfig::new`].
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     /// UDP address to listen on (default `0.0.0.0:7844`).
     pub listen: SocketAddr,
+    /// The TCP fallback listener (default [`TcpListen::SamePort`]).
+    pub tcp_listen: TcpListen,
     /// Directory holding the edge CA for [`TunnelEdge::bind`] (created if
     /// missing; [`TunnelEdge::bind_with_ca`] is given its CA instead).
     pub data_dir: PathBuf,
@@ -66,6 +86,7 @@ impl EdgeConfig {
             .unwrap_or_else(|| "warren-edge".to_owned());
         EdgeConfig {
             listen,
+            tcp_listen: TcpListen::SamePort,
             data_dir,
             edge_name,
             extra_cert_names: Vec::new(),
@@ -104,6 +125,7 @@ pub enum EdgeError {
 /// A running tunnel edge: accepts connector connections until shut down.
 pub struct TunnelEdge {
     endpoint: quinn::Endpoint,
+    tcp: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     ca: Arc<EdgeCa>,
     ctx: Arc<EdgeCtx>,
 }
@@ -133,7 +155,8 @@ impl TunnelEdge {
     ) -> Result<TunnelEdge, EdgeError> {
         let reset_key = ResetKey::load_or_create(&config.data_dir).map_err(EdgeError::ResetKey)?;
         let (chain, key) = ca.issue_edge_cert(&config.extra_cert_names)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // X25519MLKEM768 preferred, classical groups for older connectors.
+        let provider = warren_transport::pq::crypto_provider();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| EdgeError::Tls(e.to_string()))?
@@ -141,6 +164,7 @@ impl TunnelEdge {
             .with_single_cert(chain, key)
             .map_err(|e| EdgeError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![warren_protocol::TUNNEL_ALPN.to_vec()];
+        let tcp_tls = warren_transport::tcp::server_tls(&tls);
         let quic_tls =
             QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
@@ -172,8 +196,25 @@ impl TunnelEdge {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_error)?;
+        let tcp_addr = match config.tcp_listen {
+            TcpListen::SamePort => Some(endpoint.local_addr().map_err(bind_error)?),
+            TcpListen::At(addr) => Some(addr),
+            TcpListen::Off => None,
+        };
+        let tcp = match tcp_addr {
+            Some(addr) => {
+                let std = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| EdgeError::Bind { addr, source })?;
+                let listener = tokio::net::TcpListener::from_std(std)
+                    .map_err(|source| EdgeError::Bind { addr, source })?;
+                Some((listener, tcp_tls))
+            }
+            None => None,
+        };
         Ok(TunnelEdge {
             endpoint,
+            tcp,
             ca,
             ctx: Arc::new(EdgeCtx {
                 config,
@@ -188,6 +229,11 @@ impl TunnelEdge {
         self.endpoint.local_addr()
     }
 
+    /// The TCP fallback listener's address, unless it is off.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// The edge CA (its fingerprint goes into tokens).
     pub fn ca(&self) -> &EdgeCa {
         &self.ca
@@ -198,23 +244,55 @@ impl TunnelEdge {
         Tunnels::new(self.ctx.registry.clone())
     }
 
-    /// Accepts connections until `shutdown` completes, then closes every
-    /// connection (connectors reconnect elsewhere or later) and returns.
+    /// Accepts connections (QUIC, and TCP unless off) until `shutdown`
+    /// completes, then closes every connection (connectors reconnect
+    /// elsewhere or later) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut conns = JoinSet::new();
+        let stop_tcp = CancellationToken::new();
+        let (tcp_conns_tx, mut tcp_conns) = tokio::sync::mpsc::unbounded_channel::<Conn>();
+        if let Some((listener, tls)) = self.tcp {
+            let cfg = TcpConfig {
+                keep_alive: self.ctx.config.keep_alive,
+                idle_timeout: self.ctx.config.idle_timeout,
+                ..TcpConfig::default()
+            };
+            tokio::spawn(warren_transport::tcp::serve(
+                listener,
+                tls,
+                cfg,
+                move |conn| {
+                    let _ = tcp_conns_tx.send(conn);
+                },
+                stop_tcp.clone(),
+            ));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let ctx = self.ctx.clone();
-                    conns.spawn(serve_connection(incoming, ctx));
+                    conns.spawn(async move {
+                        let remote = incoming.remote_address();
+                        match incoming.await {
+                            Ok(c) => serve_connection(Conn::Quic(c), ctx).await,
+                            Err(e) => debug!(%remote, error = %e, "handshake failed"),
+                        }
+                    });
+                }
+                Some(conn) = tcp_conns.recv() => {
+                    conns.spawn(serve_connection(conn, self.ctx.clone()));
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 () = &mut shutdown => break,
             }
         }
         info!("tunnel edge shutting down");
+        stop_tcp.cancel();
+        for live in self.ctx.registry.all() {
+            live.conn().close(0, b"edge shutting down");
+        }
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"edge shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -225,21 +303,16 @@ impl TunnelEdge {
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<EdgeCtx>) {
-    let remote = incoming.remote_address();
-    let span = info_span!("tunnel_conn", %remote, conn = tracing::field::Empty);
+/// Serves one connection, either transport, from registration to its end.
+async fn serve_connection(conn: Conn, ctx: Arc<EdgeCtx>) {
+    let remote = conn.remote_address();
+    let transport = conn.transport_name();
+    let span = info_span!("tunnel_conn", %remote, transport, conn = tracing::field::Empty);
     async move {
-        let conn = match incoming.await {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(error = %e, "handshake failed");
-                return;
-            }
-        };
         let registered =
             tokio::time::timeout(ctx.config.registration_timeout, register(&conn, &ctx)).await;
         let Ok(Some((live, control_send, control_recv))) = registered else {
-            conn.close(quinn::VarInt::from_u32(2), b"not registered");
+            conn.close(2, b"not registered");
             return;
         };
         let record = live.record().clone();
@@ -264,9 +337,9 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<EdgeCtx>) {
     .await
 }
 
-type ControlStreams = (Arc<LiveConnection>, quinn::SendStream, quinn::RecvStream);
+type ControlStreams = (Arc<LiveConnection>, SendHalf, RecvHalf);
 
-async fn register(conn: &quinn::Connection, ctx: &EdgeCtx) -> Option<ControlStreams> {
+async fn register(conn: &Conn, ctx: &EdgeCtx) -> Option<ControlStreams> {
     let (mut send, mut recv) = conn.accept_bi().await.ok()?;
     let req = match read_message::<RegisterRequest, _>(&mut recv).await {
         Ok(r) => r,
@@ -307,7 +380,7 @@ const STORE_DOWN: Refusal = (RefusalReason::Overloaded, "edge storage unavailabl
 
 /// Checks the credentials and records the connection.
 async fn admit(
-    conn: &quinn::Connection,
+    conn: &Conn,
     ctx: &EdgeCtx,
     req: RegisterRequest,
 ) -> Result<ConnectionRecord, Refusal> {
@@ -347,7 +420,7 @@ async fn admit(
     Ok(record)
 }
 
-async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, refusal: Refusal) {
+async fn refuse(conn: &Conn, send: &mut SendHalf, refusal: Refusal) {
     let (reason, message, retry_after_ms) = refusal;
     let msg = RegisterResponse::Refused {
         reason,
@@ -362,7 +435,7 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, refusal:
 }
 
 async fn dns_datagrams(live: Arc<LiveConnection>) {
-    while let Ok(d) = live.quic().read_datagram().await {
+    while let Ok(d) = live.conn().read_datagram().await {
         match DnsAnswer::from_bytes(&d) {
             Ok(answer) => live.deliver_dns(answer),
             Err(e) => debug!(error = %e, "dropping malformed dns datagram"),
@@ -371,7 +444,7 @@ async fn dns_datagrams(live: Arc<LiveConnection>) {
 }
 
 async fn dns_streams(live: Arc<LiveConnection>) {
-    while let Ok(mut recv) = live.quic().accept_uni().await {
+    while let Ok(mut recv) = live.conn().accept_uni().await {
         let live = live.clone();
         tokio::spawn(async move {
             let read = async {
@@ -402,11 +475,7 @@ async fn refresh_lease(ctx: Arc<EdgeCtx>, record: ConnectionRecord) {
     }
 }
 
-async fn control_loop(
-    live: Arc<LiveConnection>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
+async fn control_loop(live: Arc<LiveConnection>, mut send: SendHalf, mut recv: RecvHalf) {
     loop {
         match read_message::<ControlMessage, _>(&mut recv).await {
             Ok(ControlMessage::Unregister) => {

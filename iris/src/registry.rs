@@ -10,13 +10,14 @@ use tokio::sync::{Notify, oneshot};
 use warren_protocol::ErrorCode;
 use warren_protocol::messages::DnsAnswer;
 use warren_store::ConnectionRecord;
+use warren_transport::{Conn, ConnectionError, RecvHalf, SendHalf};
 
 type DnsWaiter = oneshot::Sender<Result<Vec<u8>, ErrorCode>>;
 
 /// One registered connector connection.
 pub struct LiveConnection {
     record: ConnectionRecord,
-    conn: quinn::Connection,
+    conn: Conn,
     draining: AtomicBool,
     dns_pending: Mutex<HashMap<u32, DnsWaiter>>,
     active_streams: Arc<AtomicUsize>,
@@ -32,7 +33,7 @@ impl Drop for StreamGuard {
 }
 
 impl LiveConnection {
-    pub(crate) fn new(record: ConnectionRecord, conn: quinn::Connection) -> Self {
+    pub(crate) fn new(record: ConnectionRecord, conn: Conn) -> Self {
         LiveConnection {
             record,
             conn,
@@ -52,20 +53,21 @@ impl LiveConnection {
         !self.draining.load(Ordering::Acquire) && self.conn.close_reason().is_none()
     }
 
-    /// Closes the QUIC connection (the connector will reconnect).
+    /// Closes the connection (the connector will reconnect).
     pub fn close(&self, reason: &str) {
-        self.conn
-            .close(quinn::VarInt::from_u32(1), reason.as_bytes());
+        self.conn.close(1, reason.as_bytes());
     }
 
-    /// The transport carrying the connection: `quic` (or `tcp` where UDP is blocked).
+    /// The transport carrying the connection: `quic`, or `tcp` where the
+    /// connector fell back because UDP is blocked.
     pub fn transport(&self) -> &'static str {
-        "quic"
+        self.conn.transport_name()
     }
 
-    /// The path MTU the QUIC connection has discovered (bytes of UDP payload).
-    pub fn path_mtu(&self) -> u16 {
-        self.conn.stats().path.current_mtu
+    /// The path MTU a QUIC connection has discovered (bytes of UDP payload);
+    /// `None` over TCP.
+    pub fn path_mtu(&self) -> Option<u16> {
+        self.conn.path_mtu()
     }
 
     /// Data streams in flight on this connection.
@@ -87,8 +89,8 @@ impl LiveConnection {
 
     /// Opens a raw bidirectional stream, bypassing the stream header: for
     /// diagnostics and protocol conformance tests only.
-    pub fn open_raw_stream(&self) -> quinn::OpenBi<'_> {
-        self.conn.open_bi()
+    pub async fn open_raw_stream(&self) -> Result<(SendHalf, RecvHalf), ConnectionError> {
+        self.conn.open_bi().await
     }
 
     pub(crate) fn track_stream(&self) -> StreamGuard {
@@ -96,7 +98,7 @@ impl LiveConnection {
         StreamGuard(self.active_streams.clone())
     }
 
-    pub(crate) fn quic(&self) -> &quinn::Connection {
+    pub(crate) fn conn(&self) -> &Conn {
         &self.conn
     }
 
@@ -190,6 +192,14 @@ impl Registry {
             usable.rotate_left(start);
         }
         usable
+    }
+
+    /// Every registered connection of every tunnel.
+    pub fn all(&self) -> Vec<Arc<LiveConnection>> {
+        self.tunnels
+            .read()
+            .map(|t| t.values().flatten().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Every registered connection of a tunnel (usable or draining).

@@ -37,6 +37,7 @@ fn token_for(tunnel: &Tunnel, secret: &[u8], edges: Vec<String>, ca_sha256: Stri
         secret: STANDARD.encode(secret),
         edges,
         ca_sha256,
+        tcp_port: None,
     }
 }
 
@@ -47,6 +48,9 @@ pub struct TunnelAdmin {
     pub edges: Vec<String>,
     /// Fingerprint of the edge CA.
     pub ca_sha256: String,
+    /// TCP fallback port written into tokens when it differs from the edge
+    /// addresses' port (`None`: the same port number).
+    pub tcp_port: Option<u16>,
     /// Seals secrets so tokens can be shown again.
     pub sealer: Sealer,
 }
@@ -69,7 +73,10 @@ impl TunnelAdmin {
         let hash = hash_secret(&secret);
         let sealed = self.sealer.seal(&hex::encode(hash), &secret);
         let tunnel = store.create_tunnel(account_id, name, hash, sealed).await?;
-        let token = token_for(&tunnel, &secret, self.edges.clone(), self.ca_sha256.clone());
+        let token = TunnelToken {
+            tcp_port: self.tcp_port,
+            ..token_for(&tunnel, &secret, self.edges.clone(), self.ca_sha256.clone())
+        };
         Ok((tunnel, token))
     }
 
@@ -79,11 +86,9 @@ impl TunnelAdmin {
             &hex::encode(tunnel.secret_hash),
             tunnel.sealed_secret.as_deref()?,
         )?;
-        Some(token_for(
-            tunnel,
-            &secret,
-            self.edges.clone(),
-            self.ca_sha256.clone(),
-        ))
+        Some(TunnelToken {
+            tcp_port: self.tcp_port,
+            ..token_for(tunnel, &secret, self.edges.clone(), self.ca_sha256.clone())
+        })
     }
 }

@@ -9,12 +9,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 use warren_protocol::io::{ReadError, read_message};
 use warren_protocol::messages::{ConnectRequest, ConnectResponse, DnsQuery, WireMessage};
 use warren_protocol::preamble::{self, StreamKind};
 use warren_protocol::{ErrorCode, ProxyError};
+use warren_transport::{RecvHalf, SendHalf};
 
 use crate::peer::PeerLink;
 use crate::registry::{LiveConnection, Registry, StreamGuard};
@@ -26,11 +27,12 @@ const DNS_ATTEMPTS: usize = 3;
 /// Extra time granted over the connect timeout for the connector's answer to travel.
 const CONNECT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
 
-/// A TCP connection to a private address, carried by one QUIC stream.
-/// Shutting down the write half sends FIN to the origin (half-close).
+/// A TCP connection to a private address, carried by one tunnel stream
+/// (QUIC, or the TCP fallback's multiplexer). Shutting down the write half
+/// sends FIN to the origin (half-close).
 pub struct TunnelStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: SendHalf,
+    recv: RecvHalf,
     _guard: Option<StreamGuard>,
 }
 
@@ -38,8 +40,8 @@ impl TunnelStream {
     /// A stream relayed over the node-to-node link (no local connection to track).
     pub(crate) fn relayed(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
         TunnelStream {
-            send,
-            recv,
+            send: send.into(),
+            recv: recv.into(),
             _guard: None,
         }
     }
@@ -303,7 +305,7 @@ async fn ask_on(
         message: message.to_vec(),
     };
     let answer = conn.expect_dns(id);
-    if let Err(e) = conn.quic().send_datagram(Bytes::from(query.to_bytes())) {
+    if let Err(e) = conn.conn().send_datagram(Bytes::from(query.to_bytes())) {
         conn.forget_dns(id);
         debug!(error = %e, "dns datagram not sent");
         return DnsAttempt::TryNext;
@@ -316,7 +318,7 @@ async fn ask_on(
             }
             Ok(Err(_)) | Err(_) => DnsAttempt::Unanswered,
         },
-        _ = conn.quic().closed() => DnsAttempt::TryNext,
+        _ = conn.conn().closed() => DnsAttempt::TryNext,
     };
     conn.forget_dns(id);
     outcome
@@ -331,9 +333,8 @@ async fn open_on(
     header: &[u8],
     answer_timeout: Duration,
 ) -> Attempt<TunnelStream> {
-    let quic = conn.quic();
     let guard = conn.track_stream();
-    let Ok((mut send, mut recv)) = quic.open_bi().await else {
+    let Ok((mut send, mut recv)) = conn.conn().open_bi().await else {
         return Attempt::TryNext;
     };
     if send.write_all(header).await.is_err() {

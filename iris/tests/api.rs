@@ -42,6 +42,7 @@ async fn start() -> Api {
     let admin = TunnelAdmin {
         edges: vec!["127.0.0.1:7844".into()],
         ca_sha256: "ab".repeat(32),
+        tcp_port: None,
         sealer: Sealer::load_or_create(dir.path()).expect("sealer"),
     };
     let state = ApiState {

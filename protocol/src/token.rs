@@ -1,7 +1,8 @@
 //! The tunnel token: one string that starts a connector (docs/tunnel.md).
 //!
 //! base64url (no padding) of `{"a": account, "t": tunnel, "s": base64 secret,
-//! "e": [edge addresses], "ca": sha256 of the edge CA certificate, hex}`.
+//! "e": [edge addresses], "ca": sha256 of the edge CA certificate, hex}`, and
+//! `"tp": port` when the edges take the TCP fallback on another port.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -26,6 +27,10 @@ pub struct TunnelToken {
     /// SHA-256 of the edge CA certificate (DER), lowercase hex.
     #[serde(rename = "ca")]
     pub ca_sha256: String,
+    /// TCP port of the edges' fallback listener, when it is not the edge
+    /// address's port (absent: the same port number, TCP).
+    #[serde(rename = "tp", default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
 }
 
 /// Why a token string could not be used.
@@ -100,6 +105,7 @@ mod tests {
             secret: STANDARD.encode([9u8; 32]),
             edges: vec!["127.0.0.1:7844".into()],
             ca_sha256: "ab".repeat(32),
+            tcp_port: None,
         }
     }
 

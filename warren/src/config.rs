@@ -321,11 +321,37 @@ pub struct TunnelSection {
     /// this and the connector's own applies).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Take tunnel connections over TCP too, for connectors whose network
+    /// blocks UDP (default true).
+    pub tcp: bool,
+    /// TCP address of that fallback (default: `listen`'s address and port,
+    /// TCP). When its port differs from `listen`'s, tokens carry it.
+    pub tcp_listen: Option<SocketAddr>,
+}
+
+impl TunnelSection {
+    /// The TCP fallback listener as the edge takes it.
+    pub fn tcp_listen(&self) -> warren_iris::edge::TcpListen {
+        match (self.tcp, self.tcp_listen) {
+            (false, _) => warren_iris::edge::TcpListen::Off,
+            (true, None) => warren_iris::edge::TcpListen::SamePort,
+            (true, Some(addr)) => warren_iris::edge::TcpListen::At(addr),
+        }
+    }
+
+    /// The TCP port tokens name, when it is not the QUIC port.
+    pub fn token_tcp_port(&self) -> Option<u16> {
+        self.tcp_listen
+            .filter(|a| self.tcp && a.port() != self.listen.port())
+            .map(|a| a.port())
+    }
 }
 
 impl Default for TunnelSection {
     fn default() -> Self {
         TunnelSection {
+            tcp: true,
+            tcp_listen: None,
             listen: ([0, 0, 0, 0], warren_protocol::DEFAULT_EDGE_PORT).into(),
             public_addresses: Vec::new(),
             keep_alive: warren_iris::edge::DEFAULT_KEEP_ALIVE,

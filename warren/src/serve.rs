@@ -383,6 +383,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
             _ => file.tunnel.public_addresses.clone(),
         },
         ca_sha256: ca.fingerprint(),
+        tcp_port: file.tunnel.token_tcp_port(),
         sealer: Sealer::load_or_create(&file.data_dir)?,
     });
     let door = match &tunnel {
@@ -420,17 +421,23 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
     })
 }
 
-/// The QUIC tunnel edge: connectors register here.
+/// The tunnel edge (QUIC, and its TCP fallback): connectors register here.
 fn start_tunnel(node: &mut Node<'_>) -> anyhow::Result<(Tunnels, SocketAddr)> {
     let file = node.file;
     let mut edge_config = EdgeConfig::new(file.tunnel.listen, file.data_dir.clone());
     edge_config.edge_name = node_name(file);
     edge_config.keep_alive = file.tunnel.keep_alive;
     edge_config.idle_timeout = file.tunnel.idle_timeout;
+    edge_config.tcp_listen = file.tunnel.tcp_listen();
     let edge = TunnelEdge::bind_with_ca(edge_config, node.store.clone(), node.ca.clone())?;
     let addr = edge.local_addr()?;
     let tunnels = edge.tunnels();
-    tracing::info!(%addr, "tunnel edge listening");
+    match edge.tcp_addr() {
+        Some(tcp) => {
+            tracing::info!(%addr, %tcp, "tunnel edge listening (QUIC on UDP, fallback on TCP)")
+        }
+        None => tracing::info!(%addr, "tunnel edge listening"),
+    }
     let stop = node.stopped();
     node.tasks.spawn(edge.run(stop));
     Ok((tunnels, addr))

@@ -1,0 +1,407 @@
+//! The TCP fallback specifically: flow control, large transfers, liveness,
+//! TLS refusal, and hostile peers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{SERVER_NAME, pki, tcp_pair_with, tcp_server};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use warren_transport::tcp::{self, ConnectError, STREAM_REFUSED, TCP_ALPN};
+use warren_transport::{ConnectionError, TcpConfig, TcpError};
+
+const T: Duration = Duration::from_secs(10);
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A writer to a reader that does not read stops after the stream window.
+#[tokio::test]
+async fn flow_control_bounds_a_stream() {
+    let cfg = TcpConfig {
+        stream_window: 1024 * 1024,
+        ..TcpConfig::default()
+    };
+    let (a, b) = tcp_pair_with(cfg).await;
+    let (mut s, _r) = a.open_bi().await.unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let writer = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+        loop {
+            if s.write_chunk(chunk.clone()).await.is_err() {
+                return;
+            }
+            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let (_bs, mut br) = timeout(T, b.accept_bi()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stalled = sent.load(Ordering::Relaxed);
+    assert!(
+        stalled <= 1024 * 1024,
+        "sent {stalled} bytes past a 1 MiB window"
+    );
+    assert!(stalled >= 512 * 1024, "sent only {stalled} bytes");
+    // Reading frees credit: the writer goes on.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while read < 4 * 1024 * 1024 {
+        read += br.read(&mut buf).await.unwrap();
+    }
+    assert!(sent.load(Ordering::Relaxed) > stalled);
+    writer.abort();
+}
+
+/// 256 MiB through one stream, read as it comes: completes, and the
+/// process's peak memory grows by far less than the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfer_bounded_memory() {
+    const TOTAL: u64 = 256 * 1024 * 1024;
+    let (a, b) = common::tcp_pair().await;
+    let before = peak_rss_kib();
+    let (mut s, _r) = a.open_bi().await.unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![0xa5u8; 128 * 1024]);
+        let mut sent = 0;
+        while sent < TOTAL {
+            s.write_chunk(chunk.clone()).await.unwrap();
+            sent += chunk.len() as u64;
+        }
+        s.finish().unwrap();
+    });
+    let (_bs, mut br) = timeout(T, b.accept_bi()).await.unwrap().unwrap();
+    let start = Instant::now();
+    let mut got = 0u64;
+    while let Some(c) = timeout(T, br.read_chunk(256 * 1024))
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        assert!(c.iter().all(|&x| x == 0xa5));
+        got += c.len() as u64;
+    }
+    writer.await.unwrap();
+    assert_eq!(got, TOTAL);
+    let grew = peak_rss_kib().saturating_sub(before) / 1024;
+    eprintln!(
+        "256 MiB in {:?}; peak RSS grew by {grew} MiB",
+        start.elapsed()
+    );
+    assert!(grew < 96, "peak RSS grew by {grew} MiB");
+}
+
+/// A TCP relay that can be frozen or killed. Frozen, it stops moving bytes either way but
+/// keeps both sockets open, as a dead host or a black-holing middlebox would.
+async fn relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    let kill = CancellationToken::new();
+    let k = kill.clone();
+    tokio::spawn(async move {
+        let (inbound, _) = listener.accept().await.unwrap();
+        let outbound = TcpStream::connect(target).await.unwrap();
+        let (ir, iw) = inbound.into_split();
+        let (or, ow) = outbound.into_split();
+        async fn pump(
+            mut r: tokio::net::tcp::OwnedReadHalf,
+            mut w: tokio::net::tcp::OwnedWriteHalf,
+            frozen: Arc<AtomicBool>,
+        ) {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if frozen.load(Ordering::Relaxed) {
+                    // Hold the sockets, move nothing.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if frozen.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                if w.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = async { tokio::join!(pump(ir, ow, f.clone()), pump(or, iw, f)) } => {}
+            () = k.cancelled() => {}
+        }
+    });
+    (addr, frozen, kill)
+}
+
+/// A peer gone silent is declared lost about the idle timeout after its
+/// last bytes, on both sides; an idle but live connection stays up.
+#[tokio::test]
+async fn silent_peer_is_detected() {
+    let pki = pki();
+    let cfg = TcpConfig::default();
+    let (server_addr, mut rx, _shutdown) = tcp_server(&pki, cfg.clone()).await;
+    let (relay, frozen, _kill) = relay(server_addr).await;
+    let a = tcp::connect(relay, tcp::client_tls(&pki.client), SERVER_NAME, &cfg)
+        .await
+        .unwrap();
+    let b = rx.recv().await.unwrap();
+    // Idle for three idle timeouts: keep-alives hold it up.
+    tokio::time::sleep(cfg.idle_timeout * 3).await;
+    assert!(a.close_reason().is_none() && b.close_reason().is_none());
+
+    frozen.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    let (ea, eb) = tokio::join!(a.closed(), b.closed());
+    let took = start.elapsed();
+    for e in [&ea, &eb] {
+        assert!(
+            matches!(e, ConnectionError::Tcp(TcpError::TimedOut(_))),
+            "{e}"
+        );
+    }
+    // Last bytes came at most one keep-alive before the freeze.
+    assert!(
+        took <= cfg.idle_timeout + Duration::from_millis(800),
+        "{took:?}"
+    );
+    assert!(took >= cfg.idle_timeout - cfg.keep_alive, "{took:?}");
+    eprintln!("silent peer detected after {took:?}");
+}
+
+/// A socket that dies (the peer's process or host went away and the kernel
+/// ends the TCP connection) is seen at once.
+#[tokio::test]
+async fn killed_socket_is_detected() {
+    let pki = pki();
+    let cfg = TcpConfig::default();
+    let (server_addr, mut rx, _shutdown) = tcp_server(&pki, cfg.clone()).await;
+    let (relay, _frozen, kill) = relay(server_addr).await;
+    let a = tcp::connect(relay, tcp::client_tls(&pki.client), SERVER_NAME, &cfg)
+        .await
+        .unwrap();
+    let b = rx.recv().await.unwrap();
+    kill.cancel();
+    let start = Instant::now();
+    let (ea, eb) = tokio::join!(a.closed(), b.closed());
+    assert!(start.elapsed() < Duration::from_millis(500));
+    for e in [&ea, &eb] {
+        assert!(matches!(e, ConnectionError::Tcp(TcpError::Lost(_))), "{e}");
+    }
+}
+
+/// Dropping every handle closes the connection (code 0), as with quinn.
+#[tokio::test]
+async fn dropping_every_handle_closes() {
+    let (a, b) = common::tcp_pair().await;
+    let (s, r) = a.open_bi().await.unwrap();
+    drop(a);
+    // Stream halves keep it open.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(b.close_reason().is_none());
+    drop((s, r));
+    let why = timeout(T, b.closed()).await.unwrap();
+    assert!(
+        matches!(
+            why,
+            ConnectionError::Tcp(TcpError::ApplicationClosed { code: 0, .. })
+        ),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_certificate_is_refused() {
+    let edge = pki();
+    let other = pki();
+    let (addr, _rx, _shutdown) = tcp_server(&edge, TcpConfig::default()).await;
+    let err = tcp::connect(
+        addr,
+        tcp::client_tls(&other.client),
+        SERVER_NAME,
+        &TcpConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ConnectError::Tls { .. }), "{err}");
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
+    eprintln!("{err}");
+}
+
+#[tokio::test]
+async fn wrong_alpn_is_refused() {
+    let pki = pki();
+    let (addr, _rx, _shutdown) = tcp_server(&pki, TcpConfig::default()).await;
+    // The QUIC config as it is (QUIC's ALPN): refused before dialling.
+    let err = tcp::connect(
+        addr,
+        Arc::new(pki.client.clone()),
+        SERVER_NAME,
+        &TcpConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ConnectError::Config(_)), "{err}");
+    // A client offering another protocol: the edge refuses the handshake.
+    let mut other = pki.client.clone();
+    other.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let err = tokio_rustls::TlsConnector::from(Arc::new(other))
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
+}
+
+/// A TLS client speaking raw bytes to the edge: (its stream, the edge's conn).
+async fn raw_client() -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    warren_transport::Conn,
+) {
+    let pki = pki();
+    let (addr, mut rx, _shutdown) = tcp_server(&pki, TcpConfig::default()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tcp::client_tls(&pki.client))
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    let conn = timeout(T, rx.recv()).await.unwrap().unwrap();
+    (tls, conn)
+}
+
+async fn expect_protocol_close(
+    mut raw: tokio_rustls::client::TlsStream<TcpStream>,
+    conn: warren_transport::Conn,
+) {
+    let why = timeout(T, conn.closed()).await.unwrap();
+    assert!(
+        matches!(why, ConnectionError::Tcp(TcpError::Protocol(_))),
+        "{why}"
+    );
+    eprintln!("{why}");
+    // The hostile peer is told, then the connection ends.
+    let mut rest = Vec::new();
+    let _ = timeout(T, raw.read_to_end(&mut rest)).await.unwrap();
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while at + 9 <= rest.len() {
+        kinds.push(rest[at]);
+        let len = u32::from_be_bytes([rest[at + 5], rest[at + 6], rest[at + 7], rest[at + 8]]);
+        at += 9 + len as usize;
+    }
+    assert_eq!(
+        kinds.last(),
+        Some(&9),
+        "frames {kinds:?} do not end with CLOSE"
+    );
+}
+
+#[tokio::test]
+async fn garbage_closes_the_connection() {
+    let (mut raw, conn) = raw_client().await;
+    raw.write_all(&[0xff; 64]).await.unwrap();
+    raw.flush().await.unwrap();
+    expect_protocol_close(raw, conn).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_the_connection() {
+    let (mut raw, conn) = raw_client().await;
+    // A DATA frame claiming 4 GiB.
+    raw.write_all(&[1, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    expect_protocol_close(raw, conn).await;
+}
+
+#[tokio::test]
+async fn data_beyond_credit_closes_the_connection() {
+    let (mut raw, conn) = raw_client().await;
+    // OPEN stream 1, then 5 MiB on it: past the 4 MiB stream window.
+    raw.write_all(&[0, 0, 0, 0, 1, 0, 0, 0, 1, 0])
+        .await
+        .unwrap();
+    let mut frame = vec![1, 0, 0, 0, 1, 0, 1, 0, 0];
+    frame.extend_from_slice(&[0u8; 65536]);
+    let hostile = async {
+        for _ in 0..80 {
+            if raw.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = raw.flush().await;
+        raw
+    };
+    let (raw, why) = tokio::join!(hostile, timeout(T, conn.closed()));
+    let why = why.unwrap();
+    assert!(why.to_string().contains("window exceeded"), "{why}");
+    drop(raw);
+}
+
+#[tokio::test]
+async fn data_on_unopened_stream_closes_the_connection() {
+    let (mut raw, conn) = raw_client().await;
+    raw.write_all(&[1, 0, 0, 0, 5, 0, 0, 0, 1, 42])
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    expect_protocol_close(raw, conn).await;
+}
+
+/// Streams past the acceptor's limit are refused, not queued without bound.
+#[tokio::test]
+async fn streams_over_the_limit_are_refused() {
+    let cfg = TcpConfig {
+        max_streams: 2,
+        ..TcpConfig::default()
+    };
+    let (a, b) = tcp_pair_with(cfg).await;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let (mut s, r) = a.open_bi().await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        kept.push((s, r));
+    }
+    let (mut s, _r) = a.open_bi().await.unwrap();
+    let err = timeout(T, async {
+        loop {
+            if let Err(e) = s.write_all(b"y").await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        err.to_string().contains(&STREAM_REFUSED.to_string()),
+        "{err}"
+    );
+    // Accepted streams still work; dropping them makes room again.
+    let (_bs, mut br) = b.accept_bi().await.unwrap();
+    let mut one = [0u8; 1];
+    br.read_exact(&mut one).await.unwrap();
+    let _ = TCP_ALPN;
+}

@@ -40,7 +40,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1200);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcpListen {
     /// TCP on the QUIC listener's address and port (the default, as
-    /// cloudflared's edge uses 7844 for both).
+    /// cloudflared's edge uses 7844 for both). When another socket holds that
+    /// TCP port the edge runs without the fallback and warns.
     SamePort,
     /// TCP on this address (e.g. port 443 where only HTTPS gets out).
     At(SocketAddr),
@@ -201,15 +202,28 @@ impl TunnelEdge {
             TcpListen::At(addr) => Some(addr),
             TcpListen::Off => None,
         };
-        let tcp = match tcp_addr {
-            Some(addr) => {
-                let std = std::net::TcpListener::bind(addr)
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(|source| EdgeError::Bind { addr, source })?;
-                let listener = tokio::net::TcpListener::from_std(std)
-                    .map_err(|source| EdgeError::Bind { addr, source })?;
-                Some((listener, tcp_tls))
+        let bind_tcp = |addr: SocketAddr| {
+            let std = std::net::TcpListener::bind(addr)?;
+            std.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(std)
+        };
+        let tcp = match tcp_addr.map(|addr| (addr, bind_tcp(addr))) {
+            Some((_, Ok(listener))) => Some((listener, tcp_tls)),
+            // The default place is taken (by another program's TCP socket on
+            // the QUIC port number): QUIC still serves; say how to get the
+            // fallback back. A place configured explicitly must be free.
+            Some((addr, Err(e)))
+                if config.tcp_listen == TcpListen::SamePort
+                    && e.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                warn!(
+                    %addr,
+                    "TCP {addr} is taken: no TCP fallback for connectors whose UDP is blocked; \
+                     free it or set [tunnel] tcp_listen to another address"
+                );
+                None
             }
+            Some((addr, Err(source))) => return Err(EdgeError::Bind { addr, source }),
             None => None,
         };
         Ok(TunnelEdge {
@@ -255,6 +269,10 @@ impl TunnelEdge {
             let cfg = TcpConfig {
                 keep_alive: self.ctx.config.keep_alive,
                 idle_timeout: self.ctx.config.idle_timeout,
+                // A connector opens its control stream and DNS answer streams
+                // (as QUIC's 4 + 256 limits); a TLS handshake gets 5 s.
+                max_streams: 260,
+                handshake_timeout: Duration::from_secs(5),
                 ..TcpConfig::default()
             };
             tokio::spawn(warren_transport::tcp::serve(

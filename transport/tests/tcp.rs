@@ -405,3 +405,89 @@ async fn streams_over_the_limit_are_refused() {
     br.read_exact(&mut one).await.unwrap();
     let _ = TCP_ALPN;
 }
+
+/// An empty DATA frame carries nothing; a peer flooding them is cut off
+/// before they cost a queue entry each.
+#[tokio::test]
+async fn empty_data_frames_close_the_connection() {
+    let (mut raw, conn) = raw_client().await;
+    // OPEN stream 1, then DATA of length 0 on it.
+    raw.write_all(&[0, 0, 0, 0, 1, 0, 0, 0, 1, 0])
+        .await
+        .unwrap();
+    raw.write_all(&[1, 0, 0, 0, 1, 0, 0, 0, 0]).await.unwrap();
+    raw.flush().await.unwrap();
+    let why = timeout(T, conn.closed()).await.unwrap();
+    assert!(why.to_string().contains("empty data frame"), "{why}");
+}
+
+/// A peer that opens stream after stream past the limit and never reads the
+/// refusals is cut off instead of growing the edge's queue.
+#[tokio::test]
+async fn a_peer_provoking_refusals_without_reading_is_cut_off() {
+    let pki = pki();
+    let cfg = TcpConfig {
+        max_streams: 1,
+        ..TcpConfig::default()
+    };
+    let (addr, mut rx, _shutdown) = tcp_server(&pki, cfg).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut raw = tokio_rustls::TlsConnector::from(tcp::client_tls(&pki.client))
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await
+        .unwrap();
+    let conn = timeout(T, rx.recv()).await.unwrap().unwrap();
+    // Stream ids 1, 3, 5, …: all but the first refused; never read.
+    let hostile = async {
+        let mut batch = Vec::with_capacity(10 * 4096);
+        for n in 0u32..400_000 {
+            let id = 2 * n + 1;
+            batch.extend_from_slice(&[0]);
+            batch.extend_from_slice(&id.to_be_bytes());
+            batch.extend_from_slice(&[0, 0, 0, 1, 0]);
+            if batch.len() >= 10 * 4096 {
+                if raw.write_all(&batch).await.is_err() {
+                    break;
+                }
+                batch.clear();
+            }
+        }
+        raw
+    };
+    let (raw, why) = tokio::join!(hostile, timeout(Duration::from_secs(60), conn.closed()));
+    let why = why.expect("cut off");
+    assert!(why.to_string().contains("does not read"), "{why}");
+    drop(raw);
+}
+
+/// Idle connections from one address (a slowloris on the TLS handshake) take
+/// at most 32 handshake slots: more from it are dropped, and a connector at
+/// another address still gets through.
+#[tokio::test]
+async fn one_address_cannot_take_every_handshake_slot() {
+    let pki = pki();
+    let (addr, mut rx, _shutdown) = tcp_server(&pki, TcpConfig::default()).await;
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the listener count them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let n = timeout(Duration::from_secs(5), extra.read(&mut byte))
+        .await
+        .expect("dropped at once, not left to time out")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the 33rd idle connection from one address is closed");
+
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = other.connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tcp::client_tls(&pki.client))
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await;
+    assert!(tls.is_ok(), "{:?}", tls.err());
+    assert!(timeout(T, rx.recv()).await.unwrap().is_some());
+    drop(idle);
+}

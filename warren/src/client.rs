@@ -152,6 +152,14 @@ pub fn explain(url: &str, e: &reqwest::Error) -> anyhow::Error {
             "the API at {url} does not speak TLS ({detail}); use an http:// address"
         );
     }
+    if let Some(proxy) = proxy_for(url)
+        && (e.is_connect() || all.contains("tunnel"))
+    {
+        return anyhow::anyhow!(
+            "cannot reach the API at {url} through the proxy {proxy} ({detail}); check the \
+             proxy, or list the API's host in NO_PROXY to go direct"
+        );
+    }
     if e.is_connect() {
         return anyhow::anyhow!("cannot reach the API at {url}: {detail}");
     }
@@ -164,6 +172,38 @@ pub fn explain(url: &str, e: &reqwest::Error) -> anyhow::Error {
         );
     }
     anyhow::anyhow!("the API at {url}: {detail}")
+}
+
+/// The proxy the environment names for `url` (as reqwest picks it:
+/// `HTTPS_PROXY` / `HTTP_PROXY` by scheme, then `ALL_PROXY`, either case),
+/// unless `NO_PROXY` lists its host; for error messages.
+fn proxy_for(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let var = |name: &str| {
+        std::env::var(name)
+            .or_else(|_| std::env::var(name.to_ascii_lowercase()))
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+    };
+    let exempt = var("NO_PROXY").is_some_and(|list| {
+        list.split(',').map(str::trim).any(|n| {
+            n == "*"
+                || n.trim_start_matches('.') == host
+                || host.ends_with(&format!(".{}", n.trim_start_matches('.')))
+        })
+    });
+    if exempt {
+        return None;
+    }
+    let by_scheme = match parsed.scheme() {
+        "https" => "HTTPS_PROXY",
+        _ => "HTTP_PROXY",
+    };
+    var(by_scheme).or_else(|| var("ALL_PROXY"))
 }
 
 impl Client {

@@ -17,7 +17,9 @@ use warren_testkit::netns::NetNs;
 use warren_testkit::origin;
 
 mod common;
-use common::{Kill, ShowLogs, WARREN, connector_bin, free_tcp, ok_json, start_serve};
+use common::{
+    Kill, ShowLogs, WARREN, connector_bin, free_tcp, metrics_text, ok_json, sample, start_serve,
+};
 use warren_testkit::wait_for;
 
 const WORKER: &str = r#"
@@ -36,23 +38,6 @@ export default {
   },
 };
 "#;
-
-/// The value of the sample `name{labels}` in Prometheus text, if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (s, v) = l.rsplit_once(' ')?;
-        (s == series).then(|| v.parse().ok()).flatten()
-    })
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics body")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployed_worker_debugs_the_laptops_localhost_with_one_request_id_through_every_hop() {
@@ -192,7 +177,7 @@ async fn a_deployed_worker_debugs_the_laptops_localhost_with_one_request_id_thro
         Duration::from_secs(30),
         || async {
             let live = sample(
-                &scrape(metrics).await,
+                &metrics_text(metrics).await,
                 "warren_tunnel_connections{transport=\"quic\"}",
             );
             (live == Some(2.0)).then_some(())
@@ -314,7 +299,7 @@ async fn a_deployed_worker_debugs_the_laptops_localhost_with_one_request_id_thro
     // from the cache) and the live connections.
     let account = &edge.account_id;
     let text = wait_for("the metrics", Duration::from_secs(10), || async {
-        let text = scrape(metrics).await;
+        let text = metrics_text(metrics).await;
         let done = sample(
             &text,
             &format!(

@@ -3,7 +3,8 @@
 //! the token on stdin, then ordinary commands through the written profile.
 //! The certificate is either issued by the edge from its cluster CA (clients
 //! trust that CA) or read from files; an untrusted certificate, a bad token
-//! and a plain-HTTP client each get one clear answer.
+//! and a plain-HTTP client each get one clear answer. The CLI also goes
+//! through a real HTTPS proxy (tinyproxy), and names it when it fails.
 
 use std::io::Write;
 use std::path::Path;
@@ -53,16 +54,18 @@ fn api_config(port: u16, api_extra: &str) -> String {
     )
 }
 
+/// An API-only node in `dir` serving HTTPS with a certificate it issued: the
+/// node, its port and its URL.
+fn https_api(dir: &Path) -> (common::Served, u16, String) {
+    let port = free_tcp();
+    let served = start_serve(Command::new(WARREN), dir, &api_config(port, "tls = true"));
+    (served, port, format!("https://127.0.0.1:{port}"))
+}
+
 #[test]
 fn an_edge_issued_api_certificate_serves_a_cli_that_logged_in_with_its_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_tcp();
-    let served = start_serve(
-        Command::new(WARREN),
-        dir.path(),
-        &api_config(port, "tls = true"),
-    );
-    let url = format!("https://127.0.0.1:{port}");
+    let (served, port, url) = https_api(dir.path());
     // The first-start profile names the HTTPS URL and carries the CA, which
     // is also left for other clients in the data directory.
     let first = profile_json(&served.profile);
@@ -337,5 +340,97 @@ fn healthz_answers_without_a_token_and_says_when_the_store_is_gone() {
     assert!(
         body["store"].as_str().is_some_and(|s| !s.is_empty()),
         "{body}"
+    );
+}
+
+/// Runs tinyproxy (Debian's) on `port` in the foreground, logging to `dir`;
+/// `extra` config lines.
+fn tinyproxy(dir: &Path, port: u16, extra: &str) -> common::Kill {
+    let conf = dir.join(format!("tinyproxy-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 30\nLogLevel Connect\n\
+             LogFile \"{}\"\n{extra}\n",
+            dir.join(format!("tinyproxy-{port}.log")).display()
+        ),
+    )
+    .expect("tinyproxy config");
+    let proxy = common::Kill(
+        Command::new("tinyproxy")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tinyproxy runs (scripts/setup.sh installs it)"),
+    );
+    common::wait_listening(([127, 0, 0, 1], port).into(), "tinyproxy");
+    proxy
+}
+
+#[test]
+fn the_cli_reaches_an_https_edge_through_a_real_proxy_and_names_it_when_it_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (served, port, url) = https_api(dir.path());
+    let through = |proxy: &str| {
+        warren_command(&served.profile, &["tunnel", "list", "--json"])
+            .env("HTTPS_PROXY", proxy)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .expect("warren runs")
+    };
+
+    // Through the proxy: the answer, and the proxy's log shows the CONNECT.
+    let proxy_port = free_tcp();
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    let proxy = tinyproxy(dir.path(), proxy_port, "");
+    let out = through(&proxy_url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(listed, serde_json::json!([]));
+    let log = std::fs::read_to_string(dir.path().join(format!("tinyproxy-{proxy_port}.log")))
+        .expect("proxy log");
+    assert!(
+        log.contains(&format!("CONNECT 127.0.0.1:{port} ")),
+        "the request went through the proxy: {log}"
+    );
+
+    // A proxy that refuses the port: one line naming the proxy.
+    let strict_port = free_tcp();
+    let strict_url = format!("http://127.0.0.1:{strict_port}");
+    let _strict = tinyproxy(dir.path(), strict_port, "ConnectPort 443");
+    let line = error_line(&through(&strict_url));
+    assert!(
+        line.starts_with(&format!(
+            "error: cannot reach the API at {url} through the proxy {strict_url} ("
+        )) && line.ends_with("); check the proxy, or list the API's host in NO_PROXY to go direct"),
+        "{line}"
+    );
+
+    // The proxy gone: the same line, with the connection's failure.
+    drop(proxy);
+    let line = error_line(&through(&proxy_url));
+    assert!(
+        line.starts_with(&format!(
+            "error: cannot reach the API at {url} through the proxy {proxy_url} ("
+        )) && line.contains("refused"),
+        "{line}"
+    );
+    // NO_PROXY naming the host: straight to the edge, proxy or not.
+    let out = warren_command(&served.profile, &["tunnel", "list", "--json"])
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .expect("warren runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

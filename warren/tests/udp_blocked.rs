@@ -14,7 +14,8 @@ use warren_testkit::{origin, wait_for};
 
 mod common;
 use common::{
-    Kill, ShowLogs, WARREN, connector_bin, free_tcp, get, ok_json, service, start_serve, warren,
+    Kill, ShowLogs, WARREN, connector_bin, free_tcp, get, metrics_text, ok_json, sample, service,
+    start_serve, warren,
 };
 
 const WORKER: &str = r#"
@@ -45,23 +46,10 @@ fn nft(ns: &NetNs, args: &str) {
     );
 }
 
-async fn metrics(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics body")
-}
-
 /// `warren_tunnel_connections{transport=T}` on the edge (0 when absent).
 async fn connections(addr: SocketAddr, transport: &str) -> f64 {
-    let series = format!("warren_tunnel_connections{{transport=\"{transport}\"}} ");
-    metrics(addr)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
+    let series = format!("warren_tunnel_connections{{transport=\"{transport}\"}}");
+    sample(&metrics_text(addr).await, &series).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,6 +168,9 @@ impl Frame {
                     f => return Err(bad(format!("open frame with flags {f}"))),
                 }
             }
+            // An empty DATA frame carries nothing and would only cost the
+            // receiver a queue entry: never sent, refused.
+            DATA if len == 0 => return Err(bad(format!("empty data frame on stream {id}"))),
             DATA => Frame::Data { id, data: p },
             FIN => Frame::Fin { id },
             RESET => {

@@ -9,7 +9,8 @@
 mod frame;
 mod mux;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub const TCP_ALPN: &[u8] = b"warren-tunnel-tcp/1";
 
 /// TLS handshakes the listener of [`serve`] runs at once; connections beyond are dropped.
 const MAX_HANDSHAKES: usize = 1024;
+/// TLS handshakes [`serve`] runs at once from one address.
+const MAX_HANDSHAKES_PER_IP: usize = 32;
 
 /// Settings of a TCP tunnel connection; [`TcpConfig::default`] matches the
 /// QUIC transport's defaults.
@@ -210,6 +213,40 @@ pub async fn accept(
     }
 }
 
+/// A handshake under way from one address, counted until dropped.
+struct PerIp {
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// Counts one more handshake from `ip`, unless it has [`MAX_HANDSHAKES_PER_IP`].
+    fn enter(counts: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PerIp> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts TCP tunnel connections on `listener` until `shutdown` is
 /// cancelled, handing each one that completes its handshake to `on_conn`
 /// (which should spawn whatever serves it). Failed handshakes are logged at
@@ -225,6 +262,7 @@ pub async fn serve<F>(
 {
     let on_conn = Arc::new(on_conn);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_ip = Arc::new(std::sync::Mutex::new(HashMap::new()));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -243,10 +281,16 @@ pub async fn serve<F>(
             debug!(%peer, "too many tunnel TLS handshakes under way; dropping a connection");
             continue;
         };
+        // One address cannot hold every handshake slot (a slowloris would
+        // shut every UDP-blocked connector out).
+        let Some(per_ip) = PerIp::enter(&per_ip, peer.ip()) else {
+            debug!(%peer, "too many tunnel TLS handshakes from one address; dropping a connection");
+            continue;
+        };
         let (tls, cfg, on_conn, shutdown) =
             (tls.clone(), cfg.clone(), on_conn.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, per_ip);
             tokio::select! {
                 r = accept(tcp, tls, &cfg) => match r {
                     Ok(conn) => on_conn(conn),

@@ -43,6 +43,12 @@ const WRITE_BATCH: usize = 256 * 1024;
 const READ_BUF: usize = 256 * 1024;
 /// Time a closing connection has to send its CLOSE frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Control frames queued for the peer beyond which a peer that keeps
+/// provoking answers without reading them is cut off.
+const MAX_URGENT: usize = 4096;
+/// Bytes of received datagrams waiting to be read; more are dropped (as UDP
+/// would), whatever their count (QUIC's default buffer is about the same).
+const MAX_DATAGRAM_BYTES: usize = 1024 * 1024;
 /// Code with which a stream beyond the acceptor's limit is refused.
 pub const STREAM_REFUSED: u32 = 0xffff_fff0;
 
@@ -167,6 +173,8 @@ struct State {
     /// Stream data, FIN and RESET, in order.
     data: VecDeque<Frame>,
     datagrams_queued: usize,
+    /// Bytes of the datagrams received and not read yet.
+    datagram_bytes: usize,
     ping_queued: bool,
     pong_queued: bool,
     send_credit: u64,
@@ -376,6 +384,11 @@ impl Shared {
                 }
                 st.max_remote = id;
                 if st.remote_open >= self.cfg.max_streams {
+                    // Refusals are answered; a peer that keeps opening
+                    // without reading the answers is not let grow the queue.
+                    if st.urgent.len() >= MAX_URGENT {
+                        return Err("too many frames queued for a peer that does not read".into());
+                    }
                     debug!(id, "refusing a stream: too many open");
                     st.urgent.push_back(Frame::Stop {
                         id,
@@ -504,7 +517,9 @@ impl Shared {
                 None => return Err(format!("window of unopened stream {id}")),
             },
             Frame::Datagram(d) => {
-                if st.datagrams.len() < self.cfg.datagram_queue {
+                let bytes: usize = st.datagram_bytes + d.len();
+                if st.datagrams.len() < self.cfg.datagram_queue && bytes <= MAX_DATAGRAM_BYTES {
+                    st.datagram_bytes = bytes;
                     st.datagrams.push_back(d);
                     self.wake_datagram.notify_waiters();
                 } else {
@@ -692,6 +707,7 @@ impl TcpConn {
             urgent,
             data: VecDeque::new(),
             datagrams_queued: 0,
+            datagram_bytes: 0,
             ping_queued: false,
             pong_queued: false,
             send_credit: u64::from(INITIAL_CONNECTION_WINDOW),
@@ -854,6 +870,7 @@ impl TcpConn {
             {
                 let mut st = shared.lock();
                 if let Some(d) = st.datagrams.pop_front() {
+                    st.datagram_bytes = st.datagram_bytes.saturating_sub(d.len());
                     return Ok(d);
                 }
                 if let Some(e) = &st.error {
@@ -970,7 +987,8 @@ impl MuxSend {
         if n == 0 {
             if s.credit == 0 {
                 s.write_waker = Some(cx.waker().clone());
-            } else {
+            } else if !st.credit_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                // One entry per waiting task, however often it polls.
                 st.credit_waiters.push(cx.waker().clone());
             }
             return Poll::Pending;

@@ -444,3 +444,21 @@ pub fn refusal(answer: &Answer) -> (u16, String, String) {
         .unwrap_or_default();
     (status, code, message)
 }
+
+/// The `/metrics` text of a node's metrics port.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == series).then(|| v.parse().ok()).flatten()
+    })
+}

@@ -18,6 +18,7 @@ declare -A NEED=(
   [ip]=iproute2              # network namespaces for the tests' private network
   [nft]=nftables             # warren/tests/udp_blocked.rs blocks UDP in a namespace
   [tinyproxy]=tinyproxy      # warren/tests/remote_api.rs: the CLI through a real HTTPS proxy
+  [systemd-analyze]=systemd  # warren/tests/packaging.rs verifies the systemd units
   [musl-gcc]=musl-tools      # the static warren-connector: ring builds C for the musl target
   [buildah]=buildah          # scripts/package.sh image: the connector's OCI image, FROM scratch
   [podman]=podman            # warren/tests/packaging.rs runs that image …

@@ -5,10 +5,9 @@
 //! `warren deploy` calls it through a VPC binding; failures reach JS as
 //! `ProxyError: <code>`; `warren tail` sees its console.log.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,7 +21,7 @@ use warren_testkit::origin;
 
 mod common;
 use common::{
-    Kill, WARREN, first_ok, free_tcp, get, service, start_serve, tunnel_with_connector, warren,
+    WARREN, first_ok, free_tcp, get, service, start_serve, tunnel_with_connector, warren,
 };
 
 fn write_worker(dir: &Path, api: &str, down: &str, nodns: &str) {
@@ -58,10 +57,7 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
     let profile = dir.path().join("profile.json");
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
     let rpc: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-    let tunnel_port = std::net::UdpSocket::bind((ns.host_ip(), 0))
-        .and_then(|s| s.local_addr())
-        .expect("udp port")
-        .port();
+    let tunnel_port = common::free_port_on(ns.host_ip());
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"{}:{tunnel_port}\"\n\
          [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"{rpc}\"\n[runtime]\nlisten = \"{runtime}\"\nmax_cpu_ms = 60000\n",
@@ -106,17 +102,7 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
     );
 
     // Follow the logs before sending requests.
-    let mut tail = Kill(
-        Command::new(WARREN)
-            .args(["tail", "shop", "--format", "json"])
-            .env("WARREN_PROFILE", &profile)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tail"),
-    );
-    let mut lines = BufReader::new(tail.0.stdout.take().expect("stdout")).lines();
-    let hello = lines.next().expect("tail hello").expect("line");
-    assert!(hello.contains("connected"), "{hello}");
+    let (_tail, mut lines) = common::tail_json(&profile, "shop");
 
     let host = "shop.workers.localhost";
     let (status, body) = first_ok(runtime, host, "/hello").await;

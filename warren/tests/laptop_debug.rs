@@ -7,7 +7,7 @@
 //! header, the tail event, the connector's log line, and the `traceparent`
 //! the dev server receives. The edge's `/metrics` count what happened.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -50,10 +50,7 @@ async fn a_deployed_worker_debugs_the_laptops_localhost_with_one_request_id_thro
     let dir = tempfile::tempdir().expect("tempdir");
     let _logs = ShowLogs(dir.path().to_path_buf());
     let (api_port, runtime_port, metrics_port) = (free_tcp(), free_tcp(), free_tcp());
-    let tunnel_port = std::net::UdpSocket::bind((laptop.host_ip(), 0))
-        .and_then(|s| s.local_addr())
-        .expect("udp port")
-        .port();
+    let tunnel_port = common::free_port_on(laptop.host_ip());
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ntls = true\n\
          [tunnel]\nlisten = \"{}:{tunnel_port}\"\n[connect]\nlisten = \"127.0.0.1:0\"\n\
@@ -160,15 +157,7 @@ async fn a_deployed_worker_debugs_the_laptops_localhost_with_one_request_id_thro
     std::fs::write(project.join("warren.json"), config.to_string()).expect("config");
     common::deploy(&profile, &project, &[]);
 
-    let mut tail = Kill(
-        common::warren_command(&profile, &["tail", "laptop-debug", "--format", "json"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tail"),
-    );
-    let mut lines = BufReader::new(tail.0.stdout.take().expect("stdout")).lines();
-    let hello = lines.next().expect("tail hello").expect("line");
-    assert!(hello.contains("connected"), "{hello}");
+    let (_tail, mut lines) = common::tail_json(&profile, "laptop-debug");
 
     // Both HA connections registered before the first call.
     let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();

@@ -12,7 +12,9 @@
 //!   user), the connector registers its connections (`/ready` on its metrics
 //!   port, the tunnel `healthy` in the API) and a worker's request through a
 //!   VPC binding reaches an origin behind it;
-//! - the image holds that one file and nothing else.
+//! - the image holds that one file and nothing else;
+//! - the systemd units pass `systemd-analyze verify` (which does catch a bad
+//!   value) and `systemd-analyze security` rates their exposure at most 2.0.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ use warren_testkit::origin;
 
 mod common;
 use common::{
-    Kill, ShowLogs, WARREN, deploy, free_tcp, get, ok_json, serve_node, test_guest,
+    Kill, ShowLogs, WARREN, connector_bin, deploy, free_tcp, get, ok_json, serve_node, test_guest,
     wait_for_profile, wait_listening, warren,
 };
 
@@ -456,5 +458,90 @@ async fn the_image_from_scratch_runs_the_connector_as_non_root_and_carries_a_bin
         uid,
         Some(vec!["65532"; 4]),
         "real, effective, saved and fs uid"
+    );
+}
+
+/// A root for `systemd-analyze --root`: the system's own unit files, the
+/// binaries where the units expect them, and `units` (name, text).
+fn systemd_root(units: &[(&str, String)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("tempdir");
+    let system = root.path().join("etc/systemd/system");
+    let bin = root.path().join("usr/local/bin");
+    for d in [&system, &bin, &root.path().join("usr/lib/systemd")] {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let copied = Command::new("cp")
+        .args(["-a", "/usr/lib/systemd/system"])
+        .arg(root.path().join("usr/lib/systemd/"))
+        .status()
+        .expect("cp");
+    assert!(copied.success(), "copying the system's unit files");
+    std::fs::copy(WARREN, bin.join("warren")).expect("warren");
+    std::fs::copy(connector_bin(), bin.join("warren-connector")).expect("connector");
+    for (name, text) in units {
+        std::fs::write(system.join(name), text).expect("unit");
+    }
+    root
+}
+
+/// `systemd-analyze verify` of `names` in `root`: whether it succeeded and
+/// its complaints about them.
+fn verify(root: &Path, names: &[&str]) -> (bool, Vec<String>) {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(
+            names
+                .iter()
+                .map(|n| root.join("etc/systemd/system").join(n)),
+        )
+        .output()
+        .expect("systemd-analyze runs (Debian's systemd package)");
+    let complaints = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("warren"))
+        .map(str::to_owned)
+        .collect();
+    (out.status.success(), complaints)
+}
+
+#[test]
+fn the_systemd_units_verify_clean_and_are_rated_hardened() {
+    let unit = |name: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../packaging/systemd")
+                .join(name),
+        )
+        .expect("unit file")
+    };
+    let names = ["warren.service", "warren-connector.service"];
+    let root = systemd_root(&names.map(|n| (n, unit(n))));
+    let (ok, complaints) = verify(root.path(), &names);
+    assert!(ok && complaints.is_empty(), "{complaints:?}");
+    for name in names {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true"])
+            .arg(format!("--root={}", root.path().display()))
+            .arg(root.path().join("etc/systemd/system").join(name))
+            .output()
+            .expect("systemd-analyze security");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let level: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level for {name}: {text}"));
+        assert!(level <= 2.0, "{name} is rated {level}: {text}");
+    }
+
+    // The check can fail: a unit with a value systemd cannot parse.
+    let broken = unit("warren.service").replace("ProtectSystem=strict", "ProtectSystem=bogus");
+    let root = systemd_root(&[("warren.service", broken)]);
+    let (_, complaints) = verify(root.path(), &["warren.service"]);
+    assert!(
+        complaints.iter().any(|l| l.contains("bogus")),
+        "{complaints:?}"
     );
 }

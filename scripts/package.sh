@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Packaging: a static warren-connector and an OCI image of it (docs/install.md).
 #
-#   scripts/package.sh connector [--debug]
-#       builds warren-connector for x86_64-unknown-linux-musl (statically linked,
-#       runs on any x86_64 Linux) and checks that it needs no dynamic loader:
-#       target/x86_64-unknown-linux-musl/{release,debug}/warren-connector
-#   scripts/package.sh image [--debug] [--binary PATH] [--tag NAME] [--archive FILE]
+#   scripts/package.sh connector [--debug] [--libc musl|glibc]
+#       builds warren-connector statically linked (runs on any x86_64 Linux),
+#       checks that it needs no dynamic loader or shared library, and copies it
+#       to target/static/{release,debug}/warren-connector. With musl
+#       (x86_64-unknown-linux-musl) when its Rust target is installed, which
+#       is the default then; otherwise glibc linked statically
+#       (x86_64-unknown-linux-gnu with crt-static), which needs only the
+#       toolchain's own target and Debian's libc6-dev.
+#   scripts/package.sh image [--debug] [--libc L] [--binary PATH] [--tag NAME] [--archive FILE]
 #       builds that binary (unless --binary names one) and an OCI image FROM
 #       scratch around it with buildah, offline: the binary (debug info stripped)
 #       as /warren-connector, USER 65532:65532, ENTRYPOINT /warren-connector,
@@ -15,13 +19,15 @@
 #   scripts/package.sh all
 #       both, release build.
 #
-# scripts/setup.sh installs what this needs (musl-tools, the musl target,
-# buildah). Where overlay mounts are not allowed, point CONTAINERS_STORAGE_CONF
+# scripts/setup.sh installs what this needs (musl-tools, buildah; it tries to
+# add the musl target, which a machine that reaches only package registries
+# cannot fetch). Where overlay mounts are not allowed, point CONTAINERS_STORAGE_CONF
 # at a storage.conf with driver = "vfs" (and a graphroot of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGET=x86_64-unknown-linux-musl
+MUSL=x86_64-unknown-linux-musl
+GNU=x86_64-unknown-linux-gnu
 work="" ctr=""  # the image build's scratch folder and working container
 USER_ID=65532   # the conventional "nonroot" id of distroless images
 
@@ -49,24 +55,55 @@ check_static() {
   fi
 }
 
-# Builds the static connector; prints its path.
+# The libc to link: $1 (musl, glibc) or, for auto, musl when its target
+# and musl-gcc are installed, else glibc.
+pick_libc() {
+  case "$1" in
+    musl | glibc) echo "$1" ;;
+    auto)
+      if command -v musl-gcc >/dev/null 2>&1 \
+        && rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
+        echo musl
+      else
+        echo glibc
+      fi
+      ;;
+    *) usage ;;
+  esac
+}
+
+# Builds the static connector with libc $2; prints the path of its copy
+# under target/static/.
 build_connector() {
-  local profile=$1 flags=(--locked --target "$TARGET" -p warren-connector)
+  local profile=$1 libc flags=(--locked -p warren-connector) target
+  libc=$(pick_libc "$2")
   [ "$profile" = release ] && flags+=(--release)
-  if ! command -v musl-gcc >/dev/null 2>&1; then
-    echo "package: musl-gcc is missing (ring builds C for $TARGET): run scripts/setup.sh" >&2
-    exit 1
+  if [ "$libc" = musl ]; then
+    target=$MUSL
+    if ! command -v musl-gcc >/dev/null 2>&1; then
+      echo "package: musl-gcc is missing (ring builds C for $target): run scripts/setup.sh" >&2
+      exit 1
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+      echo "package: the $target target is missing (rustup target add $target), or use --libc glibc" >&2
+      exit 1
+    fi
+    # (ring's build script compiles its C and assembly with musl-gcc.)
+    cargo build "${flags[@]}" --target "$target" >&2
+  else
+    target=$GNU
+    # An explicit --target keeps these flags off build scripts and out of
+    # target/debug; glibc's static archives come with libc6-dev.
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+      cargo build "${flags[@]}" --target "$target" >&2
   fi
-  if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
-    echo "package: the $TARGET target is missing: run scripts/setup.sh" >&2
-    exit 1
-  fi
-  # (ring's build script compiles its C and assembly with musl-gcc.)
-  cargo build "${flags[@]}" >&2
-  local bin
-  bin="$(target_dir)/$TARGET/$profile/warren-connector"
+  local bin out
+  bin="$(target_dir)/$target/$profile/warren-connector"
   check_static "$bin"
-  echo "$bin"
+  out="$(target_dir)/static/$profile/warren-connector"
+  install -D -m 0755 "$bin" "$out"
+  echo "package: static warren-connector ($libc) at $out" >&2
+  echo "$out"
 }
 
 build_image() {
@@ -117,10 +154,11 @@ build_image() {
 cmd=${1:-}
 [ -n "$cmd" ] || usage
 shift
-profile=release binary="" tag="" archive=""
+profile=release binary="" tag="" archive="" libc=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --debug) profile=debug ;;
+    --libc) libc=${2:?--libc needs musl or glibc}; shift ;;
     --binary) binary=${2:?--binary needs a path}; shift ;;
     --tag) tag=${2:?--tag needs a name}; shift ;;
     --archive) archive=${2:?--archive needs a file}; shift ;;
@@ -131,14 +169,14 @@ done
 
 case "$cmd" in
   connector)
-    build_connector "$profile"
+    build_connector "$profile" "$libc"
     ;;
   image)
-    [ -n "$binary" ] || binary=$(build_connector "$profile")
+    [ -n "$binary" ] || binary=$(build_connector "$profile" "$libc")
     build_image "$binary" "$tag" "$archive"
     ;;
   all)
-    binary=$(build_connector "$profile")
+    binary=$(build_connector "$profile" "$libc")
     echo "$binary"
     build_image "$binary" "$tag" "$archive"
     ;;

@@ -25,7 +25,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== fuzz targets build"
 cargo check --locked --manifest-path protocol/fuzz/Cargo.toml --bins
-echo "== static warren-connector (musl; warren/tests/packaging.rs runs it and its image)"
+echo "== static warren-connector (musl, else glibc; warren/tests/packaging.rs runs it and its image)"
 ./scripts/package.sh connector --debug
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -1,5 +1,6 @@
-//! Packaging, black box: the static `warren-connector` (built for
-//! x86_64-unknown-linux-musl by `scripts/package.sh connector --debug`, which
+//! Packaging, black box: the static `warren-connector` (built with musl, or
+//! with glibc linked statically where the musl Rust target cannot be
+//! installed, by `scripts/package.sh connector --debug`, which
 //! scripts/test.sh runs before the tests) and the OCI image that
 //! `scripts/package.sh image` builds FROM scratch around it, each run against
 //! a live `warren serve`:
@@ -30,10 +31,8 @@ use common::{
     wait_for_profile, wait_listening, warren,
 };
 
-const TARGET: &str = "x86_64-unknown-linux-musl";
-
-/// The static connector scripts/package.sh built into this target directory
-/// (or `WARREN_STATIC_CONNECTOR`).
+/// The static connector scripts/package.sh built and copied to
+/// `<target>/static/debug/` (or `WARREN_STATIC_CONNECTOR`).
 fn static_connector() -> PathBuf {
     let path = std::env::var_os("WARREN_STATIC_CONNECTOR")
         .map(PathBuf::from)
@@ -43,7 +42,7 @@ fn static_connector() -> PathBuf {
                 .parent()
                 .and_then(Path::parent)
                 .expect("target directory");
-            target.join(TARGET).join("debug/warren-connector")
+            target.join("static/debug/warren-connector")
         });
     assert!(
         path.is_file(),

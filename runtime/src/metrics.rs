@@ -29,16 +29,42 @@ pub fn metrics() -> &'static RuntimeMetrics {
 }
 
 impl RuntimeMetrics {
-    /// Counts one finished request of `worker` in `account`.
-    pub fn request(&self, account: &str, worker: &str, outcome: &str, cpu_ms: u64) {
+    /// The counters of `worker` in `account`, looked up once (a worker keeps
+    /// them, so a request adds to them without building labels).
+    pub fn worker(&self, account: &str, worker: &str) -> WorkerCounters {
         let who = vec![
             ("account", account.to_owned()),
             ("worker", worker.to_owned()),
         ];
-        self.cpu_ms.get_or_create(&who).inc_by(cpu_ms);
-        let mut labels = who;
+        let mut ok = who.clone();
+        ok.push(("outcome", "ok".to_owned()));
+        WorkerCounters {
+            cpu_ms: self.cpu_ms.get_or_create(&who).clone(),
+            ok: self.requests.get_or_create(&ok).clone(),
+            who,
+        }
+    }
+}
+
+/// One worker's counters.
+#[derive(Clone)]
+pub struct WorkerCounters {
+    who: Labels,
+    cpu_ms: Counter,
+    ok: Counter,
+}
+
+impl WorkerCounters {
+    /// Counts one finished request with `outcome` and the CPU it used.
+    pub fn request(&self, outcome: &str, cpu_ms: u64) {
+        self.cpu_ms.inc_by(cpu_ms);
+        if outcome == "ok" {
+            self.ok.inc();
+            return;
+        }
+        let mut labels = self.who.clone();
         labels.push(("outcome", outcome.to_owned()));
-        self.requests.get_or_create(&labels).inc();
+        metrics().requests.get_or_create(&labels).inc();
     }
 }
 

@@ -129,6 +129,7 @@ pub struct Worker {
     engine: Arc<RuntimeEngine>,
     client: Option<Arc<dyn BindingClient>>,
     logs: Option<Arc<LogHub>>,
+    counters: crate::metrics::WorkerCounters,
 }
 
 /// Most bytes of stdout (and of stderr) kept per request for tail events.
@@ -167,7 +168,9 @@ impl Worker {
             .max_concurrent
             .min(engine.max_instances() as usize / 2)
             .max(1);
+        let counters = crate::metrics::metrics().worker(&config.account_id, &config.name);
         Ok(Worker {
+            counters,
             max_concurrent,
             running: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
             bindings: Arc::new(config.bindings.clone()),
@@ -341,18 +344,9 @@ impl Worker {
             );
             Some(outcome)
         };
-        let (account, worker_name, metered) = (
-            self.config.account_id.clone(),
-            self.config.name.clone(),
-            meter.clone(),
-        );
+        let (counters, metered) = (self.counters.clone(), meter.clone());
         let record = move |outcome: &str| {
-            crate::metrics::metrics().request(
-                &account,
-                &worker_name,
-                outcome,
-                metered.used().as_millis() as u64,
-            );
+            counters.request(outcome, metered.used().as_millis() as u64);
         };
         if let (Some(hub), Some(info), Some((out, err))) = (hub, info, capture) {
             let event_timestamp = std::time::SystemTime::now()

@@ -4,7 +4,9 @@
 //! the version they started with).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
@@ -27,6 +29,25 @@ pub struct Router {
     workers: RwLock<HashMap<String, Arc<Worker>>>,
     routes: RwLock<RouteTable>,
     fallback: RwLock<Option<String>>,
+    holds: AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+/// Longest a request waits for a [`Hold`] to end before it is served by
+/// whatever is deployed.
+pub const MAX_HOLD: Duration = Duration::from_secs(120);
+
+/// While alive, new requests wait (up to [`MAX_HOLD`]) before a worker is
+/// picked: `warren dev` holds them from a save until the rebuilt worker is
+/// deployed, so the first request after a save sees the new code.
+pub struct Hold(Arc<Router>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.0.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.released.notify_waiters();
+        }
+    }
 }
 
 impl Router {
@@ -37,6 +58,8 @@ impl Router {
             workers: RwLock::new(HashMap::new()),
             routes: RwLock::new(RouteTable::default()),
             fallback: RwLock::new(None),
+            holds: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
         })
     }
 
@@ -87,6 +110,25 @@ impl Router {
         }
     }
 
+    /// Holds new requests until the returned [`Hold`] is dropped.
+    pub fn hold(self: &Arc<Self>) -> Hold {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+        Hold(self.clone())
+    }
+
+    /// Returns once no [`Hold`] is alive (at once in the common case).
+    async fn unheld(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.holds.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+
     fn worker_for(&self, host: &str, path: &str) -> Option<Arc<Worker>> {
         let bare = crate::routes::canonical_host(host);
         let workers = self.workers.read().ok()?;
@@ -125,6 +167,9 @@ impl Router {
             .unwrap_or("")
             .to_owned();
         let path = req.uri().path().to_owned();
+        if self.holds.load(Ordering::Acquire) != 0 {
+            let _ = tokio::time::timeout(MAX_HOLD, self.unheld()).await;
+        }
         let mut resp = match self.worker_for(&host, &path) {
             Some(w) => w.handle(req, &request_id).await,
             None => text(404, &format!("no worker serves {host}")),

@@ -1,55 +1,81 @@
 //! `warren dev [DIR]`: everything in one process for developing a worker — an
 //! edge (runtime, binding-worker, iris, API; SQLite in `DIR/.warren`), a tunnel
 //! and a local connector for it, the VPC services of `DIR/services.json`, the
-//! worker of `DIR/warren.json` deployed through the API, its URL, and its live
-//! logs until Ctrl-C.
+//! worker of the folder's config deployed through the API, a profile the other
+//! commands can use against this edge, and live logs until Ctrl-C. The folder
+//! is watched: a save holds new requests, rebuilds and redeploys the worker,
+//! and the held requests are then served by the new code.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::Value;
 use warren_api::from_value_at;
 use warren_api::services::{Service, ServiceRequest};
 use warren_connector::ConnectorConfig;
-use warren_store::hash_secret;
+use warren_store::{Store, hash_secret};
 
 use crate::client::Client;
+use crate::profile::Profile;
 use crate::{config, serve, workers};
 
 /// Flags of `warren dev`.
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// The worker's folder (with warren.json, and services.json if it declares services).
+    /// The worker's folder (with its config, and services.json if it declares services).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
+    /// Address workers are served on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: IpAddr,
     /// Port workers are served on.
     #[arg(long, default_value_t = 8787)]
     pub port: u16,
+    /// A var for this session, `KEY:VALUE` (over the config's; repeatable).
+    #[arg(long = "var", value_name = "KEY:VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
     /// Do not start a connector; print the command that runs one elsewhere.
     #[arg(long)]
     pub no_connector: bool,
+    /// Do not watch the folder for changes.
+    #[arg(long)]
+    pub no_watch: bool,
     /// State folder (default DIR/.warren).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
 
-fn edge_file(data_dir: &Path, port: u16) -> anyhow::Result<config::EdgeFile> {
+/// `--var KEY:VALUE`, as wrangler takes it.
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY:VALUE, got {text:?}")),
+    }
+}
+
+fn edge_file(data_dir: &Path, ip: IpAddr, port: u16) -> anyhow::Result<config::EdgeFile> {
     let mut f = config::parse("")?;
     f.data_dir = data_dir.to_owned();
     f.api.listen = ([127, 0, 0, 1], 0).into();
     f.tunnel.listen = ([127, 0, 0, 1], 0).into();
     f.connect.listen = ([127, 0, 0, 1], 0).into();
     f.binding.listen = "127.0.0.1:0".into();
-    f.runtime.listen = ([127, 0, 0, 1], port).into();
+    f.runtime.listen = (ip, port).into();
     Ok(f)
 }
 
 /// Creates or updates the services of `services.json` (a JSON array of VPC
-/// service bodies; a missing `tunnel_id` means the dev tunnel). Returns name → id.
+/// service bodies; a missing `tunnel_id` means the dev tunnel). An entry may
+/// give the `service_id` it has on the real edge, so a config naming real
+/// service ids runs unedited: the dev edge then keeps the service under that
+/// id. Returns name → id.
 async fn ensure_services(
     client: &Client,
+    store: &dyn Store,
+    account_id: &str,
     path: &Path,
     tunnel_id: &str,
 ) -> anyhow::Result<HashMap<String, String>> {
@@ -63,7 +89,17 @@ async fn ensure_services(
     let existing: Vec<Service> = client
         .get("connectivity/directory/services?per_page=1000")
         .await?;
-    for (i, raw) in list.into_iter().enumerate() {
+    for (i, mut raw) in list.into_iter().enumerate() {
+        let given_id = match raw.as_object_mut().and_then(|o| o.remove("service_id")) {
+            None => None,
+            Some(Value::String(id)) if uuid::Uuid::parse_str(&id).is_ok() => {
+                Some(id.to_ascii_lowercase())
+            }
+            Some(other) => anyhow::bail!(
+                "{}: /{i}/service_id: must be a service id (a UUID), not {other}",
+                path.display()
+            ),
+        };
         let mut svc: ServiceRequest = from_value_at(raw, &format!("/{i}"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let name = svc
@@ -85,45 +121,180 @@ async fn ensure_services(
         }
         svc.validate()
             .map_err(|e| anyhow::anyhow!("service {name} in {}: {e}", path.display()))?;
-        let found = existing
-            .iter()
-            .find(|e| e.name == name)
-            .map(|e| e.service_id.clone());
-        let saved: Service = match &found {
+        let saved_id = match given_id {
             Some(id) => {
-                client
-                    .put(&format!("connectivity/directory/services/{id}"), &svc)
-                    .await
+                // The dev edge's own store: the API has no way to choose an id.
+                let now = warren_store::rfc3339(std::time::SystemTime::now());
+                let stored = svc
+                    .to_service(&id, account_id, &now, &now)
+                    .map_err(|e| anyhow::anyhow!("service {name} in {}: {e}", path.display()))?;
+                match store.get_service(&id).await? {
+                    Some(old) if old.account_id == account_id => {
+                        let mut stored = stored;
+                        stored.created_at = old.created_at;
+                        store.replace_service(&stored).await?;
+                    }
+                    Some(_) => anyhow::bail!("service id {id} is taken on this edge"),
+                    None => store.create_service(&stored).await?,
+                }
+                id
             }
-            None => client.post("connectivity/directory/services", &svc).await,
-        }
-        .with_context(|| format!("service {name} in {}", path.display()))?;
-        println!("VPC service {name} → {}", saved.service_id);
-        ids.insert(name, saved.service_id);
+            None => {
+                let found = existing
+                    .iter()
+                    .find(|e| e.name == name)
+                    .map(|e| e.service_id.clone());
+                let saved: Service = match &found {
+                    Some(id) => {
+                        client
+                            .put(&format!("connectivity/directory/services/{id}"), &svc)
+                            .await
+                    }
+                    None => client.post("connectivity/directory/services", &svc).await,
+                }
+                .with_context(|| format!("service {name} in {}", path.display()))?;
+                saved.service_id
+            }
+        };
+        println!("VPC service {name} → {saved_id}");
+        ids.insert(name, saved_id);
     }
     Ok(ids)
 }
 
 /// Runs `warren dev`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let cfg_path = workers::find_config(Some(&args.dir))?;
-    let mut file = workers::read_config(&cfg_path)?;
+    // The config is read (and checked) before anything starts.
+    workers::read_config(&workers::find_config(Some(&args.dir))?)?;
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| args.dir.join(".warren"));
-    let node = serve::start(&edge_file(&data_dir, args.port)?, false).await?;
-    let result = session(&node, &args, &cfg_path, &mut file).await;
+    let node = serve::start(&edge_file(&data_dir, args.ip, args.port)?, false).await?;
+    let result = session(&node, &args, &data_dir).await;
     node.stop().await;
     result
 }
 
-async fn session(
-    node: &serve::Running,
+/// What the last deploy was built from: an unchanged project is not uploaded again.
+#[derive(Default)]
+struct Deployed {
+    name: String,
+    upload_hash: Option<[u8; 32]>,
+}
+
+/// Reads the project as it is now and deploys it unless its upload is the
+/// one already deployed. Prints the build's elapsed time while it runs.
+async fn deploy_project(
+    client: &Client,
     args: &DevArgs,
-    cfg_path: &Path,
-    file: &mut workers::WorkerFile,
-) -> anyhow::Result<()> {
+    ids: &HashMap<String, String>,
+    last: &mut Deployed,
+) -> anyhow::Result<bool> {
+    let cfg_path = workers::find_config(Some(&args.dir))?;
+    let mut file = workers::read_config(&cfg_path)?;
+    for (k, v) in &args.vars {
+        file.vars.insert(k.clone(), v.clone());
+    }
+    for b in &mut file.vpc_services {
+        if let Some(id) = ids.get(&b.service_id) {
+            b.service_id = id.clone();
+        }
+    }
+    let upload = workers::prepare(&cfg_path, &file)?;
+    let hash = upload.hash();
+    if last.name == file.name && last.upload_hash == Some(hash) {
+        return Ok(false);
+    }
+    let progress = elapsed_indicator(&format!("building {}", file.name));
+    let result = workers::upload(client, &file, upload).await;
+    progress.finish_and_clear();
+    result?;
+    *last = Deployed {
+        name: file.name,
+        upload_hash: Some(hash),
+    };
+    Ok(true)
+}
+
+/// A spinner with the elapsed time on a terminal (nothing otherwise).
+fn elapsed_indicator(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Whether a change at `path` can change the worker (not the state folder,
+/// dependencies' caches, VCS data or editor scratch files).
+fn watched(path: &Path, data_dir: &Path) -> bool {
+    if path.starts_with(data_dir) {
+        return false;
+    }
+    let skipped_dir = path.components().any(|c| {
+        matches!(
+            c.as_os_str().to_str(),
+            Some(".git" | ".warren" | ".wrangler" | "target")
+        )
+    });
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let scratch = name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.starts_with(".#")
+        || name == "4913";
+    !skipped_dir && !scratch
+}
+
+/// File changes in the project folder, as a channel.
+fn watch(
+    dir: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<(
+    notify::RecommendedWatcher,
+    tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+)> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if matches!(ev.kind, EventKind::Access(_) | EventKind::Other) {
+            return;
+        }
+        for p in ev.paths {
+            if watched(&p, &data_dir) {
+                let _ = tx.send(p);
+            }
+        }
+    })?;
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    watcher
+        .watch(&dir, RecursiveMode::Recursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    Ok((watcher, rx))
+}
+
+/// Writes the dev profile (mode 0600) that points the other commands at this edge.
+fn write_profile(data_dir: &Path, profile: &Profile) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("profile.json");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(serde_json::to_string_pretty(profile)?.as_bytes())?;
+    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+}
+
+async fn session(node: &serve::Running, args: &DevArgs, data_dir: &Path) -> anyhow::Result<()> {
     let store = node.store.clone();
     let account = store
         .list_accounts()
@@ -140,9 +311,22 @@ async fn session(
     let tunnel_addr = node
         .tunnel_addr
         .ok_or_else(|| anyhow::anyhow!("the dev edge runs no tunnel edge"))?;
+    let profile_path = write_profile(
+        data_dir,
+        &Profile {
+            api: api.clone(),
+            account_id: account.id.clone(),
+            token: token.clone(),
+            ca_cert: None,
+        },
+    )?;
     println!(
         "edge API at {api} (account {}); tunnel edge on udp://{tunnel_addr}",
         account.id
+    );
+    println!(
+        "other commands reach this edge with its profile, e.g.\n  export WARREN_PROFILE={}\n  warren vpc service list; warren tail <worker>; warren deploy",
+        profile_path.display()
     );
     if let Some(m) = node.metrics_addr {
         println!("metrics at http://{m}/metrics");
@@ -184,31 +368,63 @@ async fn session(
             let _ = connector_stopped.await;
         })))
     };
+    let result = watch_and_serve(node, args, data_dir, &client, &account.id, &tunnel.id).await;
+    println!("stopping");
+    let _ = stop_connector.send(());
+    if let Some(c) = connector {
+        let _ = c.await;
+    }
+    result
+}
 
-    let services_path = cfg_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("services.json");
-    let ids = ensure_services(&client, &services_path, &tunnel.id).await?;
-    for b in &mut file.vpc_services {
-        if let Some(id) = ids.get(&b.service_id) {
-            b.service_id = id.clone();
-        }
-    }
-    workers::deploy(&client, cfg_path, file).await?;
-    if let Some(s) = &node.scripts {
-        s.router().set_fallback(Some(file.name.clone()));
-    }
-    let port = node.runtime_addr.map_or(args.port, |a| a.port());
-    println!(
-        "\n{} is live at http://{}.{}:{port}/ (and http://localhost:{port}/)\nlogs follow; Ctrl-C stops everything\n",
-        file.name, file.name, node.workers_domain
-    );
-    let mut logs = node
+/// Deploys the project, then follows its logs and redeploys it on every save
+/// until Ctrl-C.
+async fn watch_and_serve(
+    node: &serve::Running,
+    args: &DevArgs,
+    data_dir: &Path,
+    client: &Client,
+    account_id: &str,
+    tunnel_id: &str,
+) -> anyhow::Result<()> {
+    let scripts = node
         .scripts
-        .as_ref()
-        .and_then(|s| s.tail(&account.id, &file.name))
+        .clone()
         .ok_or_else(|| anyhow::anyhow!("this edge runs no workers"))?;
+    let services_path = args.dir.join("services.json");
+    let ids = ensure_services(
+        client,
+        node.store.as_ref(),
+        account_id,
+        &services_path,
+        tunnel_id,
+    )
+    .await?;
+    let mut last = Deployed::default();
+    deploy_project(client, args, &ids, &mut last).await?;
+    let port = node.runtime_addr.map_or(args.port, |a| a.port());
+    let live = |name: &str| {
+        println!(
+            "\n{name} is live at http://{name}.{}:{port}/ (and http://{}:{port}/)\nlogs follow; Ctrl-C stops everything\n",
+            node.workers_domain,
+            if args.ip.is_unspecified() || args.ip.is_loopback() {
+                "localhost".to_owned()
+            } else {
+                args.ip.to_string()
+            }
+        )
+    };
+    scripts.router().set_fallback(Some(last.name.clone()));
+    let (_watcher, mut changes) = if args.no_watch {
+        (None, tokio::sync::mpsc::unbounded_channel().1)
+    } else {
+        let (w, rx) = watch(&args.dir, data_dir)?;
+        (Some(w), rx)
+    };
+    let mut logs = scripts
+        .tail(account_id, &last.name)
+        .ok_or_else(|| anyhow::anyhow!("this edge runs no workers"))?;
+    live(&last.name);
     let stop = warren_connector::shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -220,13 +436,38 @@ async fn session(
                     break;
                 }
             },
+            Some(first) = changes.recv() => {
+                // Requests from now on wait for the new code.
+                let hold = scripts.router().hold();
+                let saved = Instant::now();
+                // Editors write a file in several steps: wait for a quiet 50 ms.
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await {}
+                let name = last.name.clone();
+                match deploy_project(client, args, &ids, &mut last).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        scripts.router().set_fallback(Some(last.name.clone()));
+                        if last.name != name
+                            && let Some(l) = scripts.tail(account_id, &last.name)
+                        {
+                            logs = l;
+                        }
+                        println!(
+                            "{} changed: redeployed in {:.2?}",
+                            first.display(),
+                            saved.elapsed()
+                        );
+                        live(&last.name);
+                    }
+                    Err(e) => println!(
+                        "{} changed, and the worker did not build: {e:#}\nthe previous version keeps serving; fix and save again",
+                        first.display()
+                    ),
+                }
+                drop(hold);
+            }
             () = &mut stop => break,
         }
-    }
-    println!("stopping");
-    let _ = stop_connector.send(());
-    if let Some(c) = connector {
-        let _ = c.await;
     }
     Ok(())
 }

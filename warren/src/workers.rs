@@ -272,34 +272,78 @@ pub fn multipart(
     ))
 }
 
+/// A worker ready to upload: its metadata and module files.
+pub struct Upload {
+    /// The upload's `metadata` part.
+    pub metadata: ScriptMetadata,
+    /// The module files.
+    pub modules: Modules,
+}
+
+impl Upload {
+    /// SHA-256 over everything uploaded: equal hashes deploy the same worker.
+    pub fn hash(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let meta = serde_json::to_vec(&self.metadata).unwrap_or_default();
+        h.update((meta.len() as u64).to_le_bytes());
+        h.update(&meta);
+        for (name, bytes) in &self.modules {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        h.finalize().into()
+    }
+}
+
+/// Reads the worker `file` (from `config_path`): its modules and metadata.
+pub fn prepare(config_path: &Path, file: &WorkerFile) -> anyhow::Result<Upload> {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let (main, modules) = collect_modules(&base.join(&file.main))?;
+    Ok(Upload {
+        metadata: metadata(file, &main)?,
+        modules,
+    })
+}
+
+/// Uploads a prepared worker; the edge builds it before it answers.
+pub async fn upload(
+    client: &Client,
+    file: &WorkerFile,
+    upload: Upload,
+) -> anyhow::Result<ScriptInfo> {
+    let (ctype, body) = multipart(&upload.metadata, &upload.modules)?;
+    let path = format!("workers/scripts/{}", file.name);
+    client
+        .request(Method::PUT, &path, Some((&ctype, body)))
+        .await?
+        .result
+        .ok_or_else(|| anyhow::anyhow!("the API answered {path} without a result"))
+}
+
 /// Uploads the worker `file` (read from `config_path`) and prints a line per step.
 pub async fn deploy(
     client: &Client,
     config_path: &Path,
     file: &WorkerFile,
 ) -> anyhow::Result<ScriptInfo> {
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let (main, modules) = collect_modules(&base.join(&file.main))?;
-    let size: usize = modules.iter().map(|(_, b)| b.len()).sum();
+    let prepared = prepare(config_path, file)?;
+    let size: usize = prepared.modules.iter().map(|(_, b)| b.len()).sum();
     println!(
         "[1/3] read {}: worker {}, {} module(s), {} bytes",
         config_path.display(),
         file.name,
-        modules.len(),
+        prepared.modules.len(),
         size
     );
-    let (ctype, body) = multipart(&metadata(file, &main)?, &modules)?;
     println!(
         "[2/3] uploading; the edge verifies {} binding(s) and builds the component",
         file.vpc_services.len()
     );
     let started = std::time::Instant::now();
-    let path = format!("workers/scripts/{}", file.name);
-    let info: ScriptInfo = client
-        .request(Method::PUT, &path, Some((&ctype, body)))
-        .await?
-        .result
-        .ok_or_else(|| anyhow::anyhow!("the API answered {path} without a result"))?;
+    let info = upload(client, file, prepared).await?;
     println!(
         "[3/3] deployed {} (etag {}) in {:.1?}",
         file.name,

@@ -297,8 +297,12 @@ impl JsBuilder {
         let mut cmd = Command::new(&self.node);
         cmd.arg(self.js_dir.join("build.mjs"))
             .arg(src.join(ENTRY_FILE))
-            .arg(&out)
-            .current_dir(&src)
+            .arg(&out);
+        if let Some(dir) = &self.cache_dir {
+            // The engine splice is the same for every worker: kept once.
+            cmd.arg(dir.join("splice"));
+        }
+        cmd.current_dir(&src)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map_err(tooling)?);

@@ -10,10 +10,13 @@
 //! its timeout ([`BuildLimits`]).
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 /// Name of the generated entry file, written next to the worker's modules.
 pub const ENTRY_FILE: &str = "__warren_entry.js";
@@ -78,6 +81,8 @@ pub struct JsBuilder {
     pub cache_dir: Option<PathBuf>,
     /// What each build may use.
     pub limits: BuildLimits,
+    /// Warm build servers between builds.
+    servers: Arc<Mutex<Vec<BuildServer>>>,
 }
 
 /// The generated entry: imports the user's module and serves its `fetch`.
@@ -184,6 +189,7 @@ impl JsBuilder {
             node: PathBuf::from("node"),
             cache_dir: None,
             limits: BuildLimits::default(),
+            servers: Arc::default(),
         }
     }
 
@@ -293,92 +299,243 @@ impl JsBuilder {
         std::fs::write(src.join(ENTRY_FILE), entry).map_err(tooling)?;
         let out = work.path().join("out").join("worker.wasm");
         std::fs::create_dir_all(work.path().join("out")).map_err(tooling)?;
-        let log = work.path().join("build.log");
+        let request = serde_json::json!({
+            "entry": src.join(ENTRY_FILE),
+            "out": out,
+            "splice": self.cache_dir.as_ref().map(|d| d.join("splice")),
+        });
+        match self.on_server(request)? {
+            Ok(()) => std::fs::read(&out).map_err(tooling),
+            Err(text) => {
+                let script: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
+                Err(if script.iter().any(|l| l.contains(".js:")) {
+                    JsBuildError::Script(script.join("\n"))
+                } else {
+                    JsBuildError::Tooling(text)
+                })
+            }
+        }
+    }
+
+    /// Runs one build request on a warm server (or a new one), within the
+    /// build's limits. `Ok(Err(message))` is a build that failed.
+    fn on_server(
+        &self,
+        mut request: serde_json::Value,
+    ) -> Result<Result<(), String>, JsBuildError> {
+        static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        request["id"] = id.into();
+        let line = format!("{request}\n");
+        // A server that went idle may exit just as it is handed a request:
+        // such a build is sent once more, to a new server.
+        for attempt in 0..2 {
+            let mut server = match self.idle_server() {
+                Some(s) => s,
+                None => self.spawn_server()?,
+            };
+            if server.stdin.write_all(line.as_bytes()).is_err() && attempt == 0 {
+                server.kill();
+                continue;
+            }
+            match server.answers.recv_timeout(self.limits.timeout) {
+                Ok(answer) => {
+                    let answer: BuildAnswer = serde_json::from_str(&answer).map_err(|e| {
+                        JsBuildError::Tooling(format!("the build server answered {answer:?}: {e}"))
+                    })?;
+                    if answer.id != Some(id) {
+                        server.kill();
+                        return Err(JsBuildError::Tooling(format!(
+                            "the build server answered request {:?}, not {id}",
+                            answer.id
+                        )));
+                    }
+                    self.release(server);
+                    return Ok(if answer.ok {
+                        Ok(())
+                    } else {
+                        Err(answer.error.unwrap_or_default())
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // The whole group: node and the Wizer running the
+                    // worker's top-level code.
+                    server.kill();
+                    return Err(JsBuildError::TimedOut(self.limits.timeout));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = server.kill();
+                    if let Some(sig) = status.as_ref().and_then(|s| s.signal()) {
+                        return Err(JsBuildError::Killed(sig));
+                    }
+                    if attempt == 0 && status.is_some_and(|s| s.success()) {
+                        continue;
+                    }
+                    return Err(JsBuildError::Tooling(format!(
+                        "the build server exited ({status:?}) without an answer"
+                    )));
+                }
+            }
+        }
+        Err(JsBuildError::Tooling(
+            "no build server could take the build".into(),
+        ))
+    }
+
+    /// A warm server that is still running and not about to exit for idleness.
+    fn idle_server(&self) -> Option<BuildServer> {
+        let mut servers = self.servers.lock().ok()?;
+        while let Some(mut s) = servers.pop() {
+            if s.last_used.elapsed() + Duration::from_secs(5) < SERVER_IDLE
+                && matches!(s.child.try_wait(), Ok(None))
+            {
+                return Some(s);
+            }
+            s.kill();
+        }
+        None
+    }
+
+    /// Keeps `server` warm, unless it has used half of its CPU allowance
+    /// (`RLIMIT_CPU` counts a process's whole life).
+    fn release(&self, mut server: BuildServer) {
+        let used = cpu_seconds(server.child.id()).unwrap_or(u64::MAX);
+        if used.saturating_mul(2) >= self.limits.cpu_secs() {
+            server.kill();
+            return;
+        }
+        server.last_used = Instant::now();
+        match self.servers.lock() {
+            Ok(mut s) => s.push(server),
+            Err(_) => {
+                server.kill();
+            }
+        }
+    }
+
+    /// Starts `node build.mjs --serve` in a process group of its own under
+    /// the build's rlimits, answering on fd 3.
+    fn spawn_server(&self) -> Result<BuildServer, JsBuildError> {
+        use nix::sys::resource::{Resource, setrlimit};
+        let tooling = |e: std::io::Error| JsBuildError::Tooling(e.to_string());
+        let (reader, writer) = std::io::pipe().map_err(tooling)?;
+        let answer_fd = writer.as_raw_fd();
+        let (cpu, memory) = (self.limits.cpu_secs(), self.limits.memory_bytes);
         let mut cmd = Command::new(&self.node);
         cmd.arg(self.js_dir.join("build.mjs"))
-            .arg(src.join(ENTRY_FILE))
-            .arg(&out);
-        if let Some(dir) = &self.cache_dir {
-            // The engine splice is the same for every worker: kept once.
-            cmd.arg(dir.join("splice"));
-        }
-        cmd.current_dir(&src)
-            .stdin(Stdio::null())
+            .arg("--serve")
+            .arg(SERVER_IDLE.as_millis().to_string())
+            .current_dir(&self.js_dir)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(tooling)?);
-        let status = run_limited(cmd, &self.limits).map_err(|e| match e {
-            RunError::Spawn(e) => {
-                JsBuildError::Tooling(format!("cannot run {}: {e}", self.node.display()))
-            }
-            RunError::TimedOut => JsBuildError::TimedOut(self.limits.timeout),
-        })?;
-        if let Some(sig) = status.signal() {
-            return Err(JsBuildError::Killed(sig));
-        }
-        if !status.success() {
-            let text =
-                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
-            let script: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
-            return Err(if script.iter().any(|l| l.contains(".js:")) {
-                JsBuildError::Script(script.join("\n"))
-            } else {
-                JsBuildError::Tooling(text)
+            .stderr(Stdio::null())
+            .process_group(0);
+        // SAFETY: between fork and exec only setrlimit, dup2 and fcntl run,
+        // which are async-signal-safe and touch no state of this process.
+        unsafe {
+            cmd.pre_exec(move || {
+                setrlimit(Resource::RLIMIT_CPU, cpu, cpu.saturating_add(5))?;
+                setrlimit(Resource::RLIMIT_DATA, memory, memory)?;
+                // The answers' pipe becomes fd 3, open across exec.
+                if answer_fd == 3 {
+                    if nix::libc::fcntl(3, nix::libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if nix::libc::dup2(answer_fd, 3) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
-        std::fs::read(&out).map_err(tooling)
+        let mut child = cmd.spawn().map_err(|e| {
+            JsBuildError::Tooling(format!("cannot run {}: {e}", self.node.display()))
+        })?;
+        drop(writer);
+        let Some(stdin) = child.stdin.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(JsBuildError::Tooling(
+                "the build server has no stdin".into(),
+            ));
+        };
+        let (tx, answers) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("js-build-answers".into())
+            .spawn(move || {
+                for line in std::io::BufReader::new(reader).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(tooling)?;
+        Ok(BuildServer {
+            child,
+            stdin,
+            answers,
+            last_used: Instant::now(),
+        })
     }
 }
 
-enum RunError {
-    Spawn(std::io::Error),
-    TimedOut,
+/// How long a build server waits for its next request before it exits.
+const SERVER_IDLE: Duration = Duration::from_secs(120);
+
+/// One answer of a build server.
+#[derive(serde::Deserialize)]
+struct BuildAnswer {
+    id: Option<u64>,
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
 }
 
-/// Runs `cmd` in a process group of its own under `limits`' rlimits; when it
-/// outlives the timeout, the whole group (node, Wizer) is killed.
-fn run_limited(
-    mut cmd: Command,
-    limits: &BuildLimits,
-) -> Result<std::process::ExitStatus, RunError> {
-    use nix::sys::resource::{Resource, setrlimit};
-    let (cpu, memory) = (limits.cpu_secs(), limits.memory_bytes);
-    cmd.process_group(0);
-    // SAFETY: between fork and exec only setrlimit runs, which is
-    // async-signal-safe and touches no state of this process.
-    unsafe {
-        cmd.pre_exec(move || {
-            setrlimit(Resource::RLIMIT_CPU, cpu, cpu.saturating_add(5))?;
-            setrlimit(Resource::RLIMIT_DATA, memory, memory)?;
-            Ok(())
-        });
+/// A warm `node build.mjs --serve`: ComponentizeJS loaded and its own wasm
+/// compiled, so a build skips node's start and that compilation.
+struct BuildServer {
+    child: Child,
+    stdin: ChildStdin,
+    answers: mpsc::Receiver<String>,
+    last_used: Instant,
+}
+
+impl std::fmt::Debug for BuildServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildServer")
+            .field("pid", &self.child.id())
+            .finish()
     }
-    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let status = child.wait();
-        let _ = tx.send(());
-        status
-    });
-    let timed_out = matches!(
-        rx.recv_timeout(limits.timeout),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-    );
-    if timed_out {
-        // The leader is not reaped before the waiter sees it die, so the
-        // group id still names this build's group.
+}
+
+impl BuildServer {
+    /// Kills the server's whole process group and reaps it.
+    fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        self.child.wait().ok()
     }
-    let status = waiter
-        .join()
-        .map_err(|_| RunError::Spawn(std::io::Error::other("the build waiter panicked")))?
-        .map_err(RunError::Spawn)?;
-    if timed_out {
-        return Err(RunError::TimedOut);
+}
+
+impl Drop for BuildServer {
+    fn drop(&mut self) {
+        self.kill();
     }
-    if status.signal().is_some() {
-        // node was killed by a limit: Wizer, if it still runs, goes too.
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-    }
-    Ok(status)
+}
+
+/// User plus system CPU seconds `pid` has used so far.
+fn cpu_seconds(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)? as u64;
+    Some(ticks / hz)
 }

@@ -21,7 +21,9 @@ function assembleWit(dir) {
     }
   }
   writeFileSync(join(dir, 'world.wit'),
-    `package warren:worker;\n\nworld worker {\n  include wasi:http/proxy@${WASI_VERSION};\n}\n`);
+    `package warren:worker;\n\nworld worker {\n  include wasi:http/proxy@${WASI_VERSION};\n` +
+    // The generated entry reads each request's secrets from its environment.
+    `  import wasi:cli/environment@${WASI_VERSION};\n}\n`);
 }
 
 const [entry, out] = process.argv.slice(2);

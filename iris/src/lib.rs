@@ -23,7 +23,7 @@ pub mod peer;
 pub mod registry;
 pub mod reset_key;
 pub mod resolve;
-pub mod sealing;
+pub use warren_store::sealing;
 pub mod tunnel_admin;
 pub mod tunnels;
 

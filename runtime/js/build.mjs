@@ -36,7 +36,9 @@ function assembleWit(dir) {
     }
   }
   writeFileSync(join(dir, 'world.wit'),
-    `package warren:worker;\n\nworld worker {\n  include wasi:http/proxy@${WASI_VERSION};\n}\n`);
+    `package warren:worker;\n\nworld worker {\n  include wasi:http/proxy@${WASI_VERSION};\n` +
+    // The generated entry reads each request's secrets from its environment.
+    `  import wasi:cli/environment@${WASI_VERSION};\n}\n`);
 }
 
 // Every file under `dir`, sorted, into the hash.

@@ -1,6 +1,7 @@
 //! The worker-scripts API (Cloudflare's `workers/scripts` shape): multipart
 //! `PUT` with a `metadata` part and one part per module, `GET`, `DELETE`, a
-//! list, and a live tail stream (newline-delimited JSON tail lines). Same
+//! list, a script's secrets (`…/{name}/secrets`: put, list, show, delete;
+//! never a value), and a live tail stream (newline-delimited JSON tail lines). Same
 //! envelope and per-account tokens as the rest of the API (`warren-api`); the
 //! work is done by [`Scripts`].
 //!
@@ -17,13 +18,13 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use warren_api::scripts::{DeletedScript, ScriptInfo, ScriptMetadata};
+use warren_api::scripts::{DeletedScript, ScriptInfo, ScriptMetadata, SecretInfo, SecretRequest};
 use warren_api::server::{ApiError, ApiResult, authorize, json_line, ok, page};
 use warren_api::tail::{TailClosed, TailHello};
 use warren_api::{FieldError, from_slice_at};
 use warren_store::Store;
 
-use crate::deploy::{DeployError, Module, Scripts};
+use crate::deploy::{DeployError, Module, Scripts, SecretDeleted};
 
 /// Largest upload accepted (a prebuilt JS component is ~13 MB).
 pub const MAX_UPLOAD: usize = 64 << 20;
@@ -45,6 +46,14 @@ pub fn routes(store: Arc<dyn Store>, scripts: Arc<Scripts>) -> Router {
             get(show).put(upload).delete(remove),
         )
         .route(&format!("{BASE}/{{name}}/tail"), get(tail))
+        .route(
+            &format!("{BASE}/{{name}}/secrets"),
+            get(list_secrets).put(put_secret),
+        )
+        .route(
+            &format!("{BASE}/{{name}}/secrets/{{secret}}"),
+            get(show_secret).delete(delete_secret),
+        )
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .with_state(ScriptsState { store, scripts })
 }
@@ -153,6 +162,75 @@ async fn upload(
         .await
         .map_err(deploy_error)?;
     Ok(ok(info))
+}
+
+async fn list_secrets(
+    State(s): State<ScriptsState>,
+    Path((account, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult<Vec<SecretInfo>> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
+    let secrets = s
+        .scripts
+        .secrets(&account, &name)
+        .await
+        .map_err(deploy_error)?
+        .ok_or_else(|| ApiError::not_found("worker"))?;
+    page(secrets, &q)
+}
+
+async fn show_secret(
+    State(s): State<ScriptsState>,
+    Path((account, name, secret)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<SecretInfo> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
+    let found = s
+        .scripts
+        .secrets(&account, &name)
+        .await
+        .map_err(deploy_error)?
+        .ok_or_else(|| ApiError::not_found("worker"))?
+        .into_iter()
+        .find(|i| i.name == secret)
+        .ok_or_else(|| ApiError::not_found("secret"))?;
+    Ok(ok(found))
+}
+
+async fn put_secret(
+    State(s): State<ScriptsState>,
+    Path((account, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<SecretInfo> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
+    let request: SecretRequest = from_slice_at(&body, "")?;
+    let info = s
+        .scripts
+        .put_secret(&account, &name, &request)
+        .await
+        .map_err(deploy_error)?
+        .ok_or_else(|| ApiError::not_found("worker"))?;
+    Ok(ok(info))
+}
+
+async fn delete_secret(
+    State(s): State<ScriptsState>,
+    Path((account, name, secret)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Option<SecretInfo>> {
+    authorize(s.store.as_ref(), &headers, &account).await?;
+    match s
+        .scripts
+        .delete_secret(&account, &name, &secret)
+        .await
+        .map_err(deploy_error)?
+    {
+        SecretDeleted::Deleted => Ok(ok(None)),
+        SecretDeleted::NoScript => Err(ApiError::not_found("worker")),
+        SecretDeleted::NoSecret => Err(ApiError::not_found("secret")),
+    }
 }
 
 async fn tail(

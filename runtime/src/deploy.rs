@@ -29,8 +29,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use warren_api::scripts::{
+    MAX_SECRETS, SecretInfo, SecretRequest, SecretType, check_secret_name, check_secret_text,
+};
 use warren_store::blobs::{BlobDir, BlobError};
 use warren_store::peers::PeerContent;
+use warren_store::sealing::{Sealer, worker_secret_context};
 use warren_store::{Change, ScriptRecord, Store, StoreError};
 
 pub use warren_api::scripts::{BindingSpec, LimitsSpec, ScriptInfo, ScriptMetadata};
@@ -42,7 +46,10 @@ use crate::logs::{LogHub, Subscription, WorkerKey};
 use crate::outbound::BindingClient;
 use crate::routes::RoutePattern;
 use crate::serve::Router;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{Secrets, Worker, WorkerConfig};
+
+/// Sealed secrets by name, as a [`ScriptRecord`] keeps them.
+type Sealed = BTreeMap<String, Vec<u8>>;
 
 /// One uploaded module file.
 #[derive(Debug, Clone)]
@@ -147,6 +154,21 @@ pub struct ScriptsConfig {
     /// (native code: peers are authenticated cluster nodes, trusted like the
     /// store). `None`: a missing bundle is logged and the worker not served.
     pub peers: Option<Arc<dyn PeerContent>>,
+    /// Seals worker secrets before they are stored and opens them when a
+    /// worker is loaded (the node's `sealing.key`; nodes serving the same
+    /// workers need the same key).
+    pub sealer: Arc<Sealer>,
+}
+
+/// What became of a secret delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretDeleted {
+    /// The secret was deleted (a new version of the worker, without it).
+    Deleted,
+    /// The account has no worker of that name.
+    NoScript,
+    /// The worker has no secret of that name.
+    NoSecret,
 }
 
 /// First wait before asking the peers again for a bundle none could give.
@@ -166,6 +188,9 @@ pub struct Scripts {
     logs: Arc<LogHub>,
     config: ScriptsConfig,
     infos: Mutex<HashMap<String, ScriptInfo>>,
+    /// The sealed secrets of each served worker, as its record had them (a
+    /// secret change is a new version even within the same second).
+    sealed: Mutex<HashMap<String, Sealed>>,
     /// Serializes the commit step of uploads and deletes (never a build).
     committing: tokio::sync::Mutex<()>,
     /// Builds and compiles running at once: one per core, so uploads (each
@@ -189,6 +214,7 @@ impl Scripts {
             logs,
             config,
             infos: Mutex::new(HashMap::new()),
+            sealed: Mutex::new(HashMap::new()),
             committing: tokio::sync::Mutex::new(()),
             building: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -233,6 +259,8 @@ impl Scripts {
                     bindings.insert(name.clone(), service_id.clone());
                 }
                 BindingSpec::PlainText { name, text } => env.push((name.clone(), text.clone())),
+                // Never stored in the metadata: taken out at upload.
+                BindingSpec::SecretText { .. } => {}
             }
         }
         let config = WorkerConfig {
@@ -325,11 +353,13 @@ impl Scripts {
             None => self.unload(name),
             Some(record) => {
                 let current = self.infos.lock().ok().and_then(|i| i.get(name).cloned());
+                let sealed = self.sealed.lock().ok().and_then(|s| s.get(name).cloned());
                 if current.is_some_and(|c| {
                     c.etag == record.bundle
                         && c.tag == record.tag
                         && c.modified_on == record.modified_on
-                }) {
+                }) && sealed.as_ref() == Some(&record.secrets)
+                {
                     return;
                 }
                 self.load(record).await;
@@ -374,6 +404,13 @@ impl Scripts {
                 return false;
             }
         };
+        let secrets = match self.open_secrets(&record) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(worker = %name, error = %e, "stored script's secrets cannot be opened; not served");
+                return false;
+            }
+        };
         let wasm = match self.config.blobs.get(&record.bundle) {
             Ok(w) => w,
             Err(e @ (BlobError::Missing(_) | BlobError::Corrupt(_)))
@@ -405,7 +442,7 @@ impl Scripts {
         let worker = tokio::task::spawn_blocking(move || this.worker(&info2, routes, wasm)).await;
         match worker {
             Ok(Ok(w)) => {
-                self.install(info, w);
+                self.install(info, w.with_secrets(secrets), record.secrets);
                 true
             }
             Ok(Err(e)) => {
@@ -554,8 +591,42 @@ impl Scripts {
         }
     }
 
-    /// Serves `worker` as `info` on this node (replacing an older version).
-    fn install(&self, info: ScriptInfo, worker: Worker) {
+    /// Opens the sealed secrets of `record` (an error names the secret,
+    /// never a value).
+    fn open_secrets(&self, record: &ScriptRecord) -> Result<Secrets, String> {
+        let mut out = Vec::with_capacity(record.secrets.len());
+        for (name, sealed) in &record.secrets {
+            let context = worker_secret_context(&record.account_id, &record.tag, name);
+            let plain = self.config.sealer.open(&context, sealed).ok_or_else(|| {
+                format!("secret {name} does not open with this node's sealing key (nodes serving one worker need the same sealing.key)")
+            })?;
+            let text =
+                String::from_utf8(plain).map_err(|_| format!("secret {name} is not UTF-8"))?;
+            out.push((name.clone(), text));
+        }
+        Ok(Secrets::new(out))
+    }
+
+    /// Seals `text` as secret `name` of the worker with `account_id` and `tag`.
+    fn seal(
+        &self,
+        account_id: &str,
+        tag: &str,
+        name: &str,
+        text: &str,
+    ) -> Result<Vec<u8>, DeployError> {
+        self.config
+            .sealer
+            .seal(
+                &worker_secret_context(account_id, tag, name),
+                text.as_bytes(),
+            )
+            .ok_or_else(|| DeployError::Internal(format!("cannot seal secret {name}")))
+    }
+
+    /// Serves `worker` as `info` on this node (replacing an older version),
+    /// whose record has the `sealed` secrets.
+    fn install(&self, info: ScriptInfo, worker: Worker, sealed: Sealed) {
         let replaced = self
             .infos
             .lock()
@@ -568,6 +639,9 @@ impl Scripts {
         self.logs.open(&log_key(&info));
         self.router.deploy(worker);
         tracing::info!(worker = %info.id, etag = %info.etag, "worker deployed");
+        if let Ok(mut s) = self.sealed.lock() {
+            s.insert(info.id.clone(), sealed);
+        }
         if let Ok(mut i) = self.infos.lock() {
             i.insert(info.id.clone(), info);
         }
@@ -579,6 +653,9 @@ impl Scripts {
             return;
         };
         self.router.remove(name);
+        if let Ok(mut s) = self.sealed.lock() {
+            s.remove(name);
+        }
         self.logs.close(&log_key(&info));
         tracing::info!(worker = name, "worker removed");
     }
@@ -613,7 +690,7 @@ impl Scripts {
                 info.tag = new_tag();
             }
             info.etag = self.config.blobs.put(&wasm)?;
-            let record = record_of(&info)?;
+            let record = record_of(&info, Sealed::new())?;
             if self.config.store.get_script(&name).await?.is_none() {
                 self.config.store.put_script(&record, None).await?;
             }
@@ -680,6 +757,13 @@ impl Scripts {
         let routes = parse_routes(&metadata.routes)?;
         // Before the build, so a refused upload costs no build; again at commit.
         let previous = self.conflicts(account_id, name, &routes).await?;
+        let keep = metadata.keep_bindings.iter().any(|t| t == "secret_text");
+        // Checked on the metadata as uploaded, so pointers count its bindings.
+        let no_secrets = Sealed::new();
+        let current = previous.as_ref().map_or(&no_secrets, |(_, s)| s);
+        secrets_after(&metadata, &take_secrets(metadata.clone()).1, current, keep)?;
+        let (metadata, uploaded) = take_secrets(metadata);
+        let previous = previous.map(|(p, _)| p);
         let building = self.building.acquire().await.map_err(internal)?;
         let wasm = self.build(name, &metadata, modules).await?;
         let t = now();
@@ -705,9 +789,37 @@ impl Scripts {
             .conflicts(account_id, name, &worker.config().routes)
             .await?;
         let expected = previous.map(|p| p.tag);
-        if now_previous.map(|p| p.tag) != expected {
+        if now_previous.as_ref().map(|(p, _)| p.tag.clone()) != expected {
             return Err(changed_while_building(name));
         }
+        // The secrets as they are now (a secret put meanwhile is kept),
+        // with the upload's own sealed for this worker.
+        let kept = now_previous.map(|(_, s)| s).unwrap_or_default();
+        let names = secrets_after(&info.metadata, &uploaded, &kept, keep)?;
+        let mut sealed = Sealed::new();
+        let mut plain = Vec::with_capacity(names.len());
+        for (secret, text) in &uploaded {
+            sealed.insert(
+                secret.clone(),
+                self.seal(account_id, &info.tag, secret, text)?,
+            );
+            plain.push((secret.clone(), text.clone()));
+        }
+        if keep {
+            let kept_record = ScriptRecord {
+                secrets: kept
+                    .into_iter()
+                    .filter(|(k, _)| !sealed.contains_key(k))
+                    .collect(),
+                ..record_of(&info, Sealed::new()).map_err(internal)?
+            };
+            let opened = self
+                .open_secrets(&kept_record)
+                .map_err(DeployError::Internal)?;
+            plain.extend(opened.into_pairs());
+            sealed.extend(kept_record.secrets);
+        }
+        let worker = worker.with_secrets(Secrets::new(plain));
         // The bundle first: a crash between the two leaves the old record,
         // whose bundle is still there.
         let blobs = self.config.blobs.clone();
@@ -715,7 +827,7 @@ impl Scripts {
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        let record = record_of(&info).map_err(internal)?;
+        let record = record_of(&info, sealed).map_err(internal)?;
         if !self
             .config
             .store
@@ -725,19 +837,137 @@ impl Scripts {
         {
             return Err(changed_while_building(name));
         }
-        self.install(info.clone(), worker);
+        self.install(info.clone(), worker, record.secrets);
         Ok(info)
+    }
+
+    /// The stored record of `account_id`'s script `name`, if it has one.
+    async fn record(
+        &self,
+        account_id: &str,
+        name: &str,
+    ) -> Result<Option<ScriptRecord>, DeployError> {
+        Ok(self
+            .config
+            .store
+            .get_script(name)
+            .await
+            .map_err(store_error)?
+            .filter(|r| r.account_id == account_id))
+    }
+
+    /// The secrets of `account_id`'s script `name` (names only, sorted);
+    /// `None` when the account has no such script.
+    pub async fn secrets(
+        &self,
+        account_id: &str,
+        name: &str,
+    ) -> Result<Option<Vec<SecretInfo>>, DeployError> {
+        Ok(self.record(account_id, name).await?.map(|r| {
+            r.secrets
+                .into_keys()
+                .map(|name| SecretInfo {
+                    name,
+                    kind: SecretType::SecretText,
+                })
+                .collect()
+        }))
+    }
+
+    /// Adds or replaces a secret of `account_id`'s script `name`: a new
+    /// version of the worker (same bundle), stored with the secret sealed
+    /// and served by every node. `None` when the account has no such script.
+    pub async fn put_secret(
+        self: &Arc<Self>,
+        account_id: &str,
+        name: &str,
+        secret: &SecretRequest,
+    ) -> Result<Option<SecretInfo>, DeployError> {
+        secret
+            .validate()
+            .map_err(|e| invalid(&e.pointer, e.message))?;
+        let _one = self.committing.lock().await;
+        let Some(mut record) = self.record(account_id, name).await? else {
+            return Ok(None);
+        };
+        let metadata: ScriptMetadata = serde_json::from_str(&record.metadata).map_err(internal)?;
+        if let Some(b) = metadata.bindings.iter().find(|b| b.name() == secret.name) {
+            return Err(invalid(
+                "/name",
+                format!(
+                    "{} is already a binding of worker {name} ({}); a secret needs a name of its own",
+                    secret.name,
+                    binding_type(b)
+                ),
+            ));
+        }
+        if !record.secrets.contains_key(&secret.name) && record.secrets.len() >= MAX_SECRETS {
+            return Err(invalid(
+                "/name",
+                format!(
+                    "worker {name} has {MAX_SECRETS} secrets, the most a worker may have; delete one first"
+                ),
+            ));
+        }
+        let sealed = self.seal(account_id, &record.tag, &secret.name, &secret.text)?;
+        record.secrets.insert(secret.name.clone(), sealed);
+        self.commit_secrets(record).await?;
+        Ok(Some(SecretInfo {
+            name: secret.name.clone(),
+            kind: SecretType::SecretText,
+        }))
+    }
+
+    /// Deletes secret `secret` of `account_id`'s script `name` (a new
+    /// version of the worker without it).
+    pub async fn delete_secret(
+        self: &Arc<Self>,
+        account_id: &str,
+        name: &str,
+        secret: &str,
+    ) -> Result<SecretDeleted, DeployError> {
+        let _one = self.committing.lock().await;
+        let Some(mut record) = self.record(account_id, name).await? else {
+            return Ok(SecretDeleted::NoScript);
+        };
+        if record.secrets.remove(secret).is_none() {
+            return Ok(SecretDeleted::NoSecret);
+        }
+        self.commit_secrets(record).await?;
+        Ok(SecretDeleted::Deleted)
+    }
+
+    /// Stores `record` (changed secrets) as a new version and serves it
+    /// here; every other node follows the change. Called under `committing`.
+    async fn commit_secrets(self: &Arc<Self>, mut record: ScriptRecord) -> Result<(), DeployError> {
+        record.modified_on = now();
+        let tag = record.tag.clone();
+        if !self
+            .config
+            .store
+            .put_script(&record, Some(&tag))
+            .await
+            .map_err(store_error)?
+        {
+            return Err(DeployError::Conflict(format!(
+                "worker {} was deleted or created again meanwhile; try again",
+                record.name
+            )));
+        }
+        self.load(record).await;
+        Ok(())
     }
 
     /// Refuses `name` when another account's worker has it, and `routes`
     /// that conflict with any stored script's (see [`route_conflict`]).
-    /// Returns the account's current version of the script, if any.
+    /// Returns the account's current version of the script, if any, with
+    /// its sealed secrets.
     async fn conflicts(
         &self,
         account_id: &str,
         name: &str,
         routes: &[RoutePattern],
-    ) -> Result<Option<ScriptInfo>, DeployError> {
+    ) -> Result<Option<(ScriptInfo, Sealed)>, DeployError> {
         let stored = self
             .config
             .store
@@ -748,12 +978,12 @@ impl Scripts {
         let mut previous = None;
         for r in &stored {
             match info_of(r) {
-                Ok(i) if i.id == name => previous = Some(i),
+                Ok(i) if i.id == name => previous = Some((i, r.secrets.clone())),
                 Ok(i) => others.push(i),
                 Err(e) => tracing::warn!(worker = %r.name, error = %e, "stored script unreadable"),
             }
         }
-        if let Some(p) = &previous
+        if let Some((p, _)) = &previous
             && p.account_id != account_id
         {
             return Err(DeployError::Conflict(format!(
@@ -812,16 +1042,18 @@ impl Scripts {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, b) in metadata.bindings.iter().enumerate() {
-            let bname = match b {
-                BindingSpec::VpcService { name, .. } | BindingSpec::PlainText { name, .. } => name,
-            };
+            let bname = b.name();
+            if let BindingSpec::SecretText { name, text } = b {
+                check_secret_name(name).map_err(|m| invalid(&format!("/bindings/{i}/name"), m))?;
+                check_secret_text(text).map_err(|m| invalid(&format!("/bindings/{i}/text"), m))?;
+            }
             if !valid_binding_name(bname) {
                 return Err(invalid(
                     &format!("/bindings/{i}/name"),
                     format!("{bname:?} is not a valid binding name (a JS identifier)"),
                 ));
             }
-            if !seen.insert(bname.clone()) {
+            if !seen.insert(bname.to_owned()) {
                 return Err(invalid(
                     &format!("/bindings/{i}/name"),
                     format!("binding {bname} is declared twice"),
@@ -864,7 +1096,7 @@ impl Scripts {
             .iter()
             .filter_map(|b| match b {
                 BindingSpec::PlainText { name, text } => Some((name.clone(), text.clone())),
-                BindingSpec::VpcService { .. } => None,
+                BindingSpec::VpcService { .. } | BindingSpec::SecretText { .. } => None,
             })
             .collect();
         let bindings: Vec<String> = metadata
@@ -872,7 +1104,7 @@ impl Scripts {
             .iter()
             .filter_map(|b| match b {
                 BindingSpec::VpcService { name, .. } => Some(name.clone()),
-                BindingSpec::PlainText { .. } => None,
+                BindingSpec::PlainText { .. } | BindingSpec::SecretText { .. } => None,
             })
             .collect();
         let js = self.config.js.clone();
@@ -930,15 +1162,75 @@ fn parse_routes(routes: &[String]) -> Result<Vec<RoutePattern>, DeployError> {
     Ok(out)
 }
 
-/// The store's record of a script.
-fn record_of(info: &ScriptInfo) -> Result<ScriptRecord, serde_json::Error> {
+/// Splits an upload's `secret_text` bindings from its metadata: they are
+/// stored sealed, never in the metadata (which the API shows).
+fn take_secrets(mut metadata: ScriptMetadata) -> (ScriptMetadata, Vec<(String, String)>) {
+    let mut secrets = Vec::new();
+    metadata.bindings.retain(|b| match b {
+        BindingSpec::SecretText { name, text } => {
+            secrets.push((name.clone(), text.clone()));
+            false
+        }
+        _ => true,
+    });
+    (metadata, secrets)
+}
+
+/// The secret names a worker has after an upload with `metadata` (secrets
+/// already taken out) and `uploaded` secrets, given its current `sealed` ones
+/// (kept when `keep`). A kept secret named like one of the upload's other
+/// bindings, or more than [`MAX_SECRETS`], is refused.
+fn secrets_after(
+    metadata: &ScriptMetadata,
+    uploaded: &[(String, String)],
+    sealed: &Sealed,
+    keep: bool,
+) -> Result<HashSet<String>, DeployError> {
+    let mut names: HashSet<String> = uploaded.iter().map(|(n, _)| n.clone()).collect();
+    if keep {
+        for (i, b) in metadata.bindings.iter().enumerate() {
+            if !matches!(b, BindingSpec::SecretText { .. }) && sealed.contains_key(b.name()) {
+                return Err(invalid(
+                    &format!("/bindings/{i}/name"),
+                    format!(
+                        "{} is a secret of this worker (kept by keep_bindings); delete the secret or rename the binding",
+                        b.name()
+                    ),
+                ));
+            }
+        }
+        names.extend(sealed.keys().cloned());
+    }
+    if names.len() > MAX_SECRETS {
+        return Err(invalid(
+            "/bindings",
+            format!(
+                "the worker would have {} secrets; the most is {MAX_SECRETS}",
+                names.len()
+            ),
+        ));
+    }
+    Ok(names)
+}
+
+/// A binding's `type`, as the metadata writes it.
+fn binding_type(b: &BindingSpec) -> &'static str {
+    match b {
+        BindingSpec::VpcService { .. } => "vpc_service",
+        BindingSpec::PlainText { .. } => "plain_text",
+        BindingSpec::SecretText { .. } => "secret_text",
+    }
+}
+
+/// The store's record of a script, with its `secrets` sealed.
+fn record_of(info: &ScriptInfo, secrets: Sealed) -> Result<ScriptRecord, serde_json::Error> {
     let m = &info.metadata;
     let mut services: Vec<String> = m
         .bindings
         .iter()
         .filter_map(|b| match b {
             BindingSpec::VpcService { service_id, .. } => Some(service_id.clone()),
-            BindingSpec::PlainText { .. } => None,
+            BindingSpec::PlainText { .. } | BindingSpec::SecretText { .. } => None,
         })
         .collect();
     services.sort();
@@ -951,7 +1243,7 @@ fn record_of(info: &ScriptInfo) -> Result<ScriptRecord, serde_json::Error> {
         services,
         routes: m.routes.clone(),
         bundle: info.etag.clone(),
-        secrets: BTreeMap::new(),
+        secrets,
         created_on: info.created_on.clone(),
         modified_on: info.modified_on.clone(),
     })

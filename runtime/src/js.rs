@@ -1,7 +1,8 @@
 //! JS workers: a Workers-style module (`export default { fetch(request, env, ctx) }`)
 //! is wrapped in a generated entry that builds `env` (vars as strings, VPC
 //! bindings as objects with `.fetch()`) and `ctx` (`waitUntil`,
-//! `passThroughOnException`), then turned into a `wasi:http/proxy` component by
+//! `passThroughOnException`; secrets are added to `env` in each request from
+//! its environment, never built in), then turned into a `wasi:http/proxy` component by
 //! ComponentizeJS (`runtime/js/build.mjs`, pinned in `runtime/js/package.json`).
 //!
 //! Building runs the worker's top-level code (Wizer snapshots it), so a build
@@ -97,6 +98,7 @@ pub fn entry_source(
     let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
     format!(
         r#"import worker from {main};
+import {{ getEnvironment }} from "wasi:cli/environment@0.2.10";
 const VARS = {vars};
 const BINDINGS = {bindings};
 // This request's binding key: only the binding objects below can send it,
@@ -119,6 +121,11 @@ function binding(name) {{
 const env = {{ ...VARS }};
 for (const b of BINDINGS) env[b] = binding(b);
 addEventListener("fetch", (event) => {{
+  // Secrets come in each request's environment, read here and not at top
+  // level (which the build snapshots), so they are never in the component.
+  for (const [k, v] of getEnvironment()) {{
+    if (k.startsWith("{secret_prefix}")) env[k.slice({secret_len})] = v;
+  }}
   let request = event.request;
   KEY = request.headers.get("{key_header}") || "";
   if (request.headers.has("{key_header}")) {{
@@ -138,6 +145,8 @@ addEventListener("fetch", (event) => {{
 }});
 "#,
         marker = crate::outbound::BINDING_HEADER,
+        secret_prefix = crate::worker::SECRET_ENV_PREFIX,
+        secret_len = crate::worker::SECRET_ENV_PREFIX.len(),
         key_header = crate::outbound::BINDING_KEY_HEADER,
         error_header = crate::outbound::PROXY_ERROR_HEADER,
         redirect = warren_protocol::binding::REDIRECT_HEADER,

@@ -35,6 +35,39 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 250;
 /// sent (`ctx.waitUntil` work), as on Workers.
 pub const DEFAULT_WAIT_UNTIL: Duration = Duration::from_secs(30);
 
+/// Prefix of the environment variables that carry a JS worker's secrets
+/// (`warren:secret:NAME`): the generated entry reads them in each request.
+/// A `:` is in no binding name, so no var (nor the binding key) looks like one.
+pub const SECRET_ENV_PREFIX: &str = "warren:secret:";
+
+/// A worker's secrets, opened (held in memory only): given to each request
+/// in its environment, never built into the component. `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct Secrets(Vec<(String, String)>);
+
+impl Secrets {
+    /// Secrets from `(name, value)` pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Secrets(pairs)
+    }
+
+    /// The `(name, value)` pairs.
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.0
+    }
+
+    /// The secrets' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
 /// What a deployment says about a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -47,6 +80,10 @@ pub struct WorkerConfig {
     /// Plain-text vars, given to Wasm workers as environment variables (JS
     /// workers get them in `env`, built in).
     pub env: Vec<(String, String)>,
+    /// Secrets (`secret_text`): environment variables of each request — by
+    /// name for Wasm workers, as [`SECRET_ENV_PREFIX`]`NAME` for JS workers,
+    /// whose generated entry puts them in `env`.
+    pub secrets: Secrets,
     /// Limits.
     pub limits: Limits,
     /// Global outbound policy.
@@ -80,6 +117,7 @@ impl Default for WorkerConfig {
             account_id: String::new(),
             bindings: HashMap::new(),
             env: Vec::new(),
+            secrets: Secrets::default(),
             limits: Limits::default(),
             outbound: OutboundPolicy::default(),
             routes: Vec::new(),
@@ -188,6 +226,12 @@ impl Worker {
         self
     }
 
+    /// The same worker with `secrets` in each request's environment.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.config.secrets = secrets;
+        self
+    }
+
     /// The worker's configuration.
     pub fn config(&self) -> &WorkerConfig {
         &self.config
@@ -262,6 +306,13 @@ impl Worker {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.config.env);
         wasi.env(BINDING_KEY_ENV, &binding_key);
+        for (name, value) in &self.config.secrets.0 {
+            if self.config.js {
+                wasi.env(format!("{SECRET_ENV_PREFIX}{name}"), value);
+            } else {
+                wasi.env(name, value);
+            }
+        }
         if let Some((out, err)) = &capture {
             wasi.stdout(out.clone()).stderr(err.clone());
         }

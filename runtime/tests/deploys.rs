@@ -45,6 +45,9 @@ async fn node(dir: &std::path::Path) -> Node {
             client: None,
             max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,
             peers: None,
+            sealer: Arc::new(
+                warren_store::sealing::Sealer::load_or_create(dir).expect("sealing key"),
+            ),
         },
     );
     scripts.restore().await.expect("restore");
@@ -73,6 +76,7 @@ async fn put(
         }],
         limits: Default::default(),
         routes: routes.iter().map(|r| r.to_string()).collect(),
+        keep_bindings: vec![],
     };
     let modules = vec![Module {
         name: "worker.wasm".into(),

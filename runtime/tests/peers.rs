@@ -50,6 +50,11 @@ async fn node(db: &Path, dir: &Path, peers: Option<Arc<dyn PeerContent>>) -> Nod
             client: None,
             max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,
             peers,
+            // The nodes share the store's directory, and with it one key.
+            sealer: Arc::new(
+                warren_store::sealing::Sealer::load_or_create(db.parent().expect("db dir"))
+                    .expect("sealing key"),
+            ),
         },
     );
     scripts.follow();
@@ -86,6 +91,7 @@ async fn deploy(node: &Node, name: &str, version: &str) -> String {
         }],
         limits: Default::default(),
         routes: vec![],
+        keep_bindings: vec![],
     };
     let modules = vec![Module {
         name: "worker.wasm".into(),

@@ -16,6 +16,7 @@ pub mod blobs;
 pub mod cache;
 mod etcd;
 pub mod peers;
+pub mod sealing;
 mod secret;
 mod service;
 mod sqlite;
@@ -115,13 +116,46 @@ pub struct ScriptRecord {
     pub routes: Vec<String>,
     /// SHA-256 (lowercase hex) of its bundle in the [`blobs::BlobDir`].
     pub bundle: String,
-    /// Secrets, each sealed with the edge's sealing key (opaque to the store).
-    #[serde(default)]
+    /// Secrets (`secret_text` bindings) by name, each sealed with the edge's
+    /// sealing key ([`sealing::Sealer`]; opaque to the store, kept as hex).
+    #[serde(
+        default,
+        with = "hex_map",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
     pub secrets: std::collections::BTreeMap<String, Vec<u8>>,
     /// RFC 3339 time of the first upload.
     pub created_on: String,
     /// RFC 3339 time of the last upload.
     pub modified_on: String,
+}
+
+/// Sealed secrets as hex strings (a JSON array of byte numbers would be
+/// twice as large, and an etcd value is limited to 1.5 MiB).
+mod hex_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k, hex::encode(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                hex::decode(&v)
+                    .map(|b| (k.clone(), b))
+                    .map_err(|e| serde::de::Error::custom(format!("secrets.{k}: {e}")))
+            })
+            .collect()
+    }
 }
 
 /// The cluster's certificate authority as stored: the one CA every node

@@ -96,6 +96,7 @@ macro_rules! suite {
 }
 
 suite!(
+    worker_secrets_are_stored_sealed_and_never_in_plain,
     accounts_are_stored_and_listed_oldest_first,
     api_tokens_resolve_to_their_account,
     tunnels_need_an_account_and_stay_in_it,
@@ -362,6 +363,101 @@ async fn scripts_are_written_by_compare_and_swap_on_the_tag(f: &Fixture) {
     let apple = script("apple", &b.id, "t", &[]);
     assert!(s.put_script(&apple, None).await.expect("create"));
     assert_eq!(s.list_scripts().await.expect("list"), vec![apple, v3]);
+}
+
+/// Every byte the backend holds for this test: the SQLite database and its
+/// WAL and shared-memory files, or every etcd key and value under the prefix.
+async fn raw_bytes(f: &Fixture) -> Vec<u8> {
+    match &f.backend {
+        Backend::Sqlite { path, .. } => {
+            let dir = path.parent().expect("the database's directory");
+            let mut all = Vec::new();
+            for e in std::fs::read_dir(dir).expect("read the data dir") {
+                all.extend(std::fs::read(e.expect("entry").path()).expect("read a file"));
+            }
+            all
+        }
+        Backend::Etcd { endpoint, prefix } => {
+            let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+                .await
+                .expect("etcd client");
+            let got = c
+                .get(
+                    prefix.as_str(),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .expect("get the prefix");
+            let mut all = Vec::new();
+            for kv in got.kvs() {
+                all.extend(kv.key());
+                all.extend(kv.value());
+            }
+            all
+        }
+    }
+}
+
+async fn worker_secrets_are_stored_sealed_and_never_in_plain(f: &Fixture) {
+    use warren_store::sealing::{Sealer, worker_secret_context};
+    let s = &f.store;
+    let a = s.create_account("a").await.expect("account");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let sealer = Sealer::load_or_create(keys.path()).expect("sealing key");
+    let plain = b"plain-secret-value-7f3a9c";
+    let context = worker_secret_context(&a.id, "tag-1", "TOKEN");
+    let sealed = sealer.seal(&context, plain).expect("seal");
+    let mut v1 = script("shop", &a.id, "tag-1", &[]);
+    v1.secrets = [("TOKEN".to_string(), sealed.clone())]
+        .into_iter()
+        .collect();
+    assert!(s.put_script(&v1, None).await.expect("create"));
+
+    // Another instance reads the sealed bytes back as they were written,
+    // and only this worker's context opens them.
+    let read = f
+        .another()
+        .await
+        .get_script("shop")
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(read.secrets.get("TOKEN"), Some(&sealed));
+    assert_eq!(sealer.open(&context, &sealed).as_deref(), Some(&plain[..]));
+    assert_eq!(
+        sealer.open(&worker_secret_context(&a.id, "tag-1", "OTHER"), &sealed),
+        None
+    );
+    assert_eq!(
+        sealer.open(&worker_secret_context(&a.id, "tag-2", "TOKEN"), &sealed),
+        None
+    );
+
+    // The value is in no byte the backend holds.
+    let raw = raw_bytes(f).await;
+    let stored = hex::encode(&sealed);
+    assert!(
+        raw.windows(stored.len()).any(|w| w == stored.as_bytes()),
+        "the backend holds the sealed value (as hex)"
+    );
+    assert!(
+        !raw.windows(plain.len()).any(|w| w == plain),
+        "the plaintext secret is in the store's bytes"
+    );
+
+    // A record without secrets reads back with none (and one with none
+    // written by an older version reads the same).
+    let mut v2 = v1.clone();
+    v2.secrets.clear();
+    assert!(s.put_script(&v2, Some("tag-1")).await.expect("redeploy"));
+    assert!(
+        s.get_script("shop")
+            .await
+            .expect("get")
+            .expect("stored")
+            .secrets
+            .is_empty()
+    );
 }
 
 async fn scripts_binding_follows_rebinding_and_deletion(f: &Fixture) {

@@ -10,6 +10,7 @@ mod demo;
 mod dev;
 mod login;
 mod profile;
+mod secrets;
 mod serve;
 mod workers;
 
@@ -65,6 +66,11 @@ enum Command {
         /// `pretty` or `json` (one tail event per line).
         #[arg(long, default_value = "pretty", value_parser = ["pretty", "json"])]
         format: String,
+    },
+    /// A worker's secrets (`env.NAME`, stored sealed; values never shown).
+    Secret {
+        #[command(subcommand)]
+        command: secrets::SecretCommand,
     },
     /// Tunnels (Cloudflare's cfd_tunnel resources).
     Tunnel {
@@ -164,6 +170,7 @@ async fn main() -> std::process::ExitCode {
             Ok(c) => workers::tail(&c, &worker, format == "json").await,
             Err(e) => Err(e),
         },
+        Command::Secret { command } => secrets::run(&cli.api, command).await,
         Command::Tunnel { command } => commands::tunnel(&cli.api, command).await,
         Command::Vpc {
             command: VpcCommand::Service { command },

@@ -631,6 +631,7 @@ async fn start_runtime(
             client: Some(client),
             max_cpu_ms: file.runtime.max_cpu_ms,
             peers,
+            sealer: Arc::new(Sealer::load_or_create(&file.data_dir)?),
         },
     );
     // Follow before restoring, so nothing deployed meanwhile is missed.

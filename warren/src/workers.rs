@@ -176,6 +176,8 @@ pub fn metadata(file: &WorkerFile, main_module: &str) -> anyhow::Result<ScriptMe
             cpu_ms: file.limits.as_ref().and_then(|l| l.cpu_ms),
         },
         routes: file.route_patterns()?,
+        // As wrangler does: a deploy keeps the worker's secrets.
+        keep_bindings: vec!["secret_text".to_owned()],
     })
 }
 

@@ -1,6 +1,8 @@
-//! Tunnel secrets kept so their tokens can be shown again, sealed with a key
-//! that lives in the edge's data directory (AES-256-GCM), never in the store.
-//! The store alone (a copied database, a backup) does not reveal them.
+//! Secrets the store keeps but must not reveal — tunnel secrets (so their
+//! tokens can be shown again) and worker secrets (`secret_text` bindings) —
+//! sealed with a key that lives in the edge's data directory (AES-256-GCM),
+//! never in the store. The store alone (a copied database, a backup, etcd)
+//! does not reveal them.
 
 use std::fs;
 use std::io::Write;
@@ -12,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// The sealing key's file in the data directory.
 pub const KEY_FILE: &str = "sealing.key";
 
-/// Seals and opens tunnel secrets.
+/// Seals and opens secrets with the node's sealing key.
 pub struct Sealer {
     key: LessSafeKey,
     rng: SystemRandom,
@@ -64,7 +66,8 @@ impl Sealer {
         })
     }
 
-    /// Seals `secret`, bound to `context` (the tunnel id): nonce ‖ ciphertext ‖ tag.
+    /// Seals `secret`, bound to `context` (the tunnel id; for a worker secret,
+    /// [`worker_secret_context`]): nonce ‖ ciphertext ‖ tag.
     pub fn seal(&self, context: &str, secret: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
@@ -92,6 +95,13 @@ impl Sealer {
             .ok()?;
         Some(plain.to_vec())
     }
+}
+
+/// The sealing context of worker secret `secret` of the worker with `tag` in
+/// `account_id`: a sealed value opens only for that worker and name, so it
+/// cannot be moved to another worker, account or name in the store.
+pub fn worker_secret_context(account_id: &str, tag: &str, secret: &str) -> String {
+    format!("worker-secret/{account_id}/{tag}/{secret}")
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ pub struct ScriptMetadata {
     /// Accepted and kept; Warren has one behaviour per version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility_date: Option<String>,
-    /// VPC service bindings and plain-text vars.
+    /// Accepted and kept (`nodejs_compat` and others change nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compatibility_flags: Vec<String>,
+    /// VPC service bindings, plain-text vars and JSON vars.
     #[serde(default)]
     pub bindings: Vec<BindingSpec>,
     /// Limits (`cpu_ms`).
@@ -42,6 +45,24 @@ pub enum BindingSpec {
         /// Its value.
         text: String,
     },
+    /// `env.NAME` is a JSON value, parsed (a wrangler var that is not a string).
+    Json {
+        /// Var name.
+        name: String,
+        /// Its value.
+        json: serde_json::Value,
+    },
+}
+
+impl BindingSpec {
+    /// The binding's name (`env.NAME`).
+    pub fn name(&self) -> &str {
+        match self {
+            BindingSpec::VpcService { name, .. }
+            | BindingSpec::PlainText { name, .. }
+            | BindingSpec::Json { name, .. } => name,
+        }
+    }
 }
 
 /// `limits` of the metadata.

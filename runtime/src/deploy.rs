@@ -233,6 +233,8 @@ impl Scripts {
                     bindings.insert(name.clone(), service_id.clone());
                 }
                 BindingSpec::PlainText { name, text } => env.push((name.clone(), text.clone())),
+                // A Wasm worker reads a JSON var as its JSON text.
+                BindingSpec::Json { name, json } => env.push((name.clone(), json.to_string())),
             }
         }
         let config = WorkerConfig {
@@ -812,16 +814,14 @@ impl Scripts {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, b) in metadata.bindings.iter().enumerate() {
-            let bname = match b {
-                BindingSpec::VpcService { name, .. } | BindingSpec::PlainText { name, .. } => name,
-            };
+            let bname = b.name();
             if !valid_binding_name(bname) {
                 return Err(invalid(
                     &format!("/bindings/{i}/name"),
                     format!("{bname:?} is not a valid binding name (a JS identifier)"),
                 ));
             }
-            if !seen.insert(bname.clone()) {
+            if !seen.insert(bname.to_owned()) {
                 return Err(invalid(
                     &format!("/bindings/{i}/name"),
                     format!("binding {bname} is declared twice"),
@@ -859,11 +859,14 @@ impl Scripts {
                 .map(|m| m.bytes)
                 .ok_or_else(|| invalid("/main_module", "missing"));
         }
-        let vars: BTreeMap<String, String> = metadata
+        let vars: BTreeMap<String, serde_json::Value> = metadata
             .bindings
             .iter()
             .filter_map(|b| match b {
-                BindingSpec::PlainText { name, text } => Some((name.clone(), text.clone())),
+                BindingSpec::PlainText { name, text } => {
+                    Some((name.clone(), serde_json::Value::String(text.clone())))
+                }
+                BindingSpec::Json { name, json } => Some((name.clone(), json.clone())),
                 BindingSpec::VpcService { .. } => None,
             })
             .collect();
@@ -872,7 +875,7 @@ impl Scripts {
             .iter()
             .filter_map(|b| match b {
                 BindingSpec::VpcService { name, .. } => Some(name.clone()),
-                BindingSpec::PlainText { .. } => None,
+                BindingSpec::PlainText { .. } | BindingSpec::Json { .. } => None,
             })
             .collect();
         let js = self.config.js.clone();
@@ -938,7 +941,7 @@ fn record_of(info: &ScriptInfo) -> Result<ScriptRecord, serde_json::Error> {
         .iter()
         .filter_map(|b| match b {
             BindingSpec::VpcService { service_id, .. } => Some(service_id.clone()),
-            BindingSpec::PlainText { .. } => None,
+            BindingSpec::PlainText { .. } | BindingSpec::Json { .. } => None,
         })
         .collect();
     services.sort();

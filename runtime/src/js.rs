@@ -81,9 +81,11 @@ pub struct JsBuilder {
 }
 
 /// The generated entry: imports the user's module and serves its `fetch`.
+/// `vars` are JSON values: a string var is a string in `env`, a JSON var
+/// (wrangler's non-string vars) the parsed value.
 pub fn entry_source(
     main_module: &str,
-    vars: &BTreeMap<String, String>,
+    vars: &BTreeMap<String, serde_json::Value>,
     bindings: &[String],
 ) -> String {
     let main = serde_json::to_string(&format!("./{}", main_module.trim_start_matches("./")))
@@ -239,7 +241,7 @@ impl JsBuilder {
         &self,
         source_dir: &Path,
         main_module: &str,
-        vars: &BTreeMap<String, String>,
+        vars: &BTreeMap<String, serde_json::Value>,
         bindings: &[String],
     ) -> Result<Vec<u8>, JsBuildError> {
         let tooling = |e: std::io::Error| JsBuildError::Tooling(e.to_string());

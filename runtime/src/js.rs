@@ -90,11 +90,14 @@ pub fn entry_source(
 ) -> String {
     let main = serde_json::to_string(&format!("./{}", main_module.trim_start_matches("./")))
         .unwrap_or_default();
+    // Parsed by JSON.parse, as workerd parses a json binding (a `__proto__`
+    // key is then an own property, not the object's prototype).
     let vars = serde_json::to_string(vars).unwrap_or_else(|_| "{}".into());
+    let vars = serde_json::to_string(&vars).unwrap_or_else(|_| "\"{}\"".into());
     let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
     format!(
         r#"import worker from {main};
-const VARS = {vars};
+const VARS = JSON.parse({vars});
 const BINDINGS = {bindings};
 // This request's binding key: only the binding objects below can send it,
 // so only they can select a binding (the runtime refuses a bare marker).

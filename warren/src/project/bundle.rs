@@ -42,35 +42,39 @@ pub struct Bundle {
     pub elapsed: Duration,
 }
 
-/// The esbuild binary of the pinned npm package in `js_dir`
-/// (`runtime/js`): the platform package's native binary, else the
-/// package's launcher.
-pub fn esbuild_path(js_dir: &Path) -> anyhow::Result<PathBuf> {
+/// The esbuild binary: the pinned npm package of `js_dir` (`runtime/js`,
+/// found as the edge finds ComponentizeJS: `$WARREN_JS_DIR` or the source
+/// checkout), else the project's own (a wrangler project has one through
+/// wrangler). Of a package, the platform package's native binary, else its
+/// launcher.
+pub fn esbuild_path(js_dir: &Path, project_dir: &Path) -> anyhow::Result<PathBuf> {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "x64",
         "aarch64" => "arm64",
         other => other,
     };
-    let modules = js_dir.join("node_modules");
-    let candidates = [
-        modules.join(format!(
-            "@esbuild/{}-{arch}/bin/esbuild",
-            std::env::consts::OS
-        )),
-        modules.join("esbuild/bin/esbuild"),
-    ];
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "esbuild is not installed in {} (run scripts/setup.sh, or `npm ci` there)",
-            modules.display()
-        )
-    })
+    let native = format!("@esbuild/{}-{arch}/bin/esbuild", std::env::consts::OS);
+    [js_dir, project_dir]
+        .iter()
+        .map(|d| d.join("node_modules"))
+        .flat_map(|m| [m.join(&native), m.join("esbuild/bin/esbuild")])
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "esbuild is not installed in {}/node_modules (run scripts/setup.sh, or `npm ci` there; or set WARREN_JS_DIR)",
+                js_dir.display()
+            )
+        })
 }
 
 /// Bundles `project` into `outdir` (created if missing). A `.wasm` entry is
 /// a ready component and is taken as it is, alone.
 pub fn bundle(project: &Project, outdir: &Path) -> anyhow::Result<Bundle> {
-    bundle_with(&esbuild_path(&crate::serve::js_dir(None))?, project, outdir)
+    if project.main.extension().is_some_and(|e| e == "wasm") {
+        return bundle_with(Path::new("esbuild"), project, outdir);
+    }
+    let esbuild = esbuild_path(&crate::serve::js_dir(None), project.dir())?;
+    bundle_with(&esbuild, project, outdir)
 }
 
 /// [`bundle`] with the esbuild binary `esbuild`.
@@ -84,16 +88,13 @@ pub fn bundle_with(esbuild: &Path, project: &Project, outdir: &Path) -> anyhow::
         .and_then(|n| n.to_str())
         .ok_or_else(|| anyhow::anyhow!("main: bad entry path {}", project.main.display()))?
         .to_owned();
-    if !main.is_file() {
-        anyhow::bail!(
-            "{}: main: the entry {} does not exist",
-            project.config_path.display(),
-            main.display()
-        );
-    }
     if main_name.ends_with(".wasm") {
-        let bytes = std::fs::read(&main)
-            .with_context(|| format!("cannot read the component {}", main.display()))?;
+        let bytes = std::fs::read(&main).with_context(|| {
+            format!(
+                "cannot read the component {} (built it yet?)",
+                main.display()
+            )
+        })?;
         return Ok(Bundle {
             main_module: main_name.clone(),
             modules: vec![(main_name, bytes)],
@@ -101,6 +102,13 @@ pub fn bundle_with(esbuild: &Path, project: &Project, outdir: &Path) -> anyhow::
             files: Vec::new(),
             elapsed: started.elapsed(),
         });
+    }
+    if !main.is_file() {
+        anyhow::bail!(
+            "{}: main: the entry {} does not exist",
+            project.config_path.display(),
+            main.display()
+        );
     }
     std::fs::create_dir_all(outdir)
         .with_context(|| format!("cannot create {}", outdir.display()))?;

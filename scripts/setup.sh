@@ -88,3 +88,11 @@ if [ ! -d runtime/js/node_modules/@bytecodealliance/componentize-js ] \
   npm ci --prefix runtime/js --no-audit --no-fund \
     || npm install --prefix runtime/js --no-audit --no-fund --no-save
 fi
+
+# The wrangler project warren/tests/wrangler.rs deploys: its npm packages
+# (hono), pinned by its package-lock.json.
+if [ ! -d warren/tests/wrangler-project/node_modules/hono ] \
+   || [ warren/tests/wrangler-project/package-lock.json -nt warren/tests/wrangler-project/node_modules/.package-lock.json ]; then
+  echo "setup: npm ci in warren/tests/wrangler-project"
+  npm ci --prefix warren/tests/wrangler-project --no-audit --no-fund
+fi

@@ -14,9 +14,12 @@ pub struct ScriptMetadata {
     /// Accepted and kept; Warren has one behaviour per version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility_date: Option<String>,
-    /// VPC service bindings, plain-text vars and secrets (`secret_text`: the
-    /// edge takes them out of the metadata and keeps them sealed, as the
-    /// secrets API does).
+    /// Accepted and kept (`nodejs_compat` and others change nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compatibility_flags: Vec<String>,
+    /// VPC service bindings, plain-text vars, JSON vars and secrets
+    /// (`secret_text`: the edge takes them out of the metadata and keeps them
+    /// sealed, as the secrets API does).
     #[serde(default)]
     pub bindings: Vec<BindingSpec>,
     /// Binding types the script keeps from its previous version when this
@@ -60,6 +63,13 @@ pub enum BindingSpec {
         /// Its value.
         text: String,
     },
+    /// `env.NAME` is a JSON value, parsed (a wrangler var that is not a string).
+    Json {
+        /// Var name.
+        name: String,
+        /// Its value.
+        json: serde_json::Value,
+    },
 }
 
 impl BindingSpec {
@@ -68,7 +78,8 @@ impl BindingSpec {
         match self {
             BindingSpec::VpcService { name, .. }
             | BindingSpec::PlainText { name, .. }
-            | BindingSpec::SecretText { name, .. } => name,
+            | BindingSpec::SecretText { name, .. }
+            | BindingSpec::Json { name, .. } => name,
         }
     }
 }

@@ -261,6 +261,8 @@ impl Scripts {
                 BindingSpec::PlainText { name, text } => env.push((name.clone(), text.clone())),
                 // Never stored in the metadata: taken out at upload.
                 BindingSpec::SecretText { .. } => {}
+                // A Wasm worker reads a JSON var as its JSON text.
+                BindingSpec::Json { name, json } => env.push((name.clone(), json.to_string())),
             }
         }
         let config = WorkerConfig {
@@ -1091,11 +1093,14 @@ impl Scripts {
                 .map(|m| m.bytes)
                 .ok_or_else(|| invalid("/main_module", "missing"));
         }
-        let vars: BTreeMap<String, String> = metadata
+        let vars: BTreeMap<String, serde_json::Value> = metadata
             .bindings
             .iter()
             .filter_map(|b| match b {
-                BindingSpec::PlainText { name, text } => Some((name.clone(), text.clone())),
+                BindingSpec::PlainText { name, text } => {
+                    Some((name.clone(), serde_json::Value::String(text.clone())))
+                }
+                BindingSpec::Json { name, json } => Some((name.clone(), json.clone())),
                 BindingSpec::VpcService { .. } | BindingSpec::SecretText { .. } => None,
             })
             .collect();
@@ -1104,7 +1109,9 @@ impl Scripts {
             .iter()
             .filter_map(|b| match b {
                 BindingSpec::VpcService { name, .. } => Some(name.clone()),
-                BindingSpec::PlainText { .. } | BindingSpec::SecretText { .. } => None,
+                BindingSpec::PlainText { .. }
+                | BindingSpec::SecretText { .. }
+                | BindingSpec::Json { .. } => None,
             })
             .collect();
         let js = self.config.js.clone();
@@ -1219,6 +1226,7 @@ fn binding_type(b: &BindingSpec) -> &'static str {
         BindingSpec::VpcService { .. } => "vpc_service",
         BindingSpec::PlainText { .. } => "plain_text",
         BindingSpec::SecretText { .. } => "secret_text",
+        BindingSpec::Json { .. } => "json",
     }
 }
 
@@ -1230,7 +1238,9 @@ fn record_of(info: &ScriptInfo, secrets: Sealed) -> Result<ScriptRecord, serde_j
         .iter()
         .filter_map(|b| match b {
             BindingSpec::VpcService { service_id, .. } => Some(service_id.clone()),
-            BindingSpec::PlainText { .. } | BindingSpec::SecretText { .. } => None,
+            BindingSpec::PlainText { .. }
+            | BindingSpec::SecretText { .. }
+            | BindingSpec::Json { .. } => None,
         })
         .collect();
     services.sort();

@@ -87,19 +87,24 @@ pub struct JsBuilder {
 }
 
 /// The generated entry: imports the user's module and serves its `fetch`.
+/// `vars` are JSON values: a string var is a string in `env`, a JSON var
+/// (wrangler's non-string vars) the parsed value.
 pub fn entry_source(
     main_module: &str,
-    vars: &BTreeMap<String, String>,
+    vars: &BTreeMap<String, serde_json::Value>,
     bindings: &[String],
 ) -> String {
     let main = serde_json::to_string(&format!("./{}", main_module.trim_start_matches("./")))
         .unwrap_or_default();
+    // Parsed by JSON.parse, as workerd parses a json binding (a `__proto__`
+    // key is then an own property, not the object's prototype).
     let vars = serde_json::to_string(vars).unwrap_or_else(|_| "{}".into());
+    let vars = serde_json::to_string(&vars).unwrap_or_else(|_| "\"{}\"".into());
     let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
     format!(
         r#"import worker from {main};
 import {{ getEnvironment }} from "wasi:cli/environment@0.2.10";
-const VARS = {vars};
+const VARS = JSON.parse({vars});
 const BINDINGS = {bindings};
 // This request's binding key: only the binding objects below can send it,
 // so only they can select a binding (the runtime refuses a bare marker).
@@ -254,7 +259,7 @@ impl JsBuilder {
         &self,
         source_dir: &Path,
         main_module: &str,
-        vars: &BTreeMap<String, String>,
+        vars: &BTreeMap<String, serde_json::Value>,
         bindings: &[String],
     ) -> Result<Vec<u8>, JsBuildError> {
         let tooling = |e: std::io::Error| JsBuildError::Tooling(e.to_string());

@@ -70,6 +70,7 @@ async fn put(
     let metadata = ScriptMetadata {
         main_module: "worker.wasm".into(),
         compatibility_date: None,
+        compatibility_flags: Vec::new(),
         bindings: vec![BindingSpec::PlainText {
             name: "VERSION".into(),
             text: version.into(),

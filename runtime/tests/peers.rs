@@ -85,6 +85,7 @@ async fn deploy(node: &Node, name: &str, version: &str) -> String {
     let metadata = ScriptMetadata {
         main_module: "worker.wasm".into(),
         compatibility_date: None,
+        compatibility_flags: Vec::new(),
         bindings: vec![BindingSpec::PlainText {
             name: "VERSION".into(),
             text: version.into(),

@@ -85,7 +85,7 @@ fn js_guest() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let vars = BTreeMap::from([("GREETING".to_string(), "hi".to_string())]);
+        let vars = BTreeMap::from([("GREETING".to_string(), serde_json::Value::from("hi"))]);
         JsBuilder::new(dir.join("js"))
             .with_cache(js_cache())
             .build(
@@ -295,7 +295,7 @@ fn an_unchanged_js_worker_is_not_rebuilt() {
     let first = js_guest().to_vec();
     let builds = JsBuilder::builds();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let vars = BTreeMap::from([("GREETING".to_string(), "hi".to_string())]);
+    let vars = BTreeMap::from([("GREETING".to_string(), serde_json::Value::from("hi"))]);
     let again = JsBuilder::new(dir.join("js"))
         .with_cache(js_cache())
         .build(

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 use warren_api::from_value_at;
+use warren_api::scripts::BindingSpec;
 use warren_api::services::{Service, ServiceRequest};
 use warren_connector::ConnectorConfig;
 use warren_store::{Store, hash_secret};
 
 use crate::client::Client;
 use crate::profile::Profile;
-use crate::{config, serve, workers};
+use crate::{config, project, serve, workers};
 
 /// Flags of `warren dev`.
 #[derive(clap::Args, Debug)]
@@ -34,6 +35,10 @@ pub struct DevArgs {
     /// Port workers are served on.
     #[arg(long, default_value_t = 8787)]
     pub port: u16,
+    /// The config's `[env.NAME]` environment to run (its `.dev.vars.NAME`
+    /// is read instead of `.dev.vars` when there is one).
+    #[arg(long, short = 'e')]
+    pub env: Option<String>,
     /// A var for this session, `KEY:VALUE` (over the config's; repeatable).
     #[arg(long = "var", value_name = "KEY:VALUE", value_parser = parse_var)]
     pub vars: Vec<(String, String)>,
@@ -165,7 +170,9 @@ async fn ensure_services(
 /// Runs `warren dev`.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // The config is read (and checked) before anything starts.
-    workers::read_config(&workers::find_config(Some(&args.dir))?)?;
+    let project =
+        project::load_project(&project::find_config(Some(&args.dir))?, args.env.as_deref())?;
+    workers::print_warnings(&project);
     let data_dir = args
         .data_dir
         .clone()
@@ -183,35 +190,74 @@ struct Deployed {
     upload_hash: Option<[u8; 32]>,
 }
 
-/// Reads the project as it is now and deploys it unless its upload is the
-/// one already deployed. Prints the build's elapsed time while it runs.
+/// The project's local secrets, as `wrangler dev` reads them: `.dev.vars.ENV`
+/// for `--env ENV` when it exists, else `.dev.vars` (dotenv lines). They go
+/// up as `secret_text` bindings, sealed by the dev edge like any secret.
+fn dev_vars(dir: &Path, env: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+    let path = env
+        .map(|e| dir.join(format!(".dev.vars.{e}")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(".dev.vars"));
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for item in
+        dotenvy::from_path_iter(&path).with_context(|| format!("cannot read {}", path.display()))?
+    {
+        out.push(item.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
+    }
+    Ok(out)
+}
+
+/// Reads and bundles the project as it is now and deploys it unless its
+/// upload is the one already deployed. Prints the build's elapsed time while
+/// the edge builds it.
 async fn deploy_project(
     client: &Client,
     args: &DevArgs,
+    data_dir: &Path,
     ids: &HashMap<String, String>,
     last: &mut Deployed,
 ) -> anyhow::Result<bool> {
-    let cfg_path = workers::find_config(Some(&args.dir))?;
-    let mut file = workers::read_config(&cfg_path)?;
+    let cfg_path = project::find_config(Some(&args.dir))?;
+    let mut project = project::load_project(&cfg_path, args.env.as_deref())?;
     for (k, v) in &args.vars {
-        file.vars.insert(k.clone(), v.clone());
+        project.vars.insert(k.clone(), Value::String(v.clone()));
     }
-    for b in &mut file.vpc_services {
+    for b in &mut project.vpc_services {
         if let Some(id) = ids.get(&b.service_id) {
             b.service_id = id.clone();
         }
     }
-    let upload = workers::prepare(&cfg_path, &file)?;
-    let hash = upload.hash();
-    if last.name == file.name && last.upload_hash == Some(hash) {
+    let built = project::bundle(&project, &data_dir.join("bundle"))?;
+    let mut metadata = workers::metadata(&project, &built.main_module);
+    // As under `wrangler dev`, the secrets are those of `.dev.vars`, over
+    // vars of the same name; none is kept from an earlier version.
+    metadata.keep_bindings.clear();
+    for (name, text) in dev_vars(project.dir(), args.env.as_deref())? {
+        metadata.bindings.retain(|b| {
+            !matches!(b, BindingSpec::PlainText { .. } | BindingSpec::Json { .. })
+                || b.name() != name
+        });
+        metadata
+            .bindings
+            .push(BindingSpec::SecretText { name, text });
+    }
+    let hash = workers::upload_hash(&metadata, &built);
+    if last.name == project.name && last.upload_hash == Some(hash) {
         return Ok(false);
     }
-    let progress = elapsed_indicator(&format!("building {}", file.name));
-    let result = workers::upload(client, &file, upload).await;
+    let progress = elapsed_indicator(&format!(
+        "bundled in {} ms; building {}",
+        built.elapsed.as_millis(),
+        project.name
+    ));
+    let result = workers::upload_quiet(client, &project.name, &metadata, &built).await;
     progress.finish_and_clear();
     result?;
     *last = Deployed {
-        name: file.name,
+        name: project.name,
         upload_hash: Some(hash),
     };
     Ok(true)
@@ -401,7 +447,7 @@ async fn watch_and_serve(
     )
     .await?;
     let mut last = Deployed::default();
-    deploy_project(client, args, &ids, &mut last).await?;
+    deploy_project(client, args, data_dir, &ids, &mut last).await?;
     let port = node.runtime_addr.map_or(args.port, |a| a.port());
     let live = |name: &str| {
         println!(
@@ -443,7 +489,7 @@ async fn watch_and_serve(
                 // Editors write a file in several steps: wait for a quiet 50 ms.
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await {}
                 let name = last.name.clone();
-                match deploy_project(client, args, &ids, &mut last).await {
+                match deploy_project(client, args, data_dir, &ids, &mut last).await {
                     Ok(false) => {}
                     Ok(true) => {
                         scripts.router().set_fallback(Some(last.name.clone()));

@@ -10,6 +10,7 @@ mod demo;
 mod dev;
 mod login;
 mod profile;
+mod project;
 mod secrets;
 mod serve;
 mod workers;
@@ -54,10 +55,21 @@ enum Command {
     /// Log in to an edge's API (`--api URL`, the token on stdin; `--ca-cert`
     /// for an edge whose certificate its own CA issued) and write the profile.
     Login,
-    /// Deploy a worker from warren.json / wrangler.json / wrangler.jsonc.
+    /// Bundle a worker (esbuild) and deploy it, from warren.json /
+    /// wrangler.json / wrangler.jsonc / wrangler.toml.
     Deploy {
         /// The config file, or its folder (default: the current folder).
         config: Option<PathBuf>,
+        /// The config's `[env.NAME]` environment to deploy.
+        #[arg(long, short = 'e')]
+        env: Option<String>,
+        /// Bundle only: write the bundle (and its source map) to `--outdir`
+        /// and upload nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Folder for the bundle and its source map (default: a temporary one).
+        #[arg(long)]
+        outdir: Option<PathBuf>,
     },
     /// Follow a worker's live logs.
     Tail {
@@ -119,11 +131,52 @@ enum VpcCommand {
     },
 }
 
-async fn deploy(flags: &client::ApiFlags, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let client = client::Client::new(flags)?;
-    let path = workers::find_config(config.as_deref())?;
-    let file = workers::read_config(&path)?;
-    workers::deploy(&client, &path, &file).await?;
+/// `warren deploy`: the project for `env`, bundled into `outdir` (or a
+/// temporary folder), uploaded unless `dry_run`.
+async fn deploy(
+    flags: &client::ApiFlags,
+    config: Option<PathBuf>,
+    env: Option<String>,
+    dry_run: bool,
+    outdir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let path = project::find_config(config.as_deref())?;
+    let project = project::load_project(&path, env.as_deref())?;
+    workers::print_warnings(&project);
+    // The client (profile, token) first, so a deploy that cannot upload
+    // fails before bundling.
+    let client = if dry_run {
+        None
+    } else {
+        Some(client::Client::new(flags)?)
+    };
+    let temp;
+    let out = match &outdir {
+        Some(d) => d.as_path(),
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path()
+        }
+    };
+    let built = workers::build(&project, out)?;
+    match client {
+        Some(c) => {
+            workers::upload(&c, &project, &built).await?;
+        }
+        None => {
+            let files: Vec<String> = built
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            match outdir {
+                Some(_) if !files.is_empty() => {
+                    println!("dry run: wrote {}; nothing uploaded", files.join(", "))
+                }
+                _ => println!("dry run: nothing uploaded"),
+            }
+        }
+    }
     Ok(())
 }
 
@@ -165,7 +218,12 @@ async fn main() -> std::process::ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "warren", &mut std::io::stdout());
             Ok(())
         }
-        Command::Deploy { config } => deploy(&cli.api, config).await,
+        Command::Deploy {
+            config,
+            env,
+            dry_run,
+            outdir,
+        } => deploy(&cli.api, config, env, dry_run, outdir).await,
         Command::Tail { worker, format } => match client::Client::new(&cli.api) {
             Ok(c) => workers::tail(&c, &worker, format == "json").await,
             Err(e) => Err(e),

@@ -1,160 +1,40 @@
-//! `warren deploy` and `warren tail`: the worker config file (`warren.json`,
-//! `wrangler.json`, `wrangler.jsonc`; strict), the multipart upload of its
-//! modules, and following a worker's live logs.
+//! `warren deploy` and `warren tail`: the upload of a bundled project (its
+//! metadata and multipart body; the config and bundling are in
+//! [`crate::project`]), and following a worker's live logs.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
 use bytes::Bytes;
 use reqwest::Method;
-use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::Value;
 use warren_api::Envelope;
 use warren_api::scripts::{BindingSpec, LimitsSpec, ScriptInfo, ScriptMetadata};
 use warren_api::tail::TailLine;
 
 use crate::client::Client;
+pub use crate::project::find_config;
+use crate::project::{Bundle, Project, load_project};
 
-/// Config file names looked for, in order.
-pub const CONFIG_NAMES: [&str; 3] = ["warren.json", "wrangler.json", "wrangler.jsonc"];
-
-/// The worker config file (Workers field names).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerFile {
-    /// Editor schema hint; accepted and ignored.
-    #[allow(dead_code)]
-    #[serde(rename = "$schema", default)]
-    pub schema: Option<String>,
-    /// Worker name.
-    pub name: String,
-    /// Entry module, relative to the config file.
-    pub main: PathBuf,
-    /// Kept with the script.
-    #[serde(default)]
-    pub compatibility_date: Option<String>,
-    /// Plain-text vars.
-    #[serde(default)]
-    pub vars: BTreeMap<String, String>,
-    /// VPC service bindings.
-    #[serde(default)]
-    pub vpc_services: Vec<VpcBinding>,
-    /// Limits.
-    #[serde(default)]
-    pub limits: Option<FileLimits>,
-    /// One route pattern (wrangler's `route`).
-    #[serde(default)]
-    pub route: Option<String>,
-    /// Route patterns (wrangler's `routes`).
-    #[serde(default)]
-    pub routes: Vec<RouteEntry>,
+/// Reads the config at `path` for no environment and prints its warnings
+/// (`warren dev`; `warren deploy` chooses an environment with
+/// [`crate::project::load_project`]).
+pub fn read_config(path: &Path) -> anyhow::Result<Project> {
+    let p = load_project(path, None)?;
+    print_warnings(&p);
+    Ok(p)
 }
 
-/// `routes[]`: a pattern, or wrangler's object form. Warren has no zones, so
-/// `zone_name` / `zone_id` are accepted and not used; `custom_domain: true`
-/// takes a bare hostname, which serves every path of that host.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum RouteEntry {
-    /// `"shop.example.com/*"`.
-    Pattern(String),
-    /// `{ "pattern": "shop.example.com/*", "zone_name": "example.com" }`.
-    Object(RouteObject),
-}
-
-/// The object form of a route.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteObject {
-    /// The pattern.
-    pub pattern: String,
-    /// Accepted for wrangler compatibility; not used.
-    #[allow(dead_code)]
-    #[serde(default)]
-    pub zone_name: Option<String>,
-    /// Accepted for wrangler compatibility; not used.
-    #[allow(dead_code)]
-    #[serde(default)]
-    pub zone_id: Option<String>,
-    /// A whole hostname (no path).
-    #[serde(default)]
-    pub custom_domain: bool,
-}
-
-impl WorkerFile {
-    /// Every route pattern of `route` and `routes`, checked for the
-    /// custom-domain rule (a bare hostname).
-    pub fn route_patterns(&self) -> anyhow::Result<Vec<String>> {
-        let mut out: Vec<String> = self.route.iter().cloned().collect();
-        for (i, r) in self.routes.iter().enumerate() {
-            match r {
-                RouteEntry::Pattern(p) => out.push(p.clone()),
-                RouteEntry::Object(o) => {
-                    if o.custom_domain && o.pattern.contains(['/', '*']) {
-                        anyhow::bail!(
-                            "routes[{i}]: a custom domain is a bare hostname, not {:?}",
-                            o.pattern
-                        );
-                    }
-                    out.push(o.pattern.clone());
-                }
-            }
-        }
-        Ok(out)
+/// Prints the project's config warnings to stderr.
+pub fn print_warnings(project: &Project) {
+    for w in &project.warnings {
+        eprintln!("warning: {w}");
     }
 }
 
-/// `vpc_services[]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VpcBinding {
-    /// Binding name (`env.<binding>`).
-    pub binding: String,
-    /// VPC service id.
-    pub service_id: String,
-}
-
-/// `limits`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileLimits {
-    /// CPU milliseconds per request.
-    pub cpu_ms: Option<u64>,
-}
-
-/// Finds the config: `path` itself, or the first of [`CONFIG_NAMES`] in `path`
-/// (a folder) or the current folder.
-pub fn find_config(path: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let dir = match path {
-        Some(p) if p.is_file() => return Ok(p.to_owned()),
-        Some(p) if p.is_dir() => p.to_owned(),
-        Some(p) => anyhow::bail!("{} does not exist", p.display()),
-        None => PathBuf::from("."),
-    };
-    CONFIG_NAMES
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("no {} in {}", CONFIG_NAMES.join(" / "), dir.display()))
-}
-
-/// Reads a config file; unknown keys are errors naming their path. JSONC
-/// (comments, trailing commas) is accepted.
-pub fn read_config(path: &Path) -> anyhow::Result<WorkerFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut de = json5::Deserializer::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let at = e.path().to_string();
-        anyhow::anyhow!("{}: {at}: {}", path.display(), e.into_inner())
-    })
-}
-
 /// The upload's `metadata` part.
-pub fn metadata(file: &WorkerFile, main_module: &str) -> anyhow::Result<ScriptMetadata> {
-    let mut bindings: Vec<BindingSpec> = file
+pub fn metadata(project: &Project, main_module: &str) -> ScriptMetadata {
+    let mut bindings: Vec<BindingSpec> = project
         .vpc_services
         .iter()
         .map(|b| BindingSpec::VpcService {
@@ -162,80 +42,30 @@ pub fn metadata(file: &WorkerFile, main_module: &str) -> anyhow::Result<ScriptMe
             service_id: b.service_id.clone(),
         })
         .collect();
-    for (name, text) in &file.vars {
-        bindings.push(BindingSpec::PlainText {
-            name: name.clone(),
-            text: text.clone(),
+    for (name, value) in &project.vars {
+        bindings.push(match value {
+            Value::String(text) => BindingSpec::PlainText {
+                name: name.clone(),
+                text: text.clone(),
+            },
+            json => BindingSpec::Json {
+                name: name.clone(),
+                json: json.clone(),
+            },
         });
     }
-    Ok(ScriptMetadata {
+    ScriptMetadata {
         main_module: main_module.to_owned(),
-        compatibility_date: file.compatibility_date.clone(),
+        compatibility_date: project.compatibility_date.clone(),
+        compatibility_flags: project.compatibility_flags.clone(),
         bindings,
         limits: LimitsSpec {
-            cpu_ms: file.limits.as_ref().and_then(|l| l.cpu_ms),
+            cpu_ms: project.limits.as_ref().and_then(|l| l.cpu_ms),
         },
-        routes: file.route_patterns()?,
+        routes: project.routes.clone(),
         // As wrangler does: a deploy keeps the worker's secrets.
         keep_bindings: vec!["secret_text".to_owned()],
-    })
-}
-
-/// Uploaded module files: (name relative to the entry's folder, bytes).
-pub type Modules = Vec<(String, Vec<u8>)>;
-
-/// The modules next to the entry: every `.js`/`.mjs`/`.wasm` file in the
-/// entry's folder and below (not `node_modules`), named relative to it. A
-/// `.wasm` entry is a whole component and goes alone (its folder is often a
-/// build directory full of other artifacts).
-pub fn collect_modules(main: &Path) -> anyhow::Result<(String, Modules)> {
-    let root = main.parent().unwrap_or(Path::new("."));
-    let main_name = main
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow::anyhow!("bad entry path {}", main.display()))?
-        .to_owned();
-    if main_name.ends_with(".wasm") {
-        let bytes = std::fs::read(main).with_context(|| {
-            format!(
-                "cannot read the component {} (built it yet?)",
-                main.display()
-            )
-        })?;
-        return Ok((main_name.clone(), vec![(main_name, bytes)]));
     }
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
-        {
-            let entry = entry?;
-            let p = entry.path();
-            let name = entry.file_name();
-            if name == "node_modules" || name.to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if entry.file_type()?.is_dir() {
-                stack.push(p);
-            } else if matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("js" | "mjs" | "wasm")
-            ) {
-                let rel = p
-                    .strip_prefix(root)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.push((rel, std::fs::read(&p)?));
-            }
-        }
-    }
-    if !out.iter().any(|(n, _)| *n == main_name) {
-        anyhow::bail!("the entry {} does not exist", main.display());
-    }
-    out.sort();
-    Ok((main_name, out))
 }
 
 /// A `multipart/form-data` body: the metadata part, then one part per module.
@@ -274,81 +104,82 @@ pub fn multipart(
     ))
 }
 
-/// A worker ready to upload: its metadata and module files.
-pub struct Upload {
-    /// The upload's `metadata` part.
-    pub metadata: ScriptMetadata,
-    /// The module files.
-    pub modules: Modules,
+/// Bundles `project` into `outdir` and prints what it made and how long it took.
+pub fn build(project: &Project, outdir: &Path) -> anyhow::Result<Bundle> {
+    let built = crate::project::bundle(project, outdir)?;
+    let size: usize = built.modules.iter().map(|(_, b)| b.len()).sum();
+    println!(
+        "[1/3] {}{}: worker {}, bundled {} into {} ({} bytes) in {} ms",
+        project.config_path.display(),
+        project
+            .env
+            .as_ref()
+            .map(|e| format!(" (env {e})"))
+            .unwrap_or_default(),
+        project.name,
+        project.main.display(),
+        built.main_module,
+        size,
+        built.elapsed.as_millis()
+    );
+    Ok(built)
 }
 
-impl Upload {
-    /// SHA-256 over everything uploaded: equal hashes deploy the same worker.
-    pub fn hash(&self) -> [u8; 32] {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        let meta = serde_json::to_vec(&self.metadata).unwrap_or_default();
-        h.update((meta.len() as u64).to_le_bytes());
-        h.update(&meta);
-        for (name, bytes) in &self.modules {
-            h.update((name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        }
-        h.finalize().into()
+/// SHA-256 over everything an upload sends (`metadata` and the modules of
+/// `built`): equal hashes deploy the same worker.
+pub fn upload_hash(metadata: &ScriptMetadata, built: &Bundle) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let meta = serde_json::to_vec(metadata).unwrap_or_default();
+    h.update((meta.len() as u64).to_le_bytes());
+    h.update(&meta);
+    for (name, bytes) in &built.modules {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
     }
+    h.finalize().into()
 }
 
-/// Reads the worker `file` (from `config_path`): its modules and metadata.
-pub fn prepare(config_path: &Path, file: &WorkerFile) -> anyhow::Result<Upload> {
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let (main, modules) = collect_modules(&base.join(&file.main))?;
-    Ok(Upload {
-        metadata: metadata(file, &main)?,
-        modules,
-    })
-}
-
-/// Uploads a prepared worker; the edge builds it before it answers.
-pub async fn upload(
+/// Uploads `built` as worker `name` with `metadata` (the edge builds it
+/// before it answers); a build error the edge reports against a line of the
+/// bundle is shown with its source position too.
+pub async fn upload_quiet(
     client: &Client,
-    file: &WorkerFile,
-    upload: Upload,
+    name: &str,
+    metadata: &ScriptMetadata,
+    built: &Bundle,
 ) -> anyhow::Result<ScriptInfo> {
-    let (ctype, body) = multipart(&upload.metadata, &upload.modules)?;
-    let path = format!("workers/scripts/{}", file.name);
+    let (ctype, body) = multipart(metadata, &built.modules)?;
+    let path = format!("workers/scripts/{name}");
     client
         .request(Method::PUT, &path, Some((&ctype, body)))
-        .await?
+        .await
+        .map_err(|e| match &built.source_map {
+            Some(map) => anyhow::anyhow!("{}", map.annotate(&format!("{e:#}"), &built.main_module)),
+            None => e,
+        })?
         .result
         .ok_or_else(|| anyhow::anyhow!("the API answered {path} without a result"))
 }
 
-/// Uploads the worker `file` (read from `config_path`) and prints a line per step.
-pub async fn deploy(
+/// [`upload_quiet`], printing a line per step.
+pub async fn upload(
     client: &Client,
-    config_path: &Path,
-    file: &WorkerFile,
+    project: &Project,
+    built: &Bundle,
 ) -> anyhow::Result<ScriptInfo> {
-    let prepared = prepare(config_path, file)?;
-    let size: usize = prepared.modules.iter().map(|(_, b)| b.len()).sum();
-    println!(
-        "[1/3] read {}: worker {}, {} module(s), {} bytes",
-        config_path.display(),
-        file.name,
-        prepared.modules.len(),
-        size
-    );
     println!(
         "[2/3] uploading; the edge verifies {} binding(s) and builds the component",
-        file.vpc_services.len()
+        project.vpc_services.len()
     );
     let started = std::time::Instant::now();
-    let info = upload(client, file, prepared).await?;
+    let meta = metadata(project, &built.main_module);
+    let info = upload_quiet(client, &project.name, &meta, built).await?;
     println!(
         "[3/3] deployed {} (etag {}) in {:.1?}",
-        file.name,
+        project.name,
         info.etag.get(..12).unwrap_or("?"),
         started.elapsed()
     );
@@ -426,46 +257,32 @@ pub async fn tail(client: &Client, worker: &str, json_format: bool) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::project::config::{FileLimits, VpcBinding};
 
     #[test]
-    fn jsonc_is_read_and_unknown_keys_name_their_path() {
+    fn metadata_carries_bindings_vars_json_vars_and_limits() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wrangler.jsonc");
+        let p = dir.path().join("wrangler.toml");
         std::fs::write(
             &p,
-            "{ // comment\n \"name\": \"w\", \"main\": \"src/index.js\",\n \"vpc_services\": [{\"binding\": \"API\", \"service_id\": \"s\",}],\n}",
+            "name = \"w\"\nmain = \"index.js\"\ncompatibility_date = \"2026-11-01\"\n\
+             compatibility_flags = [\"nodejs_compat\"]\nroute = \"a.example.com/*\"\n\
+             routes = [{ pattern = \"b.example.com\", custom_domain = true }]\n\
+             limits = { cpu_ms = 20 }\n[vars]\nG = \"hi\"\nJ = { a = [1, true] }\n\
+             [[vpc_services]]\nbinding = \"API\"\nservice_id = \"s\"\n",
         )
         .unwrap();
-        let f = read_config(&p).unwrap();
-        assert_eq!(f.vpc_services[0].binding, "API");
-        std::fs::write(&p, "{\"name\": \"w\", \"main\": \"x.js\", \"vpc_services\": [{\"binding\": \"A\", \"service\": \"s\"}]}").unwrap();
-        let e = read_config(&p).unwrap_err().to_string();
-        assert!(e.contains("vpc_services[0]"), "{e}");
-        assert!(e.contains("service"), "{e}");
-    }
-
-    #[test]
-    fn metadata_carries_bindings_vars_and_limits() {
-        let f = WorkerFile {
-            schema: None,
-            name: "w".into(),
-            main: "index.js".into(),
-            compatibility_date: Some("2026-11-01".into()),
-            vars: BTreeMap::from([("G".into(), "hi".into())]),
-            vpc_services: vec![VpcBinding {
+        let project = load_project(&p, None).unwrap();
+        assert_eq!(
+            project.vpc_services,
+            [VpcBinding {
                 binding: "API".into(),
                 service_id: "s".into(),
-            }],
-            limits: Some(FileLimits { cpu_ms: Some(20) }),
-            route: Some("a.example.com/*".into()),
-            routes: vec![RouteEntry::Object(RouteObject {
-                pattern: "b.example.com".into(),
-                zone_name: None,
-                zone_id: None,
-                custom_domain: true,
-            })],
-        };
-        let m = metadata(&f, "index.js").unwrap();
+                remote: None
+            }]
+        );
+        assert_eq!(project.limits, Some(FileLimits { cpu_ms: Some(20) }));
+        let m = metadata(&project, "index.js");
         assert_eq!(
             m.bindings,
             [
@@ -476,40 +293,29 @@ mod tests {
                 BindingSpec::PlainText {
                     name: "G".into(),
                     text: "hi".into()
+                },
+                BindingSpec::Json {
+                    name: "J".into(),
+                    json: serde_json::json!({ "a": [1, true] })
                 }
             ]
         );
         assert_eq!(m.limits.cpu_ms, Some(20));
         assert_eq!(m.routes, ["a.example.com/*", "b.example.com"]);
         assert_eq!(m.compatibility_date.as_deref(), Some("2026-11-01"));
-        // The wire shape is the one the runtime reads.
+        assert_eq!(m.compatibility_flags, ["nodejs_compat"]);
+        // The wire shape is Cloudflare's, the one the runtime reads.
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["bindings"][0]["type"], "vpc_service");
         assert_eq!(v["bindings"][1]["text"], "hi");
+        assert_eq!(
+            v["bindings"][2],
+            serde_json::json!({ "type": "json", "name": "J", "json": { "a": [1, true] } })
+        );
         let (ctype, body) = multipart(&m, &[("index.js".into(), b"x".to_vec())]).unwrap();
         let boundary = ctype.split("boundary=").nth(1).unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(body.starts_with(&format!("--{boundary}\r\n")), "{body}");
         assert!(body.contains(&serde_json::to_string(&m).unwrap()), "{body}");
-    }
-
-    #[test]
-    fn routes_take_both_wrangler_forms() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wrangler.jsonc");
-        std::fs::write(
-            &p,
-            r#"{ "name": "w", "main": "i.js", "routes": ["a.test/*", { "pattern": "b.test/api/*", "zone_name": "b.test" }] }"#,
-        )
-        .unwrap();
-        let f = read_config(&p).unwrap();
-        assert_eq!(f.route_patterns().unwrap(), ["a.test/*", "b.test/api/*"]);
-        std::fs::write(
-            &p,
-            r#"{ "name": "w", "main": "i.js", "routes": [{ "pattern": "c.test/*", "custom_domain": true }] }"#,
-        )
-        .unwrap();
-        let e = read_config(&p).unwrap().route_patterns().unwrap_err();
-        assert!(e.to_string().contains("routes[0]: a custom domain"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
-//! `warren dev` as a developer runs it: a project whose config binds a
-//! service by its real id (given in services.json), `--var`, the dev profile
+//! `warren dev` as a developer runs it: a wrangler.toml project whose config
+//! binds a service by its real id (given in services.json), `--env` with its
+//! `.dev.vars.<env>` secrets, `--var`, the dev profile
 //! the other commands use, and edit-save-reload — the first request after a
 //! save is answered by the new code, an unchanged save redeploys nothing, and
 //! a save that does not build keeps the previous version serving.
@@ -19,13 +20,36 @@ const SERVICE_ID: &str = "0b7e8f6a-2c1d-4e5f-9a8b-7c6d5e4f3a21";
 
 fn write_project(dir: &Path, origin_port: u16, version: &str) {
     std::fs::create_dir_all(dir.join("src")).expect("dir");
-    let config = serde_json::json!({
-        "name": "devloop",
-        "main": "src/index.js",
-        "vars": { "GREETING": "from config" },
-        "vpc_services": [{ "binding": "API", "service_id": SERVICE_ID }],
-    });
-    std::fs::write(dir.join("warren.json"), config.to_string()).expect("config");
+    // Bindings are not inherited by an environment (wrangler's rule).
+    let config = format!(
+        r#"name = "devloop"
+main = "src/index.js"
+
+[vars]
+GREETING = "from config"
+STAGE = "production"
+
+[[vpc_services]]
+binding = "API"
+service_id = "{SERVICE_ID}"
+
+[env.staging.vars]
+GREETING = "from staging"
+STAGE = "staging"
+
+[[env.staging.vpc_services]]
+binding = "API"
+service_id = "{SERVICE_ID}"
+"#
+    );
+    std::fs::write(dir.join("wrangler.toml"), config).expect("config");
+    // As under `wrangler dev`, .dev.vars.<env> wins over .dev.vars.
+    std::fs::write(dir.join(".dev.vars"), "TOKEN=from .dev.vars\n").expect(".dev.vars");
+    std::fs::write(
+        dir.join(".dev.vars.staging"),
+        "# local secrets\nTOKEN=\"s3cret staging\"\n",
+    )
+    .expect(".dev.vars.staging");
     let services = serde_json::json!([{
         "service_id": SERVICE_ID,
         "name": "origin",
@@ -41,9 +65,15 @@ fn write_code(dir: &Path, version: &str) {
     let code = format!(
         "export default {{\n  async fetch(request, env) {{\n    \
          const r = await env.API.fetch(\"http://origin.internal/hello\");\n    \
-         return new Response(`{version} ${{env.GREETING}}: ${{await r.text()}}`);\n  }},\n}};\n"
+         return new Response(`{version} ${{env.GREETING}} (${{env.STAGE}}, ${{env.TOKEN}}): ${{await r.text()}}`);\n  }},\n}};\n"
     );
     std::fs::write(dir.join("src/index.js"), code).expect("code");
+}
+
+/// What the worker answers: its version, the flag's var over the
+/// environment's, the environment's var and the .dev.vars.staging secret.
+fn answer(version: &str) -> String {
+    format!("{version} from the flag (staging, s3cret staging): hello from origin")
 }
 
 /// `warren dev`'s stdout, line by line.
@@ -57,6 +87,28 @@ impl Lines {
             match self.0.recv_timeout(left) {
                 Ok(line) if line.contains(what) => return line,
                 Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no line with {what:?} within {within:?}; saw:\n{}",
+            seen.join("\n")
+        );
+    }
+
+    /// The lines up to and with the first that contains `what`.
+    fn through(&self, what: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.0.recv_timeout(left) {
+                Ok(line) => {
+                    let last = line.contains(what);
+                    seen.push(line);
+                    if last {
+                        return seen;
+                    }
+                }
                 Err(_) => break,
             }
         }
@@ -90,6 +142,8 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
             &port.to_string(),
             "--var",
             "GREETING:from the flag",
+            "--env",
+            "staging",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -117,7 +171,7 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
         &format!("VPC service origin → {SERVICE_ID}"),
         Duration::from_secs(30),
     );
-    lines.until("devloop is live", Duration::from_secs(240));
+    lines.until("devloop-staging is live", Duration::from_secs(240));
 
     // "live" is printed only once the worker answers: at once, with the
     // service named by its real id and the flag's var over the config's.
@@ -125,7 +179,7 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
     let (status, body) = get(runtime, "localhost", "/").await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),
-        (200, "v1 from the flag: hello from origin")
+        (200, answer("v1").as_str())
     );
 
     // The dev profile points the other commands at this edge.
@@ -149,12 +203,12 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
     let took = saved.elapsed();
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),
-        (200, "v2 from the flag: hello from origin"),
+        (200, answer("v2").as_str()),
         "the first request after a save"
     );
     eprintln!("edit -> first response with the new code: {took:?}");
     lines.until("redeployed in", Duration::from_secs(5));
-    lines.until("devloop is live", Duration::from_secs(5));
+    lines.until("devloop-staging is live", Duration::from_secs(5));
 
     // Saving the same bytes again deploys nothing.
     write_code(&project, "v2");
@@ -162,7 +216,7 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
     let (status, body) = get(runtime, "localhost", "/").await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),
-        (200, "v2 from the flag: hello from origin")
+        (200, answer("v2").as_str())
     );
     let after = lines.drain();
     assert!(
@@ -176,13 +230,19 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
         "export default {\n  fetch( {\n};\n",
     )
     .expect("broken code");
-    let failed = lines.until("did not build", Duration::from_secs(240));
-    // The line names the file and the line of the error.
-    assert!(failed.contains("index.js:3"), "{failed}");
+    let failed = lines
+        .through("fix and save again", Duration::from_secs(240))
+        .join("\n");
+    // The message names the file, line and column of the error in the source.
+    assert!(failed.contains("did not build"), "{failed}");
+    assert!(
+        failed.contains("src/index.js:3:2: Expected \")\" but found \";\""),
+        "{failed}"
+    );
     let (status, body) = get(runtime, "localhost", "/").await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),
-        (200, "v2 from the flag: hello from origin"),
+        (200, answer("v2").as_str()),
         "after a broken save"
     );
 }

@@ -361,9 +361,12 @@ impl SourceMap {
     /// The source position of the bundle's `line:column` (both 1-based), as
     /// `file:line:column` (1-based).
     pub fn lookup(&self, line: u32, column: u32) -> Option<String> {
-        let token = self
-            .map
-            .lookup_token(line.checked_sub(1)?, column.saturating_sub(1))?;
+        let line = line.checked_sub(1)?;
+        let token = self.map.lookup_token(line, column.saturating_sub(1))?;
+        // The nearest mapping before the position may be on an earlier line.
+        if token.get_dst_line() != line {
+            return None;
+        }
         let src = self.sources.get(token.get_src_id() as usize)?;
         Some(format!(
             "{src}:{}:{}",

@@ -22,6 +22,14 @@ use std::time::{Duration, Instant};
 /// Name of the generated entry file, written next to the worker's modules.
 pub const ENTRY_FILE: &str = "__warren_entry.js";
 
+/// Name of the prelude module ([`PRELUDE`]), written next to the entry.
+pub const PRELUDE_FILE: &str = "__warren_prelude.js";
+
+/// The prelude (`runtime/js/prelude.js`): imported by the entry before the
+/// worker's modules, it fills the engine's web-platform gaps so that ordinary
+/// Workers code gets workerd's answers (`Response.clone()`, `navigator`…).
+pub const PRELUDE: &str = include_str!("../js/prelude.js");
+
 /// Why a JS worker could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -102,7 +110,8 @@ pub fn entry_source(
     let vars = serde_json::to_string(&vars).unwrap_or_else(|_| "\"{}\"".into());
     let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
     format!(
-        r#"import worker from {main};
+        r#"import "./{PRELUDE_FILE}";
+import worker from {main};
 import {{ getEnvironment }} from "wasi:cli/environment@0.2.10";
 const VARS = JSON.parse({vars});
 const BINDINGS = {bindings};
@@ -221,7 +230,8 @@ impl JsBuilder {
     }
 
     /// The cache key of a build: SHA-256 over the pinned tooling (lockfile and
-    /// build script), the generated entry and every module (sorted by path).
+    /// build script), the prelude, the generated entry and every module
+    /// (sorted by path).
     fn build_key(&self, source_dir: &Path, entry: &str) -> std::io::Result<String> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -231,6 +241,8 @@ impl JsBuilder {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(&bytes);
         }
+        h.update((PRELUDE.len() as u64).to_le_bytes());
+        h.update(PRELUDE.as_bytes());
         h.update((entry.len() as u64).to_le_bytes());
         h.update(entry.as_bytes());
         let mut files = Vec::new();
@@ -310,6 +322,7 @@ impl JsBuilder {
                 source_dir.display()
             )));
         }
+        std::fs::write(src.join(PRELUDE_FILE), PRELUDE).map_err(tooling)?;
         std::fs::write(src.join(ENTRY_FILE), entry).map_err(tooling)?;
         let out = work.path().join("out").join("worker.wasm");
         std::fs::create_dir_all(work.path().join("out")).map_err(tooling)?;

@@ -671,3 +671,129 @@ async fn a_client_cannot_select_a_binding_through_a_proxying_js_worker() {
     let (status, body) = get(h.addr, "shop.workers.test", "/bind").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// Builds the web-platform test worker (no bindings: its incoming request is
+/// the engine's own, with immutable headers) once per test process.
+fn js_webplat_guest() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        JsBuilder::new(dir.join("js"))
+            .with_cache(js_cache())
+            .build(
+                &dir.join("tests/js-webplat"),
+                "worker.js",
+                &BTreeMap::new(),
+                &[],
+            )
+            .expect("the web-platform JS worker builds")
+    })
+}
+
+/// Sends `method path` with `body` and `headers`; the status, headers and body.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "shop.workers.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+// The answers below are workerd's (the test worker runs unchanged on it).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_and_bodies_answer_as_on_workerd() {
+    let h = host_for(
+        js_webplat_guest(),
+        true,
+        Limits::default(),
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    let (status, body) = get(h.addr, "shop.workers.test", "/bodies").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let want = [
+        r#"response clone: ["abc","abc",201,"Made","1",true]"#,
+        r#"clone of a stream body: ["xyz","xyz"]"#,
+        r#"bodyUsed around a clone: [false,false,false,true,true]"#,
+        r#"clone of clones: ["k","k","k","k"]"#,
+        r#"clone without body: [204,null]"#,
+        r#"clone json and formData: [{"x":1},{"x":1},"1","1"]"#,
+        r#"clone after use: TypeError: This ReadableStream is currently locked to a reader,"#,
+        r#"request clone after use: TypeError: This ReadableStream is currently locked to a reader,"#,
+        r#"read twice: TypeError: Body has already been used. It can only be used once. Use tee() first if you need to read it twice."#,
+        r#"new Request from a cloned request: ["q","q"]"#,
+        r#"new Response from a cloned body: ["p","p"]"#,
+    ];
+    assert_eq!(body.lines().collect::<Vec<_>>(), want);
+
+    // The incoming request (immutable headers) clones too; both read the bytes.
+    let (status, _, body) = send(
+        h.addr,
+        "POST",
+        "/clone-incoming",
+        &[("x-test", "t")],
+        "hello",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::OK,
+            r#"["hello","hello",[false,false,false,true],"POST","t"]"#
+        )
+    );
+
+    // The original, answered after its clone was read, keeps its body and
+    // the header set after the clone.
+    let (status, headers, body) = send(h.addr, "GET", "/return-original", &[], "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "original body"));
+    assert_eq!(
+        (&headers["x-o"], &headers["x-late"]),
+        (&"1".parse().expect("value"), &"2".parse().expect("value"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn navigator_forms_and_text_streams_answer_as_on_workerd() {
+    let h = host_for(
+        js_webplat_guest(),
+        true,
+        Limits::default(),
+        OutboundPolicy::PublicInternet,
+    )
+    .await;
+    let (status, body) = get(h.addr, "shop.workers.test", "/platform").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let want = [
+        r#"navigator: ["Cloudflare-Workers",1,"en","[object Navigator]"]"#,
+        r#"multipart file: ["1","f.bin",[0,255,13,10]]"#,
+        r#"multipart without boundary: TypeError: No boundary string in Content-Type header. The multipart/form-data MIME type requires a boundary parameter, e.g. 'Content-Type: multipart/form-data; boundary="abcd"'. See RFC 7578, section 4."#,
+        r#"multipart without a name: TypeError: Content-Disposition header in FormData part is missing a name."#,
+        r#"formData of text: TypeError: Unrecognized Content-Type header value. FormData can only parse the following MIME types: multipart/form-data, application/x-www-form-urlencoded"#,
+        r#"TextDecoderStream across chunks: ["é"]"#,
+        r#"TextEncoderStream: [240,159,152,128]"#,
+        r#"break out of for await: [true,false]"#,
+        r#"scheduler.wait: [null,"[object Scheduler]"]"#,
+    ];
+    assert_eq!(body.lines().collect::<Vec<_>>(), want);
+}

@@ -12,6 +12,7 @@
 // - navigator (userAgent "Cloudflare-Workers", as on workerd).
 // - TextEncoderStream / TextDecoderStream, ReadableStream async iteration.
 // - scheduler.wait(ms).
+// - ReadableStream.from(iterable), async or not.
 
 const NativeRequest = globalThis.Request;
 const NativeResponse = globalThis.Response;
@@ -428,6 +429,35 @@ if (typeof globalThis.scheduler === "undefined") {
     value: Object.create(Scheduler.prototype),
     writable: true,
     enumerable: true,
+    configurable: true,
+  });
+}
+
+if (typeof ReadableStream.from !== "function") {
+  Object.defineProperty(ReadableStream, "from", {
+    value: function from(iterable) {
+      if (iterable == null) throw new TypeError("ReadableStream.from: the argument is not iterable");
+      const asyncIter = iterable[Symbol.asyncIterator];
+      const syncIter = iterable[Symbol.iterator];
+      if (typeof asyncIter !== "function" && typeof syncIter !== "function") {
+        throw new TypeError("ReadableStream.from: the argument is not iterable");
+      }
+      const it = typeof asyncIter === "function" ? asyncIter.call(iterable) : syncIter.call(iterable);
+      return new ReadableStream(
+        {
+          async pull(controller) {
+            const { value, done } = await it.next();
+            if (done) controller.close();
+            else controller.enqueue(await value);
+          },
+          async cancel(reason) {
+            if (typeof it.return === "function") await it.return(reason);
+          },
+        },
+        { highWaterMark: 0 },
+      );
+    },
+    writable: true,
     configurable: true,
   });
 }

@@ -794,6 +794,7 @@ async fn navigator_forms_and_text_streams_answer_as_on_workerd() {
         r#"TextEncoderStream: [240,159,152,128]"#,
         r#"break out of for await: [true,false]"#,
         r#"scheduler.wait: [null,"[object Scheduler]"]"#,
+        r#"ReadableStream.from: ["a","b",1,2]"#,
     ];
     assert_eq!(body.lines().collect::<Vec<_>>(), want);
 }

@@ -1,18 +1,18 @@
 //! A wrangler project, unchanged (`wrangler-project/`: wrangler.toml,
 //! TypeScript, hono from npm, `[env.staging]`), deployed with `warren deploy`
-//! to a real `warren serve`: bundled by esbuild, built by ComponentizeJS,
+//! to a real `warren serve`, and run by `warren dev`: bundled by esbuild, built by ComponentizeJS,
 //! answering exactly as the same bundle does under workerd (the answers
 //! below were recorded from workerd 2026-11-17, the version wrangler 4.164
 //! runs). Bad projects fail on the deploying machine naming file:line:column
 //! or the import.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{ShowLogs, WARREN, free_tcp, start_serve, warren};
+use common::{Kill, ShowLogs, WARREN, free_tcp, start_serve, warren};
 
 /// The test project, with its `node_modules` (`npm ci`, which
 /// scripts/setup.sh runs).
@@ -385,5 +385,70 @@ fn a_dry_run_writes_the_bundle_and_its_source_map_and_uploads_nothing() {
                 .display()
         )),
         "{out}"
+    );
+}
+
+#[test]
+fn warren_dev_serves_the_project_as_deploy_does() {
+    let from = project();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = variant(
+        &dir.path().join("project"),
+        &std::fs::read_to_string(from.join("src/index.ts")).expect("index.ts"),
+    );
+    let port = free_tcp();
+    let mut child = Command::new(WARREN)
+        .args(["dev", copy.to_str().expect("path")])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--no-watch",
+            "--env",
+            "staging",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("warren dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let _dev = Kill(child);
+    let mut live = false;
+    let mut seen = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        eprintln!("dev| {line}");
+        if line.contains("wrangler-project-stg is live at") {
+            live = true;
+            break;
+        }
+        seen.push(line);
+    }
+    assert!(
+        live,
+        "warren dev ended before the worker was live: {seen:?}"
+    );
+
+    // The same answers as the deployed worker, for the staging environment.
+    let runtime: SocketAddr = ([127, 0, 0, 1], port).into();
+    let host = "wrangler-project-stg.workers.localhost";
+    let get = |path: &str| http(runtime, "GET", host, path, &[], "");
+    assert_eq!(get("/").2, "hello from staging");
+    assert_eq!(get("/api/items/2").2, r#"{"id":2,"name":"gadget"}"#);
+    let (s, _, b) = get("/nope");
+    assert_eq!((s, b.as_str()), (404, "404 Not Found"));
+    let (s, h, _) = http(
+        runtime,
+        "OPTIONS",
+        host,
+        "/api/items",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+        ],
+        "",
+    );
+    assert_eq!(s, 204);
+    assert_eq!(
+        header(&h, "access-control-allow-origin"),
+        Some("https://app.example.com")
     );
 }

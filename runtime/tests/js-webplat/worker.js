@@ -133,6 +133,16 @@ const platform = {
     return [cancelled, rs.locked];
   },
   "scheduler.wait": async () => [await scheduler.wait(1), String(scheduler)],
+  "ReadableStream.from": async () => {
+    async function* gen() {
+      yield "a";
+      yield "b";
+    }
+    const seen = [];
+    for await (const chunk of ReadableStream.from(gen())) seen.push(chunk);
+    for await (const chunk of ReadableStream.from([1, Promise.resolve(2)])) seen.push(chunk);
+    return seen;
+  },
 };
 
 export default {

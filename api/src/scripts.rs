@@ -37,8 +37,8 @@ pub struct ScriptMetadata {
     pub routes: Vec<String>,
 }
 
-/// One binding of the metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One binding of the metadata. `Debug` never shows a secret's value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BindingSpec {
     /// `env.NAME.fetch()` reaches the VPC service.
@@ -80,6 +80,33 @@ impl BindingSpec {
             | BindingSpec::PlainText { name, .. }
             | BindingSpec::SecretText { name, .. }
             | BindingSpec::Json { name, .. } => name,
+        }
+    }
+}
+
+impl std::fmt::Debug for BindingSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindingSpec::VpcService { name, service_id } => f
+                .debug_struct("VpcService")
+                .field("name", name)
+                .field("service_id", service_id)
+                .finish(),
+            BindingSpec::PlainText { name, text } => f
+                .debug_struct("PlainText")
+                .field("name", name)
+                .field("text", text)
+                .finish(),
+            BindingSpec::SecretText { name, .. } => f
+                .debug_struct("SecretText")
+                .field("name", name)
+                .field("text", &"<redacted>")
+                .finish(),
+            BindingSpec::Json { name, json } => f
+                .debug_struct("Json")
+                .field("name", name)
+                .field("json", json)
+                .finish(),
         }
     }
 }

@@ -105,6 +105,12 @@ async function build(entry, out, spliceCache) {
   const witDir = join(dirname(out), 'wit');
   if (!existsSync(join(witDir, 'world.wit'))) assembleWit(witDir);
   spliceCacheDir = spliceCache || null;
+  // ComponentizeJS's scratch files (the worker's snapshot among them) go in
+  // this build's own folder, which the runtime removes even when it kills
+  // the build.
+  const scratch = join(dirname(out), 'tmp');
+  mkdirSync(scratch, { recursive: true, mode: 0o700 });
+  process.env.TMPDIR = scratch;
   process.chdir(dirname(entry));
   const { component } = await componentize({ sourcePath: entry, witPath: witDir, worldName: 'worker' });
   writeFileSync(out, component);

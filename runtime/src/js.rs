@@ -377,7 +377,13 @@ impl JsBuilder {
                             answer.id
                         )));
                     }
-                    self.release(server);
+                    // A server whose build failed is not reused: whatever
+                    // the failure left in it goes with it.
+                    if answer.ok {
+                        self.release(server);
+                    } else {
+                        server.kill();
+                    }
                     return Ok(if answer.ok {
                         Ok(())
                     } else {

@@ -1,5 +1,6 @@
 //! `warren dev [DIR]`: everything in one process for developing a worker — an
-//! edge (runtime, binding-worker, iris, API; SQLite in `DIR/.warren`), a tunnel
+//! edge (runtime, binding-worker, iris, API; SQLite in a state folder outside
+//! the project), a tunnel
 //! and a local connector for it, the VPC services of `DIR/services.json`, the
 //! worker of the folder's config deployed through the API, a profile the other
 //! commands can use against this edge, and live logs until Ctrl-C. The folder
@@ -48,7 +49,8 @@ pub struct DevArgs {
     /// Do not watch the folder for changes.
     #[arg(long)]
     pub no_watch: bool,
-    /// State folder (default DIR/.warren).
+    /// State folder (default: `$XDG_STATE_HOME/warren/dev/<folder>-<hash>`,
+    /// never inside the project).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -173,14 +175,56 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let project =
         project::load_project(&project::find_config(Some(&args.dir))?, args.env.as_deref())?;
     workers::print_warnings(&project);
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| args.dir.join(".warren"));
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => default_data_dir(&args.dir)?,
+    };
     let node = serve::start(&edge_file(&data_dir, args.ip, args.port)?, false).await?;
     let result = session(&node, &args, &data_dir).await;
     node.stop().await;
     result
+}
+
+/// The dev edge's state folder for the project in `dir`:
+/// `$XDG_STATE_HOME/warren/dev/<folder name>-<hash of its path>` (default
+/// `~/.local/state`), mode 0700. Never inside the project: a state folder that
+/// came with a checkout could hold compiled code (which is loaded, not
+/// checked) or symlinks for the edge to write through.
+fn default_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::DirBuilderExt;
+    let project = std::fs::canonicalize(dir)
+        .with_context(|| format!("cannot read the project folder {}", dir.display()))?;
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .ok_or_else(|| {
+            anyhow::anyhow!("neither XDG_STATE_HOME nor HOME is set: pass --data-dir")
+        })?;
+    let name: String = project
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("project")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = Sha256::digest(project.as_os_str().as_encoded_bytes());
+    let dir = base
+        .join("warren/dev")
+        .join(format!("{name}-{}", hex::encode(&hash[..8])));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// What the last deploy was built from: an unchanged project is not uploaded again.
@@ -201,13 +245,9 @@ fn dev_vars(dir: &Path, env: Option<&str>) -> anyhow::Result<Vec<(String, String
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    for item in
-        dotenvy::from_path_iter(&path).with_context(|| format!("cannot read {}", path.display()))?
-    {
-        out.push(item.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
-    }
-    Ok(out)
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    project::dotenv::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Reads and bundles the project as it is now and deploys it unless its
@@ -283,7 +323,7 @@ fn watched(path: &Path, data_dir: &Path) -> bool {
     let skipped_dir = path.components().any(|c| {
         matches!(
             c.as_os_str().to_str(),
-            Some(".git" | ".warren" | ".wrangler" | "target")
+            Some(".git" | ".warren" | ".wrangler" | "target" | "node_modules")
         )
     });
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -329,14 +369,17 @@ fn write_profile(data_dir: &Path, profile: &Profile) -> anyhow::Result<PathBuf> 
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("profile.json");
+    // A new file (never through a symlink that is there), then renamed over.
+    let tmp = data_dir.join(format!(".profile.{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(serde_json::to_string_pretty(profile)?.as_bytes())?;
+    drop(f);
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(std::fs::canonicalize(&path).unwrap_or(path))
 }
 

@@ -41,7 +41,7 @@ pub enum SecretCommand {
 /// Which worker: `--name`, else the `name` of the config in the current folder.
 #[derive(clap::Args)]
 pub struct WorkerArg {
-    /// The worker (default: `name` in warren.json / wrangler.json(c) here).
+    /// The worker (default: `name` in the config here: warren.json, wrangler.json(c) or wrangler.toml).
     #[arg(long = "name")]
     worker: Option<String>,
 }
@@ -49,7 +49,11 @@ pub struct WorkerArg {
 impl WorkerArg {
     fn resolve(&self) -> anyhow::Result<String> {
         match &self.worker {
-            Some(w) => Ok(w.clone()),
+            Some(w) => {
+                crate::project::config::check_worker_name(w)
+                    .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+                Ok(w.clone())
+            }
             None => worker_from_config(None),
         }
     }

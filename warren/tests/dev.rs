@@ -146,6 +146,7 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
             "staging",
         ])
         .env("RUST_LOG", "warn")
+        .env("XDG_STATE_HOME", dir.path().join("state"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -167,6 +168,11 @@ async fn dev_serves_a_project_and_reloads_it_on_save() {
         .trim()
         .trim_start_matches("export WARREN_PROFILE=")
         .to_owned();
+    // The dev edge's state is kept outside the project (a checkout could
+    // plant compiled code or symlinks there).
+    let state = std::fs::canonicalize(dir.path().join("state/warren/dev")).expect("state folder");
+    assert!(Path::new(&profile).starts_with(&state), "{profile}");
+    assert!(!project.join(".warren").exists());
     lines.until(
         &format!("VPC service origin → {SERVICE_ID}"),
         Duration::from_secs(30),

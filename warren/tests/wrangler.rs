@@ -406,6 +406,8 @@ fn warren_dev_serves_the_project_as_deploy_does() {
             "--env",
             "staging",
         ])
+        .arg("--data-dir")
+        .arg(dir.path().join("state"))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()

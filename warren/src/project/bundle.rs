@@ -43,20 +43,19 @@ pub struct Bundle {
 
 /// The esbuild binary: the pinned npm package of `js_dir` (`runtime/js`,
 /// found as the edge finds ComponentizeJS: `$WARREN_JS_DIR` or the source
-/// checkout), else the project's own (a wrangler project has one through
-/// wrangler). Of a package, the platform package's native binary, else its
+/// checkout) — never the project's own, which would run whatever a checkout
+/// put there. Of the package, the platform package's native binary, else its
 /// launcher.
-pub fn esbuild_path(js_dir: &Path, project_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn esbuild_path(js_dir: &Path) -> anyhow::Result<PathBuf> {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "x64",
         "aarch64" => "arm64",
         other => other,
     };
     let native = format!("@esbuild/{}-{arch}/bin/esbuild", std::env::consts::OS);
-    [js_dir, project_dir]
-        .iter()
-        .map(|d| d.join("node_modules"))
-        .flat_map(|m| [m.join(&native), m.join("esbuild/bin/esbuild")])
+    let modules = js_dir.join("node_modules");
+    [modules.join(&native), modules.join("esbuild/bin/esbuild")]
+        .into_iter()
         .find(|p| p.is_file())
         .ok_or_else(|| {
             anyhow::anyhow!(
@@ -72,7 +71,7 @@ pub fn bundle(project: &Project, outdir: &Path) -> anyhow::Result<Bundle> {
     if project.main.extension().is_some_and(|e| e == "wasm") {
         return bundle_with(Path::new("esbuild"), project, outdir);
     }
-    let esbuild = esbuild_path(&crate::serve::js_dir(None), project.dir())?;
+    let esbuild = esbuild_path(&crate::serve::js_dir(None))?;
     bundle_with(&esbuild, project, outdir)
 }
 
@@ -123,8 +122,9 @@ pub fn bundle_with(esbuild: &Path, project: &Project, outdir: &Path) -> anyhow::
     let map_file = outdir.join(format!("{out_name}.map"));
 
     let mut cmd = Command::new(esbuild);
+    // `./` first: a `main` that begins with `-` is a file, never a flag.
     cmd.current_dir(dir)
-        .arg(&project.main)
+        .arg(Path::new(".").join(&project.main))
         .args([
             "--bundle",
             "--format=esm",

@@ -357,6 +357,24 @@ fn section(label: &str, prefix: &str, map: Map<String, Value>) -> anyhow::Result
     })
 }
 
+/// A worker name as the edge takes it: 1 to 63 lowercase letters, digits
+/// and dashes, not starting with a dash (it goes into API paths as it is).
+pub fn check_worker_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a worker name: use 1 to 63 lowercase letters, digits and dashes, not starting with a dash"
+        ))
+    }
+}
+
 /// Reads the config at `config_path` for the environment `env` (wrangler's
 /// `--env`): environments inherit the top level's inheritable keys and not
 /// its vars and bindings; an environment without its own `name` is
@@ -460,6 +478,7 @@ fn resolve(config_path: &Path, text: &str, env: Option<&str>) -> anyhow::Result<
         .name
         .clone()
         .ok_or_else(|| anyhow::anyhow!("{}: missing (the worker's name)", at("name")))?;
+    check_worker_name(&name).map_err(|e| anyhow::anyhow!("{}: {e}", at("name")))?;
     let main = s.main.clone().ok_or_else(|| {
         anyhow::anyhow!(
             "{}: missing (the entry module, e.g. \"src/index.ts\")",
@@ -781,6 +800,14 @@ keep_vars = true
         )
         .unwrap();
         assert_eq!(p.compatibility_date.as_deref(), Some("2026-01-02"));
+        // A name goes into API paths: only what the edge accepts passes.
+        let e = toml("name = \"../tokens?x\"\nmain = \"i.js\"", None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "wrangler.toml: name: \"../tokens?x\" is not a worker name: use 1 to 63 lowercase letters, digits and dashes, not starting with a dash"
+        );
     }
 
     #[test]

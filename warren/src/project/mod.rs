@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod config;
+pub mod dotenv;
 
 pub use bundle::{Bundle, bundle};
 pub use config::{Project, find_config, load_project};

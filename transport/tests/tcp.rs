@@ -4,8 +4,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -109,13 +109,24 @@ async fn large_transfer_bounded_memory() {
 
 /// A TCP relay that can be frozen or killed. Frozen, it stops moving bytes either way but
 /// keeps both sockets open, as a dead host or a black-holing middlebox would.
-async fn relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>, CancellationToken) {
+struct Relay {
+    addr: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    kill: CancellationToken,
+    /// When bytes were last handed to the client's socket, and to the server's.
+    last_to_client: Arc<Mutex<Instant>>,
+    last_to_server: Arc<Mutex<Instant>>,
+}
+
+async fn relay(target: SocketAddr) -> Relay {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let frozen = Arc::new(AtomicBool::new(false));
-    let f = frozen.clone();
     let kill = CancellationToken::new();
-    let k = kill.clone();
+    let last_to_client = Arc::new(Mutex::new(Instant::now()));
+    let last_to_server = Arc::new(Mutex::new(Instant::now()));
+    let (f, k) = (frozen.clone(), kill.clone());
+    let (to_client, to_server) = (last_to_client.clone(), last_to_server.clone());
     tokio::spawn(async move {
         let (inbound, _) = listener.accept().await.unwrap();
         let outbound = TcpStream::connect(target).await.unwrap();
@@ -125,6 +136,7 @@ async fn relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>, Cancellation
             mut r: tokio::net::tcp::OwnedReadHalf,
             mut w: tokio::net::tcp::OwnedWriteHalf,
             frozen: Arc<AtomicBool>,
+            last: Arc<Mutex<Instant>>,
         ) {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -142,14 +154,21 @@ async fn relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>, Cancellation
                 if w.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
+                *last.lock().unwrap() = Instant::now();
             }
         }
         tokio::select! {
-            _ = async { tokio::join!(pump(ir, ow, f.clone()), pump(or, iw, f)) } => {}
+            _ = async { tokio::join!(pump(ir, ow, f.clone(), to_server), pump(or, iw, f, to_client)) } => {}
             () = k.cancelled() => {}
         }
     });
-    (addr, frozen, kill)
+    Relay {
+        addr,
+        frozen,
+        kill,
+        last_to_client,
+        last_to_server,
+    }
 }
 
 /// A peer gone silent is declared lost about the idle timeout after its
@@ -159,8 +178,8 @@ async fn silent_peer_is_detected() {
     let pki = pki();
     let cfg = TcpConfig::default();
     let (server_addr, mut rx, _shutdown) = tcp_server(&pki, cfg.clone()).await;
-    let (relay, frozen, _kill) = relay(server_addr).await;
-    let a = tcp::connect(relay, tcp::client_tls(&pki.client), SERVER_NAME, &cfg)
+    let relay = relay(server_addr).await;
+    let a = tcp::connect(relay.addr, tcp::client_tls(&pki.client), SERVER_NAME, &cfg)
         .await
         .unwrap();
     let b = rx.recv().await.unwrap();
@@ -168,23 +187,35 @@ async fn silent_peer_is_detected() {
     tokio::time::sleep(cfg.idle_timeout * 3).await;
     assert!(a.close_reason().is_none() && b.close_reason().is_none());
 
-    frozen.store(true, Ordering::Relaxed);
+    relay.frozen.store(true, Ordering::Relaxed);
     let start = Instant::now();
-    let (ea, eb) = tokio::join!(a.closed(), b.closed());
-    let took = start.elapsed();
+    let ((ea, at_a), (eb, at_b)) =
+        tokio::join!(async { (a.closed().await, Instant::now()) }, async {
+            (b.closed().await, Instant::now())
+        });
     for e in [&ea, &eb] {
         assert!(
             matches!(e, ConnectionError::Tcp(TcpError::TimedOut(_))),
             "{e}"
         );
     }
-    // Last bytes came at most one keep-alive before the freeze.
+    // Each side gives up no sooner than the idle timeout after the last bytes
+    // that reached it (the timer counts whole milliseconds), and not long after
+    // the freeze: live, a keep-alive arrived at least every keep-alive interval.
+    let quiet_a = at_a - *relay.last_to_client.lock().unwrap();
+    let quiet_b = at_b - *relay.last_to_server.lock().unwrap();
+    for quiet in [quiet_a, quiet_b] {
+        assert!(
+            quiet + Duration::from_millis(2) >= cfg.idle_timeout,
+            "declared lost {quiet:?} after its last bytes"
+        );
+    }
+    let took = at_a.max(at_b) - start;
     assert!(
         took <= cfg.idle_timeout + Duration::from_millis(800),
         "{took:?}"
     );
-    assert!(took >= cfg.idle_timeout - cfg.keep_alive, "{took:?}");
-    eprintln!("silent peer detected after {took:?}");
+    eprintln!("silent peer detected after {took:?} (quiet {quiet_a:?} / {quiet_b:?})");
 }
 
 /// A socket that dies (the peer's process or host went away and the kernel
@@ -194,12 +225,12 @@ async fn killed_socket_is_detected() {
     let pki = pki();
     let cfg = TcpConfig::default();
     let (server_addr, mut rx, _shutdown) = tcp_server(&pki, cfg.clone()).await;
-    let (relay, _frozen, kill) = relay(server_addr).await;
-    let a = tcp::connect(relay, tcp::client_tls(&pki.client), SERVER_NAME, &cfg)
+    let relay = relay(server_addr).await;
+    let a = tcp::connect(relay.addr, tcp::client_tls(&pki.client), SERVER_NAME, &cfg)
         .await
         .unwrap();
     let b = rx.recv().await.unwrap();
-    kill.cancel();
+    relay.kill.cancel();
     let start = Instant::now();
     let (ea, eb) = tokio::join!(a.closed(), b.closed());
     assert!(start.elapsed() < Duration::from_millis(500));

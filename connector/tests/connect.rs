@@ -116,7 +116,7 @@ async fn bind(w: &World, name: &str, account: &str, services: &[String]) {
     };
     let written = w
         .store
-        .put_script(&record, old.as_ref().map(|o| o.tag.as_str()))
+        .put_script(&record, old.as_ref())
         .await
         .expect("put script");
     assert!(written, "worker {name} written");

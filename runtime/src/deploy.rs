@@ -20,8 +20,9 @@
 //!
 //! Uploads build and compile concurrently; only the short commit step (the
 //! final conflict checks, storing, swapping into the router) is serialized
-//! per node, and the store's compare-and-swap on the script's tag catches a
-//! concurrent create or delete on another node. Route patterns are compared
+//! per node, and the store's compare-and-swap on the whole stored record
+//! catches a concurrent create, delete, redeploy or secret change on another
+//! node (the tag alone stays the same across versions). Route patterns are compared
 //! in canonical form, and no two accounts may hold routes whose hosts
 //! overlap: the first account to claim a host keeps it.
 
@@ -762,7 +763,7 @@ impl Scripts {
         let keep = metadata.keep_bindings.iter().any(|t| t == "secret_text");
         // Checked on the metadata as uploaded, so pointers count its bindings.
         let no_secrets = Sealed::new();
-        let current = previous.as_ref().map_or(&no_secrets, |(_, s)| s);
+        let current = previous.as_ref().map_or(&no_secrets, |(_, r)| &r.secrets);
         secrets_after(&metadata, &take_secrets(metadata.clone()).1, current, keep)?;
         let (metadata, uploaded) = take_secrets(metadata);
         let previous = previous.map(|(p, _)| p);
@@ -790,13 +791,15 @@ impl Scripts {
         let now_previous = self
             .conflicts(account_id, name, &worker.config().routes)
             .await?;
-        let expected = previous.map(|p| p.tag);
-        if now_previous.as_ref().map(|(p, _)| p.tag.clone()) != expected {
+        if now_previous.as_ref().map(|(p, _)| &p.tag) != previous.as_ref().map(|p| &p.tag) {
             return Err(changed_while_building(name));
         }
+        // The record this version replaces: stored only if it is still that
+        // one, whichever node changed it meanwhile.
+        let expected = now_previous.as_ref().map(|(_, r)| r.clone());
         // The secrets as they are now (a secret put meanwhile is kept),
         // with the upload's own sealed for this worker.
-        let kept = now_previous.map(|(_, s)| s).unwrap_or_default();
+        let kept = now_previous.map(|(_, r)| r.secrets).unwrap_or_default();
         let names = secrets_after(&info.metadata, &uploaded, &kept, keep)?;
         let mut sealed = Sealed::new();
         let mut plain = Vec::with_capacity(names.len());
@@ -833,7 +836,7 @@ impl Scripts {
         if !self
             .config
             .store
-            .put_script(&record, expected.as_deref())
+            .put_script(&record, expected.as_ref())
             .await
             .map_err(store_error)?
         {
@@ -889,9 +892,10 @@ impl Scripts {
             .validate()
             .map_err(|e| invalid(&e.pointer, e.message))?;
         let _one = self.committing.lock().await;
-        let Some(mut record) = self.record(account_id, name).await? else {
+        let Some(read) = self.record(account_id, name).await? else {
             return Ok(None);
         };
+        let mut record = read.clone();
         let metadata: ScriptMetadata = serde_json::from_str(&record.metadata).map_err(internal)?;
         if let Some(b) = metadata.bindings.iter().find(|b| b.name() == secret.name) {
             return Err(invalid(
@@ -913,7 +917,7 @@ impl Scripts {
         }
         let sealed = self.seal(account_id, &record.tag, &secret.name, &secret.text)?;
         record.secrets.insert(secret.name.clone(), sealed);
-        self.commit_secrets(record).await?;
+        self.commit_secrets(&read, record).await?;
         Ok(Some(SecretInfo {
             name: secret.name.clone(),
             kind: SecretType::SecretText,
@@ -929,30 +933,35 @@ impl Scripts {
         secret: &str,
     ) -> Result<SecretDeleted, DeployError> {
         let _one = self.committing.lock().await;
-        let Some(mut record) = self.record(account_id, name).await? else {
+        let Some(read) = self.record(account_id, name).await? else {
             return Ok(SecretDeleted::NoScript);
         };
+        let mut record = read.clone();
         if record.secrets.remove(secret).is_none() {
             return Ok(SecretDeleted::NoSecret);
         }
-        self.commit_secrets(record).await?;
+        self.commit_secrets(&read, record).await?;
         Ok(SecretDeleted::Deleted)
     }
 
-    /// Stores `record` (changed secrets) as a new version and serves it
-    /// here; every other node follows the change. Called under `committing`.
-    async fn commit_secrets(self: &Arc<Self>, mut record: ScriptRecord) -> Result<(), DeployError> {
+    /// Stores `record` (`read` with changed secrets) as a new version, if
+    /// the stored one is still `read`, and serves it here; every other node
+    /// follows the change. Called under `committing`.
+    async fn commit_secrets(
+        self: &Arc<Self>,
+        read: &ScriptRecord,
+        mut record: ScriptRecord,
+    ) -> Result<(), DeployError> {
         record.modified_on = now();
-        let tag = record.tag.clone();
         if !self
             .config
             .store
-            .put_script(&record, Some(&tag))
+            .put_script(&record, Some(read))
             .await
             .map_err(store_error)?
         {
             return Err(DeployError::Conflict(format!(
-                "worker {} was deleted or created again meanwhile; try again",
+                "worker {} was changed meanwhile (deleted, redeployed or its secrets changed on another node); try again",
                 record.name
             )));
         }
@@ -969,7 +978,7 @@ impl Scripts {
         account_id: &str,
         name: &str,
         routes: &[RoutePattern],
-    ) -> Result<Option<(ScriptInfo, Sealed)>, DeployError> {
+    ) -> Result<Option<(ScriptInfo, ScriptRecord)>, DeployError> {
         let stored = self
             .config
             .store
@@ -980,7 +989,7 @@ impl Scripts {
         let mut previous = None;
         for r in &stored {
             match info_of(r) {
-                Ok(i) if i.id == name => previous = Some((i, r.secrets.clone())),
+                Ok(i) if i.id == name => previous = Some((i, r.clone())),
                 Ok(i) => others.push(i),
                 Err(e) => tracing::warn!(worker = %r.name, error = %e, "stored script unreadable"),
             }

@@ -278,7 +278,7 @@ mod tests {
         assert!(store.put_script(&first, None).await.unwrap());
         assert_eq!(cache.get("w").await.unwrap(), Some(first));
         let second = script("w", "a", &["s1", "s2"]);
-        assert!(store.put_script(&second, Some("t")).await.unwrap());
+        assert!(store.put_script(&second, Some(&first)).await.unwrap());
         assert_eq!(cache.get("w").await.unwrap(), Some(second));
         assert!(store.delete_script("a", "w").await.unwrap());
         assert_eq!(cache.get("w").await.unwrap(), None);
@@ -295,7 +295,7 @@ mod tests {
         assert!(there.put_script(&first, None).await.unwrap());
         assert_eq!(cache.get_fresh("w").await.unwrap(), Some(first));
         let second = script("w", "a", &["s1", "s2"]);
-        assert!(there.put_script(&second, Some("t")).await.unwrap());
+        assert!(there.put_script(&second, Some(&first)).await.unwrap());
         // Read through at once, whatever the change log has told this process.
         assert_eq!(cache.get_fresh("w").await.unwrap(), Some(second));
     }

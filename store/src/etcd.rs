@@ -1502,7 +1502,11 @@ impl Store for EtcdStore {
         Ok(Some(decode::<TokenDoc>(&kv)?.account_id))
     }
 
-    async fn put_script(&self, script: &ScriptRecord, expected: Option<&str>) -> StoreResult<bool> {
+    async fn put_script(
+        &self,
+        script: &ScriptRecord,
+        expected: Option<&ScriptRecord>,
+    ) -> StoreResult<bool> {
         let key = self.key("scripts", &[&script.name]);
         let body = encode(script)?;
         let new: BTreeSet<&str> = script.services.iter().map(String::as_str).collect();
@@ -1523,7 +1527,7 @@ impl Store for EtcdStore {
                 Some(kv) => (kv.mod_revision(), Some(decode::<ScriptRecord>(kv)?)),
                 None => (0, None),
             };
-            if old.as_ref().map(|o| o.tag.as_str()) != expected {
+            if old.as_ref() != expected {
                 return Ok(false);
             }
             let mut ops = vec![TxnOp::put(key.clone(), body.clone(), None)];
@@ -1565,7 +1569,8 @@ impl Store for EtcdStore {
                 self.publish(Change::Script(script.name.clone()));
                 return Ok(true);
             }
-            // Another write got in between: look again (it may have kept the tag).
+            // Another write got in between: look again (it may have written
+            // the same record, or one equal to `expected` again).
         }
         Err(Self::contention("storing a script"))
     }

@@ -278,10 +278,17 @@ pub trait Store: Send + Sync + 'static {
     /// The account an API token (by hash) belongs to.
     async fn account_for_token(&self, hash: [u8; 32]) -> StoreResult<Option<String>>;
 
-    /// Stores a worker script if the stored one still has tag `expected`
-    /// (`None`: only if there is no script by that name); `false` (nothing
-    /// written) when another write got there first.
-    async fn put_script(&self, script: &ScriptRecord, expected: Option<&str>) -> StoreResult<bool>;
+    /// Stores a worker script if the stored one is still exactly `expected`,
+    /// the record the caller read and changed (`None`: only if there is no
+    /// script by that name); `false` (nothing written) when another write got
+    /// there first. The whole record is compared, not only its tag, which
+    /// stays the same across versions: a change made meanwhile by another
+    /// node (a secret deleted, a redeploy) is never overwritten unseen.
+    async fn put_script(
+        &self,
+        script: &ScriptRecord,
+        expected: Option<&ScriptRecord>,
+    ) -> StoreResult<bool>;
     /// Looks a script up by name (any account: callers check ownership).
     async fn get_script(&self, name: &str) -> StoreResult<Option<ScriptRecord>>;
     /// Every script of every account, by name (restoring a node, route checks).

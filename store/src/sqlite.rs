@@ -714,19 +714,30 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_script(&self, script: &ScriptRecord, expected: Option<&str>) -> StoreResult<bool> {
+    async fn put_script(
+        &self,
+        script: &ScriptRecord,
+        expected: Option<&ScriptRecord>,
+    ) -> StoreResult<bool> {
         let body = serde_json::to_string(script).map_err(backend)?;
         let v = script.clone();
-        let expected = expected.map(str::to_owned);
+        let expected = expected.cloned();
         let written = self
             .with(move |c| {
                 let tx = c.unchecked_transaction()?;
                 let current: Option<String> = tx
-                    .query_row("SELECT tag FROM scripts WHERE name = ?1", [&v.name], |r| {
+                    .query_row("SELECT body FROM scripts WHERE name = ?1", [&v.name], |r| {
                         r.get(0)
                     })
                     .optional()?;
-                if current != expected {
+                // An unreadable stored record equals nothing a caller read.
+                let current = current.map(|b| serde_json::from_str::<ScriptRecord>(&b).ok());
+                let unchanged = match (&current, &expected) {
+                    (None, None) => true,
+                    (Some(Some(now)), Some(read)) => now == read,
+                    _ => false,
+                };
+                if !unchanged {
                     return Ok(false);
                 }
                 tx.execute(

@@ -82,7 +82,7 @@ async fn load(store: Arc<EtcdStore>, worker: usize, stop: Arc<AtomicBool>) -> Ve
         timed(
             &mut out,
             "put_script (redeploy)",
-            store.put_script(&v2, Some(&v1.tag)),
+            store.put_script(&v2, Some(&v1)),
             |ok| (!ok).then(|| "redeploy lost".to_owned()),
         )
         .await;

@@ -101,7 +101,7 @@ suite!(
     api_tokens_resolve_to_their_account,
     tunnels_need_an_account_and_stay_in_it,
     services_live_in_their_account_and_count_against_their_tunnel,
-    scripts_are_written_by_compare_and_swap_on_the_tag,
+    scripts_are_written_by_compare_and_swap_on_the_record,
     scripts_binding_follows_rebinding_and_deletion,
     connections_expire_with_their_lease_unless_refreshed,
     nodes_are_listed_by_name_until_their_lease_lapses,
@@ -325,7 +325,7 @@ async fn services_live_in_their_account_and_count_against_their_tunnel(f: &Fixtu
     assert_eq!(s.list_services(&a.id).await.expect("list"), vec![s2]);
 }
 
-async fn scripts_are_written_by_compare_and_swap_on_the_tag(f: &Fixture) {
+async fn scripts_are_written_by_compare_and_swap_on_the_record(f: &Fixture) {
     let s = &f.store;
     let a = s.create_account("a").await.expect("account");
     let b = s.create_account("b").await.expect("account");
@@ -339,24 +339,50 @@ async fn scripts_are_written_by_compare_and_swap_on_the_tag(f: &Fixture) {
     );
     assert_eq!(s.get_script("shop").await.expect("get"), Some(v1.clone()));
 
-    // A redeploy that knows the tag wins and may keep it; a stale tag loses.
+    // A redeploy that read the stored record wins and may keep its tag; one
+    // that read a record no longer stored loses.
     let mut v2 = v1.clone();
     v2.metadata = r#"{"main_module":"v2.js"}"#.into();
-    assert!(!s.put_script(&v2, Some("stale")).await.expect("stale"));
-    assert!(s.put_script(&v2, Some("tag-1")).await.expect("redeploy"));
+    let stale = script("shop", &a.id, "stale", &[]);
+    assert!(!s.put_script(&v2, Some(&stale)).await.expect("stale"));
+    assert!(s.put_script(&v2, Some(&v1)).await.expect("redeploy"));
+
+    // The lost update across nodes: two writers read v2; one stores a new
+    // version with the same tag (a secret deleted), the other, still holding
+    // v2, loses instead of bringing the secret back.
+    let mut with_secret = v2.clone();
+    with_secret.secrets.insert("API_KEY".into(), vec![4, 5, 6]);
     assert!(
-        s.put_script(&v2, Some("tag-1"))
+        s.put_script(&with_secret, Some(&v2))
             .await
-            .expect("same tag again")
+            .expect("secret put")
     );
+    let read = with_secret.clone();
+    let mut deleted = read.clone();
+    deleted.secrets.clear();
+    deleted.modified_on = "2026-01-02T00:00:00Z".into();
+    let mut redeployed = read.clone();
+    redeployed.metadata = r#"{"main_module":"v3.js"}"#.into();
+    assert!(s.put_script(&deleted, Some(&read)).await.expect("delete"));
+    assert!(
+        !s.put_script(&redeployed, Some(&read))
+            .await
+            .expect("redeploy"),
+        "a write from a record read before the delete loses, though the tag is the same"
+    );
+    assert_eq!(
+        s.get_script("shop").await.expect("get"),
+        Some(deleted.clone())
+    );
+
     let v3 = script("shop", &a.id, "tag-2", &[]);
-    assert!(s.put_script(&v3, Some("tag-1")).await.expect("retag"));
-    assert!(!s.put_script(&v2, Some("tag-1")).await.expect("old tag"));
+    assert!(s.put_script(&v3, Some(&deleted)).await.expect("retag"));
+    assert!(!s.put_script(&v2, Some(&deleted)).await.expect("old record"));
     assert_eq!(s.get_script("shop").await.expect("get"), Some(v3.clone()));
     assert!(
-        !s.put_script(&script("ghost", &a.id, "t", &[]), Some("t"))
+        !s.put_script(&script("ghost", &a.id, "t", &[]), Some(&v1))
             .await
-            .expect("expecting a tag of nothing"),
+            .expect("expecting a record of nothing"),
     );
     assert_eq!(s.get_script("ghost").await.expect("get"), None);
 
@@ -449,7 +475,7 @@ async fn worker_secrets_are_stored_sealed_and_never_in_plain(f: &Fixture) {
     // written by an older version reads the same).
     let mut v2 = v1.clone();
     v2.secrets.clear();
-    assert!(s.put_script(&v2, Some("tag-1")).await.expect("redeploy"));
+    assert!(s.put_script(&v2, Some(&v1)).await.expect("redeploy"));
     assert!(
         s.get_script("shop")
             .await
@@ -477,7 +503,7 @@ async fn scripts_binding_follows_rebinding_and_deletion(f: &Fixture) {
 
     // Rebinding alpha from s1, s2 to s3 (and s3 named twice).
     let rebound = script("alpha", &a.id, "t", &["s3", "s3"]);
-    assert!(s.put_script(&rebound, Some("t")).await.expect("rebind"));
+    assert!(s.put_script(&rebound, Some(&alpha)).await.expect("rebind"));
     assert_eq!(s.scripts_binding("s1").await.expect("binding"), ["beta"]);
     assert!(s.scripts_binding("s2").await.expect("binding").is_empty());
     assert_eq!(s.scripts_binding("s3").await.expect("binding"), ["alpha"]);

@@ -132,14 +132,41 @@ function binding(name) {{
     }},
   }};
 }}
-const env = {{ ...VARS }};
-for (const b of BINDINGS) env[b] = binding(b);
-addEventListener("fetch", (event) => {{
-  // Secrets come in each request's environment, read here and not at top
-  // level (which the build snapshots), so they are never in the component.
+const values = {{ ...VARS }};
+for (const b of BINDINGS) values[b] = binding(b);
+// Secrets come in each request's environment, never at top level (which the
+// build snapshots), so they are never in the component. They are read the
+// first time the worker looks for a name `env` does not hold yet (or lists
+// its keys): asking for the environment costs about half a hello-world
+// request, so a request that reads no secret never pays it. Every request
+// runs in a fresh instance, so each reads its own.
+let secretsRead = false;
+function readSecrets() {{
+  if (secretsRead) return;
+  secretsRead = true;
   for (const [k, v] of getEnvironment()) {{
-    if (k.startsWith("{secret_prefix}")) env[k.slice({secret_len})] = v;
+    if (k.startsWith("{secret_prefix}")) values[k.slice({secret_len})] = v;
   }}
+}}
+const env = new Proxy(values, {{
+  get(target, key, receiver) {{
+    if (!(key in target)) readSecrets();
+    return Reflect.get(target, key, receiver);
+  }},
+  has(target, key) {{
+    if (!(key in target)) readSecrets();
+    return Reflect.has(target, key);
+  }},
+  ownKeys(target) {{
+    readSecrets();
+    return Reflect.ownKeys(target);
+  }},
+  getOwnPropertyDescriptor(target, key) {{
+    if (!Object.hasOwn(target, key)) readSecrets();
+    return Reflect.getOwnPropertyDescriptor(target, key);
+  }},
+}});
+addEventListener("fetch", (event) => {{
   let request = event.request;
   KEY = request.headers.get("{key_header}") || "";
   if (request.headers.has("{key_header}")) {{

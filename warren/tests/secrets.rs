@@ -34,12 +34,17 @@ fn config(api: SocketAddr, runtime: SocketAddr) -> String {
     )
 }
 
-/// A JS worker answering `token=<env.TOKEN> version=<env.VERSION>`.
+/// A JS worker answering `token=<env.TOKEN> version=<env.VERSION>`, and on
+/// `/keys` the names `env` lists and whether `"TOKEN" in env` (secrets are
+/// read when first looked for: listing and `in` must see them too).
 fn write_js_worker(dir: &Path, version: &str) {
     std::fs::create_dir_all(dir.join("src")).expect("dir");
     std::fs::write(
         dir.join("src/index.js"),
         "export default { async fetch(request, env) {\n\
+           if (new URL(request.url).pathname === \"/keys\") {\n\
+             return new Response(`${Object.keys(env).sort().join(\",\")} in=${\"TOKEN\" in env}`);\n\
+           }\n\
            return new Response(`token=${env.TOKEN ?? \"none\"} version=${env.VERSION}`);\n\
          } };\n",
     )
@@ -217,6 +222,7 @@ async fn a_secret_reaches_env_never_rests_in_plain_and_survives_restarts_and_red
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), "secret TOKEN of worker vault stored");
     answer(runtime, host, "/", &format!("token={JS_SECRET} version=1")).await;
+    answer(runtime, host, "/keys", "TOKEN,VERSION in=true").await;
 
     // The API lists names and types, never a value.
     let (ok, stdout, stderr) = secret_cmd(&profile, &["list", "--name", "vault", "--json"], "");
@@ -397,6 +403,7 @@ async fn a_secret_reaches_env_never_rests_in_plain_and_survives_restarts_and_red
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), "secret TOKEN of worker vault deleted");
     answer(runtime, host, "/", "token=none version=2").await;
+    answer(runtime, host, "/keys", "VERSION in=false").await;
     let (ok, stdout, _) = secret_cmd(&profile, &["list", "--name", "vault"], "");
     assert!(ok);
     assert_eq!(stdout.trim(), "worker vault has no secrets");

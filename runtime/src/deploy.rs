@@ -20,9 +20,11 @@
 //!
 //! Uploads build and compile concurrently; only the short commit step (the
 //! final conflict checks, storing, swapping into the router) is serialized
-//! per node, and the store's compare-and-swap on the whole stored record
-//! catches a concurrent create, delete, redeploy or secret change on another
-//! node (the tag alone stays the same across versions). Route patterns are compared
+//! per node, and the store's compare-and-swap on the whole stored record read
+//! at commit catches a create, delete, redeploy or secret change another node
+//! commits meanwhile (the tag alone stays the same across versions). Two
+//! redeploys of one worker building at once on two nodes end last writer wins,
+//! as on Workers; secrets changed during a build are kept. Route patterns are compared
 //! in canonical form, and no two accounts may hold routes whose hosts
 //! overlap: the first account to claim a host keeps it.
 

@@ -133,7 +133,11 @@ function binding(name) {{
   }};
 }}
 const values = {{ ...VARS }};
-for (const b of BINDINGS) values[b] = binding(b);
+// Defined, not assigned: a name like `__proto__` is an own property, never the
+// object's prototype.
+const define = (name, value) =>
+  Object.defineProperty(values, name, {{ value, writable: true, enumerable: true, configurable: true }});
+for (const b of BINDINGS) define(b, binding(b));
 // Secrets come in each request's environment, never at top level (which the
 // build snapshots), so they are never in the component. They are read the
 // first time the worker looks for a name `env` does not hold yet (or lists
@@ -143,18 +147,19 @@ for (const b of BINDINGS) values[b] = binding(b);
 let secretsRead = false;
 function readSecrets() {{
   if (secretsRead) return;
+  const secrets = getEnvironment().filter(([k]) => k.startsWith("{secret_prefix}"));
   secretsRead = true;
-  for (const [k, v] of getEnvironment()) {{
-    if (k.startsWith("{secret_prefix}")) values[k.slice({secret_len})] = v;
-  }}
+  for (const [k, v] of secrets) define(k.slice({secret_len}), v);
 }}
+// Own keys only decide: a secret may be named like an Object.prototype member.
+const missing = (target, key) => !Object.hasOwn(target, key);
 const env = new Proxy(values, {{
   get(target, key, receiver) {{
-    if (!(key in target)) readSecrets();
+    if (missing(target, key)) readSecrets();
     return Reflect.get(target, key, receiver);
   }},
   has(target, key) {{
-    if (!(key in target)) readSecrets();
+    if (missing(target, key)) readSecrets();
     return Reflect.has(target, key);
   }},
   ownKeys(target) {{
@@ -162,8 +167,17 @@ const env = new Proxy(values, {{
     return Reflect.ownKeys(target);
   }},
   getOwnPropertyDescriptor(target, key) {{
-    if (!Object.hasOwn(target, key)) readSecrets();
+    if (missing(target, key)) readSecrets();
     return Reflect.getOwnPropertyDescriptor(target, key);
+  }},
+  deleteProperty(target, key) {{
+    readSecrets();
+    return Reflect.deleteProperty(target, key);
+  }},
+  // Before freezing or sealing: the secrets are in what gets frozen.
+  preventExtensions(target) {{
+    readSecrets();
+    return Reflect.preventExtensions(target);
   }},
 }});
 addEventListener("fetch", (event) => {{

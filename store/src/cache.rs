@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(cache.get("w").await.unwrap(), None);
         let first = script("w", "a", &["s1"]);
         assert!(store.put_script(&first, None).await.unwrap());
-        assert_eq!(cache.get("w").await.unwrap(), Some(first));
+        assert_eq!(cache.get("w").await.unwrap(), Some(first.clone()));
         let second = script("w", "a", &["s1", "s2"]);
         assert!(store.put_script(&second, Some(&first)).await.unwrap());
         assert_eq!(cache.get("w").await.unwrap(), Some(second));
@@ -293,7 +293,7 @@ mod tests {
         let cache = ScriptCache::new(here);
         let first = script("w", "a", &["s1"]);
         assert!(there.put_script(&first, None).await.unwrap());
-        assert_eq!(cache.get_fresh("w").await.unwrap(), Some(first));
+        assert_eq!(cache.get_fresh("w").await.unwrap(), Some(first.clone()));
         let second = script("w", "a", &["s1", "s2"]);
         assert!(there.put_script(&second, Some(&first)).await.unwrap());
         // Read through at once, whatever the change log has told this process.

@@ -36,7 +36,8 @@ fn config(api: SocketAddr, runtime: SocketAddr) -> String {
 
 /// A JS worker answering `token=<env.TOKEN> version=<env.VERSION>`, and on
 /// `/keys` the names `env` lists and whether `"TOKEN" in env` (secrets are
-/// read when first looked for: listing and `in` must see them too).
+/// read when first looked for: listing and `in` must see them too); on
+/// `/frozen`, `env.TOKEN` after `Object.freeze(env)`.
 fn write_js_worker(dir: &Path, version: &str) {
     std::fs::create_dir_all(dir.join("src")).expect("dir");
     std::fs::write(
@@ -44,6 +45,10 @@ fn write_js_worker(dir: &Path, version: &str) {
         "export default { async fetch(request, env) {\n\
            if (new URL(request.url).pathname === \"/keys\") {\n\
              return new Response(`${Object.keys(env).sort().join(\",\")} in=${\"TOKEN\" in env}`);\n\
+           }\n\
+           if (new URL(request.url).pathname === \"/frozen\") {\n\
+             Object.freeze(env);\n\
+             return new Response(`frozen=${env.TOKEN ?? \"none\"}`);\n\
            }\n\
            return new Response(`token=${env.TOKEN ?? \"none\"} version=${env.VERSION}`);\n\
          } };\n",
@@ -223,6 +228,7 @@ async fn a_secret_reaches_env_never_rests_in_plain_and_survives_restarts_and_red
     assert_eq!(stdout.trim(), "secret TOKEN of worker vault stored");
     answer(runtime, host, "/", &format!("token={JS_SECRET} version=1")).await;
     answer(runtime, host, "/keys", "TOKEN,VERSION in=true").await;
+    answer(runtime, host, "/frozen", &format!("frozen={JS_SECRET}")).await;
 
     // The API lists names and types, never a value.
     let (ok, stdout, stderr) = secret_cmd(&profile, &["list", "--name", "vault", "--json"], "");

@@ -23,10 +23,10 @@
 //! per node, and the store's compare-and-swap on the whole stored record read
 //! at commit catches a create, delete, redeploy or secret change another node
 //! commits meanwhile (the tag alone stays the same across versions). Two
-//! redeploys of one worker building at once on two nodes end last writer wins,
-//! as on Workers; secrets changed during a build are kept. Route patterns are compared
-//! in canonical form, and no two accounts may hold routes whose hosts
-//! overlap: the first account to claim a host keeps it.
+//! redeploys of one worker building at once on two nodes end last writer
+//! wins, as on Workers; secrets changed during a build are kept. Route
+//! patterns are compared in canonical form, and no two accounts may hold
+//! routes whose hosts overlap: the first account to claim a host keeps it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -730,14 +730,10 @@ impl Store for SqliteStore {
                         r.get(0)
                     })
                     .optional()?;
-                // An unreadable stored record equals nothing a caller read.
+                // An unreadable stored record (`Some(None)`) equals nothing a
+                // caller read.
                 let current = current.map(|b| serde_json::from_str::<ScriptRecord>(&b).ok());
-                let unchanged = match (&current, &expected) {
-                    (None, None) => true,
-                    (Some(Some(now)), Some(read)) => now == read,
-                    _ => false,
-                };
-                if !unchanged {
+                if current != expected.map(Some) {
                     return Ok(false);
                 }
                 tx.execute(

@@ -264,7 +264,36 @@ impl RuntimeEngine {
         let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &path)?;
+        // Serve from the file just written rather than from the compiled code
+        // in this process's memory: mapped from the file, a worker's code and
+        // memory image are page cache, resident only where an instance touched
+        // them and shared with every other mapping of the file, instead of
+        // tens of MiB of anonymous memory per JS worker for as long as it is
+        // deployed (bench/runtime: 100 different idle JS workers).
+        // SAFETY: as above; this runtime wrote the file a moment ago.
+        let component = match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                tracing::warn!(error = %e, "freshly cached component unusable; serving it from memory");
+                component
+            }
+        };
+        release_freed_memory();
         Ok(component)
+    }
+}
+
+/// Hands memory the allocator holds but no longer uses back to the kernel.
+/// A component's compile allocates hundreds of MiB across Cranelift's
+/// threads; glibc keeps what they freed in per-thread arenas, so without this
+/// every deployed JS worker left about 25 MiB of anonymous memory behind in
+/// the node (bench/runtime: 100 different idle JS workers).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases free memory of glibc's arenas; it
+    // takes the arenas' own locks and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

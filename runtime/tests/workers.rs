@@ -290,6 +290,33 @@ async fn a_restart_loads_compiled_code_instead_of_compiling() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freshly_compiled_worker_runs_from_its_cached_file() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    let component = engine.component(guest()).expect("compile");
+    assert_eq!(engine.compiles(), 1, "compiled here, not loaded");
+    // The mapping that holds the component's code: a file under the cache,
+    // not anonymous memory of this process.
+    let code = component.image_range().start as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let mapping = maps
+        .lines()
+        .find(|l| {
+            let range = l.split_whitespace().next().unwrap_or("");
+            let (lo, hi) = range.split_once('-').unwrap_or(("", ""));
+            let lo = usize::from_str_radix(lo, 16).unwrap_or(usize::MAX);
+            let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
+            (lo..hi).contains(&code)
+        })
+        .expect("the code is mapped");
+    let file = mapping.split_whitespace().nth(5).unwrap_or("");
+    assert!(
+        file.starts_with(&*cache.path().to_string_lossy()) && file.ends_with(".cwasm"),
+        "code mapped from {file:?}, not from the cached file: {mapping}"
+    );
+}
+
 #[test]
 fn an_unchanged_js_worker_is_not_rebuilt() {
     let first = js_guest().to_vec();

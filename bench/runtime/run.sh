@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# bench/runtime: hello-world requests/s and p99 vs workerd (same worker.js, same
-# load generator, interleaved rounds), deploy → first response with cold and
-# warm caches, RSS of 100 idle JS workers.
-# Usage: bench/runtime/run.sh [--workers N]
+# bench/runtime: requests/s and p99 vs workerd for a hello-world and a CPU-heavy
+# worker (same JS on both, same load generator, interleaved rounds), deploy →
+# first response with cold and warm caches, memory of 100 different idle JS
+# workers and of 1000 workers.
+# Usage: bench/runtime/run.sh [--workers N] [--total N] [--load-only]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./scripts/setup.sh

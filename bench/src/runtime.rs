@@ -188,17 +188,13 @@ async fn main() -> anyhow::Result<()> {
     // file and memory image. Four are deployed above: hello, hello-edited and
     // heavy differ, hello-again is a copy of hello.
     println!();
-    let mut distinct = 3;
+    let distinct = a.workers.max(3);
     let t = Instant::now();
-    let mut deployed = 0u32;
-    while distinct < a.workers {
-        let name = format!("idle-{distinct}");
-        let code = source.replace("Hello, world!", &format!("Hello from worker {distinct}!"));
-        deploy_idle(&node, work.path(), &name, &code).await?;
-        distinct += 1;
-        deployed += 1;
+    for i in 3..distinct {
+        let code = source.replace("Hello, world!", &format!("Hello from worker {i}!"));
+        deploy_time(&node, work.path(), &format!("idle-{i}"), &code).await?;
     }
-    let per = t.elapsed() / deployed.max(1);
+    let per = t.elapsed() / (distinct - 3).max(1) as u32;
     let m = settled_memory(&node).await?;
     let footprint = m.footprint();
     let per_worker = (footprint - base_rss.min(footprint)) as f64 / distinct as f64;
@@ -227,13 +223,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Up to `total` workers: the rest are copies of hello (same code, so one
     // compiled file and image); a copy costs only its own state.
-    let mut all = distinct + 1;
     let before = footprint;
-    let copies = a.total.saturating_sub(all);
+    let copies = a.total.saturating_sub(distinct + 1);
+    let all = distinct + 1 + copies;
     let t = Instant::now();
     for i in 0..copies {
-        deploy_idle(&node, work.path(), &format!("copy-{i}"), source).await?;
-        all += 1;
+        deploy_time(&node, work.path(), &format!("copy-{i}"), source).await?;
     }
     let per = t.elapsed() / (copies.max(1) as u32);
     let m = settled_memory(&node).await?;
@@ -288,19 +283,6 @@ async fn compare(
     load::row("warren", &w);
     load::row("workerd", &d);
     Ok([w, d])
-}
-
-/// Deploys `source` as `name` and waits for its first 200.
-async fn deploy_idle(
-    node: &WarrenNode,
-    root: &Path,
-    name: &str,
-    source: &str,
-) -> anyhow::Result<()> {
-    let dir = root.join(name);
-    procs::worker_dir(&dir, name, source, "")?;
-    node.deploy(&dir)?;
-    node.first_ok(name, Duration::from_secs(120)).await
 }
 
 /// The node's memory once deploys have settled.

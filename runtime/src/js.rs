@@ -170,6 +170,12 @@ const env = new Proxy(values, {{
     if (missing(target, key)) readSecrets();
     return Reflect.getOwnPropertyDescriptor(target, key);
   }},
+  // Before the worker defines a name itself (an assignment asks
+  // getOwnPropertyDescriptor first): a secret read later must not overwrite it.
+  defineProperty(target, key, descriptor) {{
+    if (missing(target, key)) readSecrets();
+    return Reflect.defineProperty(target, key, descriptor);
+  }},
   deleteProperty(target, key) {{
     readSecrets();
     return Reflect.deleteProperty(target, key);

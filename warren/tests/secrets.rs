@@ -37,7 +37,9 @@ fn config(api: SocketAddr, runtime: SocketAddr) -> String {
 /// A JS worker answering `token=<env.TOKEN> version=<env.VERSION>`, and on
 /// `/keys` the names `env` lists and whether `"TOKEN" in env` (secrets are
 /// read when first looked for: listing and `in` must see them too); on
-/// `/frozen`, `env.TOKEN` after `Object.freeze(env)`.
+/// `/frozen`, `env.TOKEN` after `Object.freeze(env)`; on `/assigned`,
+/// `env.TOKEN` after the worker defined it and then looked for a name env
+/// lacks (reading the secrets then must not overwrite it).
 fn write_js_worker(dir: &Path, version: &str) {
     std::fs::create_dir_all(dir.join("src")).expect("dir");
     std::fs::write(
@@ -49,6 +51,10 @@ fn write_js_worker(dir: &Path, version: &str) {
            if (new URL(request.url).pathname === \"/frozen\") {\n\
              Object.freeze(env);\n\
              return new Response(`frozen=${env.TOKEN ?? \"none\"}`);\n\
+           }\n\
+           if (new URL(request.url).pathname === \"/assigned\") {\n\
+             Object.defineProperty(env, \"TOKEN\", { value: \"mine\", enumerable: true, configurable: true });\n\
+             return new Response(`assigned=${env.TOKEN} ${env.NOT_SET ?? \"-\"} ${env.TOKEN}`);\n\
            }\n\
            return new Response(`token=${env.TOKEN ?? \"none\"} version=${env.VERSION}`);\n\
          } };\n",
@@ -229,6 +235,7 @@ async fn a_secret_reaches_env_never_rests_in_plain_and_survives_restarts_and_red
     answer(runtime, host, "/", &format!("token={JS_SECRET} version=1")).await;
     answer(runtime, host, "/keys", "TOKEN,VERSION in=true").await;
     answer(runtime, host, "/frozen", &format!("frozen={JS_SECRET}")).await;
+    answer(runtime, host, "/assigned", "assigned=mine - mine").await;
 
     // The API lists names and types, never a value.
     let (ok, stdout, stderr) = secret_cmd(&profile, &["list", "--name", "vault", "--json"], "");

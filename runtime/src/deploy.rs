@@ -184,6 +184,17 @@ const FETCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Default of [`ScriptsConfig::max_cpu_ms`]: 30 s, the most Workers allows.
 pub const DEFAULT_MAX_CPU_MS: u64 = 30_000;
 
+/// Other processes serving this node's workers from the same store (its
+/// runtime processes): a change committed through this one returns once
+/// they serve it too, so a request right after a deploy never meets the
+/// old version.
+#[async_trait::async_trait]
+pub trait Replicas: Send + Sync {
+    /// Returns once every replica serves what the store holds for worker
+    /// `name` (or gave up waiting for one, logged).
+    async fn sync(&self, name: &str);
+}
+
 /// The deployed scripts of this node.
 pub struct Scripts {
     engine: Arc<RuntimeEngine>,
@@ -201,6 +212,8 @@ pub struct Scripts {
     building: tokio::sync::Semaphore,
     /// Scripts whose bundle is being fetched from peers: name → bundle hash.
     fetching: Mutex<HashMap<String, String>>,
+    /// Brought in step after each change committed here.
+    replicas: std::sync::OnceLock<Arc<dyn Replicas>>,
 }
 
 impl Scripts {
@@ -223,7 +236,27 @@ impl Scripts {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
             fetching: Mutex::new(HashMap::new()),
+            replicas: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has changes committed here wait for `replicas` (once; later calls
+    /// are ignored).
+    pub fn set_replicas(&self, replicas: Arc<dyn Replicas>) {
+        let _ = self.replicas.set(replicas);
+    }
+
+    /// Waits for the replicas, if any, to serve what the store holds for `name`.
+    async fn sync_replicas(&self, name: &str) {
+        if let Some(r) = self.replicas.get() {
+            r.sync(name).await;
+        }
+    }
+
+    /// Brings worker `name` here in line with its record in the store now
+    /// (what following the store does within moments).
+    pub async fn sync(self: &Arc<Self>, name: &str) {
+        self.reconcile(name).await
     }
 
     /// The router serving these workers.
@@ -738,6 +771,8 @@ impl Scripts {
             return Ok(false);
         }
         self.unload(name);
+        drop(_one);
+        self.sync_replicas(name).await;
         Ok(true)
     }
 
@@ -845,6 +880,8 @@ impl Scripts {
             return Err(changed_while_building(name));
         }
         self.install(info.clone(), worker, record.secrets);
+        drop(_one);
+        self.sync_replicas(name).await;
         Ok(info)
     }
 
@@ -920,6 +957,8 @@ impl Scripts {
         let sealed = self.seal(account_id, &record.tag, &secret.name, &secret.text)?;
         record.secrets.insert(secret.name.clone(), sealed);
         self.commit_secrets(&read, record).await?;
+        drop(_one);
+        self.sync_replicas(name).await;
         Ok(Some(SecretInfo {
             name: secret.name.clone(),
             kind: SecretType::SecretText,
@@ -943,6 +982,8 @@ impl Scripts {
             return Ok(SecretDeleted::NoSecret);
         }
         self.commit_secrets(&read, record).await?;
+        drop(_one);
+        self.sync_replicas(name).await;
         Ok(SecretDeleted::Deleted)
     }
 

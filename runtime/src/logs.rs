@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 /// Bytes of events (estimated by their size) one subscriber may have waiting
@@ -28,8 +28,25 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// A [`LogLine`] as read back: any level but `error` is `log`.
+#[derive(Deserialize)]
+struct ReadLine {
+    level: String,
+    message: String,
+}
+
+impl<'de> Deserialize<'de> for LogLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let l = ReadLine::deserialize(d)?;
+        Ok(LogLine {
+            level: if l.level == "error" { "error" } else { "log" },
+            message: l.message,
+        })
+    }
+}
+
 /// One request's trace, in the spirit of a Workers tail event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TailEvent {
     /// Worker name.
@@ -70,7 +87,7 @@ impl TailEvent {
 }
 
 /// The request part of a [`TailEvent`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestInfo {
     /// HTTP method.
     pub method: String,
@@ -92,7 +109,7 @@ pub fn lines(level: &'static str, bytes: &[u8]) -> Vec<LogLine> {
 
 /// Which worker a subscription follows: its account and the tag minted when
 /// it was created (kept by redeploys, new when the name is created again).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WorkerKey {
     /// Owning account.
     pub account_id: String,
@@ -177,6 +194,7 @@ impl Subscription {
 pub struct LogHub {
     workers: Mutex<HashMap<WorkerKey, Vec<Weak<Subscriber>>>>,
     buffer_bytes: usize,
+    subscribed: Notify,
 }
 
 impl Default for LogHub {
@@ -191,6 +209,7 @@ impl LogHub {
         LogHub {
             workers: Mutex::new(HashMap::new()),
             buffer_bytes: bytes,
+            subscribed: Notify::new(),
         }
     }
 
@@ -222,7 +241,30 @@ impl LogHub {
         subs.retain(|s| s.strong_count() > 0);
         let sub = Arc::new(Subscriber::default());
         subs.push(Arc::downgrade(&sub));
+        drop(w);
+        self.subscribed.notify_waiters();
         Some(Subscription { sub })
+    }
+
+    /// The workers someone follows now, in order (a node's other runtime
+    /// processes send events of these only).
+    pub fn followed(&self) -> Vec<WorkerKey> {
+        let Ok(w) = self.workers.lock() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<WorkerKey> = w
+            .iter()
+            .filter(|(_, subs)| subs.iter().any(|s| s.strong_count() > 0))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Completes at the next new subscription (an ended one is seen only by
+    /// asking [`LogHub::followed`] again).
+    pub fn subscribed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.subscribed.notified()
     }
 
     /// Whether anyone follows `key` (capture is skipped otherwise).
@@ -321,6 +363,23 @@ mod tests {
         assert_eq!(sa.recv().await.unwrap_err(), TailEnd::WorkerDeleted);
         assert!(hub.subscribe(&a).is_none(), "a deleted worker");
         drop(sa);
+    }
+
+    #[tokio::test]
+    async fn followed_lists_the_workers_with_a_live_subscriber() {
+        let hub = LogHub::default();
+        let (a, b) = (key("acct", "a"), key("acct", "b"));
+        hub.open(&a);
+        hub.open(&b);
+        assert!(hub.followed().is_empty());
+        let announced = hub.subscribed();
+        tokio::pin!(announced);
+        announced.as_mut().enable();
+        let sub = hub.subscribe(&b).expect("open");
+        announced.await;
+        assert_eq!(hub.followed(), std::slice::from_ref(&b));
+        drop(sub);
+        assert!(hub.followed().is_empty(), "a dropped subscription");
     }
 
     #[tokio::test]

@@ -58,6 +58,9 @@ pub struct EdgeFile {
     /// The Prometheus metrics port.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The file this was read from (not a key: set by [`load`]).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// `[metrics]`: Prometheus `/metrics` on its own port, loopback by default
@@ -404,6 +407,11 @@ pub struct RuntimeSection {
     /// Largest `limits.cpu_ms` an upload may ask for; more is refused
     /// (default 30000, Workers' maximum).
     pub max_cpu_ms: u64,
+    /// Processes that serve workers (default 1: this one). With more, that
+    /// many single-threaded child processes share the listener
+    /// (`SO_REUSEPORT`), each running every worker; set it to the number of
+    /// cores for throughput.
+    pub processes: usize,
 }
 
 impl Default for RuntimeSection {
@@ -415,6 +423,7 @@ impl Default for RuntimeSection {
             js_dir: None,
             build_timeout: Duration::from_secs(60),
             max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,
+            processes: 1,
         }
     }
 }
@@ -670,6 +679,7 @@ pub fn load(path: &Path) -> anyhow::Result<EdgeFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut file = parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    file.path = Some(path.to_owned());
     let base = path.parent().unwrap_or(Path::new("."));
     if file.data_dir.is_relative() {
         file.data_dir = base.join(&file.data_dir);
@@ -746,9 +756,16 @@ pub fn parse(text: &str) -> anyhow::Result<EdgeFile> {
              name an address of this node that connectors reach"
         );
     }
+    anyhow::ensure!(
+        (1..=MAX_RUNTIME_PROCESSES).contains(&file.runtime.processes),
+        "runtime.processes: must be from 1 to {MAX_RUNTIME_PROCESSES}"
+    );
     file.store.check()?;
     Ok(file)
 }
+
+/// Most `[runtime] processes` a node may run.
+pub const MAX_RUNTIME_PROCESSES: usize = 64;
 
 /// The file `warren serve` reads: `explicit` (which must exist), else
 /// `edge.toml` in the current folder when there is one, else the defaults
@@ -912,6 +929,22 @@ mod tests {
         ] {
             let e = parse(text).expect_err(text);
             assert_eq!(e.to_string(), error);
+        }
+    }
+
+    #[test]
+    fn runtime_processes_are_one_by_default_and_bounded() {
+        assert_eq!(parse("").expect("empty").runtime.processes, 1);
+        assert_eq!(
+            parse("[runtime]\nprocesses = 4\n")
+                .expect("valid")
+                .runtime
+                .processes,
+            4
+        );
+        for n in [0, 65] {
+            let e = parse(&format!("[runtime]\nprocesses = {n}\n")).expect_err("refused");
+            assert_eq!(e.to_string(), "runtime.processes: must be from 1 to 64");
         }
     }
 

@@ -9,6 +9,7 @@ mod config;
 mod demo;
 mod dev;
 mod login;
+mod processes;
 mod profile;
 mod project;
 mod secrets;
@@ -48,6 +49,10 @@ enum Command {
         /// Log lines as text, or as one JSON object each (for log collectors).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Run as one of a node's runtime processes (started by the node
+        /// itself, with `[runtime] processes` over 1).
+        #[arg(long, hide = true)]
+        runtime_process: bool,
     },
     /// Develop a worker: an edge, a tunnel, a local connector, the folder's VPC
     /// services and worker, its URL and live logs — in one process.
@@ -204,7 +209,17 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo => demo::run().await,
-        Command::Serve { config, log_format } => {
+        Command::Serve {
+            config,
+            log_format,
+            runtime_process: true,
+        } => {
+            init_logging("info", log_format);
+            processes::run_child_process(config.as_deref()).await
+        }
+        Command::Serve {
+            config, log_format, ..
+        } => {
             init_logging("info", log_format);
             serve::run(config.as_deref()).await
         }

@@ -300,6 +300,8 @@ pub struct Running {
     pub admin: Arc<TunnelAdmin>,
     /// Deployed workers, when this node runs the runtime.
     pub scripts: Option<Arc<Scripts>>,
+    /// The runtime's tail subscriptions, when this node runs the runtime.
+    pub logs: Option<Arc<LogHub>>,
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -323,6 +325,8 @@ struct Node<'a> {
     /// This node's certificate from the cluster CA (internal hops).
     identity: Arc<NodeIdentity>,
     limits: ConnLimits,
+    /// This process is one of a node's runtime processes.
+    runtime_process: bool,
     stop: watch::Receiver<bool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -340,6 +344,20 @@ impl Node<'_> {
 /// Starts the parts `file` names, and only those; `write_profile` writes the
 /// first-start client profile.
 pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Running> {
+    start_as(file, write_profile, false).await
+}
+
+/// Starts one of a node's runtime processes (see [`crate::processes`]):
+/// `file` names only the runtime, on the parent's address.
+pub async fn start_runtime_process(file: &EdgeFile) -> anyhow::Result<Running> {
+    start_as(file, false, true).await
+}
+
+async fn start_as(
+    file: &EdgeFile,
+    write_profile: bool,
+    runtime_process: bool,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&file.data_dir)
         .with_context(|| format!("cannot create {}", file.data_dir.display()))?;
     let parts = &file.parts;
@@ -366,6 +384,7 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         ca: ca.clone(),
         identity: identity.clone(),
         limits: file.connections.limits(),
+        runtime_process,
         stop,
         tasks: tokio::task::JoinSet::new(),
     };
@@ -373,7 +392,9 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         true => Some(start_tunnel(&mut node)?),
         false => None,
     };
-    let peers = match parts.tunnel || parts.runtime {
+    // A runtime process shares its parent's data directory; the parent is
+    // the cluster's node.
+    let peers = match (parts.tunnel || parts.runtime) && !runtime_process {
         true => Some(start_peer(&mut node, tunnel.as_ref().map(|(t, _)| t))?),
         false => None,
     };
@@ -398,7 +419,8 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
         true => Some(start_runtime(&mut node, binding.as_ref(), peers.as_ref()).await?),
         false => None,
     };
-    let scripts = runtime.as_ref().map(|(_, s)| s.clone());
+    let scripts = runtime.as_ref().map(|(_, s, _)| s.clone());
+    let logs = runtime.as_ref().map(|(_, _, l)| l.clone());
     let api_url = match parts.api {
         true => Some(start_api(&mut node, admin.clone(), scripts.clone(), write_profile).await?),
         false => None,
@@ -410,12 +432,13 @@ pub async fn start(file: &EdgeFile, write_profile: bool) -> anyhow::Result<Runni
     Ok(Running {
         store,
         api_url,
-        runtime_addr: runtime.map(|(a, _)| a),
+        runtime_addr: runtime.map(|(a, _, _)| a),
         workers_domain: file.runtime.workers_domain.clone(),
         tunnel_addr: tunnel.map(|(_, a)| a),
         metrics_addr,
         admin,
         scripts,
+        logs,
         stop: stop_tx,
         tasks: node.tasks,
     })
@@ -515,13 +538,20 @@ struct FrontDoorHandle {
     in_process: PipeDialer,
 }
 
+/// Where this process's binding-worker is.
+struct BindingHandle {
+    /// In-memory pipes, for a runtime in this process.
+    in_process: Endpoint,
+    /// Its RPC listener (`host:port` or `unix:/path`), for other processes.
+    listening: String,
+}
+
 /// The binding-worker: the binding RPC on its listener, and over in-memory
-/// pipes for a runtime in this process. Returns the endpoint a runtime in
-/// this process uses.
+/// pipes for a runtime in this process.
 async fn start_binding(
     node: &mut Node<'_>,
     door: Option<&FrontDoorHandle>,
-) -> anyhow::Result<Endpoint> {
+) -> anyhow::Result<BindingHandle> {
     let file = node.file;
     let door_addr = match (file.binding.front_door, door) {
         (Some(a), _) => a,
@@ -558,7 +588,15 @@ async fn start_binding(
         e @ Endpoint::Memory(_) => e, // (never from a config file)
     };
     tracing::info!(?endpoint, "binding-worker listening");
-    Ok(Endpoint::Memory(dialer))
+    let listening = match &endpoint {
+        Endpoint::Tcp(a) => a.to_string(),
+        Endpoint::Unix(p) => format!("unix:{}", p.display()),
+        Endpoint::Memory(_) => file.binding.listen.clone(),
+    };
+    Ok(BindingHandle {
+        in_process: Endpoint::Memory(dialer),
+        listening,
+    })
 }
 
 /// A Unix socket for the binding RPC, reachable by this user only: calls on
@@ -585,18 +623,28 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 }
 
 /// The worker runtime: restores the workers the store holds, follows the
-/// store for deploys made anywhere, and serves them.
+/// store for deploys made anywhere, and serves them — here, or with
+/// `[runtime] processes` over 1 from that many runtime processes.
 async fn start_runtime(
     node: &mut Node<'_>,
-    in_process_rpc: Option<&Endpoint>,
+    binding: Option<&BindingHandle>,
     link: Option<&Arc<PeerLink>>,
-) -> anyhow::Result<(SocketAddr, Arc<Scripts>)> {
+) -> anyhow::Result<(SocketAddr, Arc<Scripts>, Arc<LogHub>)> {
     let file = node.file;
-    let engine = RuntimeEngine::new(EngineConfig::new(file.data_dir.join("compiled")))?;
+    let processes = file.runtime.processes.max(1);
+    let mut engine_config = EngineConfig::new(file.data_dir.join("compiled"));
+    if node.runtime_process {
+        // The node's instance pool is shared out among its processes.
+        engine_config.max_instances = engine_config
+            .max_instances
+            .div_ceil(processes as u32)
+            .max(2);
+    }
+    let engine = RuntimeEngine::new(engine_config)?;
     let router = Router::new(&file.runtime.workers_domain);
-    let rpc = match (&file.runtime.binding_rpc, in_process_rpc) {
+    let rpc = match (&file.runtime.binding_rpc, binding) {
         (Some(s), _) => rpc_endpoint(s)?,
-        (None, Some(e)) => e.clone(),
+        (None, Some(b)) => b.in_process.clone(),
         (None, None) => rpc_endpoint(&file.binding.listen)?,
     };
     let client: Arc<dyn BindingClient> = Arc::new(RpcBindingClient::new(
@@ -613,15 +661,24 @@ async fn start_runtime(
             engine.compiled_dir().clone(),
         ));
     }
-    let peers = link.map(|l| l.clone() as Arc<dyn PeerContent>);
+    // A runtime process takes what its parent fetched from peers from
+    // their shared directories.
+    let peers = match node.runtime_process {
+        true => Some(Arc::new(LocalContent::new(
+            blobs.clone(),
+            engine.compiled_dir().clone(),
+        )) as Arc<dyn PeerContent>),
+        false => link.map(|l| l.clone() as Arc<dyn PeerContent>),
+    };
+    let logs = Arc::new(LogHub::default());
     let scripts = Scripts::new(
         engine,
         router.clone(),
-        Arc::new(LogHub::default()),
+        logs.clone(),
         ScriptsConfig {
             store: node.store.clone(),
             blobs,
-            legacy_dir: Some(file.data_dir.join("workers")),
+            legacy_dir: (!node.runtime_process).then(|| file.data_dir.join("workers")),
             js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
                 .with_cache(file.data_dir.join("built"))
                 .with_limits(BuildLimits {
@@ -637,9 +694,21 @@ async fn start_runtime(
     // Follow before restoring, so nothing deployed meanwhile is missed.
     let following = scripts.follow();
     let n = scripts.restore().await?;
-    let listener = tokio::net::TcpListener::bind(file.runtime.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", file.runtime.listen))?;
+    if processes > 1 && !node.runtime_process {
+        let addr = start_runtime_processes(node, binding, &scripts, &logs, processes).await?;
+        let stop = node.stopped();
+        node.tasks.spawn(async move {
+            stop.await;
+            following.abort();
+        });
+        return Ok((addr, scripts, logs));
+    }
+    let listen = file.runtime.listen;
+    let listener = match node.runtime_process {
+        true => shared_socket(listen).and_then(|s| s.listen(1024)),
+        false => tokio::net::TcpListener::bind(listen).await,
+    }
+    .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, workers = n, domain = %file.runtime.workers_domain, "serving workers");
     let stop = node.stopped();
@@ -651,7 +720,64 @@ async fn start_runtime(
         }
         following.abort();
     });
-    Ok((addr, scripts))
+    Ok((addr, scripts, logs))
+}
+
+/// A TCP socket bound to `addr` with `SO_REUSEPORT`, which a node's runtime
+/// processes (all of this user) bind together.
+fn shared_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Reserves the runtime's address (bound, never listening, so no
+/// connection waits on it) and starts the runtime processes that serve it.
+/// This process keeps its workers loaded for its API (deploys, tails) but
+/// serves none.
+async fn start_runtime_processes(
+    node: &mut Node<'_>,
+    binding: Option<&BindingHandle>,
+    scripts: &Scripts,
+    logs: &Arc<LogHub>,
+    count: usize,
+) -> anyhow::Result<SocketAddr> {
+    let file = node.file;
+    let reserved = shared_socket(file.runtime.listen)
+        .with_context(|| format!("cannot listen on {}", file.runtime.listen))?;
+    let listen = reserved.local_addr()?;
+    let binding_rpc = match (&file.runtime.binding_rpc, binding) {
+        (Some(s), _) => s.clone(),
+        (None, Some(b)) => b.listening.clone(),
+        (None, None) => file.binding.listen.clone(),
+    };
+    let config_path = file.path.clone().context(
+        "runtime.processes over 1 needs the node started from a config file (its processes read it)",
+    )?;
+    let replicas = crate::processes::start(
+        crate::processes::Children {
+            config_path: Some(config_path),
+            count,
+            listen,
+            binding_rpc,
+            logs: logs.clone(),
+        },
+        node.stop.clone(),
+        &mut node.tasks,
+    )
+    .await?;
+    scripts.set_replicas(replicas);
+    let stop = node.stopped();
+    node.tasks.spawn(async move {
+        stop.await;
+        drop(reserved);
+    });
+    Ok(listen)
 }
 
 /// The API: tunnels and VPC services (iris's routes) and, with a runtime in

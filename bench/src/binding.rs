@@ -108,7 +108,8 @@ fn curl(url: &str, host: &str) -> anyhow::Result<(u64, f64)> {
     Ok((size, speed / 1048576.0))
 }
 
-/// Peak RSS of `pid` while `f` runs (sampled every 50 ms).
+/// Peak RSS of node `pid` (with its runtime processes) while `f` runs
+/// (sampled every 50 ms).
 fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
@@ -116,7 +117,7 @@ fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
         let (done, peak) = (done.clone(), peak.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Ok(r) = procs::rss_bytes(pid) {
+                if let Ok(r) = procs::node_rss_bytes(pid) {
                     peak.fetch_max(r, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -136,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
     let mut workerd_bin =
         PathBuf::from("bench/workerd/node_modules/@cloudflare/workerd-linux-64/bin/workerd");
     let mut js_dir = PathBuf::from("runtime/js");
+    let mut processes = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -144,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             "--connector" => connector = value()?.into(),
             "--workerd" => workerd_bin = value()?.into(),
             "--js-dir" => js_dir = value()?.into(),
+            "--processes" => processes = value()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -167,7 +170,14 @@ async fn main() -> anyhow::Result<()> {
     // Warren: a node, a tunnel with the real connector, a VPC service for the origin.
     let node_dir = work.path().join("warren");
     std::fs::create_dir_all(&node_dir)?;
-    let node = WarrenNode::start(&warren_bin, &node_dir, &js_dir).await?;
+    let options = procs::NodeOptions {
+        processes: Some(processes),
+        ..Default::default()
+    };
+    let node = WarrenNode::start_with(&warren_bin, &node_dir, &js_dir, &options).await?;
+    println!(
+        "Warren: one node, [runtime] processes = {processes} (--processes; default one per core)"
+    );
     let (_connector, service_id) = node.private_origin(&connector, origin)?;
     let wdir = work.path().join("shop");
     procs::worker_dir(

@@ -55,6 +55,15 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// `VmRSS` of node `pid` plus its runtime processes'.
+pub fn node_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let mut total = rss_bytes(pid)?;
+    for child in runtime_processes(pid) {
+        total += rss_bytes(child).unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// What a process's memory is made of, in bytes (from `/proc/<pid>/status`
 /// and its open memfds).
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +91,52 @@ impl Memory {
     pub fn footprint(&self) -> u64 {
         self.pss + self.memfds.saturating_sub(self.shmem)
     }
+}
+
+impl std::ops::Add for Memory {
+    type Output = Memory;
+    fn add(self, o: Memory) -> Memory {
+        Memory {
+            rss: self.rss + o.rss,
+            anon: self.anon + o.anon,
+            file: self.file + o.file,
+            shmem: self.shmem + o.shmem,
+            memfds: self.memfds + o.memfds,
+            pss: self.pss + o.pss,
+        }
+    }
+}
+
+/// The [`Memory`] of node `pid` with its runtime processes (`[runtime]
+/// processes`), summed: each one's PSS already divides the pages they share.
+pub fn node_memory(pid: u32) -> anyhow::Result<Memory> {
+    let mut total = memory(pid)?;
+    for child in runtime_processes(pid) {
+        total = total + memory(child)?;
+    }
+    Ok(total)
+}
+
+/// The runtime processes node `pid` runs now.
+pub fn runtime_processes(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            if cmdline
+                .split(|b| *b == 0)
+                .any(|a| a == b"--runtime-process")
+            {
+                found.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// Reads `pid`'s [`Memory`].
@@ -199,6 +254,8 @@ pub struct NodeOptions {
     pub joins: bool,
     /// The tunnel edge's UDP address (default `127.0.0.1:0`).
     pub tunnel: Option<SocketAddr>,
+    /// `[runtime] processes` (default: the node's default, 1).
+    pub processes: Option<usize>,
 }
 
 impl WarrenNode {
@@ -229,10 +286,14 @@ impl WarrenNode {
             .tunnel
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:0".into());
+        let processes = options
+            .processes
+            .map(|n| format!("processes = {n}\n"))
+            .unwrap_or_default();
         let config = format!(
             "data_dir = {:?}\n{node_name}[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"{tunnel}\"\n\
              [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\
-             [runtime]\nlisten = \"{runtime}\"\njs_dir = {:?}\nmax_cpu_ms = 600000\n{}",
+             [runtime]\nlisten = \"{runtime}\"\njs_dir = {:?}\nmax_cpu_ms = 600000\n{processes}{}",
             data_dir.display().to_string(),
             js_dir.display().to_string(),
             options.extra

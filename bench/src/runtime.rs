@@ -24,6 +24,7 @@ struct Args {
     workers: usize,
     total: usize,
     load_only: bool,
+    processes: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -34,6 +35,7 @@ fn args() -> anyhow::Result<Args> {
         workers: 100,
         total: 1000,
         load_only: false,
+        processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +47,7 @@ fn args() -> anyhow::Result<Args> {
             "--workers" => a.workers = value()?.parse()?,
             "--total" => a.total = value()?.parse()?,
             "--load-only" => a.load_only = true,
+            "--processes" => a.processes = value()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -89,12 +92,20 @@ async fn main() -> anyhow::Result<()> {
 
     let node_dir = work.path().join("warren");
     std::fs::create_dir_all(&node_dir)?;
-    let node = WarrenNode::start(&a.warren, &node_dir, &a.js_dir).await?;
-    let base_rss = procs::memory(node.process.pid())?.footprint();
+    let options = procs::NodeOptions {
+        processes: Some(a.processes),
+        ..Default::default()
+    };
+    let node = WarrenNode::start_with(&a.warren, &node_dir, &a.js_dir, &options).await?;
+    let base_rss = procs::node_memory(node.process.pid())?.footprint();
 
     println!(
         "bench/runtime: the same worker.js on Warren and workerd ({})",
         a.workerd.display()
+    );
+    println!(
+        "Warren: one node, [runtime] processes = {} (--processes; default one per core); workerd: one process",
+        a.processes
     );
     if a.load_only {
         deploy_time(&node, work.path(), "hello", source).await?;
@@ -288,5 +299,5 @@ async fn compare(
 /// The node's memory once deploys have settled.
 async fn settled_memory(node: &WarrenNode) -> anyhow::Result<procs::Memory> {
     tokio::time::sleep(Duration::from_secs(2)).await;
-    procs::memory(node.process.pid())
+    procs::node_memory(node.process.pid())
 }

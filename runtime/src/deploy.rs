@@ -146,6 +146,10 @@ pub struct ScriptsConfig {
     /// (`<dir>/<name>/script.json` + `worker.wasm`), moved into the store at
     /// start.
     pub legacy_dir: Option<PathBuf>,
+    /// At start, remove bundles no record names once they are an hour old.
+    /// Only the process that commits deploys to this bundle directory may:
+    /// another one could remove a bundle a deploy is committing.
+    pub tidy_bundles: bool,
     /// JS build tooling.
     pub js: JsBuilder,
     /// Where binding calls go.
@@ -343,6 +347,9 @@ impl Scripts {
         }
         // Bundles no record names (a deploy that crashed between the two
         // writes, versions replaced since) go once they are an hour old.
+        if !self.config.tidy_bundles {
+            return Ok(n);
+        }
         let keep: HashSet<String> = records_bundles;
         let blobs = self.config.blobs.clone();
         match tokio::task::spawn_blocking(move || blobs.retain(&keep)).await {

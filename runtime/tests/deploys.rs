@@ -41,6 +41,7 @@ async fn node(dir: &std::path::Path) -> Node {
             store: Arc::new(SqliteStore::open(&dir.join("warren.db")).expect("store")),
             blobs: BlobDir::open(&dir.join("bundles")).expect("bundles"),
             legacy_dir: None,
+            tidy_bundles: true,
             js: JsBuilder::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")),
             client: None,
             max_cpu_ms: warren_runtime::deploy::DEFAULT_MAX_CPU_MS,

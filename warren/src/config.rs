@@ -58,9 +58,10 @@ pub struct EdgeFile {
     /// The Prometheus metrics port.
     #[serde(default)]
     pub metrics: MetricsSection,
-    /// The file this was read from (not a key: set by [`load`]).
+    /// The file this was read from and its text, as read (not keys: set
+    /// by [`load`]).
     #[serde(skip)]
-    pub path: Option<PathBuf>,
+    pub source: Option<(PathBuf, String)>,
 }
 
 /// `[metrics]`: Prometheus `/metrics` on its own port, loopback by default
@@ -678,8 +679,14 @@ pub async fn open_store(file: &EdgeFile) -> anyhow::Result<Arc<dyn Store>> {
 pub fn load(path: &Path) -> anyhow::Result<EdgeFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    from_text(path, text)
+}
+
+/// Checks `text`, read from `path`; relative paths inside resolve against
+/// its folder.
+pub fn from_text(path: &Path, text: String) -> anyhow::Result<EdgeFile> {
     let mut file = parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
-    file.path = Some(path.to_owned());
+    file.source = Some((path.to_owned(), text));
     let base = path.parent().unwrap_or(Path::new("."));
     if file.data_dir.is_relative() {
         file.data_dir = base.join(&file.data_dir);

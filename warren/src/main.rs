@@ -210,12 +210,12 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo => demo::run().await,
         Command::Serve {
-            config,
             log_format,
             runtime_process: true,
+            ..
         } => {
             init_logging("info", log_format);
-            processes::run_child_process(config.as_deref()).await
+            processes::run_child_process().await
         }
         Command::Serve {
             config, log_format, ..

@@ -9,8 +9,9 @@
 //! The parent reserves the runtime's address (bound with `SO_REUSEPORT`,
 //! never listening) and starts the children; each binds the same address
 //! with `SO_REUSEPORT`, so the kernel spreads connections over them. A child
-//! reads the node's config and store like any runtime-only node, follows the
-//! store for deploys the parent's API commits, shares the parent's data
+//! gets the node's config as the node read it at start, opens its store like
+//! any runtime-only node, follows it for deploys made anywhere (and catches
+//! up at once on those the parent's API commits), shares the parent's data
 //! directory (bundles and compiled code: nothing is built or compiled twice)
 //! and calls bindings through the parent's binding-worker (its RPC listener,
 //! authenticated by node certificates).
@@ -43,8 +44,14 @@ use crate::config;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToChild {
-    /// The first message: where to serve and where the binding RPC is.
+    /// The first message: the node's config as the node read it, where to
+    /// serve and where the binding RPC is.
     Start {
+        /// The config file's path (relative paths in it resolve against
+        /// its folder).
+        config_path: PathBuf,
+        /// Its text, as the node read it at start.
+        config: String,
         /// The runtime's address (the parent's, shared with `SO_REUSEPORT`).
         listen: SocketAddr,
         /// The binding-worker's RPC: `host:port` or `unix:/path`.
@@ -81,7 +88,8 @@ pub enum ToParent {
         /// Its event.
         event: Box<TailEvent>,
     },
-    /// The process's metric totals so far (sent when they change).
+    /// Totals of the process's metric series that changed since its last
+    /// report.
     Totals {
         /// Each series and its total.
         totals: Vec<(Series, u64)>,
@@ -93,9 +101,13 @@ pub enum ToParent {
     },
 }
 
-/// Longest line either side accepts (a tail event carries at most what one
-/// request printed).
+/// Longest line either side accepts; a longer one is skipped (a tail event
+/// carries at most what one request printed).
 const MAX_LINE: u64 = 16 << 20;
+
+/// Messages a child may have queued for its parent (each at most a tail
+/// event's 1 MiB); more are dropped, as a slow tail drops events.
+const CHILD_QUEUE: usize = 64;
 
 /// How long a change committed through the parent waits for its runtime
 /// processes to serve it.
@@ -113,7 +125,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes; `None` at the end.
+/// Reads one line of at most [`MAX_LINE`] bytes (with its newline, if it
+/// had one); `None` at the end. A longer line is skipped to its end and
+/// reported as an error.
 async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<Option<Vec<u8>>> {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
@@ -121,11 +135,43 @@ async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<Option<
     if n == 0 {
         return Ok(None);
     }
-    anyhow::ensure!(
-        buf.last() == Some(&b'\n') || (n as u64) < MAX_LINE,
-        "a line of more than {MAX_LINE} bytes"
-    );
+    if buf.last() != Some(&b'\n') && n as u64 == MAX_LINE {
+        let mut rest = Vec::new();
+        while r.read_until(b'\n', &mut rest).await? > 0 && rest.last() != Some(&b'\n') {
+            rest.clear();
+        }
+        anyhow::bail!("a line of more than {MAX_LINE} bytes (skipped)");
+    }
     Ok(Some(buf))
+}
+
+/// Reads `r` line by line in a task of its own (so no line is torn by a
+/// `select!` that drops a read half done); the receiver ends with the input.
+fn lines<R: AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    what: &'static str,
+) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut r = BufReader::new(r);
+        loop {
+            match read_line(&mut r).await {
+                Ok(Some(l)) => {
+                    if tx.send(l).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(from = what, error = %format!("{e:#}"), "unreadable line");
+                    if e.downcast_ref::<std::io::Error>().is_some() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// One message as a line.
@@ -137,8 +183,8 @@ fn line<T: Serialize>(msg: &T) -> anyhow::Result<Vec<u8>> {
 
 /// What the parent needs to run its runtime processes.
 pub struct Children {
-    /// The node's config file (`None`: the defaults or `./edge.toml`).
-    pub config_path: Option<PathBuf>,
+    /// The node's config file and its text, as the node read it.
+    pub config: (PathBuf, String),
     /// How many.
     pub count: usize,
     /// The reserved runtime address.
@@ -171,12 +217,17 @@ impl Replicas for ProcessSync {
                 name: name.to_owned(),
                 done,
             };
-            if child.send_timeout(req, SYNC_TIMEOUT).await.is_ok() {
-                waiting.push((i + 1, rx));
+            match tokio::time::timeout_at(deadline, child.send(req)).await {
+                Ok(Ok(())) => waiting.push((i + 1, rx)),
+                _ => tracing::warn!(
+                    process = i + 1,
+                    worker = name,
+                    "a runtime process was not told of a change"
+                ),
             }
         }
-        // A child that exits meanwhile drops its requests: a new one
-        // serves what the store holds before it listens.
+        // A request to a child that is down or starting is answered at
+        // once: a new child serves what the store holds before it is ready.
         for (index, rx) in waiting {
             if tokio::time::timeout_at(deadline, rx).await.is_err() {
                 tracing::warn!(
@@ -253,6 +304,10 @@ async fn supervise(
         if *stop.borrow() {
             return;
         }
+        backoff = match started.elapsed() > Duration::from_secs(60) {
+            true => Duration::from_millis(500),
+            false => (backoff * 2).min(Duration::from_secs(30)),
+        };
         match outcome {
             Ok(status) => {
                 tracing::error!(process = index, %status, retry_in = ?backoff, "runtime process exited; starting it again")
@@ -261,14 +316,17 @@ async fn supervise(
                 tracing::error!(process = index, error = %format!("{e:#}"), retry_in = ?backoff, "runtime process failed; starting it again")
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = stopped(&mut stop) => return,
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                Some(req) = syncs.recv() => {
+                    let _ = req.done.send(());
+                }
+                () = stopped(&mut stop) => return,
+            }
         }
-        backoff = match started.elapsed() > Duration::from_secs(60) {
-            true => Duration::from_millis(500),
-            false => (backoff * 2).min(Duration::from_secs(30)),
-        };
     }
 }
 
@@ -283,11 +341,7 @@ async fn run_child(
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let mut cmd = Command::new(exe);
-    cmd.arg("serve");
-    if let Some(p) = &children.config_path {
-        cmd.arg("--config").arg(p);
-    }
-    cmd.arg("--runtime-process")
+    cmd.args(["serve", "--runtime-process"])
         .env("TOKIO_WORKER_THREADS", "1")
         .env("WARREN_RUNTIME_PROCESS", index.to_string())
         .stdin(Stdio::piped())
@@ -300,47 +354,62 @@ async fn run_child(
     };
     stdin
         .write_all(&line(&ToChild::Start {
+            config_path: children.config.0.clone(),
+            config: children.config.1.clone(),
             listen: children.listen,
             binding_rpc: children.binding_rpc.clone(),
         })?)
         .await?;
-    let mut out = BufReader::new(stdout);
-    // Until ready: its first message, or its exit.
-    let first = tokio::select! {
-        l = tokio::time::timeout(READY_TIMEOUT, read_line(&mut out)) => l,
-        () = stopped(stop) => return finish(child, stdin).await,
+    let mut out = lines(stdout, "a runtime process");
+    // Until ready: its first message, or its exit. Changes committed
+    // meanwhile need no answer from it: it loads the store as it starts.
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let first = loop {
+        tokio::select! {
+            l = out.recv() => break l,
+            Some(req) = syncs.recv() => {
+                let _ = req.done.send(());
+            }
+            () = tokio::time::sleep_until(deadline) => anyhow::bail!("not ready within {READY_TIMEOUT:?}"),
+            () = stopped(stop) => return finish(child, stdin).await,
+        }
     };
     match first {
-        Ok(Ok(Some(l))) if matches!(serde_json::from_slice(&l), Ok(ToParent::Ready { .. })) => {
+        Some(l) if matches!(serde_json::from_slice(&l), Ok(ToParent::Ready { .. })) => {
             if let Some(tx) = ready.take() {
                 let _ = tx.send(Ok(()));
             }
         }
-        Ok(Ok(Some(_))) => anyhow::bail!("its first message was not `ready`"),
-        Ok(Ok(None)) => {
+        Some(_) => anyhow::bail!("its first message was not `ready`"),
+        None => {
             let status = child.wait().await?;
             anyhow::bail!("exited before it was ready ({status}); its log says why")
         }
-        Ok(Err(e)) => return Err(e),
-        Err(_) => anyhow::bail!("not ready within {READY_TIMEOUT:?}"),
     }
     let mut totals: HashMap<Series, u64> = HashMap::new();
     let mut pending: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
     let mut next_id = 0u64;
     let mut followed = Vec::new();
+    let mut check = true;
     let mut tick = tokio::time::interval(TICK);
     loop {
-        let now = children.logs.followed();
-        if now != followed {
-            stdin
-                .write_all(&line(&ToChild::Follow {
-                    workers: now.clone(),
-                })?)
-                .await?;
-            followed = now;
+        // Armed before the list is read, so no new tail slips between.
+        let subscribed = children.logs.subscribed();
+        tokio::pin!(subscribed);
+        subscribed.as_mut().enable();
+        if std::mem::take(&mut check) {
+            let now = children.logs.followed();
+            if now != followed {
+                stdin
+                    .write_all(&line(&ToChild::Follow {
+                        workers: now.clone(),
+                    })?)
+                    .await?;
+                followed = now;
+            }
         }
         tokio::select! {
-            l = read_line(&mut out) => match l? {
+            l = out.recv() => match l {
                 Some(l) => match serde_json::from_slice::<ToParent>(&l) {
                     Ok(ToParent::Tail { worker, event }) => children.logs.publish(&worker, *event),
                     Ok(ToParent::Totals { totals: now }) => add_totals(&mut totals, now),
@@ -359,8 +428,8 @@ async fn run_child(
                 stdin.write_all(&line(&ToChild::Sync { id: next_id, name: req.name })?).await?;
                 pending.insert(next_id, req.done);
             }
-            _ = tick.tick() => {}
-            () = children.logs.subscribed() => {}
+            _ = tick.tick() => check = true,
+            () = &mut subscribed => check = true,
             () = stopped(stop) => return finish(child, stdin).await,
         }
     }
@@ -395,21 +464,26 @@ async fn finish(mut child: Child, stdin: ChildStdin) -> anyhow::Result<std::proc
 }
 
 /// `warren serve --runtime-process`: a runtime process, started by its
-/// parent node with [`ToChild::Start`] on stdin.
-pub async fn run_child_process(config_path: Option<&Path>) -> anyhow::Result<()> {
-    let mut input = BufReader::new(tokio::io::stdin());
-    let start = read_line(&mut input)
-        .await?
+/// parent node with [`ToChild::Start`] on stdin. It stops when its stdin
+/// closes, and only then: Ctrl-C or a service manager's SIGTERM reach the
+/// whole process group, and the node stops its runtime processes itself.
+pub async fn run_child_process() -> anyhow::Result<()> {
+    let mut input = lines(tokio::io::stdin(), "the parent node");
+    ignore_stop_signals()?;
+    let start = input
+        .recv()
+        .await
         .context("no start message on stdin: this mode is for a node's own runtime processes")?;
-    let (listen, binding_rpc) =
-        match serde_json::from_slice(&start).context("the start message is unreadable")? {
-            ToChild::Start {
-                listen,
-                binding_rpc,
-            } => (listen, binding_rpc),
-            _ => anyhow::bail!("the first message was not `start`"),
-        };
-    let mut file = config::load_or_default(config_path)?;
+    let ToChild::Start {
+        config_path,
+        config,
+        listen,
+        binding_rpc,
+    } = serde_json::from_slice(&start).context("the start message is unreadable")?
+    else {
+        anyhow::bail!("the first message was not `start`");
+    };
+    let mut file = config::from_text(&config_path, config)?;
     file.parts = config::Parts {
         api: false,
         tunnel: false,
@@ -420,19 +494,59 @@ pub async fn run_child_process(config_path: Option<&Path>) -> anyhow::Result<()>
     file.runtime.listen = listen;
     file.runtime.binding_rpc = Some(binding_rpc);
     file.metrics.enabled = false;
-    let node = crate::serve::start_runtime_process(&file).await?;
-    let (tx, rx) = mpsc::channel::<ToParent>(1024);
+    // Starting (loading every worker) may take a while: a parent gone
+    // meanwhile stops it.
+    let mut early = Vec::new();
+    let started = crate::serve::start_runtime_process(&file);
+    tokio::pin!(started);
+    let node = loop {
+        tokio::select! {
+            node = &mut started => break node?,
+            l = input.recv() => match l {
+                Some(l) => early.push(l),
+                None => anyhow::bail!("the parent node stopped while this process started"),
+            },
+        }
+    };
+    let (tx, rx) = mpsc::channel::<ToParent>(CHILD_QUEUE);
     let writer = tokio::spawn(write_messages(rx));
-    let Some(addr) = node.runtime_addr else {
+    let (Some(addr), Some(logs), Some(scripts)) =
+        (node.runtime_addr, node.logs.clone(), node.scripts.clone())
+    else {
         anyhow::bail!("the runtime did not start");
     };
     tx.send(ToParent::Ready { addr }).await?;
-    let logs = node.logs.clone().context("the runtime has no log hub")?;
-    let scripts = node.scripts.clone().context("the runtime has no scripts")?;
-    let served = serve_parent(&mut input, logs, scripts, tx).await;
+    let mut child = ChildSide {
+        logs,
+        scripts,
+        tx,
+        want: BTreeSet::new(),
+        following: HashMap::new(),
+        sent: HashMap::new(),
+    };
+    for l in early {
+        child.message(&l);
+    }
+    child.serve(&mut input).await;
+    drop(child);
     node.stop().await;
     let _ = writer.await;
-    served
+    Ok(())
+}
+
+/// Makes SIGINT and SIGTERM do nothing in this process (see
+/// [`run_child_process`]).
+fn ignore_stop_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+        let mut s = signal(kind).context("cannot handle stop signals")?;
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                tracing::debug!("stop signal ignored: the node stops its runtime processes");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Writes messages to stdout, one per line, until every sender is gone.
@@ -450,82 +564,122 @@ async fn write_messages(mut rx: mpsc::Receiver<ToParent>) {
     let _ = out.flush().await;
 }
 
-/// A child's side: follows the workers its parent names (sending their
-/// events) and reports its totals, until its stdin closes.
-async fn serve_parent<R: AsyncRead + Unpin>(
-    input: &mut BufReader<R>,
+/// A child's side of the conversation with its parent.
+struct ChildSide {
     logs: Arc<LogHub>,
     scripts: Arc<Scripts>,
     tx: mpsc::Sender<ToParent>,
-) -> anyhow::Result<()> {
-    let mut want: BTreeSet<WorkerKey> = BTreeSet::new();
-    let mut following: HashMap<WorkerKey, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut sent: Vec<(Series, u64)> = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut ticks = 0u32;
-    loop {
-        tokio::select! {
-            l = read_line(input) => match l? {
-                None => break,
-                Some(l) => match serde_json::from_slice::<ToChild>(&l) {
-                    Ok(ToChild::Follow { workers }) => want = workers.into_iter().collect(),
-                    Ok(ToChild::Sync { id, name }) => {
-                        let (scripts, tx) = (scripts.clone(), tx.clone());
-                        tokio::spawn(async move {
-                            scripts.sync(&name).await;
-                            let _ = tx.send(ToParent::Synced { id }).await;
-                        });
-                    }
-                    Ok(ToChild::Start { .. }) => {}
-                    Err(e) => tracing::warn!(error = %e, "unreadable message from the parent node"),
+    /// The workers the parent wants events of.
+    want: BTreeSet<WorkerKey>,
+    /// A task per followed worker, sending its events.
+    following: HashMap<WorkerKey, tokio::task::JoinHandle<()>>,
+    /// The totals last reported.
+    sent: HashMap<Series, u64>,
+}
+
+impl Drop for ChildSide {
+    fn drop(&mut self) {
+        for task in self.following.values() {
+            task.abort();
+        }
+    }
+}
+
+impl ChildSide {
+    /// Follows the workers the parent names (sending their events) and
+    /// reports totals, until the parent's messages end.
+    async fn serve(&mut self, input: &mut mpsc::Receiver<Vec<u8>>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                l = input.recv() => match l {
+                    Some(l) => self.message(&l),
+                    None => return,
                 },
-            },
-            _ = tick.tick() => {
-                ticks += 1;
-                if ticks.is_multiple_of(4) {
-                    let mut now = metrics().totals();
-                    now.sort_by(|a, b| (&a.0.account, &a.0.worker, &a.0.outcome).cmp(&(&b.0.account, &b.0.worker, &b.0.outcome)));
-                    if now != sent {
-                        let _ = tx.try_send(ToParent::Totals { totals: now.clone() });
-                        sent = now;
+                _ = tick.tick() => {
+                    ticks += 1;
+                    if ticks.is_multiple_of(4) {
+                        self.report_totals();
                     }
                 }
             }
+            self.follow();
         }
-        following.retain(|k, task| {
+    }
+
+    /// Acts on one message from the parent.
+    fn message(&mut self, l: &[u8]) {
+        match serde_json::from_slice::<ToChild>(l) {
+            Ok(ToChild::Follow { workers }) => self.want = workers.into_iter().collect(),
+            Ok(ToChild::Sync { id, name }) => {
+                let (scripts, tx) = (self.scripts.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    scripts.sync(&name).await;
+                    let _ = tx.send(ToParent::Synced { id }).await;
+                });
+            }
+            Ok(ToChild::Start { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "unreadable message from the parent node"),
+        }
+    }
+
+    /// Sends the series whose totals changed since the last report.
+    fn report_totals(&mut self) {
+        let changed: Vec<(Series, u64)> = metrics()
+            .totals()
+            .into_iter()
+            .filter(|(s, v)| self.sent.get(s) != Some(v))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        if self
+            .tx
+            .try_send(ToParent::Totals {
+                totals: changed.clone(),
+            })
+            .is_ok()
+        {
+            self.sent.extend(changed);
+        }
+    }
+
+    /// Subscribes to the wanted workers not followed yet (one not loaded
+    /// here yet is tried again at the next message or tick) and drops the
+    /// rest.
+    fn follow(&mut self) {
+        let want = &self.want;
+        self.following.retain(|k, task| {
             let keep = want.contains(k) && !task.is_finished();
             if !keep {
                 task.abort();
             }
             keep
         });
-        // A worker this process has not loaded yet is tried again each tick.
-        for key in &want {
-            if following.contains_key(key) {
+        for key in &self.want {
+            if self.following.contains_key(key) {
                 continue;
             }
-            if let Some(mut sub) = logs.subscribe(key) {
-                let (tx, worker) = (tx.clone(), key.clone());
-                following.insert(
-                    key.clone(),
-                    tokio::spawn(async move {
-                        while let Ok(event) = sub.recv().await {
-                            // A parent that falls behind loses events, as a
-                            // slow tail does.
-                            let _ = tx.try_send(ToParent::Tail {
-                                worker: worker.clone(),
-                                event: Box::new(event),
-                            });
-                        }
-                    }),
-                );
-            }
+            let Some(mut sub) = self.logs.subscribe(key) else {
+                continue;
+            };
+            let (tx, worker) = (self.tx.clone(), key.clone());
+            self.following.insert(
+                key.clone(),
+                tokio::spawn(async move {
+                    while let Ok(event) = sub.recv().await {
+                        // A parent that falls behind loses events, as a
+                        // slow tail does.
+                        let _ = tx.try_send(ToParent::Tail {
+                            worker: worker.clone(),
+                            event: Box::new(event),
+                        });
+                    }
+                }),
+            );
         }
     }
-    for task in following.values() {
-        task.abort();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -566,10 +720,15 @@ mod tests {
     #[tokio::test]
     async fn lines_longer_than_the_limit_are_refused() {
         let mut long = vec![b'x'; MAX_LINE as usize + 10];
-        long.push(b'\n');
+        long.extend_from_slice(b"\n{\"next\":1}\n");
         let mut r = BufReader::new(&long[..]);
         let e = read_line(&mut r).await.expect_err("too long");
         assert!(e.to_string().starts_with("a line of more than"), "{e}");
+        assert_eq!(
+            read_line(&mut r).await.expect("line"),
+            Some(b"{\"next\":1}\n".to_vec()),
+            "the long line skipped to its end"
+        );
         let mut r = BufReader::new(&b"{}\nrest"[..]);
         assert_eq!(
             read_line(&mut r).await.expect("line"),

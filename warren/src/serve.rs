@@ -679,6 +679,7 @@ async fn start_runtime(
             store: node.store.clone(),
             blobs,
             legacy_dir: (!node.runtime_process).then(|| file.data_dir.join("workers")),
+            tidy_bundles: !node.runtime_process,
             js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
                 .with_cache(file.data_dir.join("built"))
                 .with_limits(BuildLimits {
@@ -756,12 +757,12 @@ async fn start_runtime_processes(
         (None, Some(b)) => b.listening.clone(),
         (None, None) => file.binding.listen.clone(),
     };
-    let config_path = file.path.clone().context(
+    let config = file.source.clone().context(
         "runtime.processes over 1 needs the node started from a config file (its processes read it)",
     )?;
     let replicas = crate::processes::start(
         crate::processes::Children {
-            config_path: Some(config_path),
+            config,
             count,
             listen,
             binding_rpc,

@@ -58,7 +58,7 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 /// `VmRSS` of node `pid` plus its runtime processes'.
 pub fn node_rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let mut total = rss_bytes(pid)?;
-    for child in runtime_processes(pid) {
+    for child in warren_testkit::procs::runtime_processes(pid) {
         total += rss_bytes(child).unwrap_or(0);
     }
     Ok(total)
@@ -111,32 +111,10 @@ impl std::ops::Add for Memory {
 /// processes`), summed: each one's PSS already divides the pages they share.
 pub fn node_memory(pid: u32) -> anyhow::Result<Memory> {
     let mut total = memory(pid)?;
-    for child in runtime_processes(pid) {
+    for child in warren_testkit::procs::runtime_processes(pid) {
         total = total + memory(child)?;
     }
     Ok(total)
-}
-
-/// The runtime processes node `pid` runs now.
-pub fn runtime_processes(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            if cmdline
-                .split(|b| *b == 0)
-                .any(|a| a == b"--runtime-process")
-            {
-                found.push(child);
-            }
-        }
-    }
-    found
 }
 
 /// Reads `pid`'s [`Memory`].

@@ -1,13 +1,15 @@
 //! Test plumbing with real parts: a private network of the test's own
 //! ([`netns`]), a real DNS server inside it ([`dnsmasq`]), real HTTP origins
 //! ([`origin`]), a hostile DNS server for rebinding attacks ([`rebind_dns`]),
-//! and a real etcd ([`etcd`]). Tests panic with a clear message when the
-//! machine cannot provide them (run `scripts/setup.sh` as root).
+//! a real etcd ([`etcd`]), and a node's processes in `/proc` ([`procs`]).
+//! Tests panic with a clear message when the machine cannot provide them (run
+//! `scripts/setup.sh` as root).
 
 pub mod dnsmasq;
 pub mod etcd;
 pub mod netns;
 pub mod origin;
+pub mod procs;
 pub mod rebind_dns;
 pub mod tls;
 

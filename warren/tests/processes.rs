@@ -13,42 +13,13 @@ use std::time::{Duration, Instant};
 use warren_testkit::dnsmasq::Dnsmasq;
 use warren_testkit::netns::NetNs;
 use warren_testkit::origin;
+use warren_testkit::procs::{runtime_processes, state};
 
 mod common;
 use common::{
     ShowLogs, WARREN, deploy, free_tcp, get, metrics_text, sample, serve_node, service, tail_json,
     tunnel_with_connector, wait_for_profile, write_worker,
 };
-
-/// The runtime processes `warren serve` (process `pid`) runs now.
-fn runtime_processes(pid: u32) -> BTreeSet<u32> {
-    let mut found = BTreeSet::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            let running = state(child).is_some_and(|s| s != 'Z');
-            if running
-                && cmdline
-                    .split(|b| *b == 0)
-                    .any(|a| a == b"--runtime-process")
-            {
-                found.insert(child);
-            }
-        }
-    }
-    found
-}
-
-/// A process's state letter (`R`, `S`, `Z`, …); `None` once it is gone.
-fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
 
 /// Whether a process has exited with all its threads (its files closed):
 /// gone, or a zombie with no thread left but its first.

@@ -7,9 +7,10 @@
 //! earlier component (every JS worker shares the StarlingMonkey engine) are
 //! reused, so a second JS worker compiles in a fraction of the first's time.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,6 +72,24 @@ pub struct RuntimeEngine {
     compiles: AtomicU64,
     functions: Arc<FunctionCache>,
     pagemap_scan: bool,
+    /// Components loaded, by bundle hash, while a worker holds them.
+    loaded: Mutex<HashMap<String, (Weak<()>, Component)>>,
+}
+
+/// A compiled component, shared by every worker of an engine with the same
+/// bundle (copies of one worker hold one loaded component, not one each);
+/// it stays loaded while one of them holds it.
+#[derive(Clone)]
+pub struct SharedComponent {
+    component: Component,
+    _held: Arc<()>,
+}
+
+impl std::ops::Deref for SharedComponent {
+    type Target = Component;
+    fn deref(&self) -> &Component {
+        &self.component
+    }
 }
 
 /// Whether `/proc/swaps` text lists an active swap area (zram and the swap
@@ -156,6 +175,7 @@ impl RuntimeEngine {
             compiles: AtomicU64::new(0),
             functions,
             pagemap_scan,
+            loaded: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -238,13 +258,47 @@ impl RuntimeEngine {
             .context("compiled code from a peer does not load into this engine")
     }
 
-    /// The component for `wasm`, from the on-disk cache when this engine (or
-    /// a peer with the same fingerprint) has compiled it before, else
-    /// compiled and cached.
-    pub fn component(&self, wasm: &[u8]) -> anyhow::Result<Component> {
-        let path = self
-            .compiled
-            .path(&self.compiled_key(&content_hash(wasm)))?;
+    /// The component for `wasm`: the one already loaded for a worker with
+    /// the same bundle, else from the on-disk cache when this engine (or a
+    /// peer with the same fingerprint) has compiled it before, else compiled
+    /// and cached. (A component no worker holds any more is let go at the
+    /// next call.)
+    pub fn component(&self, wasm: &[u8]) -> anyhow::Result<SharedComponent> {
+        let hash = content_hash(wasm);
+        if let Ok(mut loaded) = self.loaded.lock() {
+            loaded.retain(|_, (held, _)| held.strong_count() > 0);
+            if let Some((held, component)) = loaded.get(&hash)
+                && let Some(held) = held.upgrade()
+            {
+                return Ok(SharedComponent {
+                    component: component.clone(),
+                    _held: held,
+                });
+            }
+        }
+        let component = self.load(&hash, wasm)?;
+        let held = Arc::new(());
+        if let Ok(mut loaded) = self.loaded.lock() {
+            loaded.insert(hash, (Arc::downgrade(&held), component.clone()));
+        }
+        Ok(SharedComponent {
+            component,
+            _held: held,
+        })
+    }
+
+    /// Components loaded now (each held by at least one worker).
+    pub fn components_loaded(&self) -> usize {
+        self.loaded
+            .lock()
+            .map(|l| l.values().filter(|(h, _)| h.strong_count() > 0).count())
+            .unwrap_or(0)
+    }
+
+    /// Loads the compiled component of bundle `hash` (`wasm`) from the
+    /// cache, or compiles and caches it.
+    fn load(&self, hash: &str, wasm: &[u8]) -> anyhow::Result<Component> {
+        let path = self.compiled.path(&self.compiled_key(hash))?;
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with this fingerprint, here or on a cluster peer (trusted

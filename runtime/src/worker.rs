@@ -164,6 +164,8 @@ pub struct Worker {
     running: Arc<tokio::sync::Semaphore>,
     bindings: Arc<HashMap<String, String>>,
     pre: ProxyPre<State>,
+    /// Keeps the component shared with other workers of the same bundle.
+    _component: crate::engine::SharedComponent,
     engine: Arc<RuntimeEngine>,
     client: Option<Arc<dyn BindingClient>>,
     logs: Option<Arc<LogHub>>,
@@ -214,6 +216,7 @@ impl Worker {
             bindings: Arc::new(config.bindings.clone()),
             config,
             pre,
+            _component: component,
             engine,
             client,
             logs: None,

@@ -291,6 +291,53 @@ async fn a_restart_loads_compiled_code_instead_of_compiling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_with_the_same_bundle_share_one_loaded_component() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    let worker = |name: &str| {
+        let config = WorkerConfig {
+            name: name.into(),
+            account_id: format!("acct-{name}"),
+            ..Default::default()
+        };
+        Worker::new(engine.clone(), config, guest(), None).expect("worker")
+    };
+    let router = Router::new("workers.test");
+    router.deploy(worker("a"));
+    router.deploy(worker("b"));
+    assert_eq!(engine.components_loaded(), 1, "one component for both");
+    assert_eq!(engine.compiles(), 1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(router.clone().serve(listener));
+    // Each runs in instances of its own.
+    for host in ["a.workers.test", "b.workers.test"] {
+        assert_eq!(
+            get(addr, host, "/hello").await,
+            (StatusCode::OK, "hello from a wasm worker".into()),
+            "{host}"
+        );
+    }
+    router.remove("a");
+    assert_eq!(engine.components_loaded(), 1, "b still holds it");
+    router.remove("b");
+    // (A request's instance may still hold the worker for a moment.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.components_loaded() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the component outlived its last worker"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Loaded again from the cached file, not compiled again.
+    let _c = worker("c");
+    assert_eq!((engine.components_loaded(), engine.compiles()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_freshly_compiled_worker_runs_from_its_cached_file() {
     let cache = tempfile::tempdir().expect("tempdir");
     let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");

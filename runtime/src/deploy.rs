@@ -812,7 +812,9 @@ impl Scripts {
         let (metadata, uploaded) = take_secrets(metadata);
         let previous = previous.map(|(p, _)| p);
         let building = self.building.acquire().await.map_err(internal)?;
+        let started = std::time::Instant::now();
         let wasm = self.build(name, &metadata, modules).await?;
+        let built = started.elapsed();
         let t = now();
         let info = ScriptInfo {
             id: name.to_owned(),
@@ -830,6 +832,7 @@ impl Scripts {
         let worker = tokio::task::spawn_blocking(move || this.worker(&info2, routes, wasm2))
             .await
             .map_err(internal)??;
+        let loaded = started.elapsed() - built;
         drop(building);
         let _one = self.committing.lock().await;
         let now_previous = self
@@ -889,6 +892,15 @@ impl Scripts {
         self.install(info.clone(), worker, record.secrets);
         drop(_one);
         self.sync_replicas(name).await;
+        // Where an upload's time went: the JS build (none when cached), loading
+        // (compiling unless cached), then committing and every runtime process.
+        tracing::info!(
+            worker = name,
+            build_ms = built.as_millis() as u64,
+            load_ms = loaded.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "upload served"
+        );
         Ok(info)
     }
 

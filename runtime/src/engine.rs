@@ -71,6 +71,7 @@ pub struct RuntimeEngine {
     fingerprint: String,
     compiles: AtomicU64,
     functions: Arc<FunctionCache>,
+    code: crate::code_share::CodeDir,
     pagemap_scan: bool,
     /// Components loaded, by bundle hash, while a worker holds them.
     loaded: Mutex<HashMap<String, (Weak<()>, Component)>>,
@@ -155,6 +156,7 @@ impl RuntimeEngine {
         let compiled = CompiledDir::open(&config.cache_dir)
             .with_context(|| format!("cannot create {}", config.cache_dir.display()))?;
         let fingerprint = fingerprint(&engine);
+        let code = crate::code_share::CodeDir::open(config.cache_dir.join("code"))?;
         let ticker = engine.weak();
         let tick = config.tick;
         std::thread::Builder::new()
@@ -174,6 +176,7 @@ impl RuntimeEngine {
             fingerprint,
             compiles: AtomicU64::new(0),
             functions,
+            code,
             pagemap_scan,
             loaded: Mutex::new(HashMap::new()),
         }))
@@ -300,11 +303,7 @@ impl RuntimeEngine {
     fn load(&self, hash: &str, wasm: &[u8]) -> anyhow::Result<Component> {
         let path = self.compiled.path(&self.compiled_key(hash))?;
         if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an
-            // engine with this fingerprint, here or on a cluster peer (trusted
-            // like the store, see `check_compiled`), into a directory only this
-            // runtime writes; wasmtime checks the engine's compatibility on load.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            match self.load_file(&path) {
                 Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!(error = %e, "cached component unusable; recompiling"),
             }
@@ -324,8 +323,7 @@ impl RuntimeEngine {
         // them and shared with every other mapping of the file, instead of
         // tens of MiB of anonymous memory per JS worker for as long as it is
         // deployed (bench/runtime: 100 different idle JS workers).
-        // SAFETY: as above; this runtime wrote the file a moment ago.
-        let component = match unsafe { Component::deserialize_file(&self.engine, &path) } {
+        let component = match self.load_file(&path) {
             Ok(mapped) => mapped,
             Err(e) => {
                 tracing::warn!(error = %e, "freshly cached component unusable; serving it from memory");
@@ -334,6 +332,28 @@ impl RuntimeEngine {
         };
         release_freed_memory();
         Ok(component)
+    }
+
+    /// Loads the compiled component in `path` and maps its machine code
+    /// from the file shared by every component with the same code (see
+    /// [`crate::code_share`]); if that fails, the component is loaded again
+    /// and serves from its own file.
+    fn load_file(&self, path: &std::path::Path) -> anyhow::Result<Component> {
+        // SAFETY: the file was written by `Component::serialize` of an
+        // engine with this fingerprint, here or on a cluster peer (trusted
+        // like the store, see `check_compiled`), into a directory only this
+        // runtime writes, and is never rewritten in place (entries are
+        // renamed in); wasmtime checks the engine's compatibility on load.
+        let load = || unsafe { Component::deserialize_file(&self.engine, path) };
+        let component = load().map_err(anyhow::Error::from)?;
+        match self.code.share(&component, path) {
+            Ok(_) => Ok(component),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %path.display(), "machine code not shared; the component maps its own");
+                drop(component);
+                load().map_err(anyhow::Error::from)
+            }
+        }
     }
 }
 

@@ -8,10 +8,12 @@
 //! [`routes`] patterns) →
 //! [`worker`] instantiates and calls the guest within its [`limits`] →
 //! the guest's outgoing requests pass [`outbound`]. [`engine`] holds the
-//! shared wasmtime engine and the compiled-code cache.
+//! shared wasmtime engine and the compiled-code cache, and [`code_share`]
+//! maps equal machine code of different components from one file.
 
 pub mod api;
 pub mod binding_rpc;
+pub mod code_share;
 pub mod deploy;
 pub mod egress;
 pub mod engine;

@@ -364,6 +364,148 @@ async fn a_freshly_compiled_worker_runs_from_its_cached_file() {
     );
 }
 
+/// The line of `/proc/self/maps` whose range holds `addr`, as (device and
+/// inode, path).
+fn mapping_of(addr: usize) -> (String, String) {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let line = maps
+        .lines()
+        .find(|l| {
+            let range = l.split_whitespace().next().unwrap_or("");
+            let (lo, hi) = range.split_once('-').unwrap_or(("", ""));
+            let lo = usize::from_str_radix(lo, 16).unwrap_or(usize::MAX);
+            let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
+            (lo..hi).contains(&addr)
+        })
+        .expect("the address is mapped");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert!(f.len() >= 6, "a file mapping: {line}");
+    (format!("{} {}", f[3], f[4]), f[5].to_owned())
+}
+
+/// The JS test worker built with another greeting: other JS, same engine.
+fn js_guest_greeting(greeting: &str) -> Vec<u8> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let vars = BTreeMap::from([("GREETING".to_string(), serde_json::Value::from(greeting))]);
+    JsBuilder::new(dir.join("js"))
+        .with_cache(js_cache())
+        .build(
+            &dir.join("tests/js-worker"),
+            "worker.js",
+            &vars,
+            &["API".to_string()],
+        )
+        .expect("the JS worker builds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_js_workers_run_their_equal_machine_code_from_one_file() {
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let engine = RuntimeEngine::new(EngineConfig::new(shared.clone())).expect("engine");
+    let other = js_guest_greeting("hey");
+    assert!(other != js_guest(), "two different components");
+    let router = Router::new("workers.test");
+    for (name, wasm) in [("one", js_guest()), ("two", &other[..])] {
+        let config = WorkerConfig {
+            name: name.into(),
+            account_id: format!("acct-{name}"),
+            js: true,
+            ..Default::default()
+        };
+        router.deploy(Worker::new(engine.clone(), config, wasm, None).expect("worker"));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(router.serve(listener));
+    // Each still runs its own JS, from the shared code.
+    assert_eq!(
+        get(addr, "one.workers.test", "/hello").await,
+        (StatusCode::OK, "hi from a JS worker".into())
+    );
+    assert_eq!(
+        get(addr, "two.workers.test", "/hello").await,
+        (StatusCode::OK, "hey from a JS worker".into())
+    );
+    // The components the workers hold: their code is at two addresses, and
+    // both are pages of one file under the cache's `code/`.
+    let one = engine.component(js_guest()).expect("loaded");
+    let two = engine.component(&other).expect("loaded");
+    assert_eq!(engine.components_loaded(), 2);
+    assert_ne!(one.text().as_ptr(), two.text().as_ptr());
+    assert!(one.text() == two.text(), "the same machine code");
+    let (inode_one, file_one) = mapping_of(one.text().as_ptr() as usize);
+    let (inode_two, file_two) = mapping_of(two.text().as_ptr() as usize);
+    assert_eq!(
+        inode_one, inode_two,
+        "one file backs both: {file_one} and {file_two}"
+    );
+    assert!(
+        file_one.starts_with(&*shared.join("code").to_string_lossy()),
+        "code mapped from {file_one}"
+    );
+    // The last page of the code is past the shared part only when the code
+    // does not end on a page; the first and middle ones are shared.
+    let middle = one.text().as_ptr() as usize + one.text().len() / 2;
+    assert_eq!(mapping_of(middle).0, inode_two);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_code_file_that_does_not_hold_the_code_is_replaced_not_run() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    let first = engine.component(guest()).expect("compile");
+    let text = first.text().to_vec();
+    drop(first);
+    drop(engine);
+    // Someone puts other bytes under the shared file's name (a rename, so
+    // the cached component itself is untouched; a second name, so the file is
+    // not taken for a link left behind by a removed component).
+    let code = cache.path().join("code");
+    let names: Vec<PathBuf> = std::fs::read_dir(&code)
+        .expect("code dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(names.len(), 1, "one shared file: {names:?}");
+    let forged = cache.path().join("forged");
+    std::fs::write(&forged, vec![0xcc; text.len() + 8192]).expect("write");
+    std::fs::hard_link(&forged, cache.path().join("forged-too")).expect("link");
+    std::fs::rename(&forged, &names[0]).expect("rename");
+    // A new engine (as after a restart) loading a component with that code
+    // maps a correct file, and its worker answers.
+    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    let router = Router::new("workers.test");
+    let config = WorkerConfig {
+        name: "shop".into(),
+        account_id: "acct-1".into(),
+        ..Default::default()
+    };
+    router.deploy(Worker::new(engine.clone(), config, guest(), None).expect("worker"));
+    // Read through the mapping: the shared file's pages.
+    let loaded = engine.component(guest()).expect("loaded");
+    assert!(
+        loaded.text() == &text[..],
+        "the code read through the mapping is right"
+    );
+    let (_, file) = mapping_of(loaded.text().as_ptr() as usize);
+    assert_eq!(
+        PathBuf::from(&file),
+        names[0],
+        "mapped from the shared name"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(router.serve(listener));
+    assert_eq!(
+        get(addr, "shop.workers.test", "/hello").await,
+        (StatusCode::OK, "hello from a wasm worker".into())
+    );
+}
+
 #[test]
 fn an_unchanged_js_worker_is_not_rebuilt() {
     let first = js_guest().to_vec();

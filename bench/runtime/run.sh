@@ -3,7 +3,7 @@
 # worker (same JS on both, same load generator, interleaved rounds), deploy →
 # first response with cold and warm caches, memory of 100 different idle JS
 # workers and of 1000 workers.
-# Usage: bench/runtime/run.sh [--workers N] [--total N] [--load-only] [--processes N]
+# Usage: bench/runtime/run.sh [--workers N] [--total N] [--load-only | --memory-only] [--processes N]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./scripts/setup.sh

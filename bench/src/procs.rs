@@ -83,6 +83,9 @@ pub struct Memory {
     /// file page mapped several times (two workers with the same compiled
     /// code map one `.cwasm` twice) counts once.
     pub pss: u64,
+    /// PSS of executable file mappings of compiled code (`.cwasm` files and
+    /// the shared code files beside them): the workers' machine code.
+    pub code_pss: u64,
 }
 
 impl Memory {
@@ -103,6 +106,7 @@ impl std::ops::Add for Memory {
             shmem: self.shmem + o.shmem,
             memfds: self.memfds + o.memfds,
             pss: self.pss + o.pss,
+            code_pss: self.code_pss + o.code_pss,
         }
     }
 }
@@ -146,12 +150,36 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
         * 1024;
     Ok(Memory {
         pss,
+        code_pss: code_pss(pid)?,
         rss: field("VmRSS:")?,
         anon: field("RssAnon:")?,
         file: field("RssFile:")?,
         shmem: field("RssShmem:")?,
         memfds,
     })
+}
+
+/// The PSS of `pid`'s executable mappings of compiled worker code, from
+/// `/proc/<pid>/smaps`.
+fn code_pss(pid: u32) -> anyhow::Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut total = 0;
+    let mut in_code = false;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, perms, offset, dev, inode, path.
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            in_code = perms.contains('x')
+                && (path.ends_with(".cwasm") || path.contains("/compiled/code/"));
+        } else if in_code && first == "Pss:" {
+            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += kib * 1024;
+        }
+    }
+    Ok(total)
 }
 
 /// Starts workerd serving `worker.js` (from `dir`) on `port`; with `origin`,

@@ -24,6 +24,7 @@ struct Args {
     workers: usize,
     total: usize,
     load_only: bool,
+    memory_only: bool,
     processes: usize,
 }
 
@@ -35,6 +36,7 @@ fn args() -> anyhow::Result<Args> {
         workers: 100,
         total: 1000,
         load_only: false,
+        memory_only: false,
         processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
@@ -47,6 +49,7 @@ fn args() -> anyhow::Result<Args> {
             "--workers" => a.workers = value()?.parse()?,
             "--total" => a.total = value()?.parse()?,
             "--load-only" => a.load_only = true,
+            "--memory-only" => a.memory_only = true,
             "--processes" => a.processes = value()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
@@ -147,18 +150,20 @@ async fn main() -> anyhow::Result<()> {
         String::from_utf8_lossy(&body)
     );
 
-    println!();
-    println!(
-        "hello world, {CLIENTS} keep-alive clients, {ROUNDS} interleaved rounds of {RUN_FOR:?}"
-    );
-    let [w, d] = compare(node.runtime, "hello.workers.localhost", wd_addr, "/").await?;
-    println!(
-        "ratio {:.2}x workerd's requests/s (goal ≥ 1.0x: {}); p99 {:.2}x (goal ≤ 1.0x: {})",
-        w.rps / d.rps,
-        met(w.rps >= d.rps),
-        w.p99.as_secs_f64() / d.p99.as_secs_f64().max(f64::EPSILON),
-        met(w.p99 <= d.p99)
-    );
+    if !a.memory_only {
+        println!();
+        println!(
+            "hello world, {CLIENTS} keep-alive clients, {ROUNDS} interleaved rounds of {RUN_FOR:?}"
+        );
+        let [w, d] = compare(node.runtime, "hello.workers.localhost", wd_addr, "/").await?;
+        println!(
+            "ratio {:.2}x workerd's requests/s (goal ≥ 1.0x: {}); p99 {:.2}x (goal ≤ 1.0x: {})",
+            w.rps / d.rps,
+            met(w.rps >= d.rps),
+            w.p99.as_secs_f64() / d.p99.as_secs_f64().max(f64::EPSILON),
+            met(w.p99 <= d.p99)
+        );
+    }
     drop(workerd);
 
     // The CPU-heavy worker, on a fresh workerd.
@@ -183,13 +188,15 @@ async fn main() -> anyhow::Result<()> {
         "  same heavy.js, same answer on both: {:?}",
         String::from_utf8_lossy(&body)
     );
-    let [w, d] = compare(node.runtime, "heavy.workers.localhost", wd_addr, HEAVY_PATH).await?;
-    println!(
-        "ratio {:.2}x workerd's requests/s (goal ≥ 0.5x: {}); p99 {:.2}x",
-        w.rps / d.rps,
-        met(w.rps >= 0.5 * d.rps),
-        w.p99.as_secs_f64() / d.p99.as_secs_f64().max(f64::EPSILON)
-    );
+    if !a.memory_only {
+        let [w, d] = compare(node.runtime, "heavy.workers.localhost", wd_addr, HEAVY_PATH).await?;
+        println!(
+            "ratio {:.2}x workerd's requests/s (goal ≥ 0.5x: {}); p99 {:.2}x",
+            w.rps / d.rps,
+            met(w.rps >= 0.5 * d.rps),
+            w.p99.as_secs_f64() / d.p99.as_secs_f64().max(f64::EPSILON)
+        );
+    }
     drop(workerd);
     if a.load_only {
         return Ok(());
@@ -217,11 +224,18 @@ async fn main() -> anyhow::Result<()> {
         per.as_secs_f64()
     );
     println!(
-        "  VmRSS {:.0} MiB = anonymous {:.0} + file {:.0} + shmem {:.0}",
+        "  VmRSS {:.0} MiB = anonymous {:.0} + file {:.0} + shmem {:.0}; compiled machine code {:.0} MiB of the PSS",
         mib(m.rss),
         mib(m.anon),
         mib(m.file),
-        mib(m.shmem)
+        mib(m.shmem),
+        mib(m.code_pss)
+    );
+    let node_only = procs::memory(node.process.pid())?;
+    println!(
+        "  of which the node process (deploys, compiles; serves nothing with runtime processes) {:.0} MiB PSS, anonymous {:.0} MiB",
+        mib(node_only.footprint()),
+        mib(node_only.anon)
     );
     println!(
         "goal (≤ 1 GiB for 100 different idle JS workers): {}",

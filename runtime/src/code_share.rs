@@ -20,15 +20,20 @@
 //! difference.
 //!
 //! A link whose `.cwasm` has been removed is the last name of that file; it
-//! is removed when the directory is opened, unless a component maps it.
+//! is removed when the directory is opened (a process that maps the file
+//! keeps it; only the name goes). A process keeps each shared file it checked
+//! open and maps only from that descriptor, so a name replaced later never
+//! changes what it maps. Where hard links fail (another file system), the
+//! process stops trying and each component maps its own code.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
@@ -38,8 +43,11 @@ use wasmtime::component::Component;
 #[derive(Debug)]
 pub struct CodeDir {
     dir: PathBuf,
-    /// Shared files whose text this process has hashed and found right.
-    checked: Mutex<HashSet<String>>,
+    /// Shared files whose text this process has hashed and found right, by
+    /// name, kept open: code is mapped only from these.
+    checked: Mutex<HashMap<String, Arc<File>>>,
+    /// Set when a hard link failed: no sharing in this process.
+    disabled: AtomicBool,
 }
 
 /// What [`CodeDir::share`] did.
@@ -58,16 +66,22 @@ impl CodeDir {
     pub fn open(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         for entry in std::fs::read_dir(&dir)?.flatten() {
-            let last_name = entry.metadata().is_ok_and(|m| m.nlink() <= 1);
+            let Ok(meta) = entry.metadata() else { continue };
             // A process mapping it keeps the file itself; only the name goes.
-            if last_name {
+            let last_name = meta.nlink() <= 1;
+            // A link a crashed process never renamed.
+            let stale_tmp = entry.file_name().to_string_lossy().ends_with(".tmp")
+                && meta.modified().is_ok_and(|m| m < an_hour_ago);
+            if last_name || stale_tmp {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
         Ok(CodeDir {
             dir,
-            checked: Mutex::new(HashSet::new()),
+            checked: Mutex::new(HashMap::new()),
+            disabled: AtomicBool::new(false),
         })
     }
 
@@ -76,6 +90,9 @@ impl CodeDir {
     /// component was loaded from with `Component::deserialize_file`, and no
     /// instance of the component may exist yet.
     pub fn share(&self, component: &Component, cwasm: &Path) -> anyhow::Result<Shared> {
+        if self.disabled.load(Ordering::Relaxed) {
+            return Ok(Shared::Skipped);
+        }
         let page = page_size();
         let text = component.text();
         let image = component.image_range();
@@ -108,17 +125,34 @@ impl CodeDir {
                 offset as libc::off_t,
             )
         };
-        if mapped == libc::MAP_FAILED || mapped as usize != start {
-            // MAP_FIXED failing leaves the range unmapped; that cannot be
-            // served, so it is an error the caller must not ignore.
-            bail!(
-                "mapping shared code over a component failed: {}",
-                std::io::Error::last_os_error()
-            );
+        if mapped == libc::MAP_FAILED {
+            let error = std::io::Error::last_os_error();
+            // A failed MAP_FIXED may already have unmapped the range: hold it
+            // with an inaccessible mapping, so nothing else is placed there
+            // before the caller drops the component (whose unmap covers it).
+            // SAFETY: the same range as above, which the component owns.
+            unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                );
+            }
+            bail!("mapping shared code over a component failed: {error}");
         }
         // This file's own copies of those pages are no longer mapped here;
-        // let the kernel drop them from the page cache.
-        if let Ok(own) = File::open(cwasm) {
+        // let the kernel drop them from the page cache (unless it is the
+        // shared file itself).
+        let same_file = |a: &File, b: &File| match (a.metadata(), b.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => true,
+        };
+        if let Ok(own) = File::open(cwasm)
+            && !same_file(&own, &file)
+        {
             // SAFETY: advice on an open descriptor; no memory is touched.
             unsafe {
                 libc::posix_fadvise(
@@ -132,8 +166,9 @@ impl CodeDir {
         Ok(Shared::Mapped(len))
     }
 
-    /// The shared file `name` (text hash and offset), checked once per
-    /// process; made a link to `cwasm` when missing or wrong.
+    /// The shared file `name` (text hash and offset): the one this process
+    /// checked before, else the file under that name if it holds the code,
+    /// else a new link to `cwasm` (checked before it takes the name).
     fn shared_file(
         &self,
         name: &str,
@@ -141,40 +176,54 @@ impl CodeDir {
         offset: usize,
         len: usize,
         digest: &[u8; 32],
-    ) -> anyhow::Result<File> {
+    ) -> anyhow::Result<Arc<File>> {
+        if let Some(file) = self.checked.lock().ok().and_then(|c| c.get(name).cloned()) {
+            return Ok(file);
+        }
         let path = self.dir.join(name);
-        let checked = self.checked.lock().is_ok_and(|c| c.contains(name));
         if let Ok(file) = File::open(&path) {
-            if checked || holds(&file, offset, len, digest)? {
-                self.mark_checked(name);
-                return Ok(file);
+            if holds(&file, offset, len, digest)? {
+                return Ok(self.keep(name, file));
             }
-            tracing::warn!(file = %path.display(), "shared code file does not hold its text; replacing it");
+            tracing::warn!(file = %path.display(), "shared code file does not hold its code; replacing it");
         }
         // A unique temporary name, renamed over: other processes may be
         // making the same link.
         let tmp = self
             .dir
             .join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-        std::fs::hard_link(cwasm, &tmp)
-            .with_context(|| format!("linking {} for shared code", cwasm.display()))?;
-        let renamed = std::fs::rename(&tmp, &path);
-        if renamed.is_err() {
+        if let Err(e) = std::fs::hard_link(cwasm, &tmp) {
+            self.disabled.store(true, Ordering::Relaxed);
+            tracing::warn!(error = %e, dir = %self.dir.display(), "no hard links here; machine code is not shared");
+            bail!("linking {} for shared code: {e}", cwasm.display());
+        }
+        let file = File::open(&tmp);
+        let checked = match &file {
+            Ok(f) => holds(f, offset, len, digest),
+            Err(_) => Ok(false),
+        };
+        if !matches!(checked, Ok(true)) {
             let _ = std::fs::remove_file(&tmp);
+            bail!(
+                "{} no longer holds the code it was loaded with",
+                cwasm.display()
+            );
         }
-        renamed.with_context(|| format!("naming {}", path.display()))?;
-        let file = File::open(&path)?;
-        if !holds(&file, offset, len, digest)? {
-            bail!("{} changed while it was being shared", cwasm.display());
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            // Still shared within this process, through the open file.
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(error = %e, file = %path.display(), "cannot name a shared code file");
         }
-        self.mark_checked(name);
-        Ok(file)
+        Ok(self.keep(name, file?))
     }
 
-    fn mark_checked(&self, name: &str) {
+    /// Remembers `file` as checked for `name`.
+    fn keep(&self, name: &str, file: File) -> Arc<File> {
+        let file = Arc::new(file);
         if let Ok(mut c) = self.checked.lock() {
-            c.insert(name.to_owned());
+            c.insert(name.to_owned(), file.clone());
         }
+        file
     }
 }
 

@@ -633,6 +633,10 @@ async fn start_runtime(
     let file = node.file;
     let processes = file.runtime.processes.max(1);
     let mut engine_config = EngineConfig::new(file.data_dir.join("compiled"));
+    // Compiles run in a process of this binary (`warren compile-component`),
+    // so their working memory is not left in the node. /proc/self/exe is the
+    // running binary even after an upgrade replaced the file.
+    engine_config.compiler = Some(PathBuf::from("/proc/self/exe"));
     if node.runtime_process {
         // The node's instance pool is shared out among its processes.
         engine_config.max_instances = engine_config

@@ -83,19 +83,7 @@ fn js_guest() -> &'static [u8] {
     // (Each test process builds it once; the compiled code is shared through
     // the engine cache in the target's temporary directory.)
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let vars = BTreeMap::from([("GREETING".to_string(), serde_json::Value::from("hi"))]);
-        JsBuilder::new(dir.join("js"))
-            .with_cache(js_cache())
-            .build(
-                &dir.join("tests/js-worker"),
-                "worker.js",
-                &vars,
-                &["API".to_string()],
-            )
-            .expect("the JS worker builds (scripts/setup.sh installs ComponentizeJS)")
-    })
+    WASM.get_or_init(|| js_guest_greeting("hi"))
 }
 
 async fn host_for(wasm: &[u8], js: bool, limits: Limits, outbound: OutboundPolicy) -> Host {
@@ -125,11 +113,7 @@ async fn host_for(wasm: &[u8], js: bool, limits: Limits, outbound: OutboundPolic
     .expect("worker");
     let router = Router::new("workers.test");
     router.deploy(worker);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(router.serve(listener));
+    let addr = common::serve(router).await;
     Host {
         addr,
         client,
@@ -307,11 +291,7 @@ async fn workers_with_the_same_bundle_share_one_loaded_component() {
     router.deploy(worker("b"));
     assert_eq!(engine.components_loaded(), 1, "one component for both");
     assert_eq!(engine.compiles(), 1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(router.clone().serve(listener));
+    let addr = common::serve(router.clone()).await;
     // Each runs in instances of its own.
     for host in ["a.workers.test", "b.workers.test"] {
         assert_eq!(
@@ -345,22 +325,10 @@ async fn a_freshly_compiled_worker_runs_from_its_cached_file() {
     assert_eq!(engine.compiles(), 1, "compiled here, not loaded");
     // The mapping that holds the component's code: a file under the cache,
     // not anonymous memory of this process.
-    let code = component.image_range().start as usize;
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-    let mapping = maps
-        .lines()
-        .find(|l| {
-            let range = l.split_whitespace().next().unwrap_or("");
-            let (lo, hi) = range.split_once('-').unwrap_or(("", ""));
-            let lo = usize::from_str_radix(lo, 16).unwrap_or(usize::MAX);
-            let hi = usize::from_str_radix(hi, 16).unwrap_or(0);
-            (lo..hi).contains(&code)
-        })
-        .expect("the code is mapped");
-    let file = mapping.split_whitespace().nth(5).unwrap_or("");
+    let (_, file) = mapping_of(component.image_range().start as usize);
     assert!(
         file.starts_with(&*cache.path().to_string_lossy()) && file.ends_with(".cwasm"),
-        "code mapped from {file:?}, not from the cached file: {mapping}"
+        "code mapped from {file:?}, not from the cached file"
     );
 }
 
@@ -395,7 +363,7 @@ fn js_guest_greeting(greeting: &str) -> Vec<u8> {
             &vars,
             &["API".to_string()],
         )
-        .expect("the JS worker builds")
+        .expect("the JS worker builds (scripts/setup.sh installs ComponentizeJS)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,11 +382,7 @@ async fn different_js_workers_run_their_equal_machine_code_from_one_file() {
         };
         router.deploy(Worker::new(engine.clone(), config, wasm, None).expect("worker"));
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(router.serve(listener));
+    let addr = common::serve(router).await;
     // Each still runs its own JS, from the shared code.
     assert_eq!(
         get(addr, "one.workers.test", "/hello").await,
@@ -495,11 +459,7 @@ async fn a_shared_code_file_that_does_not_hold_the_code_is_replaced_not_run() {
         names[0],
         "mapped from the shared name"
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(router.serve(listener));
+    let addr = common::serve(router).await;
     assert_eq!(
         get(addr, "shop.workers.test", "/hello").await,
         (StatusCode::OK, "hello from a wasm worker".into())

@@ -28,6 +28,16 @@ pub fn guest() -> &'static [u8] {
     })
 }
 
+/// Serves `router` on a fresh loopback port; its address.
+pub async fn serve(router: std::sync::Arc<warren_runtime::serve::Router>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(router.serve(listener));
+    addr
+}
+
 /// GET `path` from `addr` with `Host: host`; the status and the body as text.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
     get_headers(addr, host, path, &[]).await

@@ -233,6 +233,13 @@ fn init_logging(level: &str, format: LogFormat) {
 /// and give them back when freed.
 const MMAP_THRESHOLD: i32 = 4 << 20;
 
+/// Free memory at the top of an allocator heap kept for reuse, not given
+/// back: what glibc would keep (twice the mmap threshold) had its dynamic
+/// threshold stopped at [`MMAP_THRESHOLD`]. Fixing the mmap threshold also
+/// fixes this one at 128 KiB unless it is set, and then every request
+/// buffer between the two is faulted in afresh.
+const TRIM_THRESHOLD: i32 = 2 * MMAP_THRESHOLD;
+
 /// Fixes glibc's threshold for serving an allocation with its own mapping.
 /// glibc raises it to the largest block freed so far (up to 32 MiB), and the
 /// threshold for giving back the free top of a heap with it; a node that
@@ -246,6 +253,7 @@ fn tune_allocator() {
     // locks and is safe to call at any time.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
 }
 

@@ -35,7 +35,7 @@ async fn serve(pool: u32, tweak: impl FnOnce(&mut WorkerConfig)) -> SocketAddr {
         ..Default::default()
     };
     router.deploy(Worker::new(engine, other, guest(), None).expect("other"));
-    listen(router).await
+    common::serve(router).await
 }
 
 /// An engine (sharing the tests' compiled-code cache) with a pool of `pool`.
@@ -44,16 +44,6 @@ fn engine(pool: u32) -> Arc<RuntimeEngine> {
     let mut ec = EngineConfig::new(shared);
     ec.max_instances = pool;
     RuntimeEngine::new(ec).expect("engine")
-}
-
-/// Serves `router` on a loopback port; the address.
-async fn listen(router: Arc<Router>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(router.serve(listener));
-    addr
 }
 
 /// GETs `path` on `shop` until it answers 200, or `limit` passes; how long it took.
@@ -212,7 +202,7 @@ async fn a_redeploy_does_not_reset_the_concurrency_cap() {
         Worker::new(engine.clone(), config, guest(), None).expect("worker")
     };
     router.deploy(version());
-    let addr = listen(router.clone()).await;
+    let addr = common::serve(router.clone()).await;
     let (status, _) = get(addr, "shop.workers.test", "/linger").await;
     assert_eq!(status, StatusCode::OK);
     // The lingering request of the old version still counts.

@@ -50,16 +50,6 @@ pub struct CodeDir {
     disabled: AtomicBool,
 }
 
-/// What [`CodeDir::share`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shared {
-    /// The component's code now maps this many bytes of a shared file.
-    Mapped(usize),
-    /// Nothing to share: the code is under a page, or not page-aligned in
-    /// its file.
-    Skipped,
-}
-
 impl CodeDir {
     /// Opens (creating it) the shared-code directory `dir`, removing links
     /// no `.cwasm` shares any more.
@@ -86,12 +76,13 @@ impl CodeDir {
     }
 
     /// Maps `component`'s whole pages of code from the shared file for its
-    /// text, making one if none exists yet. `cwasm` is the file the
+    /// text, making one if none exists yet (nothing to share when the code is
+    /// under a page, not page-aligned in its file, or hard links fail here). `cwasm` is the file the
     /// component was loaded from with `Component::deserialize_file`, and no
     /// instance of the component may exist yet.
-    pub fn share(&self, component: &Component, cwasm: &Path) -> anyhow::Result<Shared> {
+    pub fn share(&self, component: &Component, cwasm: &Path) -> anyhow::Result<()> {
         if self.disabled.load(Ordering::Relaxed) {
-            return Ok(Shared::Skipped);
+            return Ok(());
         }
         let page = page_size();
         let text = component.text();
@@ -102,7 +93,7 @@ impl CodeDir {
             bail!("the component's code is outside its image");
         };
         if len == 0 || !start.is_multiple_of(page) || !offset.is_multiple_of(page) {
-            return Ok(Shared::Skipped);
+            return Ok(());
         }
         let digest: [u8; 32] = Sha256::digest(text).into();
         let name = format!("{}-{offset:x}", hex::encode(digest));
@@ -163,7 +154,7 @@ impl CodeDir {
                 );
             }
         }
-        Ok(Shared::Mapped(len))
+        Ok(())
     }
 
     /// The shared file `name` (text hash and offset): the one this process

@@ -354,8 +354,7 @@ impl RuntimeEngine {
                 Ok(()) => return Ok(()),
             }
         }
-        let bytes = compile_with(self.functions.clone(), wasm)?;
-        Ok(std::fs::write(out, bytes)?)
+        compile_with(self.functions.clone(), wasm, out)
     }
 
     /// Loads the compiled component in `path` and maps its machine code
@@ -489,16 +488,24 @@ fn compile_settings(functions: Arc<FunctionCache>) -> anyhow::Result<Config> {
 }
 
 /// Compiles `wasm` as a [`RuntimeEngine`] with cache directory `cache_dir`
-/// would (same settings, same incremental cache) and returns the serialized
-/// component, with an engine made for this compile and dropped after it.
-/// The body of `warren compile-component`.
-pub fn compile_component(cache_dir: &std::path::Path, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+/// would (same settings, same incremental cache) into the file `out`, with an
+/// engine made for this compile and dropped after it. The body of
+/// `warren compile-component`.
+pub fn compile_component(
+    cache_dir: &std::path::Path,
+    wasm: &[u8],
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     let functions = Arc::new(FunctionCache::new(cache_dir.join("functions"))?);
-    compile_with(functions, wasm)
+    compile_with(functions, wasm, out)
 }
 
 /// [`compile_component`] with the incremental cache `functions`.
-fn compile_with(functions: Arc<FunctionCache>, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+fn compile_with(
+    functions: Arc<FunctionCache>,
+    wasm: &[u8],
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     let engine = Engine::new(&compile_settings(functions)?)
         .map_err(anyhow::Error::from)
         .context("creating the wasmtime engine")?;
@@ -508,8 +515,10 @@ fn compile_with(functions: Arc<FunctionCache>, wasm: &[u8]) -> anyhow::Result<Ve
     let bytes = component.serialize().map_err(anyhow::Error::from);
     drop(component);
     drop(engine);
+    let written = bytes
+        .and_then(|b| std::fs::write(out, b).with_context(|| format!("writing {}", out.display())));
     release_freed_memory();
-    bytes
+    written
 }
 
 /// Hands memory the allocator holds but no longer uses back to the kernel.

@@ -213,8 +213,7 @@ fn compile_component(cache_dir: &std::path::Path, out: &std::path::Path) -> anyh
     std::io::stdin()
         .read_to_end(&mut wasm)
         .context("reading the component from standard input")?;
-    let bytes = warren_runtime::engine::compile_component(cache_dir, &wasm)?;
-    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
+    warren_runtime::engine::compile_component(cache_dir, &wasm, out)
 }
 
 fn init_logging(level: &str, format: LogFormat) {

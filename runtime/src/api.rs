@@ -242,6 +242,7 @@ async fn tail(
     let rx = s
         .scripts
         .tail(&account, &name)
+        .await
         .ok_or_else(|| ApiError::not_found("worker"))?;
     // First line: a hello, so the client knows the subscription is live.
     let hello = json_line(&TailHello {

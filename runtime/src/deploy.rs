@@ -185,6 +185,10 @@ const FETCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(10
 /// Longest one fetch from the peers may take before it counts as failed.
 const FETCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// How long a new tail waits for the node's other runtime processes to
+/// follow it before it is live anyway.
+pub const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Default of [`ScriptsConfig::max_cpu_ms`]: 30 s, the most Workers allows.
 pub const DEFAULT_MAX_CPU_MS: u64 = 30_000;
 
@@ -275,9 +279,22 @@ impl Scripts {
 
     /// Follows the live logs of `account_id`'s worker `name`; `None` when the
     /// account has no such worker. The subscription ends when it is deleted.
-    pub fn tail(&self, account_id: &str, name: &str) -> Option<Subscription> {
+    /// It is returned once the node's other runtime processes send its
+    /// events too (or after [`RELAY_WAIT`], with a warning), so a request
+    /// served after it is never missed.
+    pub async fn tail(&self, account_id: &str, name: &str) -> Option<Subscription> {
         let info = self.get(account_id, name)?;
-        self.logs.subscribe(&log_key(&info))
+        let sub = self.logs.subscribe(&log_key(&info))?;
+        if tokio::time::timeout(RELAY_WAIT, self.logs.relayed(sub.number()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = %name,
+                "a runtime process did not follow a new tail in time; it may miss events"
+            );
+        }
+        Some(sub)
     }
 
     fn worker(

@@ -8,8 +8,15 @@
 //! or another, is a different worker, and deleting a worker ends every
 //! subscription to it. Each subscriber has a bounded buffer; one that falls
 //! [`SUBSCRIBER_BUFFER_BYTES`] behind is dropped rather than buffered further.
+//!
+//! Where other processes serve the workers (a node's runtime processes),
+//! each is a [`Follower`]: it says up to which subscription it sends events
+//! ([`Follower::follows`]), and a new subscription waits for all of them
+//! ([`LogHub::relayed`]) before its client is told it is live, so no request
+//! served after that is missed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
@@ -164,9 +171,16 @@ impl Subscriber {
 #[derive(Debug)]
 pub struct Subscription {
     sub: Arc<Subscriber>,
+    number: u64,
 }
 
 impl Subscription {
+    /// Its place in the hub's subscriptions (the first is 1); a
+    /// [`Follower`] that follows this number sends its events.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
     /// The next event, or why the subscription ended (the same reason on
     /// every later call).
     pub async fn recv(&mut self) -> Result<TailEvent, TailEnd> {
@@ -195,6 +209,13 @@ pub struct LogHub {
     workers: Mutex<HashMap<WorkerKey, Vec<Weak<Subscriber>>>>,
     buffer_bytes: usize,
     subscribed: Notify,
+    /// Subscriptions made so far (changed only with `workers` locked).
+    subscriptions: AtomicU64,
+    /// Each follower's id and the last subscription it follows.
+    followers: Mutex<HashMap<u64, u64>>,
+    next_follower: AtomicU64,
+    /// Woken when a follower follows more or goes away.
+    followed_more: Notify,
 }
 
 impl Default for LogHub {
@@ -210,6 +231,10 @@ impl LogHub {
             workers: Mutex::new(HashMap::new()),
             buffer_bytes: bytes,
             subscribed: Notify::new(),
+            subscriptions: AtomicU64::new(0),
+            followers: Mutex::new(HashMap::new()),
+            next_follower: AtomicU64::new(0),
+            followed_more: Notify::new(),
         }
     }
 
@@ -241,9 +266,48 @@ impl LogHub {
         subs.retain(|s| s.strong_count() > 0);
         let sub = Arc::new(Subscriber::default());
         subs.push(Arc::downgrade(&sub));
+        let number = self.subscriptions.fetch_add(1, Ordering::SeqCst) + 1;
         drop(w);
         self.subscribed.notify_waiters();
-        Some(Subscription { sub })
+        Some(Subscription { sub, number })
+    }
+
+    /// Subscriptions made so far. Read before [`LogHub::followed`], every
+    /// subscription up to it is in that list (or has ended).
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::SeqCst)
+    }
+
+    /// Registers another process sending events of the followed workers;
+    /// until it [`Follower::follows`] a subscription, [`LogHub::relayed`]
+    /// waits for it. Dropping it unregisters it.
+    pub fn follower(self: &Arc<Self>) -> Follower {
+        let id = self.next_follower.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.followers.lock() {
+            f.insert(id, 0);
+        }
+        Follower {
+            hub: self.clone(),
+            id,
+        }
+    }
+
+    /// Completes when every follower follows subscription `number` (at once
+    /// without followers; a follower that goes away stops counting).
+    pub async fn relayed(&self, number: u64) {
+        loop {
+            let more = self.followed_more.notified();
+            tokio::pin!(more);
+            more.as_mut().enable();
+            let behind = match self.followers.lock() {
+                Ok(f) => f.values().any(|&n| n < number),
+                Err(_) => false,
+            };
+            if !behind {
+                return;
+            }
+            more.await;
+        }
     }
 
     /// The workers someone follows now, in order (a node's other runtime
@@ -307,6 +371,35 @@ impl LogHub {
             s.ready.notify_one();
             true
         });
+    }
+}
+
+/// A process sending events of the followed workers to a [`LogHub`]
+/// (see [`LogHub::follower`]).
+#[derive(Debug)]
+pub struct Follower {
+    hub: Arc<LogHub>,
+    id: u64,
+}
+
+impl Follower {
+    /// It sends the events of every subscription up to `number`.
+    pub fn follows(&self, number: u64) {
+        if let Ok(mut f) = self.hub.followers.lock()
+            && let Some(n) = f.get_mut(&self.id)
+        {
+            *n = (*n).max(number);
+        }
+        self.hub.followed_more.notify_waiters();
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.hub.followers.lock() {
+            f.remove(&self.id);
+        }
+        self.hub.followed_more.notify_waiters();
     }
 }
 
@@ -380,6 +473,33 @@ mod tests {
         assert_eq!(hub.followed(), std::slice::from_ref(&b));
         drop(sub);
         assert!(hub.followed().is_empty(), "a dropped subscription");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_is_relayed_once_every_follower_follows_it() {
+        let hub = Arc::new(LogHub::default());
+        let k = key("acct", "t");
+        hub.open(&k);
+        let (one, two) = (hub.follower(), hub.follower());
+        let sub = hub.subscribe(&k).expect("open");
+        assert_eq!(sub.number(), 1);
+        let relayed = hub.relayed(sub.number());
+        tokio::pin!(relayed);
+        fn pending<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+            futures_util::FutureExt::now_or_never(f).is_none()
+        }
+        assert!(pending(relayed.as_mut()), "no follower follows it yet");
+        one.follows(1);
+        assert!(pending(relayed.as_mut()), "one of two followers follows it");
+        drop(two);
+        assert!(!pending(relayed.as_mut()), "the other went away");
+        let later = hub.subscribe(&k).expect("open");
+        let relayed = hub.relayed(later.number());
+        tokio::pin!(relayed);
+        one.follows(1);
+        assert!(pending(relayed.as_mut()), "it follows an earlier one only");
+        one.follows(2);
+        assert!(!pending(relayed.as_mut()));
     }
 
     #[tokio::test]

@@ -512,6 +512,7 @@ async fn watch_and_serve(
     };
     let mut logs = scripts
         .tail(account_id, &last.name)
+        .await
         .ok_or_else(|| anyhow::anyhow!("this edge runs no workers"))?;
     live(&last.name);
     let stop = warren_connector::shutdown_signal();
@@ -537,7 +538,7 @@ async fn watch_and_serve(
                     Ok(true) => {
                         scripts.router().set_fallback(Some(last.name.clone()));
                         if last.name != name
-                            && let Some(l) = scripts.tail(account_id, &last.name)
+                            && let Some(l) = scripts.tail(account_id, &last.name).await
                         {
                             logs = l;
                         }

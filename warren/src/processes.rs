@@ -61,6 +61,9 @@ pub enum ToChild {
     Follow {
         /// Followed workers.
         workers: Vec<WorkerKey>,
+        /// The parent's subscriptions made before the list was read; the
+        /// answer is [`ToParent::Following`] with it.
+        upto: u64,
     },
     /// Serve what the store holds for worker `name` now, then say
     /// [`ToParent::Synced`] (a change was committed through the parent).
@@ -93,6 +96,11 @@ pub enum ToParent {
     Totals {
         /// Each series and its total.
         totals: Vec<(Series, u64)>,
+    },
+    /// Sends the events of the workers of [`ToChild::Follow`] `upto`.
+    Following {
+        /// As in that message.
+        upto: u64,
     },
     /// Done with [`ToChild::Sync`] `id`.
     Synced {
@@ -389,7 +397,9 @@ async fn run_child(
     let mut totals: HashMap<Series, u64> = HashMap::new();
     let mut pending: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
     let mut next_id = 0u64;
-    let mut followed = Vec::new();
+    // Tails wait until this process follows them (and not once it is gone).
+    let follower = children.logs.follower();
+    let mut followed = None;
     let mut check = true;
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -398,20 +408,24 @@ async fn run_child(
         tokio::pin!(subscribed);
         subscribed.as_mut().enable();
         if std::mem::take(&mut check) {
-            let now = children.logs.followed();
-            if now != followed {
+            // Read first: every subscription up to it is in the list.
+            let upto = children.logs.subscriptions();
+            let now = (children.logs.followed(), upto);
+            if followed.as_ref() != Some(&now) {
                 stdin
                     .write_all(&line(&ToChild::Follow {
-                        workers: now.clone(),
+                        workers: now.0.clone(),
+                        upto,
                     })?)
                     .await?;
-                followed = now;
+                followed = Some(now);
             }
         }
         tokio::select! {
             l = out.recv() => match l {
                 Some(l) => match serde_json::from_slice::<ToParent>(&l) {
                     Ok(ToParent::Tail { worker, event }) => children.logs.publish(&worker, *event),
+                    Ok(ToParent::Following { upto }) => follower.follows(upto),
                     Ok(ToParent::Totals { totals: now }) => add_totals(&mut totals, now),
                     Ok(ToParent::Synced { id }) => {
                         if let Some(done) = pending.remove(&id) {
@@ -611,7 +625,14 @@ impl ChildSide {
     /// Acts on one message from the parent.
     fn message(&mut self, l: &[u8]) {
         match serde_json::from_slice::<ToChild>(l) {
-            Ok(ToChild::Follow { workers }) => self.want = workers.into_iter().collect(),
+            Ok(ToChild::Follow { workers, upto }) => {
+                self.want = workers.into_iter().collect();
+                self.follow();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(ToParent::Following { upto }).await;
+                });
+            }
             Ok(ToChild::Sync { id, name }) => {
                 let (scripts, tx) = (self.scripts.clone(), self.tx.clone());
                 tokio::spawn(async move {

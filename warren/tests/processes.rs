@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,8 @@ use warren_testkit::procs::{runtime_processes, state};
 
 mod common;
 use common::{
-    ShowLogs, WARREN, deploy, free_tcp, get, metrics_text, sample, serve_node, service, tail_json,
-    tunnel_with_connector, wait_for_profile, write_worker,
+    Kill, ShowLogs, WARREN, deploy, free_tcp, get, metrics_text, sample, serve_node, service,
+    tail_json, tunnel_with_connector, wait_for_profile, write_worker,
 };
 
 /// Whether a process has exited with all its threads (its files closed):
@@ -50,6 +51,28 @@ async fn requests(runtime: SocketAddr, host: &str, n: usize, want: &str, what: &
         let body = String::from_utf8_lossy(&body);
         assert_eq!((status, body.as_ref()), (200, want), "{what}: request {i}");
     }
+}
+
+/// A JSON tail of `worker` (connected) and the URLs of its events, read
+/// on a thread of their own.
+fn tail_urls(profile: &Path, worker: &str) -> (Kill, std::sync::mpsc::Receiver<String>) {
+    let (tail, lines) = tail_json(profile, worker);
+    let (tx, urls) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let url = match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(event) => event["request"]["url"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                Err(e) => format!("a line that is not JSON ({e}): {line}"),
+            };
+            if tx.send(url).is_err() {
+                return;
+            }
+        }
+    });
+    (tail, urls)
 }
 
 /// Polls until `cond` holds or 60 s pass.
@@ -128,28 +151,37 @@ async fn two_runtime_processes_serve_every_change_and_report_every_request() {
     requests(runtime, host, 20, "2: hello from origin", "second").await;
 
     // A tail sees the requests of both processes.
-    let (_tail, lines) = tail_json(&profile, "twin");
-    let (tx, events) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (_tail, events) = tail_urls(&profile, "twin");
     requests(runtime, host, 20, "2: hello from origin", "tailed").await;
     let mut seen = BTreeSet::new();
     while seen.len() < 20 {
-        let line = events
+        let url = events
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("the tail showed only {seen:?}"));
-        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON event");
-        let url = event["request"]["url"].as_str().expect("url").to_owned();
-        assert!(url.starts_with("/tailed/"), "{line}");
+        assert!(url.starts_with("/tailed/"), "{url}");
         seen.insert(url);
     }
     let want: BTreeSet<String> = (0..20).map(|i| format!("/tailed/{i}")).collect();
     assert_eq!(seen, want);
+    // A tail is live only once both processes follow it: the request
+    // right after its hello is in it, whichever process served it.
+    for round in 0..10 {
+        let (_tail, events) = tail_urls(&profile, "twin");
+        requests(
+            runtime,
+            host,
+            1,
+            "2: hello from origin",
+            &format!("at-once-{round}"),
+        )
+        .await;
+        let url = events
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the tail missed the request after its hello")
+            });
+        assert_eq!(url, format!("/at-once-{round}/0"));
+    }
 
     // /metrics counts the requests of both (61+ with the warm-up ones).
     let series = format!(

@@ -56,15 +56,11 @@ impl CodeDir {
     pub fn open(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        // Links a crashed process never renamed.
+        warren_store::blobs::remove_stale_temporaries(&dir);
         for entry in std::fs::read_dir(&dir)?.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
             // A process mapping it keeps the file itself; only the name goes.
-            let last_name = meta.nlink() <= 1;
-            // A link a crashed process never renamed.
-            let stale_tmp = entry.file_name().to_string_lossy().ends_with(".tmp")
-                && meta.modified().is_ok_and(|m| m < an_hour_ago);
-            if last_name || stale_tmp {
+            if entry.metadata().is_ok_and(|m| m.nlink() <= 1) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

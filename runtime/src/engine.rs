@@ -548,6 +548,7 @@ impl FunctionCache {
     fn new(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        warren_store::blobs::remove_stale_temporaries(&dir);
         Ok(FunctionCache {
             dir,
             hits: AtomicU64::new(0),

@@ -401,10 +401,38 @@ pub struct CompiledDir {
     dir: PathBuf,
 }
 
+/// How old a temporary file must be before a process that starts takes it
+/// for one a crashed process left (a write in progress is younger).
+pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the `*.tmp` files in `dir` last modified over
+/// [`STALE_TEMPORARY`] ago: writes a crashed or killed process never
+/// renamed into place.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Some(cutoff) = std::time::SystemTime::now().checked_sub(STALE_TEMPORARY) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().ends_with(".tmp")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m < cutoff);
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl CompiledDir {
-    /// Compiled components in `dir` (created if needed).
+    /// Compiled components in `dir` (created if needed), without the
+    /// temporary files of compiles that never finished.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        remove_stale_temporaries(dir);
         Ok(CompiledDir {
             dir: dir.to_owned(),
         })
@@ -445,6 +473,32 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn opening_the_compiled_dir_removes_only_stale_temporaries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let two_hours_ago = std::time::SystemTime::now() - 2 * STALE_TEMPORARY;
+        let write = |name: &str, old: bool| {
+            let f = std::fs::File::create(dir.path().join(name)).expect("create");
+            if old {
+                f.set_modified(two_hours_ago).expect("mtime");
+            }
+        };
+        write("k.1234.tmp", true);
+        write("k.5678.tmp", false);
+        write("k.cwasm", true);
+        CompiledDir::open(dir.path()).expect("open");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["k.5678.tmp", "k.cwasm"],
+            "a write in progress and a compiled file stay"
+        );
+    }
 
     #[test]
     fn bundles_round_trip_and_a_changed_byte_is_refused() {

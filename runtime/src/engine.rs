@@ -153,6 +153,7 @@ impl RuntimeEngine {
                 wasmtime::Enabled::No
             });
         let functions = Arc::new(FunctionCache::new(config.cache_dir.join("functions"))?);
+        functions.trim(FUNCTION_CACHE_BYTES);
         let mut c = compile_settings(functions.clone())?;
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c)
@@ -322,6 +323,9 @@ impl RuntimeEngine {
         compiled?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         std::fs::rename(&tmp, &path)?;
+        // Each compile adds a few hundred entries, even for a bundle
+        // compiled before (their keys are not stable).
+        self.functions.trim(FUNCTION_CACHE_BYTES);
         // Serve from the file just written rather than from compiled code in
         // this process's memory: mapped from the file, a worker's code and
         // memory image are page cache, resident only where an instance touched
@@ -544,7 +548,47 @@ struct FunctionCache {
     hits: AtomicU64,
 }
 
+/// The most the incremental cache keeps on disk. One JS engine's functions
+/// take about 100 MiB; entries no compile has read for longest go first
+/// (those of an older wasmtime, and the few functions whose keys differ
+/// from compile to compile).
+pub const FUNCTION_CACHE_BYTES: u64 = 1 << 30;
+
 impl FunctionCache {
+    /// Removes the entries read longest ago (by access time, which Linux
+    /// updates about once a day with `relatime`) until the cache holds
+    /// under three quarters of `max_bytes`; nothing while it holds at most
+    /// `max_bytes`.
+    fn trim(&self, max_bytes: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                if !meta.is_file() {
+                    return None;
+                }
+                Some((meta.accessed().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        if total <= max_bytes {
+            return;
+        }
+        files.sort_by_key(|f| f.0);
+        let goal = max_bytes / 4 * 3;
+        for (_, len, path) in files {
+            if total <= goal {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total = total.saturating_sub(len);
+            }
+        }
+    }
+
     fn new(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -609,6 +653,37 @@ fn fingerprint(engine: &Engine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_function_cache_drops_what_was_read_longest_ago_once_over_its_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = FunctionCache::new(dir.path().to_owned()).expect("cache");
+        let now = std::time::SystemTime::now();
+        // Ten entries of 100 bytes, entry i last read i hours ago.
+        for i in 0..10u64 {
+            let f = std::fs::File::create(dir.path().join(format!("e{i}"))).expect("create");
+            f.set_len(100).expect("len");
+            let read = now - Duration::from_secs(3600 * i);
+            f.set_times(
+                std::fs::FileTimes::new()
+                    .set_accessed(read)
+                    .set_modified(read),
+            )
+            .expect("times");
+        }
+        let left = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .expect("read")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        cache.trim(1000);
+        assert_eq!(left().len(), 10, "at its limit: nothing goes");
+        cache.trim(999);
+        assert_eq!(left(), ["e0", "e1", "e2", "e3", "e4", "e5", "e6"]);
+    }
 
     #[test]
     fn swap_is_active_when_proc_swaps_lists_an_area() {

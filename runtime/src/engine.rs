@@ -549,16 +549,21 @@ struct FunctionCache {
 }
 
 /// The most the incremental cache keeps on disk. One JS engine's functions
-/// take about 100 MiB; entries no compile has read for longest go first
+/// take about 100 MiB; entries no compile has used for longest go first
 /// (those of an older wasmtime, and the few functions whose keys differ
 /// from compile to compile).
 pub const FUNCTION_CACHE_BYTES: u64 = 1 << 30;
 
+/// How stale an entry's modification time may get before a hit renews it
+/// (it is the entry's last use, for [`FunctionCache::trim`]).
+const FUNCTION_USE_GRAIN: Duration = Duration::from_secs(3600);
+
 impl FunctionCache {
-    /// Removes the entries read longest ago (by access time, which Linux
-    /// updates about once a day with `relatime`) until the cache holds
-    /// under three quarters of `max_bytes`; nothing while it holds at most
-    /// `max_bytes`.
+    /// Removes the entries used longest ago (by modification time, which a
+    /// hit renews hourly) until the cache holds under three quarters of
+    /// `max_bytes`; nothing while it holds at most `max_bytes`. Processes
+    /// trimming at once each count what the others removed, so together
+    /// they remove no more than one would.
     fn trim(&self, max_bytes: u64) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -570,7 +575,7 @@ impl FunctionCache {
                 if !meta.is_file() {
                     return None;
                 }
-                Some((meta.accessed().ok()?, meta.len(), e.path()))
+                Some((meta.modified().ok()?, meta.len(), e.path()))
             })
             .collect();
         let mut total: u64 = files.iter().map(|f| f.1).sum();
@@ -583,8 +588,9 @@ impl FunctionCache {
             if total <= goal {
                 break;
             }
-            if std::fs::remove_file(&path).is_ok() {
-                total = total.saturating_sub(len);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {}
+                _ => total = total.saturating_sub(len),
             }
         }
     }
@@ -606,7 +612,19 @@ impl FunctionCache {
 
 impl CacheStore for FunctionCache {
     fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
+        use std::io::Read;
+        let mut file = std::fs::File::open(self.path(key)).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        // Marks the entry used, so that trimming keeps it.
+        let now = std::time::SystemTime::now();
+        let stale = file.metadata().and_then(|m| m.modified()).is_ok_and(|m| {
+            now.duration_since(m)
+                .is_ok_and(|age| age > FUNCTION_USE_GRAIN)
+        });
+        if stale {
+            let _ = file.set_modified(now);
+        }
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(bytes.into())
     }
@@ -655,11 +673,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_function_cache_drops_what_was_read_longest_ago_once_over_its_limit() {
+    fn the_function_cache_drops_what_was_used_longest_ago_once_over_its_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = FunctionCache::new(dir.path().to_owned()).expect("cache");
         let now = std::time::SystemTime::now();
-        // Ten entries of 100 bytes, entry i last read i hours ago.
+        // Ten entries of 100 bytes, entry i last used i hours ago.
         for i in 0..10u64 {
             let f = std::fs::File::create(dir.path().join(format!("e{i}"))).expect("create");
             f.set_len(100).expect("len");
@@ -681,8 +699,16 @@ mod tests {
         };
         cache.trim(1000);
         assert_eq!(left().len(), 10, "at its limit: nothing goes");
+        // A hit on the oldest entry makes it the newest.
+        assert!(cache.get(b"k").is_none());
+        std::fs::rename(dir.path().join("e9"), cache.path(b"k")).expect("rename");
+        assert_eq!(cache.get(b"k").map(|b| b.len()), Some(100));
         cache.trim(999);
-        assert_eq!(left(), ["e0", "e1", "e2", "e3", "e4", "e5", "e6"]);
+        let hit = cache.path(b"k");
+        let mut want = vec!["e0", "e1", "e2", "e3", "e4", "e5"];
+        want.push(hit.file_name().and_then(|n| n.to_str()).expect("name"));
+        want.sort();
+        assert_eq!(left(), want);
     }
 
     #[test]

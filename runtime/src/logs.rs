@@ -261,8 +261,24 @@ impl LogHub {
 
     /// Follows `key`'s events from now on; `None` when no such worker is open.
     pub fn subscribe(&self, key: &WorkerKey) -> Option<Subscription> {
+        self.add_subscriber(key, false)
+    }
+
+    /// Follows `key`'s events from now on, also when its worker is not open
+    /// here yet (a runtime process told to follow a worker it has still to
+    /// load captures its first request). `None` only if the hub's lock is
+    /// poisoned.
+    pub fn subscribe_ahead(&self, key: &WorkerKey) -> Option<Subscription> {
+        self.add_subscriber(key, true)
+    }
+
+    fn add_subscriber(&self, key: &WorkerKey, ahead: bool) -> Option<Subscription> {
         let mut w = self.workers.lock().ok()?;
-        let subs = w.get_mut(key)?;
+        let subs = if ahead {
+            w.entry(key.clone()).or_default()
+        } else {
+            w.get_mut(key)?
+        };
         subs.retain(|s| s.strong_count() > 0);
         let sub = Arc::new(Subscriber::default());
         subs.push(Arc::downgrade(&sub));
@@ -456,6 +472,17 @@ mod tests {
         assert_eq!(sa.recv().await.unwrap_err(), TailEnd::WorkerDeleted);
         assert!(hub.subscribe(&a).is_none(), "a deleted worker");
         drop(sa);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_ahead_gets_the_events_of_a_worker_opened_later() {
+        let hub = LogHub::default();
+        let k = key("acct", "later");
+        assert!(hub.subscribe(&k).is_none(), "not open yet");
+        let mut ahead = hub.subscribe_ahead(&k).expect("hub");
+        hub.open(&k);
+        hub.publish(&k, event("/first"));
+        assert_eq!(ahead.recv().await.expect("event").request.url, "/first");
     }
 
     #[tokio::test]

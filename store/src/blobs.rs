@@ -405,13 +405,26 @@ pub struct CompiledDir {
 /// for one a crashed process left (a write in progress is younger).
 pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Removes the `*.tmp` files in `dir` last modified over
-/// [`STALE_TEMPORARY`] ago: writes a crashed or killed process never
-/// renamed into place.
+/// Removes the `*.tmp` files in `dir` whose inode last changed over
+/// [`STALE_TEMPORARY`] ago: writes a crashed or killed process never renamed
+/// into place. (The change time, not the modification time: a temporary
+/// hard link to an old file has the old file's modification time, but
+/// linking changed it.)
 pub fn remove_stale_temporaries(dir: &Path) {
-    let Some(cutoff) = std::time::SystemTime::now().checked_sub(STALE_TEMPORARY) else {
+    if let Some(cutoff) = std::time::SystemTime::now().checked_sub(STALE_TEMPORARY) {
+        remove_temporaries_changed_before(dir, cutoff);
+    }
+}
+
+fn remove_temporaries_changed_before(dir: &Path, cutoff: std::time::SystemTime) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(cutoff) = cutoff.duration_since(std::time::UNIX_EPOCH) else {
         return;
     };
+    let cut = (
+        i64::try_from(cutoff.as_secs()).unwrap_or(i64::MAX),
+        i64::from(cutoff.subsec_nanos()),
+    );
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -419,8 +432,7 @@ pub fn remove_stale_temporaries(dir: &Path) {
         let stale = entry.file_name().to_string_lossy().ends_with(".tmp")
             && entry
                 .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m < cutoff);
+                .is_ok_and(|m| (m.ctime(), m.ctime_nsec()) < cut);
         if stale {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -475,29 +487,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn opening_the_compiled_dir_removes_only_stale_temporaries() {
+    fn only_temporaries_unchanged_since_the_cutoff_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let two_hours_ago = std::time::SystemTime::now() - 2 * STALE_TEMPORARY;
-        let write = |name: &str, old: bool| {
-            let f = std::fs::File::create(dir.path().join(name)).expect("create");
-            if old {
-                f.set_modified(two_hours_ago).expect("mtime");
-            }
+        let old = dir.path().join("k.cwasm");
+        std::fs::write(&old, b"compiled").expect("write");
+        let long_ago = std::time::SystemTime::now() - 2 * STALE_TEMPORARY;
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .expect("open");
+        f.set_modified(long_ago).expect("mtime");
+        // A fresh link to an old file: old modification time, new change time.
+        std::fs::hard_link(&old, dir.path().join(".k.link.tmp")).expect("link");
+        std::fs::write(dir.path().join("k.1234.tmp"), b"part").expect("write");
+        let left = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .expect("read")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
         };
-        write("k.1234.tmp", true);
-        write("k.5678.tmp", false);
-        write("k.cwasm", true);
         CompiledDir::open(dir.path()).expect("open");
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .expect("read")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
         assert_eq!(
-            left,
-            ["k.5678.tmp", "k.cwasm"],
-            "a write in progress and a compiled file stay"
+            left(),
+            [".k.link.tmp", "k.1234.tmp", "k.cwasm"],
+            "all changed just now"
         );
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        remove_temporaries_changed_before(dir.path(), later);
+        assert_eq!(left(), ["k.cwasm"], "only temporaries go");
     }
 
     #[test]

@@ -338,6 +338,28 @@ async fn supervise(
     }
 }
 
+/// Tells a child the followed workers and the subscriptions they cover,
+/// unless `sent` says it knows them already.
+async fn send_follow(
+    stdin: &mut ChildStdin,
+    logs: &LogHub,
+    sent: &mut Option<(Vec<WorkerKey>, u64)>,
+) -> anyhow::Result<()> {
+    // Read first: every subscription up to it is in the list.
+    let upto = logs.subscriptions();
+    let now = (logs.followed(), upto);
+    if sent.as_ref() != Some(&now) {
+        stdin
+            .write_all(&line(&ToChild::Follow {
+                workers: now.0.clone(),
+                upto,
+            })?)
+            .await?;
+        *sent = Some(now);
+    }
+    Ok(())
+}
+
 /// Starts child `index` and serves it until it exits (its status) or
 /// `stop` (then it is told to stop, and killed if it has not within 10 s).
 async fn run_child(
@@ -368,6 +390,11 @@ async fn run_child(
             binding_rpc: children.binding_rpc.clone(),
         })?)
         .await?;
+    // Tails wait until this process follows them (and not once it is gone),
+    // from its start: it may serve requests before it says it is ready.
+    let follower = children.logs.follower();
+    let mut followed = None;
+    send_follow(&mut stdin, &children.logs, &mut followed).await?;
     let mut out = lines(stdout, "a runtime process");
     // Until ready: its first message, or its exit. Changes committed
     // meanwhile need no answer from it: it loads the store as it starts.
@@ -397,9 +424,6 @@ async fn run_child(
     let mut totals: HashMap<Series, u64> = HashMap::new();
     let mut pending: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
     let mut next_id = 0u64;
-    // Tails wait until this process follows them (and not once it is gone).
-    let follower = children.logs.follower();
-    let mut followed = None;
     let mut check = true;
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -408,18 +432,7 @@ async fn run_child(
         tokio::pin!(subscribed);
         subscribed.as_mut().enable();
         if std::mem::take(&mut check) {
-            // Read first: every subscription up to it is in the list.
-            let upto = children.logs.subscriptions();
-            let now = (children.logs.followed(), upto);
-            if followed.as_ref() != Some(&now) {
-                stdin
-                    .write_all(&line(&ToChild::Follow {
-                        workers: now.0.clone(),
-                        upto,
-                    })?)
-                    .await?;
-                followed = Some(now);
-            }
+            send_follow(&mut stdin, &children.logs, &mut followed).await?;
         }
         tokio::select! {
             l = out.recv() => match l {
@@ -666,9 +679,8 @@ impl ChildSide {
         }
     }
 
-    /// Subscribes to the wanted workers not followed yet (one not loaded
-    /// here yet is tried again at the next message or tick) and drops the
-    /// rest.
+    /// Subscribes to the wanted workers not followed yet (also those not
+    /// loaded here yet) and drops the rest.
     fn follow(&mut self) {
         let want = &self.want;
         self.following.retain(|k, task| {
@@ -682,7 +694,8 @@ impl ChildSide {
             if self.following.contains_key(key) {
                 continue;
             }
-            let Some(mut sub) = self.logs.subscribe(key) else {
+            // Also a worker not loaded here yet: its first request counts.
+            let Some(mut sub) = self.logs.subscribe_ahead(key) else {
                 continue;
             };
             let (tx, worker) = (self.tx.clone(), key.clone());

@@ -200,7 +200,9 @@ async fn two_runtime_processes_serve_every_change_and_report_every_request() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // A runtime process killed: the other serves on, and it is started again.
+    // A runtime process killed: the other serves on, and it is started again
+    // (and follows the tail opened before).
+    let (_across, across) = tail_urls(&profile, "twin");
     let killed = *children.first().expect("a process");
     let status = Command::new("kill")
         .args(["-KILL", &killed.to_string()])
@@ -227,6 +229,15 @@ async fn two_runtime_processes_serve_every_change_and_report_every_request() {
         cpu_ticks(fresh) - before >= 5,
         "the restarted runtime process serves"
     );
+    let mut seen = BTreeSet::new();
+    while seen.len() < 60 {
+        let url = across
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the tail across the restart showed only {seen:?}"));
+        if url.starts_with("/restarted/") {
+            seen.insert(url);
+        }
+    }
 
     // Stopping the node stops its runtime processes.
     let status = Command::new("kill")

@@ -153,7 +153,7 @@ impl RuntimeEngine {
                 wasmtime::Enabled::No
             });
         let functions = Arc::new(FunctionCache::new(config.cache_dir.join("functions"))?);
-        functions.trim(FUNCTION_CACHE_BYTES);
+        functions.trim_in_background();
         let mut c = compile_settings(functions.clone())?;
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c)
@@ -325,7 +325,7 @@ impl RuntimeEngine {
         std::fs::rename(&tmp, &path)?;
         // Each compile adds a few hundred entries, even for a bundle
         // compiled before (their keys are not stable).
-        self.functions.trim(FUNCTION_CACHE_BYTES);
+        self.functions.trim_in_background();
         // Serve from the file just written rather than from compiled code in
         // this process's memory: mapped from the file, a worker's code and
         // memory image are page cache, resident only where an instance touched
@@ -595,6 +595,19 @@ impl FunctionCache {
         }
     }
 
+    /// [`FunctionCache::trim`] to [`FUNCTION_CACHE_BYTES`] on a thread of
+    /// its own: walking ~20 000 entries takes up to about 0.2 s, which
+    /// neither a deploy nor the node's start should wait for.
+    fn trim_in_background(self: &Arc<Self>) {
+        let cache = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("warren-cache-trim".into())
+            .spawn(move || cache.trim(FUNCTION_CACHE_BYTES));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start trimming the function cache");
+        }
+    }
+
     fn new(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -689,14 +702,7 @@ mod tests {
             )
             .expect("times");
         }
-        let left = || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path())
-                .expect("read")
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
+        let left = || warren_testkit::file_names(dir.path());
         cache.trim(1000);
         assert_eq!(left().len(), 10, "at its limit: nothing goes");
         // A hit on the oldest entry makes it the newest.

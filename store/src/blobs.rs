@@ -500,14 +500,7 @@ mod tests {
         // A fresh link to an old file: old modification time, new change time.
         std::fs::hard_link(&old, dir.path().join(".k.link.tmp")).expect("link");
         std::fs::write(dir.path().join("k.1234.tmp"), b"part").expect("write");
-        let left = || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path())
-                .expect("read")
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
+        let left = || warren_testkit::file_names(dir.path());
         CompiledDir::open(dir.path()).expect("open");
         assert_eq!(
             left(),

@@ -33,6 +33,19 @@ where
     }
 }
 
+/// The names in folder `dir`, sorted (panics when it cannot be read).
+pub fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| match e {
+            Ok(e) => e.file_name().to_string_lossy().into_owned(),
+            Err(e) => panic!("cannot read {}: {e}", dir.display()),
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Resident memory of process `pid` in bytes (`VmRSS`), or `None` when it is gone.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

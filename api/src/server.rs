@@ -23,6 +23,8 @@ pub const CODE_AUTH: u32 = 10000;
 pub const CODE_NOT_FOUND: u32 = 1003;
 /// The request conflicts with other resources.
 pub const CODE_CONFLICT: u32 = 1004;
+/// A per-resource limit is reached; try again once something is released.
+pub const CODE_LIMIT: u32 = 1429;
 /// Something failed inside the server.
 pub const CODE_INTERNAL: u32 = 1500;
 /// The configuration store cannot be reached right now; try again.
@@ -87,6 +89,16 @@ impl ApiError {
         ApiError {
             status: StatusCode::CONFLICT,
             code: CODE_CONFLICT,
+            message: message.into(),
+            pointer: None,
+        }
+    }
+    /// A limit on concurrent use is reached (429, code 1429); the message
+    /// says which and what frees it.
+    pub fn limit(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: CODE_LIMIT,
             message: message.into(),
             pointer: None,
         }

@@ -25,6 +25,7 @@ use warren_api::{FieldError, from_slice_at};
 use warren_store::Store;
 
 use crate::deploy::{DeployError, Module, Scripts, SecretDeleted};
+use crate::logs::{MAX_TAILS_PER_WORKER, Unsubscribed};
 
 /// Largest upload accepted (a prebuilt JS component is ~13 MB).
 pub const MAX_UPLOAD: usize = 64 << 20;
@@ -239,11 +240,12 @@ async fn tail(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(s.store.as_ref(), &headers, &account).await?;
-    let rx = s
-        .scripts
-        .tail(&account, &name)
-        .await
-        .ok_or_else(|| ApiError::not_found("worker"))?;
+    let rx = s.scripts.tail(&account, &name).await.map_err(|e| match e {
+        Unsubscribed::NoWorker => ApiError::not_found("worker"),
+        Unsubscribed::Full => ApiError::limit(format!(
+            "worker {name} already has {MAX_TAILS_PER_WORKER} live tails on this node; close one and try again"
+        )),
+    })?;
     // First line: a hello, so the client knows the subscription is live.
     let hello = json_line(&TailHello {
         tail: name,

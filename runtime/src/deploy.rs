@@ -45,7 +45,7 @@ pub use warren_api::scripts::{BindingSpec, LimitsSpec, ScriptInfo, ScriptMetadat
 use crate::engine::RuntimeEngine;
 use crate::js::{JsBuildError, JsBuilder};
 use crate::limits::Limits;
-use crate::logs::{LogHub, Subscription, WorkerKey};
+use crate::logs::{LogHub, Subscription, Unsubscribed, WorkerKey};
 use crate::outbound::BindingClient;
 use crate::routes::RoutePattern;
 use crate::serve::Router;
@@ -277,13 +277,15 @@ impl Scripts {
         &self.logs
     }
 
-    /// Follows the live logs of `account_id`'s worker `name`; `None` when the
-    /// account has no such worker. The subscription ends when it is deleted.
+    /// Follows the live logs of `account_id`'s worker `name`; refused when
+    /// the account has no such worker or the worker has all the tails it may
+    /// have ([`crate::logs::MAX_TAILS_PER_WORKER`]). The subscription ends when the
+    /// worker is deleted.
     /// It is returned once the node's other runtime processes send its
     /// events too (or after [`RELAY_WAIT`], with a warning), so a request
     /// served after it is never missed.
-    pub async fn tail(&self, account_id: &str, name: &str) -> Option<Subscription> {
-        let info = self.get(account_id, name)?;
+    pub async fn tail(&self, account_id: &str, name: &str) -> Result<Subscription, Unsubscribed> {
+        let info = self.get(account_id, name).ok_or(Unsubscribed::NoWorker)?;
         let sub = self.logs.subscribe(&log_key(&info))?;
         if tokio::time::timeout(RELAY_WAIT, self.logs.relayed(sub.number()))
             .await
@@ -294,7 +296,7 @@ impl Scripts {
                 "a runtime process did not follow a new tail in time; it may miss events"
             );
         }
-        Some(sub)
+        Ok(sub)
     }
 
     fn worker(

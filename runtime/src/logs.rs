@@ -167,6 +167,30 @@ impl Subscriber {
     }
 }
 
+/// Subscriptions one worker may have at once in a hub: live tails of a
+/// worker per node. Each costs the node a queue and every runtime process a
+/// follow message, so a tenant cannot open them without end; a closed tail
+/// frees its place.
+pub const MAX_TAILS_PER_WORKER: usize = 10;
+
+/// Why [`LogHub::subscribe`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsubscribed {
+    /// No such worker is open here.
+    NoWorker,
+    /// The worker already has [`MAX_TAILS_PER_WORKER`] subscriptions.
+    Full,
+}
+
+impl std::fmt::Display for Unsubscribed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsubscribed::NoWorker => f.write_str("no such worker"),
+            Unsubscribed::Full => write!(f, "the worker has {MAX_TAILS_PER_WORKER} live tails"),
+        }
+    }
+}
+
 /// One subscription to a worker's events; dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
@@ -259,8 +283,9 @@ impl LogHub {
         }
     }
 
-    /// Follows `key`'s events from now on; `None` when no such worker is open.
-    pub fn subscribe(&self, key: &WorkerKey) -> Option<Subscription> {
+    /// Follows `key`'s events from now on; refused when no such worker is
+    /// open, or when it already has [`MAX_TAILS_PER_WORKER`] subscriptions.
+    pub fn subscribe(&self, key: &WorkerKey) -> Result<Subscription, Unsubscribed> {
         self.add_subscriber(key, false)
     }
 
@@ -269,23 +294,28 @@ impl LogHub {
     /// load captures its first request). `None` only if the hub's lock is
     /// poisoned.
     pub fn subscribe_ahead(&self, key: &WorkerKey) -> Option<Subscription> {
-        self.add_subscriber(key, true)
+        self.add_subscriber(key, true).ok()
     }
 
-    fn add_subscriber(&self, key: &WorkerKey, ahead: bool) -> Option<Subscription> {
-        let mut w = self.workers.lock().ok()?;
+    fn add_subscriber(&self, key: &WorkerKey, ahead: bool) -> Result<Subscription, Unsubscribed> {
+        let mut w = self.workers.lock().map_err(|_| Unsubscribed::NoWorker)?;
         let subs = if ahead {
             w.entry(key.clone()).or_default()
         } else {
-            w.get_mut(key)?
+            w.get_mut(key).ok_or(Unsubscribed::NoWorker)?
         };
         subs.retain(|s| s.strong_count() > 0);
+        // A runtime process's subscriptions mirror the node's, which are
+        // capped there.
+        if !ahead && subs.len() >= MAX_TAILS_PER_WORKER {
+            return Err(Unsubscribed::Full);
+        }
         let sub = Arc::new(Subscriber::default());
         subs.push(Arc::downgrade(&sub));
         let number = self.subscriptions.fetch_add(1, Ordering::SeqCst) + 1;
         drop(w);
         self.subscribed.notify_waiters();
-        Some(Subscription { sub, number })
+        Ok(Subscription { sub, number })
     }
 
     /// Subscriptions made so far. Read before [`LogHub::followed`], every
@@ -460,7 +490,11 @@ mod tests {
     async fn events_reach_only_their_workers_subscribers() {
         let hub = LogHub::default();
         let (a, b) = (key("acct-a", "t1"), key("acct-b", "t1"));
-        assert!(hub.subscribe(&a).is_none(), "no such worker yet");
+        assert_eq!(
+            hub.subscribe(&a).err(),
+            Some(Unsubscribed::NoWorker),
+            "no such worker yet"
+        );
         hub.open(&a);
         hub.open(&b);
         let mut sa = hub.subscribe(&a).expect("open");
@@ -470,7 +504,11 @@ mod tests {
         assert_eq!(sa.recv().await.expect("event").request.url, "/a");
         hub.close(&a);
         assert_eq!(sa.recv().await.unwrap_err(), TailEnd::WorkerDeleted);
-        assert!(hub.subscribe(&a).is_none(), "a deleted worker");
+        assert_eq!(
+            hub.subscribe(&a).err(),
+            Some(Unsubscribed::NoWorker),
+            "a deleted worker"
+        );
         drop(sa);
     }
 
@@ -478,7 +516,11 @@ mod tests {
     async fn a_subscription_ahead_gets_the_events_of_a_worker_opened_later() {
         let hub = LogHub::default();
         let k = key("acct", "later");
-        assert!(hub.subscribe(&k).is_none(), "not open yet");
+        assert_eq!(
+            hub.subscribe(&k).err(),
+            Some(Unsubscribed::NoWorker),
+            "not open yet"
+        );
         let mut ahead = hub.subscribe_ahead(&k).expect("hub");
         hub.open(&k);
         hub.publish(&k, event("/first"));

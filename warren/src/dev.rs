@@ -513,7 +513,7 @@ async fn watch_and_serve(
     let mut logs = scripts
         .tail(account_id, &last.name)
         .await
-        .ok_or_else(|| anyhow::anyhow!("this edge runs no workers"))?;
+        .map_err(|e| anyhow::anyhow!("cannot follow the worker's logs: {e}"))?;
     live(&last.name);
     let stop = warren_connector::shutdown_signal();
     tokio::pin!(stop);
@@ -538,7 +538,7 @@ async fn watch_and_serve(
                     Ok(true) => {
                         scripts.router().set_fallback(Some(last.name.clone()));
                         if last.name != name
-                            && let Some(l) = scripts.tail(account_id, &last.name).await
+                            && let Ok(l) = scripts.tail(account_id, &last.name).await
                         {
                             logs = l;
                         }

@@ -463,6 +463,66 @@ async fn tails_stay_in_their_account_and_end_with_their_worker() {
     assert_eq!(status, 404, "the name is B's now");
 }
 
+/// A tenant cannot open tails without end: a worker has at most ten live
+/// tails on a node, the eleventh is refused with 429 and says why, another
+/// worker is not affected, and a closed tail frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_has_at_most_ten_live_tails() {
+    let node = Node::start("");
+    let a = node.a.clone();
+    for name in ["busy", "quiet"] {
+        let (status, body) = deploy_guest(&a, name, "a", &[]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut tails = Vec::new();
+    for _ in 0..10 {
+        let mut tail = open_tail(&a, "busy").await;
+        let mut seen = Vec::new();
+        assert!(
+            read_until(&mut tail, &mut seen, "\"connected\":true").await,
+            "no hello: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        tails.push(tail);
+    }
+    let (status, body) = call(&a, "GET", "workers/scripts/busy/tail", None).await;
+    assert_eq!(
+        (status, error_message(&body)),
+        (
+            429,
+            "worker busy already has 10 live tails on this node; close one and try again"
+        ),
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["code"], 1429, "{body}");
+
+    let mut quiet = open_tail(&a, "quiet").await;
+    let mut seen = Vec::new();
+    assert!(
+        read_until(&mut quiet, &mut seen, "\"connected\":true").await,
+        "another worker's tail: {}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    // The node sees the closed connection and drops its subscription.
+    drop(tails.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut tail = open_tail(&a, "busy").await;
+        let mut seen = Vec::new();
+        if read_until(&mut tail, &mut seen, "\"connected\":true").await {
+            break;
+        }
+        let answer = String::from_utf8_lossy(&seen);
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(
+            Instant::now() < deadline,
+            "a closed tail still holds its place after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

@@ -476,50 +476,47 @@ async fn a_worker_has_at_most_ten_live_tails() {
     }
     let mut tails = Vec::new();
     for _ in 0..10 {
-        let mut tail = open_tail(&a, "busy").await;
-        let mut seen = Vec::new();
-        assert!(
-            read_until(&mut tail, &mut seen, "\"connected\":true").await,
-            "no hello: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        tails.push(tail);
+        tails.push(connected_tail(&a, "busy").await.expect("a tail"));
     }
-    let (status, body) = call(&a, "GET", "workers/scripts/busy/tail", None).await;
+    let answer = connected_tail(&a, "busy")
+        .await
+        .expect_err("an eleventh tail is refused");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 429"), "{answer}");
+    let body: Value = serde_json::from_str(body).expect("a JSON error");
     assert_eq!(
-        (status, error_message(&body)),
+        (error_message(&body), &body["errors"][0]["code"]),
         (
-            429,
-            "worker busy already has 10 live tails on this node; close one and try again"
+            "worker busy already has 10 live tails on this node; close one and try again",
+            &Value::from(1429)
         ),
         "{body}"
     );
-    assert_eq!(body["errors"][0]["code"], 1429, "{body}");
-
-    let mut quiet = open_tail(&a, "quiet").await;
-    let mut seen = Vec::new();
-    assert!(
-        read_until(&mut quiet, &mut seen, "\"connected\":true").await,
-        "another worker's tail: {}",
-        String::from_utf8_lossy(&seen)
-    );
+    connected_tail(&a, "quiet")
+        .await
+        .expect("another worker's tail");
 
     // The node sees the closed connection and drops its subscription.
     drop(tails.pop());
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut tail = open_tail(&a, "busy").await;
-        let mut seen = Vec::new();
-        if read_until(&mut tail, &mut seen, "\"connected\":true").await {
-            break;
-        }
-        let answer = String::from_utf8_lossy(&seen);
+    while let Err(answer) = connected_tail(&a, "busy").await {
         assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
         assert!(
             Instant::now() < deadline,
             "a closed tail still holds its place after 10 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A tail of `name` once its hello came, or the answer that came instead.
+async fn connected_tail(who: &Account, name: &str) -> Result<tokio::net::TcpStream, String> {
+    let mut tail = open_tail(who, name).await;
+    let mut seen = Vec::new();
+    if read_until(&mut tail, &mut seen, "\"connected\":true").await {
+        Ok(tail)
+    } else {
+        Err(String::from_utf8_lossy(&seen).into_owned())
     }
 }
 

@@ -77,7 +77,13 @@ fn endpoint_for(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    quinn::Endpoint::client(local)
+    let socket = warren_transport::quic::bind_udp(local)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// A QUIC handshake with `addr`: the connection and its endpoint, or why not.

@@ -189,7 +189,7 @@ impl TunnelEdge {
             addr: config.listen,
             source,
         };
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+        let socket = warren_transport::quic::bind_udp(config.listen).map_err(bind_error)?;
         let endpoint = quinn::Endpoint::new(
             reset_key.endpoint_config(),
             Some(server),

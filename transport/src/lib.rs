@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod pq;
+pub mod quic;
 pub mod tcp;
 
 use std::io;

@@ -77,13 +77,7 @@ fn endpoint_for(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = warren_transport::quic::bind_udp(local)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    warren_transport::quic::endpoint(local, quinn::EndpointConfig::default(), None)
 }
 
 /// A QUIC handshake with `addr`: the connection and its endpoint, or why not.

@@ -189,12 +189,10 @@ impl TunnelEdge {
             addr: config.listen,
             source,
         };
-        let socket = warren_transport::quic::bind_udp(config.listen).map_err(bind_error)?;
-        let endpoint = quinn::Endpoint::new(
+        let endpoint = warren_transport::quic::endpoint(
+            config.listen,
             reset_key.endpoint_config(),
             Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_error)?;
         let tcp_addr = match config.tcp_listen {

@@ -134,16 +134,12 @@ impl PeerLink {
         store: Arc<dyn Store>,
         config: PeerConfig,
     ) -> anyhow::Result<Arc<PeerLink>> {
-        let endpoint = warren_transport::quic::bind_udp(listen)
-            .and_then(|socket| {
-                quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    Some(server),
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )
-            })
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (UDP, node link): {e}"))?;
+        let endpoint = warren_transport::quic::endpoint(
+            listen,
+            quinn::EndpointConfig::default(),
+            Some(server),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (UDP, node link): {e}"))?;
         let bound = endpoint.local_addr()?;
         let advertise = match &config.advertise {
             Some(a) => a.clone(),

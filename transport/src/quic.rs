@@ -3,13 +3,14 @@
 //! Linux gives a UDP socket about 208 KiB of receive buffer by default. A QUIC
 //! sender with megabytes of window in flight overruns that in bursts (on
 //! loopback a 1 GiB transfer lost about 1700 datagrams to full buffers), and
-//! every loss halves the congestion window. Warren's endpoints ask for
+//! every loss shrinks the congestion window. Warren's endpoints ask for
 //! [`SOCKET_BUFFER`] each way, as quic-go does; the kernel caps the request at
 //! `net.core.rmem_max` / `wmem_max`, and a smaller grant is logged once per
 //! socket with the sysctl to raise.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 /// The receive and send buffer Warren asks the kernel for on each QUIC socket.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -23,7 +24,7 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     let recv = sock.recv_buffer_size().unwrap_or(0);
-    if recv < SOCKET_BUFFER {
+    if recv < 2 * SOCKET_BUFFER {
         tracing::info!(
             granted = recv,
             wanted = SOCKET_BUFFER,
@@ -31,6 +32,21 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
         );
     }
     Ok(socket)
+}
+
+/// A quinn endpoint on a socket from [`bind_udp`]: a server when `server` is
+/// given, else a client only.
+pub fn endpoint(
+    addr: SocketAddr,
+    config: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+) -> io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        config,
+        server,
+        bind_udp(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 #[cfg(test)]

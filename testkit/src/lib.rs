@@ -46,6 +46,20 @@ pub fn file_names(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// A port free on `ip` for UDP and for TCP alike at the time of asking (a
+/// tunnel edge listens on both with one number; a port taken on TCP would
+/// leave it without the TCP fallback).
+pub fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind((ip, 0)).expect("udp port");
+        let port = udp.local_addr().expect("udp addr").port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on {ip}");
+}
+
 /// Resident memory of process `pid` in bytes (`VmRSS`), or `None` when it is gone.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

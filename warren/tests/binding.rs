@@ -57,7 +57,7 @@ async fn a_js_worker_reaches_a_private_service_through_its_binding() {
     let profile = dir.path().join("profile.json");
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
     let rpc: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-    let tunnel_port = common::free_port_on(ns.host_ip());
+    let tunnel_port = warren_testkit::free_port_on(ns.host_ip());
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"{}:{tunnel_port}\"\n\
          [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"{rpc}\"\n[runtime]\nlisten = \"{runtime}\"\nmax_cpu_ms = 60000\n",

@@ -50,7 +50,7 @@ async fn a_deployed_worker_debugs_the_laptops_localhost_with_one_request_id_thro
     let dir = tempfile::tempdir().expect("tempdir");
     let _logs = ShowLogs(dir.path().to_path_buf());
     let (api_port, runtime_port, metrics_port) = (free_tcp(), free_tcp(), free_tcp());
-    let tunnel_port = common::free_port_on(laptop.host_ip());
+    let tunnel_port = warren_testkit::free_port_on(laptop.host_ip());
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\ntls = true\n\
          [tunnel]\nlisten = \"{}:{tunnel_port}\"\n[connect]\nlisten = \"127.0.0.1:0\"\n\

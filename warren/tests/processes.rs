@@ -96,7 +96,7 @@ async fn two_runtime_processes_serve_every_change_and_report_every_request() {
     let _logs = ShowLogs(dir.path().to_owned());
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
     let metrics: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-    let tunnel_port = common::free_port_on(ns.host_ip());
+    let tunnel_port = warren_testkit::free_port_on(ns.host_ip());
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"{}:{tunnel_port}\"\n\
          [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\

@@ -87,7 +87,7 @@ async fn runtime_binding_worker_and_iris_as_three_processes() {
     let rpc: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
     let runtime_api: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-    let tunnel_port = common::free_port_on(ns.host_ip());
+    let tunnel_port = warren_testkit::free_port_on(ns.host_ip());
     let tunnel = format!("{}:{tunnel_port}", ns.host_ip());
     let off = |parts: &[&str]| {
         let all = ["api", "tunnel", "connect", "runtime", "binding"];

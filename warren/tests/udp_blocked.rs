@@ -64,7 +64,7 @@ async fn a_connector_behind_a_udp_block_falls_back_to_tcp_and_returns_to_quic() 
     let _logs = ShowLogs(dir.path().to_path_buf());
     let runtime: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
     let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_tcp()).into();
-    let tunnel_port = common::free_port_on(ns.host_ip());
+    let tunnel_port = warren_testkit::free_port_on(ns.host_ip());
     let config = format!(
         "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[tunnel]\nlisten = \"{}:{tunnel_port}\"\n\
          [connect]\nlisten = \"127.0.0.1:0\"\n[binding]\nlisten = \"127.0.0.1:0\"\n\

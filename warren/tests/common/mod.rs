@@ -463,19 +463,6 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// A port free on `ip` for UDP and for TCP alike at the time of asking (a
-/// tunnel edge listens on both with one number).
-pub fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
-    for _ in 0..64 {
-        let udp = std::net::UdpSocket::bind((ip, 0)).expect("udp port");
-        let port = udp.local_addr().expect("udp addr").port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP on {ip}");
-}
-
 /// `warren tail WORKER --format json` with `profile`, once it said it is
 /// connected: the process and its lines.
 pub fn tail_json(

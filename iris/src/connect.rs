@@ -49,7 +49,7 @@ use crate::tunnels::Tunnels;
 /// Header carrying the ProxyError code of a refused CONNECT.
 pub use warren_protocol::PROXY_ERROR_HEADER;
 /// Buffer per direction while splicing.
-const SPLICE_BUF: usize = 64 * 1024;
+pub(crate) const SPLICE_BUF: usize = 64 * 1024;
 
 /// ALPN protocols the front door offers on TCP.
 pub const FRONT_DOOR_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];

@@ -329,7 +329,12 @@ impl PeerLink {
             return;
         }
         let mut peer = TunnelStream::relayed(send, recv);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut peer, &mut tunnel).await {
+        // The front door's splice buffers: tokio's default of 8 KiB per
+        // direction costs a write per 8 KiB on a bulk transfer.
+        let buf = crate::connect::SPLICE_BUF;
+        if let Err(e) =
+            tokio::io::copy_bidirectional_with_sizes(&mut peer, &mut tunnel, buf, buf).await
+        {
             debug!(flow = %request.flow_id, error = %e, "relayed stream ended");
         }
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/tunnel: bulk throughput and short-stream rate through the Warren tunnel,
+# bench/tunnel: bulk download and upload throughput and short-stream rate through the Warren tunnel,
 # against direct loopback TCP and rathole (TCP and Noise transports), in one run.
 # Usage: bench/tunnel/run.sh            (BENCH_BYTES=N to change the 1 GiB transfer)
 set -euo pipefail

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{Instrument, debug, info, info_span};
@@ -25,6 +25,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Read buffer for origin → edge.
 const BUF: usize = 128 * 1024;
+/// Reads of at least this many bytes hand their buffer to the transport;
+/// smaller ones are copied out of it.
+const HAND_OVER: usize = BUF / 4;
 /// Most chunks written to the origin in one vectored write (Linux takes up to
 /// 1024 slices; 64 QUIC packets' payloads are about 75 KB).
 const CHUNKS: usize = 64;
@@ -143,25 +146,44 @@ async fn connect_and_splice(
     }
 }
 
-/// Origin → edge until the origin's FIN, then finishes the tunnel stream. Each read
-/// is handed to the transport as it is (no second copy); memory stays bounded by one
-/// buffer plus the stream's flow-control window.
+/// Origin → edge until the origin's FIN, then finishes the tunnel stream, each
+/// read handed to the transport by [`read_slice`].
 async fn tcp_to_tunnel(
     mut tcp: OwnedReadHalf,
     send: &mut SendHalf,
     counter: Counter,
 ) -> io::Result<u64> {
     let mut total = 0u64;
+    let mut buf = BytesMut::new();
     loop {
-        let mut buf = BytesMut::with_capacity(BUF);
-        let n = tcp.read_buf(&mut buf).await?;
-        if n == 0 {
+        let chunk = read_slice(&mut tcp, &mut buf).await?;
+        if chunk.is_empty() {
             send.finish().map_err(io::Error::other)?;
             return Ok(total);
         }
-        send.write_chunk(buf.freeze()).await?;
-        counter.inc_by(n as u64);
-        total += n as u64;
+        let n = chunk.len() as u64;
+        send.write_chunk(chunk).await?;
+        counter.inc_by(n);
+        total += n;
+    }
+}
+
+/// The next read from `r` (into `buf`, [`BUF`] of room); empty at the end of
+/// the stream. quinn keeps what it is handed until the edge acknowledges it,
+/// and a slice keeps its whole buffer alive: a large read hands over the
+/// buffer itself (no copy; at most 4x the bytes pinned), a small one is copied
+/// out and the buffer reused, so an origin that trickles a byte at a time does
+/// not pin 128 KiB per byte in flight.
+async fn read_slice<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<Bytes> {
+    buf.clear();
+    if buf.capacity() < BUF {
+        buf.reserve(BUF);
+    }
+    let n = r.read_buf(buf).await?;
+    if n >= HAND_OVER {
+        Ok(buf.split().freeze())
+    } else {
+        Ok(Bytes::copy_from_slice(&buf[..n]))
     }
 }
 
@@ -176,16 +198,20 @@ async fn tunnel_to_tcp(
     let mut total = 0u64;
     let mut chunks: [Bytes; CHUNKS] = std::array::from_fn(|_| Bytes::new());
     while let Some(n) = recv.read_chunks(&mut chunks).await? {
-        let len = write_all_chunks(&mut tcp, &mut chunks[..n]).await?;
-        counter.inc_by(len);
-        total += len;
+        total += write_all_chunks(&mut tcp, &mut chunks[..n], &counter).await?;
     }
     tcp.shutdown().await?;
     Ok(total)
 }
 
-/// Writes all of `chunks` with vectored writes; returns the bytes written.
-async fn write_all_chunks(tcp: &mut OwnedWriteHalf, chunks: &mut [Bytes]) -> io::Result<u64> {
+/// Writes all of `chunks` with vectored writes, counting each write in
+/// `counter`; returns the bytes written. Each chunk is emptied as it goes out,
+/// so none keeps its received packet's buffer alive while the stream idles.
+async fn write_all_chunks(
+    tcp: &mut OwnedWriteHalf,
+    chunks: &mut [Bytes],
+    counter: &Counter,
+) -> io::Result<u64> {
     let mut written = 0u64;
     let mut first = 0;
     loop {
@@ -201,13 +227,18 @@ async fn write_all_chunks(tcp: &mut OwnedWriteHalf, chunks: &mut [Bytes]) -> io:
             return Err(io::ErrorKind::WriteZero.into());
         }
         written += n as u64;
-        // The write took whole chunks and perhaps the start of the next.
+        counter.inc_by(n as u64);
+        // The write took whole chunks and perhaps the start of the next
+        // (`writev` never reports more than it was given).
         while n > 0 {
-            let chunk = &mut chunks[first];
+            let Some(chunk) = chunks.get_mut(first) else {
+                break;
+            };
             let take = n.min(chunk.len());
             chunk.advance(take);
             n -= take;
             if chunk.is_empty() {
+                *chunk = Bytes::new();
                 first += 1;
             }
         }
@@ -250,13 +281,53 @@ mod tests {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_send_buffer_size(16 * 1024).expect("sndbuf");
         let (_, mut w) = socket.connect(addr).await.expect("connect").into_split();
-        let written = write_all_chunks(&mut w, &mut chunks).await.expect("write");
+        let counter = Counter::default();
+        let written = write_all_chunks(&mut w, &mut chunks, &counter)
+            .await
+            .expect("write");
         w.shutdown().await.expect("shutdown");
         drop(w);
         assert_eq!(written, expected.len() as u64);
+        assert_eq!(counter.get(), written, "every write counted");
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes arrived out of order or changed");
         assert!(chunks.iter().all(Bytes::is_empty), "every chunk consumed");
+    }
+
+    /// Small reads are copied out and the buffer kept, so a trickling origin
+    /// does not pin a buffer per byte; a large read hands the buffer over
+    /// (no copy) and the next read gets a new one.
+    #[tokio::test]
+    async fn small_reads_are_copied_large_ones_hand_over_the_buffer() {
+        let (mut origin, mut r) = tokio::io::duplex(1 << 20);
+        let mut buf = BytesMut::new();
+        let within = |chunk: &Bytes, buf: &BytesMut| {
+            let start = buf.as_ptr() as usize;
+            (start..start + buf.capacity()).contains(&(chunk.as_ptr() as usize))
+        };
+        origin.write_all(b"a").await.expect("write");
+        let small = read_slice(&mut r, &mut buf).await.expect("read");
+        assert_eq!(&small[..], b"a");
+        assert!(!within(&small, &buf), "a small read is copied out");
+        assert!(buf.capacity() >= BUF, "and the buffer kept");
+        let kept = buf.as_ptr();
+
+        let large = vec![b'x'; HAND_OVER];
+        origin.write_all(&large).await.expect("write");
+        let mut got = read_slice(&mut r, &mut buf).await.expect("read");
+        assert_eq!(got.as_ptr(), kept, "a large read is the buffer itself");
+        while got.len() < HAND_OVER {
+            let more = read_slice(&mut r, &mut buf).await.expect("read");
+            got = [&got[..], &more[..]].concat().into();
+        }
+        assert_eq!(&got[..], &large[..]);
+        origin.write_all(b"b").await.expect("write");
+        let next = read_slice(&mut r, &mut buf).await.expect("read");
+        assert_eq!(&next[..], b"b");
+        assert_ne!(buf.as_ptr(), kept, "the next read has a buffer of its own");
+
+        drop(origin);
+        assert!(read_slice(&mut r, &mut buf).await.expect("eof").is_empty());
     }
 }

@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         PathBuf::from("bench/workerd/node_modules/@cloudflare/workerd-linux-64/bin/workerd");
     let mut js_dir = PathBuf::from("runtime/js");
     let mut processes = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut bulk_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -147,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             "--workerd" => workerd_bin = value()?.into(),
             "--js-dir" => js_dir = value()?.into(),
             "--processes" => processes = value()?.parse()?,
+            "--bulk-only" => bulk_only = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -217,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
         "{:<28} {:>10} {:>10} {:>10}",
         "clients / runtime", "req/s", "p50", "p99"
     );
-    for clients in [1usize, 8] {
+    for clients in [1usize, 8].into_iter().filter(|_| !bulk_only) {
         let [w, d] = load::interleaved(
             ROUNDS,
             clients,

@@ -15,6 +15,9 @@
 // splicing the world's bindings into the StarlingMonkey engine, about 7 s,
 // the same for every worker — is done once and kept there, keyed by the
 // SHA-256 of everything it reads (engine, features, WIT files, world name).
+// So are its two steps after Wizer (stubWasi, componentNew), which differ
+// between workers only in the snapshot they carry through: see
+// keepSnapshotStep.
 import { componentize } from '@bytecodealliance/componentize-js';
 import { createHash } from 'node:crypto';
 import { createWriteStream, mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync, renameSync, statSync } from 'node:fs';
@@ -58,12 +61,14 @@ function hashTree(h, dir) {
 
 // Where spliced engines are kept for the build under way (none: not kept).
 let spliceCacheDir = null;
+// ComponentizeJS's splicer module (the instance componentize.js imports).
+let splicer = null;
 
 // Wraps ComponentizeJS's splicer (the same module instance componentize.js
 // imports) so spliceBindings is answered from `spliceCacheDir` when it can be.
 async function cacheSplices() {
   const url = pathToFileURL(join(here, 'node_modules/@bytecodealliance/componentize-js/lib/spidermonkey-embedding-splicer.js'));
-  const { splicer } = await import(url.href);
+  ({ splicer } = await import(url.href));
   const splice = splicer.spliceBindings;
   splicer.spliceBindings = (engine, features, witWorld, witPath, worldName, debug) => {
     const cacheDir = spliceCacheDir;
@@ -100,6 +105,173 @@ async function cacheSplices() {
   };
 }
 
+// A module's (or component's) sections from `from` to `to`: `{ id, start,
+// body, end }` (`start` at the id byte). Throws on a truncated binary.
+function sections(bin, from = 0, to = bin.length) {
+  const leb = (p) => {
+    let value = 0;
+    for (let shift = 0; shift < 35; shift += 7) {
+      if (p >= to) throw new Error('truncated binary');
+      const b = bin[p++];
+      value += (b & 0x7f) * 2 ** shift;
+      if (!(b & 0x80)) return [value, p];
+    }
+    throw new Error('bad LEB128');
+  };
+  if (to - from < 8) throw new Error('truncated binary');
+  const out = [];
+  let p = from + 8;
+  while (p < to) {
+    const [size, body] = leb(p + 1);
+    if (body + size > to) throw new Error('truncated section');
+    out.push({ id: bin[p], start: p, body, end: body + size });
+    p = body + size;
+  }
+  return out;
+}
+
+const lebBytes = (n) => {
+  const out = [];
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    out.push(b);
+  } while (n > 0);
+  return Uint8Array.from(out);
+};
+
+// The sections a Wizer snapshot writes: globals (6) and data (11). Every JS
+// worker on one engine differs from another only there.
+const SNAPSHOT = [6, 11];
+const bytesOf = (bin, s) => bin.subarray(s.start, s.end);
+const sameBytes = (a, b) => a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.length), Buffer.from(b.buffer, b.byteOffset, b.length)) === 0;
+
+// A Wizer snapshot (a core module): its sections, and the hash of everything
+// in it but the snapshot.
+function snapshotOf(bin) {
+  const secs = sections(bin);
+  const h = createHash('sha256');
+  for (const s of secs) {
+    if (SNAPSHOT.includes(s.id)) {
+      h.update(`snapshot section ${s.id}\0`);
+    } else {
+      h.update(`section ${s.end - s.start}\0`);
+      h.update(bytesOf(bin, s));
+    }
+  }
+  const of = (id) => secs.filter((s) => s.id === id).map((s) => bytesOf(bin, s));
+  return { secs, shape: h.digest('hex'), of };
+}
+
+// Whether the module `bin[secs]` holds `snap`'s snapshot sections unchanged.
+function holds(bin, secs, snap) {
+  return SNAPSHOT.every((id) => {
+    const ours = secs.filter((s) => s.id === id);
+    const theirs = snap.of(id);
+    return ours.length === theirs.length && ours.length <= 1 &&
+      (ours.length === 0 || sameBytes(bytesOf(bin, ours[0]), theirs[0]));
+  });
+}
+
+// The module `bin[secs]` (`header` its first 8 bytes) with `snap`'s snapshot
+// sections in place of its own.
+function withSnapshot(bin, header, secs, snap) {
+  for (const id of SNAPSHOT) {
+    const n = secs.filter((s) => s.id === id).length;
+    if (n > 1 || n !== snap.of(id).length) throw new Error('another snapshot layout');
+  }
+  const parts = [header];
+  for (const s of secs) parts.push(SNAPSHOT.includes(s.id) ? snap.of(s.id)[0] : bytesOf(bin, s));
+  return Buffer.concat(parts);
+}
+
+// The two steps ComponentizeJS runs on a worker's Wizer snapshot — stubWasi
+// (the WASI imports the world lacks become traps) and componentNew (the
+// module wrapped as a component) — are the same for every worker on one
+// engine except for the snapshot, which both carry through unchanged (each
+// result is checked before it is kept). So each runs once per engine: a kept
+// result answers the next worker with that worker's own globals and data
+// swapped in (~0.8 s of a ~1.2 s build). Entries are kept in the splice cache.
+//
+// `step(input, ...rest)` → module or component; `key` names the step and its
+// other arguments; `nested` whether the result is a component holding the
+// input as one of its core modules (else it is the module itself).
+function keepSnapshotStep(object, name, nested, key) {
+  const run = object[name].bind(object);
+  object[name] = (input, ...rest) => {
+    const cacheDir = spliceCacheDir;
+    let snap = null;
+    try {
+      snap = cacheDir && snapshotOf(input);
+    } catch {
+      // Not a module we can read: the step runs as it is.
+    }
+    if (!snap) return run(input, ...rest);
+    const h = createHash('sha256');
+    h.update(`warren-${name}-v1\0${snap.shape}\0`);
+    key(h, ...rest);
+    const path = join(cacheDir, `${name}-${h.digest('hex')}.wasm`);
+    const answer = (kept, at) => {
+      if (!nested) return withSnapshot(kept, kept.subarray(0, 8), sections(kept), snap);
+      const top = sections(kept);
+      const m = top[at];
+      if (!m || m.id !== 1) throw new Error('no module there');
+      const mod = withSnapshot(kept, kept.subarray(m.body, m.body + 8), sections(kept, m.body, m.end), snap);
+      const parts = [kept.subarray(0, m.start), Uint8Array.of(1), lebBytes(mod.length), mod, kept.subarray(m.end)];
+      return Buffer.concat(parts);
+    };
+    if (existsSync(path)) {
+      try {
+        const kept = new Uint8Array(readFileSync(path));
+        const at = nested ? JSON.parse(readFileSync(`${path}.json`, 'utf8')).module : null;
+        return new Uint8Array(answer(kept, at));
+      } catch {
+        // A damaged entry: the step runs again and replaces it below.
+      }
+    }
+    const result = run(input, ...rest);
+    try {
+      const out = result instanceof Uint8Array ? result : null;
+      let at = null;
+      if (out && nested) {
+        const found = sections(out)
+          .map((s, i) => [s, i])
+          .filter(([s]) => s.id === 1 && holds(out, sections(out, s.body, s.end), snap));
+        at = found.length === 1 ? found[0][1] : null;
+      }
+      if (out && (nested ? at !== null : holds(out, sections(out), snap))) {
+        mkdirSync(cacheDir, { recursive: true });
+        const tmp = `.${process.pid}.tmp`;
+        if (nested) {
+          writeFileSync(`${path}.json${tmp}`, JSON.stringify({ module: at }));
+          renameSync(`${path}.json${tmp}`, `${path}.json`);
+        }
+        writeFileSync(path + tmp, out);
+        renameSync(path + tmp, path);
+      }
+    } catch {
+      // Best effort: without the entry the next build runs the step again.
+    }
+    return result;
+  };
+}
+
+async function cacheSnapshotSteps() {
+  keepSnapshotStep(splicer, 'stubWasi', false, (h, features, witWorld, witPath, worldName) => {
+    h.update(`${JSON.stringify([features, witWorld ?? null, worldName ?? null])}\0`);
+    if (witPath) hashTree(h, witPath);
+  });
+  const url = pathToFileURL(join(here, 'node_modules/@bytecodealliance/jco-transpile/vendor/wasm-tools.js'));
+  const { tools } = await import(url.href);
+  keepSnapshotStep(tools, 'componentNew', true, (h, adapters) => {
+    for (const [adapterName, bytes] of adapters ?? []) {
+      h.update(`adapter ${adapterName} ${bytes.length}\0`);
+      h.update(bytes);
+    }
+  });
+}
+
 // Builds `entry` (in its own folder, the worker's modules beside it) into `out`.
 async function build(entry, out, spliceCache) {
   const witDir = join(dirname(out), 'wit');
@@ -119,6 +291,7 @@ async function build(entry, out, spliceCache) {
 const message = (e) => String(e && e.message ? e.message : e);
 
 await cacheSplices();
+await cacheSnapshotSteps();
 if (process.argv[2] === '--serve') {
   const idleMs = Number(process.argv[3]) || 120000;
   const answers = createWriteStream(null, { fd: 3 });

@@ -415,6 +415,100 @@ async fn different_js_workers_run_their_equal_machine_code_from_one_file() {
     assert_eq!(mapping_of(middle).0, inode_two);
 }
 
+/// The entries of ComponentizeJS's per-engine steps kept in `cache`'s
+/// `splice/` folder: `(step, path)`, sorted.
+fn kept_steps(cache: &std::path::Path) -> Vec<(String, PathBuf)> {
+    let mut kept: Vec<(String, PathBuf)> = std::fs::read_dir(cache.join("splice"))
+        .expect("splice cache")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_owned();
+            let (step, _) = name.split_once('-')?;
+            matches!(step, "stubWasi" | "componentNew").then(|| (step.to_owned(), p))
+        })
+        .collect();
+    kept.sort();
+    kept
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_build_steps_give_each_js_worker_its_own_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let build = |greeting: &str| {
+        let vars = BTreeMap::from([("GREETING".to_string(), serde_json::Value::from(greeting))]);
+        JsBuilder::new(dir.join("js"))
+            .with_cache(cache.path().to_owned())
+            .build(
+                &dir.join("tests/js-worker"),
+                "worker.js",
+                &vars,
+                &["API".to_string()],
+            )
+            .expect("the JS worker builds")
+    };
+    let first = build("hi");
+    let kept = kept_steps(cache.path());
+    let steps: Vec<&str> = kept.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(steps, ["componentNew", "stubWasi"], "{kept:?}");
+    let inode = |p: &PathBuf| std::fs::metadata(p).expect("entry").ino();
+    let before: Vec<u64> = kept.iter().map(|(_, p)| inode(p)).collect();
+    // Other JS on the same engine is answered from the kept entries…
+    let second = build("hey");
+    assert_eq!(
+        kept_steps(cache.path())
+            .iter()
+            .map(|(_, p)| inode(p))
+            .collect::<Vec<_>>(),
+        before,
+        "the second build ran the steps again instead of using the kept ones"
+    );
+    // …and a damaged entry is run again and replaced, not trusted.
+    let sizes: Vec<u64> = kept
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).expect("entry").len())
+        .collect();
+    for (_, p) in &kept {
+        std::fs::write(p, b"\0asm\x01\0\0\0\x0b\xff\xff").expect("damage");
+    }
+    let third = build("yo");
+    for ((_, p), size) in kept.iter().zip(&sizes) {
+        let now = std::fs::metadata(p).expect("entry").len();
+        assert!(
+            now > *size / 2,
+            "{} was not replaced ({now} bytes)",
+            p.display()
+        );
+    }
+    // Each worker runs its own top-level state, not the first one's.
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let engine = RuntimeEngine::new(EngineConfig::new(shared)).expect("engine");
+    let router = Router::new("workers.test");
+    for (name, wasm) in [("one", &first), ("two", &second), ("three", &third)] {
+        let config = WorkerConfig {
+            name: name.into(),
+            account_id: format!("acct-{name}"),
+            js: true,
+            ..Default::default()
+        };
+        router.deploy(Worker::new(engine.clone(), config, wasm, None).expect("worker"));
+    }
+    let addr = common::serve(router).await;
+    for (host, greeting) in [
+        ("one.workers.test", "hi"),
+        ("two.workers.test", "hey"),
+        ("three.workers.test", "yo"),
+    ] {
+        assert_eq!(
+            get(addr, host, "/hello").await,
+            (StatusCode::OK, format!("{greeting} from a JS worker"))
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_code_file_that_does_not_hold_the_code_is_replaced_not_run() {
     let cache = tempfile::tempdir().expect("tempdir");

@@ -19,8 +19,8 @@
 // between workers only in the snapshot they carry through: see
 // keepSnapshotStep.
 import { componentize } from '@bytecodealliance/componentize-js';
-import { createHash } from 'node:crypto';
-import { createWriteStream, mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync, renameSync, statSync } from 'node:fs';
+import { createHash, randomUUID } from 'node:crypto';
+import { createWriteStream, mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -93,7 +93,7 @@ async function cacheSplices() {
     try {
       mkdirSync(cacheDir, { recursive: true });
       const { wasm, ...meta } = result;
-      const tmp = `.${process.pid}.tmp`;
+      const tmp = `.${randomUUID()}.tmp`;
       writeFileSync(wasmPath + tmp, wasm);
       renameSync(wasmPath + tmp, wasmPath);
       writeFileSync(metaPath + tmp, JSON.stringify(meta));
@@ -147,6 +147,16 @@ const SNAPSHOT = [6, 11];
 const bytesOf = (bin, s) => bin.subarray(s.start, s.end);
 const sameBytes = (a, b) => a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.length), Buffer.from(b.buffer, b.byteOffset, b.length)) === 0;
 
+// The tooling that runs the kept steps (the pinned packages and this file),
+// part of every kept step's key: an upgrade runs them again.
+const TOOLING = createHash('sha256')
+  .update(readFileSync(join(here, 'package-lock.json')))
+  .update(readFileSync(fileURLToPath(import.meta.url)))
+  .digest('hex');
+
+// Entries kept per step; older ones (by modification time) are removed.
+const KEPT_PER_STEP = 4;
+
 // A Wizer snapshot (a core module): its sections, and the hash of everything
 // in it but the snapshot.
 function snapshotOf(bin) {
@@ -192,7 +202,8 @@ function withSnapshot(bin, header, secs, snap) {
 // engine except for the snapshot, which both carry through unchanged (each
 // result is checked before it is kept). So each runs once per engine: a kept
 // result answers the next worker with that worker's own globals and data
-// swapped in (~0.8 s of a ~1.2 s build). Entries are kept in the splice cache.
+// swapped in (~0.8 s of a ~1.2 s build). Entries are kept in the splice cache,
+// with empty sections where the snapshot was.
 //
 // `step(input, ...rest)` → module or component; `key` names the step and its
 // other arguments; `nested` whether the result is a component holding the
@@ -208,16 +219,22 @@ function keepSnapshotStep(object, name, nested, key) {
       // Not a module we can read: the step runs as it is.
     }
     if (!snap) return run(input, ...rest);
-    const h = createHash('sha256');
-    h.update(`warren-${name}-v1\0${snap.shape}\0`);
-    key(h, ...rest);
-    const path = join(cacheDir, `${name}-${h.digest('hex')}.wasm`);
-    const answer = (kept, at) => {
-      if (!nested) return withSnapshot(kept, kept.subarray(0, 8), sections(kept), snap);
+    let path;
+    try {
+      const h = createHash('sha256');
+      h.update(`warren-${name}-v1\0${TOOLING}\0${snap.shape}\0`);
+      key(h, ...rest);
+      path = join(cacheDir, `${name}-${h.digest('hex')}.wasm`);
+    } catch {
+      return run(input, ...rest);
+    }
+    // `kept` (a result) with snapshot `s` in place of the one it holds.
+    const answer = (kept, at, s) => {
+      if (!nested) return withSnapshot(kept, kept.subarray(0, 8), sections(kept), s);
       const top = sections(kept);
       const m = top[at];
       if (!m || m.id !== 1) throw new Error('no module there');
-      const mod = withSnapshot(kept, kept.subarray(m.body, m.body + 8), sections(kept, m.body, m.end), snap);
+      const mod = withSnapshot(kept, kept.subarray(m.body, m.body + 8), sections(kept, m.body, m.end), s);
       const parts = [kept.subarray(0, m.start), Uint8Array.of(1), lebBytes(mod.length), mod, kept.subarray(m.end)];
       return Buffer.concat(parts);
     };
@@ -225,7 +242,7 @@ function keepSnapshotStep(object, name, nested, key) {
       try {
         const kept = new Uint8Array(readFileSync(path));
         const at = nested ? JSON.parse(readFileSync(`${path}.json`, 'utf8')).module : null;
-        return new Uint8Array(answer(kept, at));
+        return new Uint8Array(answer(kept, at, snap));
       } catch {
         // A damaged entry: the step runs again and replaces it below.
       }
@@ -241,20 +258,36 @@ function keepSnapshotStep(object, name, nested, key) {
         at = found.length === 1 ? found[0][1] : null;
       }
       if (out && (nested ? at !== null : holds(out, sections(out), snap))) {
+        // Kept without this worker's snapshot: empty sections hold its place.
+        const blank = { of: (id) => snap.of(id).map(() => Uint8Array.of(id, 0)) };
+        const entry = answer(out, at, blank);
         mkdirSync(cacheDir, { recursive: true });
-        const tmp = `.${process.pid}.tmp`;
+        const tmp = `.${randomUUID()}.tmp`;
         if (nested) {
           writeFileSync(`${path}.json${tmp}`, JSON.stringify({ module: at }));
           renameSync(`${path}.json${tmp}`, `${path}.json`);
         }
-        writeFileSync(path + tmp, out);
+        writeFileSync(path + tmp, entry);
         renameSync(path + tmp, path);
+        forgetOldEntries(cacheDir, name);
       }
     } catch {
       // Best effort: without the entry the next build runs the step again.
     }
     return result;
   };
+}
+
+// Removes all but the newest KEPT_PER_STEP entries of step `name`.
+function forgetOldEntries(cacheDir, name) {
+  const entries = readdirSync(cacheDir)
+    .filter((f) => f.startsWith(`${name}-`) && f.endsWith('.wasm'))
+    .map((f) => [f, statSync(join(cacheDir, f)).mtimeMs])
+    .sort((a, b) => b[1] - a[1]);
+  for (const [f] of entries.slice(KEPT_PER_STEP)) {
+    rmSync(join(cacheDir, f), { force: true });
+    rmSync(join(cacheDir, `${f}.json`), { force: true });
+  }
 }
 
 async function cacheSnapshotSteps() {

@@ -184,6 +184,23 @@ function holds(bin, secs, snap) {
   });
 }
 
+// Whether the module `bin[secs]` holds empty snapshot sections (at least one):
+// a kept entry's placeholder.
+function blank(bin, secs) {
+  const snap = secs.filter((s) => SNAPSHOT.includes(s.id));
+  return snap.length > 0 && snap.every((s) => s.end - s.start === 2 && bin[s.start + 1] === 0);
+}
+
+// The one top-level core module section (`{ s, at }`) of component `bin`
+// whose sections pass `test`; throws unless exactly one does.
+function nestedModule(bin, test) {
+  const found = sections(bin)
+    .map((s, at) => ({ s, at }))
+    .filter(({ s }) => s.id === 1 && test(sections(bin, s.body, s.end)));
+  if (found.length !== 1) throw new Error('not one such module');
+  return found[0];
+}
+
 // The module `bin[secs]` (`header` its first 8 bytes) with `snap`'s snapshot
 // sections in place of its own.
 function withSnapshot(bin, header, secs, snap) {
@@ -207,7 +224,8 @@ function withSnapshot(bin, header, secs, snap) {
 //
 // `step(input, ...rest)` → module or component; `key` names the step and its
 // other arguments; `nested` whether the result is a component holding the
-// input as one of its core modules (else it is the module itself).
+// input as one of its core modules (the one whose snapshot sections are the
+// input's, or empty in an entry; else it is the module itself).
 function keepSnapshotStep(object, name, nested, key) {
   const run = object[name].bind(object);
   object[name] = (input, ...rest) => {
@@ -228,47 +246,36 @@ function keepSnapshotStep(object, name, nested, key) {
     } catch {
       return run(input, ...rest);
     }
-    // `kept` (a result) with snapshot `s` in place of the one it holds.
-    const answer = (kept, at, s) => {
-      if (!nested) return withSnapshot(kept, kept.subarray(0, 8), sections(kept), s);
-      const top = sections(kept);
-      const m = top[at];
-      if (!m || m.id !== 1) throw new Error('no module there');
-      const mod = withSnapshot(kept, kept.subarray(m.body, m.body + 8), sections(kept, m.body, m.end), s);
-      const parts = [kept.subarray(0, m.start), Uint8Array.of(1), lebBytes(mod.length), mod, kept.subarray(m.end)];
-      return Buffer.concat(parts);
+    // `result` with snapshot `s` in the module `test` picks (nested) or
+    // in place of its own (not nested).
+    const swapped = (result, test, s) => {
+      if (!nested) {
+        const secs = sections(result);
+        if (!test(secs)) throw new Error('not the module');
+        return withSnapshot(result, result.subarray(0, 8), secs, s);
+      }
+      const { s: m } = nestedModule(result, test);
+      const mod = withSnapshot(result, result.subarray(m.body, m.body + 8), sections(result, m.body, m.end), s);
+      return Buffer.concat([result.subarray(0, m.start), Uint8Array.of(1), lebBytes(mod.length), mod, result.subarray(m.end)]);
     };
     if (existsSync(path)) {
       try {
-        const kept = new Uint8Array(readFileSync(path));
-        const at = nested ? JSON.parse(readFileSync(`${path}.json`, 'utf8')).module : null;
-        return new Uint8Array(answer(kept, at, snap));
+        const kept = readFileSync(path);
+        return swapped(kept, (secs) => blank(kept, secs), snap);
       } catch {
         // A damaged entry: the step runs again and replaces it below.
       }
     }
     const result = run(input, ...rest);
     try {
-      const out = result instanceof Uint8Array ? result : null;
-      let at = null;
-      if (out && nested) {
-        const found = sections(out)
-          .map((s, i) => [s, i])
-          .filter(([s]) => s.id === 1 && holds(out, sections(out, s.body, s.end), snap));
-        at = found.length === 1 ? found[0][1] : null;
-      }
-      if (out && (nested ? at !== null : holds(out, sections(out), snap))) {
+      if (result instanceof Uint8Array) {
         // Kept without this worker's snapshot: empty sections hold its place.
-        const blank = { of: (id) => snap.of(id).map(() => Uint8Array.of(id, 0)) };
-        const entry = answer(out, at, blank);
+        const empty = { of: (id) => snap.of(id).map(() => Uint8Array.of(id, 0)) };
+        const entry = swapped(result, (secs) => holds(result, secs, snap), empty);
         mkdirSync(cacheDir, { recursive: true });
-        const tmp = `.${randomUUID()}.tmp`;
-        if (nested) {
-          writeFileSync(`${path}.json${tmp}`, JSON.stringify({ module: at }));
-          renameSync(`${path}.json${tmp}`, `${path}.json`);
-        }
-        writeFileSync(path + tmp, entry);
-        renameSync(path + tmp, path);
+        const tmp = `${path}.${randomUUID()}.tmp`;
+        writeFileSync(tmp, entry);
+        renameSync(tmp, path);
         forgetOldEntries(cacheDir, name);
       }
     } catch {
@@ -286,7 +293,6 @@ function forgetOldEntries(cacheDir, name) {
     .sort((a, b) => b[1] - a[1]);
   for (const [f] of entries.slice(KEPT_PER_STEP)) {
     rmSync(join(cacheDir, f), { force: true });
-    rmSync(join(cacheDir, `${f}.json`), { force: true });
   }
 }
 

@@ -366,23 +366,29 @@ fn js_guest_greeting(greeting: &str) -> Vec<u8> {
         .expect("the JS worker builds (scripts/setup.sh installs ComponentizeJS)")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn different_js_workers_run_their_equal_machine_code_from_one_file() {
-    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
-    let engine = RuntimeEngine::new(EngineConfig::new(shared.clone())).expect("engine");
-    let other = js_guest_greeting("hey");
-    assert!(other != js_guest(), "two different components");
+/// Serves JS workers `(name, component)`, each in an account of its own, at
+/// `<name>.workers.test`.
+async fn serve_js_workers(engine: &Arc<RuntimeEngine>, workers: &[(&str, &[u8])]) -> SocketAddr {
     let router = Router::new("workers.test");
-    for (name, wasm) in [("one", js_guest()), ("two", &other[..])] {
+    for (name, wasm) in workers {
         let config = WorkerConfig {
-            name: name.into(),
+            name: (*name).into(),
             account_id: format!("acct-{name}"),
             js: true,
             ..Default::default()
         };
         router.deploy(Worker::new(engine.clone(), config, wasm, None).expect("worker"));
     }
-    let addr = common::serve(router).await;
+    common::serve(router).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_js_workers_run_their_equal_machine_code_from_one_file() {
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let engine = RuntimeEngine::new(EngineConfig::new(shared.clone())).expect("engine");
+    let other = js_guest_greeting("hey");
+    assert!(other != js_guest(), "two different components");
+    let addr = serve_js_workers(&engine, &[("one", js_guest()), ("two", &other)]).await;
     // Each still runs its own JS, from the shared code.
     assert_eq!(
         get(addr, "one.workers.test", "/hello").await,
@@ -486,17 +492,11 @@ async fn kept_build_steps_give_each_js_worker_its_own_snapshot() {
     // Each worker runs its own top-level state, not the first one's.
     let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
     let engine = RuntimeEngine::new(EngineConfig::new(shared)).expect("engine");
-    let router = Router::new("workers.test");
-    for (name, wasm) in [("one", &first), ("two", &second), ("three", &third)] {
-        let config = WorkerConfig {
-            name: name.into(),
-            account_id: format!("acct-{name}"),
-            js: true,
-            ..Default::default()
-        };
-        router.deploy(Worker::new(engine.clone(), config, wasm, None).expect("worker"));
-    }
-    let addr = common::serve(router).await;
+    let addr = serve_js_workers(
+        &engine,
+        &[("one", &first), ("two", &second), ("three", &third)],
+    )
+    .await;
     for (host, greeting) in [
         ("one.workers.test", "hi"),
         ("two.workers.test", "hey"),

@@ -417,8 +417,13 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut rathole_bin = None;
     let mut connector_bin = PathBuf::from("target/release/warren-connector");
+    let mut quic_downloads: Option<u32> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--quic-downloads" => {
+                let n = args.next().context("--quic-downloads N")?;
+                quic_downloads = Some(n.parse().context("--quic-downloads N: a count")?);
+            }
             "--rathole" => rathole_bin = args.next().map(PathBuf::from),
             "--connector" => {
                 connector_bin = args.next().map(PathBuf::from).context("--connector PATH")?
@@ -460,6 +465,13 @@ async fn main() -> anyhow::Result<()> {
         "bench/tunnel: {} MiB download and upload, best of {RUNS} (interleaved); {CLIENTS} clients × {SHORT_FOR:?} of short echo streams",
         bytes >> 20
     );
+    if let Some(n) = quic_downloads {
+        // For profiling one path: no peers, no ratios.
+        for i in 1..=n {
+            println!("QUIC download {i}: {}", mib(bulk(&tunnel, bytes).await?));
+        }
+        return Ok(());
+    }
     let mut down = [0f64; 5];
     let mut up = [0f64; 5];
     for _ in 0..RUNS {

@@ -208,21 +208,15 @@ pub async fn run(
         config,
     });
     let cancel = CancellationToken::new();
-    // Ends the connections' threads, once their streams are done with.
-    let done = CancellationToken::new();
-    // The threads end once `done` is cancelled, on every way out of here.
-    let _done = done.clone().drop_guard();
     let mut sessions = Vec::new();
-    let mut threads = Vec::new();
     for i in 0..shared.config.ha_connections {
         let edge = shared.config.edges[usize::from(i) % shared.config.edges.len()].clone();
-        let (session, thread) = on_own_thread(
-            format!("warren-conn-{i}"),
-            supervise(shared.clone(), i, edge, cancel.clone()),
-            done.clone(),
-        )?;
-        sessions.push(session);
-        threads.push(thread);
+        sessions.push(tokio::spawn(supervise(
+            shared.clone(),
+            i,
+            edge,
+            cancel.clone(),
+        )));
     }
     shutdown.await;
     info!("shutting down: unregistering connections");
@@ -253,53 +247,8 @@ pub async fn run(
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
     }
-    done.cancel();
-    // Their runtimes drop what is left of the streams as the threads end.
-    let _ = tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
-        }
-    })
-    .await;
     info!("connector stopped");
     Ok(())
-}
-
-/// Runs `session` on a thread of its own (named `name`) with a
-/// single-threaded runtime, which also runs everything the session spawns:
-/// its QUIC endpoint and connection drivers, its streams and DNS answers. The
-/// session's result comes back through the receiver; the runtime (and any
-/// stream still on it) lives until `done` is cancelled.
-///
-/// Why a thread per tunnel connection: a connection's driver and its streams
-/// pass every packet between them, and on a shared multi-threaded runtime each
-/// hand-off may wake the other worker thread and contend for the connection's
-/// lock. On one thread they take turns instead (bench/tunnel, 1 GiB downloads
-/// through the connector over QUIC: see docs/tunnel.md), while the connector's
-/// connections (4 by default) still use as many cores.
-fn on_own_thread<T: Send + 'static>(
-    name: String,
-    session: impl Future<Output = T> + Send + 'static,
-    done: CancellationToken,
-) -> anyhow::Result<(
-    tokio::sync::oneshot::Receiver<T>,
-    std::thread::JoinHandle<()>,
-)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime for a tunnel connection")?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            runtime.block_on(async move {
-                let _ = tx.send(session.await);
-                done.cancelled().await;
-            })
-        })
-        .context("cannot start a thread for a tunnel connection")?;
-    Ok((rx, thread))
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT): the shutdown signal of Warren's daemons.

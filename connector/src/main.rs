@@ -198,9 +198,7 @@ fn config_from(args: RunArgs) -> anyhow::Result<ConnectorConfig> {
     Ok(config)
 }
 
-// Each tunnel connection runs on a thread of its own (see `run`); this one
-// only waits for signals, serves metrics and orchestrates shutdown.
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> std::process::ExitCode {
     let Cli {
         command: Command::Run(args),

@@ -231,42 +231,6 @@ async fn ready_reports_registered_connections() {
     );
 }
 
-/// Names of the threads of process `pid` (`ip netns exec` execs the
-/// connector in place, so the child's pid is the connector's).
-fn thread_names(pid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the connector's threads")
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_tunnel_connection_runs_on_a_thread_of_its_own() {
-    let w = World::new().await;
-    let origin = w.origin();
-    let c = w.connector(&["--ha-connections".into(), "3".into()]);
-    w.wait_registered(3).await;
-    let names = thread_names(c.child.id());
-    let connections: Vec<&String> = names
-        .iter()
-        .filter(|n| n.starts_with("warren-conn-"))
-        .collect();
-    assert_eq!(
-        connections,
-        ["warren-conn-0", "warren-conn-1", "warren-conn-2"],
-        "{names:?}"
-    );
-    // Streams are served on those threads (the edge spreads them over the
-    // connections).
-    for _ in 0..6 {
-        assert_eq!(w.get(origin, "/hello").await, Ok((StatusCode::OK, 17)));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_survives_losing_three_of_four_connections() {
     let w = World::new().await;

@@ -171,6 +171,7 @@ fn transport(config: &ConnectorConfig) -> anyhow::Result<quinn::TransportConfig>
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(4096u32.into())
         .max_concurrent_uni_streams(16u32.into());
+    warren_transport::quic::discover_path_mtu(&mut t);
     Ok(t)
 }
 

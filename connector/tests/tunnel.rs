@@ -490,3 +490,48 @@ async fn a_dns_answer_too_large_for_a_datagram_arrives_whole() {
     got.sort();
     assert_eq!(got, ips);
 }
+
+/// The path MTU of the test's one connection, as the edge sees it.
+fn path_mtu(w: &World) -> Option<u16> {
+    w.connections().first().and_then(|c| c.path_mtu())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_grow_to_what_the_link_carries_and_shrink_when_it_stops() {
+    use warren_transport::quic::MAX_UDP_PAYLOAD;
+    let w = World::new().await;
+    let origin = w.origin();
+    // Jumbo frames: 8972 bytes of UDP payload fit, more than discovery seeks.
+    w.ns.set_mtu(9000).expect("a 9000-byte MTU on the link");
+    let _c = w.connector(&["--ha-connections".into(), "1".into()]);
+    w.wait_registered(1).await;
+    wait_for("path MTU discovery to reach its bound", LONG, || {
+        let mtu = path_mtu(&w);
+        async move { (mtu == Some(MAX_UDP_PAYLOAD)).then_some(()) }
+    })
+    .await;
+    let body = 4u64 << 20;
+    let upload = || async {
+        let s = w.open(origin, "upload").await.expect("stream");
+        let (status, count) = origin::post(s, "origin.internal", "/count", body)
+            .await
+            .expect("upload");
+        (status, String::from_utf8_lossy(&count).into_owned())
+    };
+    let download = format!("/bytes/{body}");
+    assert_eq!(upload().await, (StatusCode::OK, body.to_string()));
+    assert_eq!(w.get(origin, &download).await, Ok((StatusCode::OK, body)));
+    // The link narrows to Ethernet's 1500: 6000-byte datagrams no longer
+    // leave either side. Each side's connection falls back to what gets
+    // through (quinn's black-hole detection) and carries bodies whole both
+    // ways; the edge's side is seen here, as it sends the upload.
+    w.ns.set_mtu(1500).expect("a 1500-byte MTU on the link");
+    assert_eq!(upload().await, (StatusCode::OK, body.to_string()));
+    assert_eq!(w.get(origin, &download).await, Ok((StatusCode::OK, body)));
+    let mtu = path_mtu(&w).expect("a QUIC connection");
+    assert!(
+        mtu <= 1472,
+        "path MTU {mtu} after the link narrowed to 1500"
+    );
+    assert_eq!(w.connections().len(), 1, "the same connection carried on");
+}

@@ -184,6 +184,7 @@ impl TunnelEdge {
             .stream_receive_window((8u32 * 1024 * 1024).into())
             .receive_window((32u32 * 1024 * 1024).into())
             .send_window(32 * 1024 * 1024);
+        warren_transport::quic::discover_path_mtu(&mut transport);
         server.transport_config(Arc::new(transport));
         let bind_error = |source| EdgeError::Bind {
             addr: config.listen,

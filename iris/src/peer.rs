@@ -101,6 +101,7 @@ pub fn transport() -> quinn::TransportConfig {
         .stream_receive_window((8u32 * 1024 * 1024).into())
         .receive_window((32u32 * 1024 * 1024).into())
         .send_window(32 * 1024 * 1024);
+    warren_transport::quic::discover_path_mtu(&mut t);
     t
 }
 

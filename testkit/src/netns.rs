@@ -83,6 +83,15 @@ impl NetNs {
         format!("wrnh{}", self.index)
     }
 
+    /// Sets the MTU of both ends of the namespace's link (veth pairs start at 1500).
+    pub fn set_mtu(&self, mtu: u32) -> anyhow::Result<()> {
+        let mtu = mtu.to_string();
+        ip(&["link", "set", &self.host_if(), "mtu", &mtu])?;
+        let peer = format!("wrnp{}", self.index);
+        ip(&["-n", &self.name, "link", "set", &peer, "mtu", &mtu])?;
+        Ok(())
+    }
+
     /// The namespace's name (for `ip netns exec`).
     pub fn name(&self) -> &str {
         &self.name

@@ -7,6 +7,15 @@
 //! [`SOCKET_BUFFER`] each way, as quic-go does; the kernel caps the request at
 //! `net.core.rmem_max` / `wmem_max`, and a smaller grant is logged once per
 //! socket with the sysctl to raise.
+//!
+//! Datagram size: quinn sends 1452-byte datagrams at most unless told
+//! otherwise, even where the path carries far larger ones (loopback, jumbo-frame
+//! LANs), and every datagram costs a trip through the endpoint and connection
+//! drivers and its own AEAD call. Warren's endpoints accept datagrams of up to
+//! [`MAX_UDP_PAYLOAD`] bytes and let path MTU discovery
+//! ([`discover_path_mtu`]) probe up to that size: a path that drops larger
+//! datagrams keeps its connections at what it carries (quinn's black-hole
+//! detection falls back when one starts dropping them).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -34,13 +43,34 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
+/// The largest UDP payload Warren's QUIC endpoints accept, and the most that
+/// path MTU discovery probes for. quinn sends up to 10 datagrams of one size
+/// in a single segmented (GSO) send, which must fit the 65 507 bytes one UDP
+/// send can carry: 6000 leaves room. (bench/tunnel on loopback: with 8952 every
+/// batch failed and connections fell back below 1452.)
+pub const MAX_UDP_PAYLOAD: u16 = 6000;
+
+/// Lets path MTU discovery raise `transport`'s datagram size up to
+/// [`MAX_UDP_PAYLOAD`] (quinn probes from 1200 bytes after the handshake,
+/// and again every 10 minutes).
+pub fn discover_path_mtu(transport: &mut quinn::TransportConfig) {
+    let mut discovery = quinn::MtuDiscoveryConfig::default();
+    discovery.upper_bound(MAX_UDP_PAYLOAD);
+    transport.mtu_discovery_config(Some(discovery));
+}
+
 /// A quinn endpoint on a socket from [`bind_udp`]: a server when `server` is
-/// given, else a client only.
+/// given, else a client only. It accepts datagrams of up to
+/// [`MAX_UDP_PAYLOAD`] bytes (a peer sends larger ones only where path MTU
+/// discovery found they get through).
 pub fn endpoint(
     addr: SocketAddr,
-    config: quinn::EndpointConfig,
+    mut config: quinn::EndpointConfig,
     server: Option<quinn::ServerConfig>,
 ) -> io::Result<quinn::Endpoint> {
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     quinn::Endpoint::new(
         config,
         server,

@@ -521,10 +521,15 @@ async fn datagrams_grow_to_what_the_link_carries_and_shrink_when_it_stops() {
     let download = format!("/bytes/{body}");
     assert_eq!(upload().await, (StatusCode::OK, body.to_string()));
     assert_eq!(w.get(origin, &download).await, Ok((StatusCode::OK, body)));
+    // Bulk went in datagrams of that size (a size whose batched sends failed
+    // would have dropped the connection back to 1200 bytes).
+    assert_eq!(path_mtu(&w), Some(MAX_UDP_PAYLOAD));
+    let before = w.connections().first().cloned().expect("a connection");
     // The link narrows to Ethernet's 1500: 6000-byte datagrams no longer
-    // leave either side. Each side's connection falls back to what gets
-    // through (quinn's black-hole detection) and carries bodies whole both
-    // ways; the edge's side is seen here, as it sends the upload.
+    // leave either side. Each side's connection notices (quinn's black-hole
+    // detection drops it to 1200 bytes, to search again a minute later) and
+    // carries bodies whole both ways; the edge's side is seen here, as it
+    // sends the upload.
     w.ns.set_mtu(1500).expect("a 1500-byte MTU on the link");
     assert_eq!(upload().await, (StatusCode::OK, body.to_string()));
     assert_eq!(w.get(origin, &download).await, Ok((StatusCode::OK, body)));
@@ -533,5 +538,29 @@ async fn datagrams_grow_to_what_the_link_carries_and_shrink_when_it_stops() {
         mtu <= 1472,
         "path MTU {mtu} after the link narrowed to 1500"
     );
-    assert_eq!(w.connections().len(), 1, "the same connection carried on");
+    let after = w.connections();
+    assert!(
+        after.len() == 1 && Arc::ptr_eq(&after[0], &before),
+        "the same connection carried on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_ethernet_datagrams_grow_to_exactly_what_the_link_carries() {
+    let w = World::new().await;
+    let origin = w.origin();
+    // The veth link's default 1500-byte MTU: 1472 bytes of UDP over IPv4.
+    let _c = w.connector(&["--ha-connections".into(), "1".into()]);
+    w.wait_registered(1).await;
+    wait_for("path MTU discovery to find 1472", LONG, || {
+        let mtu = path_mtu(&w);
+        async move { (mtu == Some(1472)).then_some(()) }
+    })
+    .await;
+    let body = 4u64 << 20;
+    assert_eq!(
+        w.get(origin, &format!("/bytes/{body}")).await,
+        Ok((StatusCode::OK, body))
+    );
+    assert_eq!(path_mtu(&w), Some(1472));
 }

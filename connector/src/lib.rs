@@ -166,12 +166,11 @@ fn transport(config: &ConnectorConfig) -> anyhow::Result<quinn::TransportConfig>
     );
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| anyhow::anyhow!("idle timeout {:?} is too long", config.idle_timeout))?;
-    let mut t = quinn::TransportConfig::default();
+    let mut t = warren_transport::quic::transport_config();
     t.keep_alive_interval(Some(config.keep_alive))
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(4096u32.into())
         .max_concurrent_uni_streams(16u32.into());
-    warren_transport::quic::discover_path_mtu(&mut t);
     Ok(t)
 }
 

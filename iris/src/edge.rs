@@ -169,7 +169,7 @@ impl TunnelEdge {
         let quic_tls =
             QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-        let mut transport = quinn::TransportConfig::default();
+        let mut transport = warren_transport::quic::transport_config();
         transport
             .keep_alive_interval(Some(config.keep_alive))
             .max_idle_timeout(Some(
@@ -184,7 +184,6 @@ impl TunnelEdge {
             .stream_receive_window((8u32 * 1024 * 1024).into())
             .receive_window((32u32 * 1024 * 1024).into())
             .send_window(32 * 1024 * 1024);
-        warren_transport::quic::discover_path_mtu(&mut transport);
         server.transport_config(Arc::new(transport));
         let bind_error = |source| EdgeError::Bind {
             addr: config.listen,

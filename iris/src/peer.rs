@@ -93,7 +93,7 @@ pub struct PeerLink {
 
 /// The link's QUIC transport: quick to notice a dead peer, room for bulk.
 pub fn transport() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
+    let mut t = warren_transport::quic::transport_config();
     t.keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok())
         .max_concurrent_bidi_streams(4096u32.into())
@@ -101,7 +101,6 @@ pub fn transport() -> quinn::TransportConfig {
         .stream_receive_window((8u32 * 1024 * 1024).into())
         .receive_window((32u32 * 1024 * 1024).into())
         .send_window(32 * 1024 * 1024);
-    warren_transport::quic::discover_path_mtu(&mut t);
     t
 }
 

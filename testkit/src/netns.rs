@@ -52,7 +52,7 @@ impl NetNs {
     }
 
     fn setup(&self) -> anyhow::Result<()> {
-        let (host, peer) = (self.host_if(), format!("wrnp{}", self.index));
+        let (host, peer) = (self.host_if(), self.peer_if());
         let _ = ip(&["link", "del", &host]);
         ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
         ip(&["link", "set", &peer, "netns", &self.name])?;
@@ -83,12 +83,24 @@ impl NetNs {
         format!("wrnh{}", self.index)
     }
 
+    /// The link's end inside the namespace.
+    fn peer_if(&self) -> String {
+        format!("wrnp{}", self.index)
+    }
+
     /// Sets the MTU of both ends of the namespace's link (veth pairs start at 1500).
     pub fn set_mtu(&self, mtu: u32) -> anyhow::Result<()> {
         let mtu = mtu.to_string();
         ip(&["link", "set", &self.host_if(), "mtu", &mtu])?;
-        let peer = format!("wrnp{}", self.index);
-        ip(&["-n", &self.name, "link", "set", &peer, "mtu", &mtu])?;
+        ip(&[
+            "-n",
+            &self.name,
+            "link",
+            "set",
+            &self.peer_if(),
+            "mtu",
+            &mtu,
+        ])?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@
 //! drivers and its own AEAD call. Warren's endpoints tell their peers they take
 //! datagrams of up to [`MAX_UDP_PAYLOAD`] bytes (QUIC's `max_udp_payload_size`:
 //! a peer sends nothing larger) and let path MTU discovery
-//! ([`discover_path_mtu`]) probe up to that size. A path that drops larger
+//! ([`transport_config`]) probe up to that size. A path that drops larger
 //! datagrams keeps its connections at what it carries; one that starts dropping
 //! them is caught by quinn's black-hole detection, which falls back to 1200
 //! bytes and searches again a minute later.
@@ -61,17 +61,20 @@ pub const MAX_UDP_PAYLOAD: u16 = 6000;
 // Ten datagrams of the largest size fit one UDP send (see `MAX_UDP_PAYLOAD`).
 const _: () = assert!(10 * MAX_UDP_PAYLOAD as usize <= 65_507);
 
-/// Lets path MTU discovery raise `transport`'s datagram size up to
-/// [`MAX_UDP_PAYLOAD`]. quinn probes from 1200 bytes after the handshake (and
-/// again every 10 minutes), halving the gap each time; it stops only when a
-/// step would be under 1 byte, so a 1500-byte Ethernet path ends at exactly
-/// what it carries (1452 over IPv6, 1472 over IPv4) rather than up to 20
-/// bytes short, as quinn's default stopping rule would leave it over a gap this
-/// wide.
-pub fn discover_path_mtu(transport: &mut quinn::TransportConfig) {
+/// quinn's transport defaults with path MTU discovery up to
+/// [`MAX_UDP_PAYLOAD`]: the base of every Warren QUIC connection's transport
+/// (edge, connector, node link). quinn probes from 1200 bytes after the
+/// handshake (and again every 10 minutes), halving the gap each time; it stops
+/// only when a step would be under 1 byte, so a 1500-byte Ethernet path ends at
+/// exactly what it carries (1452 over IPv6, 1472 over IPv4) rather than up to
+/// 20 bytes short, as quinn's default stopping rule would leave it over a gap
+/// this wide.
+pub fn transport_config() -> quinn::TransportConfig {
     let mut discovery = quinn::MtuDiscoveryConfig::default();
     discovery.upper_bound(MAX_UDP_PAYLOAD).minimum_change(1);
+    let mut transport = quinn::TransportConfig::default();
     transport.mtu_discovery_config(Some(discovery));
+    transport
 }
 
 /// A quinn endpoint on a socket from [`bind_udp`]: a server when `server` is

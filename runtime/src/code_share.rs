@@ -1,12 +1,13 @@
 //! Machine code shared by content between loaded components.
 //!
-//! Every JS worker is the same StarlingMonkey engine with its own heap
-//! image, so the compiled `.text` of two different JS workers is byte for
-//! byte the same (about 21 MiB); only their data (the image wasmtime maps
-//! into each instance) differs. Each worker's code is mapped from its own
-//! `.cwasm` file, and the page cache does not merge equal pages of different
-//! files: two different workers held their equal code twice, in every
-//! process that loads them.
+//! Components compiled from different bytes can hold byte-identical code:
+//! every JS worker is the same StarlingMonkey engine with its own heap
+//! image, so two JS workers loaded whole (as when a component does not split
+//! into the shared template and its snapshot, see [`crate::snapshot`]) have
+//! the same `.text` (about 21 MiB). Each is mapped from its own `.cwasm`
+//! file, and the page cache does not merge equal pages of different files:
+//! two different workers would hold their equal code twice, in every process
+//! that loads them.
 //!
 //! [`CodeDir::share`] maps a freshly loaded component's whole pages of
 //! `.text` from one file per distinct text instead: `code/<sha256>-<offset>`

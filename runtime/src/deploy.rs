@@ -42,6 +42,7 @@ use warren_store::{Change, ScriptRecord, Store, StoreError};
 
 pub use warren_api::scripts::{BindingSpec, LimitsSpec, ScriptInfo, ScriptMetadata};
 
+use crate::engine::CompiledPart;
 use crate::engine::RuntimeEngine;
 use crate::js::{JsBuildError, JsBuilder};
 use crate::limits::Limits;
@@ -544,7 +545,9 @@ impl Scripts {
                     Ok(Some(r)) if r.bundle == hash => match this.fetch_bundle(&hash).await {
                         Ok(()) => {
                             tracing::info!(worker = %name, bundle = %hash, attempt, "bundle fetched from a peer");
-                            this.fetch_compiled(&hash).await;
+                            let js = serde_json::from_str::<ScriptMetadata>(&r.metadata)
+                                .is_ok_and(|m| !m.main_module.ends_with(".wasm"));
+                            this.fetch_compiled(&hash, js).await;
                             this.done_fetching(&name, &hash);
                             this.reconcile(&name).await;
                             return;
@@ -611,46 +614,69 @@ impl Scripts {
     }
 
     /// Takes the compiled code of bundle `hash` from a peer whose engine has
-    /// this one's fingerprint, unless it is cached here; when none has it,
+    /// this one's fingerprint, unless it is cached here: for a JS worker
+    /// (`js`) that splits, the template all JS workers share and its
+    /// snapshot module; else the bundle's own file. When no peer has a file,
     /// or it does not load, the worker is compiled here as usual.
-    async fn fetch_compiled(&self, hash: &str) {
+    async fn fetch_compiled(&self, hash: &str, js: bool) {
         let Some(peers) = self.config.peers.clone() else {
             return;
         };
-        if self.engine.has_compiled(hash) {
-            return;
-        }
-        let key = self.engine.compiled_key(hash);
-        let fetched = async {
-            let mut dest = self
-                .engine
-                .compiled_dir()
-                .writer(&key)
-                .await
-                .map_err(|e| e.to_string())?;
-            match tokio::time::timeout(FETCH_LIMIT, peers.fetch_compiled(&key, &mut dest)).await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Ok(false),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("no complete answer within {FETCH_LIMIT:?}")),
-            }
-            let staged = dest.finish().await.map_err(|e| e.to_string())?;
-            let engine = self.engine.clone();
-            let path = staged.path().to_owned();
-            tokio::task::spawn_blocking(move || engine.check_compiled(&path))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("{e:#}"))?;
-            staged.persist().await.map_err(|e| e.to_string())?;
-            Ok::<bool, String>(true)
+        let split = match js {
+            true => self
+                .config
+                .blobs
+                .get(hash)
+                .ok()
+                .and_then(|wasm| self.engine.js_compiled_parts(&wasm)),
+            false => None,
         };
-        match fetched.await {
-            Ok(true) => tracing::info!(bundle = %hash, "compiled code taken from a peer"),
-            Ok(false) => {
-                tracing::info!(bundle = %hash, "no peer has compiled code for this engine; compiling here")
+        let parts = match split {
+            Some(parts) => parts.to_vec(),
+            None => vec![CompiledPart {
+                key: self.engine.compiled_key(hash),
+                module: false,
+            }],
+        };
+        for part in parts {
+            if self.engine.has_compiled_key(&part.key) {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(bundle = %hash, error = %e, "compiled code from peers unusable; compiling here")
+            let fetched = async {
+                let mut dest = self
+                    .engine
+                    .compiled_dir()
+                    .writer(&part.key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match tokio::time::timeout(FETCH_LIMIT, peers.fetch_compiled(&part.key, &mut dest))
+                    .await
+                {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => return Ok(false),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err(format!("no complete answer within {FETCH_LIMIT:?}")),
+                }
+                let staged = dest.finish().await.map_err(|e| e.to_string())?;
+                let engine = self.engine.clone();
+                let path = staged.path().to_owned();
+                let module = part.module;
+                tokio::task::spawn_blocking(move || engine.check_compiled_part(&path, module))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{e:#}"))?;
+                staged.persist().await.map_err(|e| e.to_string())?;
+                Ok::<bool, String>(true)
+            };
+            let key = &part.key;
+            match fetched.await {
+                Ok(true) => tracing::info!(bundle = %hash, %key, "compiled code taken from a peer"),
+                Ok(false) => {
+                    tracing::info!(bundle = %hash, %key, "no peer has compiled code for this engine; compiling here")
+                }
+                Err(e) => {
+                    tracing::warn!(bundle = %hash, %key, error = %e, "compiled code from peers unusable; compiling here")
+                }
             }
         }
     }

@@ -4,8 +4,11 @@
 //! them with `deserialize_file` instead of compiling; a node may also take
 //! them from a peer with the same fingerprint, [`RuntimeEngine::check_compiled`]), plus
 //! Cranelift's incremental cache on disk: functions already compiled for any
-//! earlier component (every JS worker shares the StarlingMonkey engine) are
-//! reused, so a second JS worker compiles in a fraction of the first's time.
+//! earlier component are reused. A JS worker is split ([`crate::snapshot`]):
+//! the template every JS worker shares is compiled once per engine and
+//! loaded once per process, and each worker adds only its snapshot module
+//! (its heap, no code), cached beside the components
+//! ([`RuntimeEngine::js_component`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,13 +20,16 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use warren_store::blobs::{CompiledDir, compiled_key};
 use wasmtime::component::Component;
-use wasmtime::{CacheStore, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    CacheStore, Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig,
+};
 
 /// Engine settings. Defaults from [`EngineConfig::new`].
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Where compiled components are kept (`<hash>-<fingerprint>.cwasm`), with Cranelift's
-    /// per-function incremental cache under `functions/`.
+    /// Where compiled components and JS workers' snapshot modules are kept
+    /// (`<hash>-<fingerprint>.cwasm`), with Cranelift's per-function
+    /// incremental cache under `functions/`.
     pub cache_dir: PathBuf,
     /// Epoch tick: the granularity of CPU-limit checks (default 2 ms).
     pub tick: Duration,
@@ -84,15 +90,29 @@ pub struct RuntimeEngine {
     pagemap_scan: bool,
     /// Components loaded, by bundle hash, while a worker holds them.
     loaded: Mutex<HashMap<String, (Weak<()>, Component)>>,
+    /// JS workers' snapshot modules loaded, by hash, while a worker holds them.
+    snapshots: Mutex<HashMap<String, (Weak<()>, Module)>>,
 }
 
 /// A compiled component, shared by every worker of an engine with the same
 /// bundle (copies of one worker hold one loaded component, not one each);
 /// it stays loaded while one of them holds it.
+///
+/// A JS worker's is the template every JS worker shares plus its own
+/// snapshot module, which the worker links under
+/// [`crate::snapshot::SNAPSHOT_IMPORT`] (see [`RuntimeEngine::js_component`]).
 #[derive(Clone)]
 pub struct SharedComponent {
     component: Component,
     _held: Arc<()>,
+    snapshot: Option<(Module, Arc<()>)>,
+}
+
+impl SharedComponent {
+    /// The snapshot module the component imports, for a split JS worker.
+    pub fn snapshot(&self) -> Option<&Module> {
+        self.snapshot.as_ref().map(|(m, _)| m)
+    }
 }
 
 impl std::ops::Deref for SharedComponent {
@@ -100,6 +120,27 @@ impl std::ops::Deref for SharedComponent {
     fn deref(&self) -> &Component {
         &self.component
     }
+}
+
+/// A compiled file in the compiled-code directory (see
+/// [`RuntimeEngine::js_compiled_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPart {
+    /// Its key (`<hash>-<fingerprint>`), as peers are asked for it.
+    pub key: String,
+    /// A core module (a JS worker's snapshot), not a component.
+    pub module: bool,
+}
+
+/// The hash a JS worker's snapshot module is cached by: its own key space,
+/// so a snapshot's name never equals a component's.
+fn snapshot_hash(wasm: &[u8]) -> String {
+    hex::encode(
+        Sha256::new()
+            .chain_update(b"warren-snapshot\0")
+            .chain_update(wasm)
+            .finalize(),
+    )
 }
 
 /// Whether `/proc/swaps` text lists an active swap area (zram and the swap
@@ -140,8 +181,11 @@ impl RuntimeEngine {
             tracing::info!("instance memory reset: without PAGEMAP_SCAN (turned off)");
         }
         let mut pool = PoolingAllocationConfig::default();
+        // A JS worker's instance is five core instances (the shim, its
+        // snapshot, the engine, the WASI adapter, the fixups); one more each
+        // for headroom.
         pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances * 4)
+            .total_core_instances(config.max_instances * 6)
             .total_memories(config.max_instances * 4)
             .total_tables(config.max_instances * 4)
             .max_memory_size(config.max_memory_bytes)
@@ -185,6 +229,7 @@ impl RuntimeEngine {
             code,
             pagemap_scan,
             loaded: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -248,8 +293,31 @@ impl RuntimeEngine {
             .is_ok_and(|p| p.is_file())
     }
 
+    /// Whether the compiled file `key` is cached here.
+    pub fn has_compiled_key(&self, key: &str) -> bool {
+        self.compiled.path(key).is_ok_and(|p| p.is_file())
+    }
+
+    /// The compiled files a JS worker with built component `wasm` loads from
+    /// when it splits ([`RuntimeEngine::js_component`]): the template all JS
+    /// workers share, then its own snapshot module. `None` when it does not
+    /// split (it loads from its bundle's own file).
+    pub fn js_compiled_parts(&self, wasm: &[u8]) -> Option<[CompiledPart; 2]> {
+        let split = crate::snapshot::split(wasm).ok()??;
+        Some([
+            CompiledPart {
+                key: self.compiled_key(&content_hash(&split.template)),
+                module: false,
+            },
+            CompiledPart {
+                key: self.compiled_key(&snapshot_hash(&split.snapshot)),
+                module: true,
+            },
+        ])
+    }
+
     /// Checks that the file at `path` (compiled code a peer sent) loads into
-    /// this engine; wasmtime refuses a file that is not a compiled component
+    /// this engine as a component; wasmtime refuses a file that is not one
     /// or was made by an incompatible engine. Call it before keeping the file
     /// under [`RuntimeEngine::compiled_key`].
     ///
@@ -257,12 +325,22 @@ impl RuntimeEngine {
     /// node's own cache or from an authenticated cluster peer (trusted like
     /// the store) may reach this, never bytes from a client.
     pub fn check_compiled(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        self.check_compiled_part(path, false)
+    }
+
+    /// [`RuntimeEngine::check_compiled`] for a [`CompiledPart`]: a core
+    /// module when `module`, else a component.
+    pub fn check_compiled_part(&self, path: &std::path::Path, module: bool) -> anyhow::Result<()> {
         // SAFETY: the file comes from a node of this cluster, which is trusted
-        // like the store (see above); wasmtime checks its format and the
-        // engine's compatibility, and the file is not modified while mapped
-        // (it is renamed into the cache, never rewritten in place).
-        unsafe { Component::deserialize_file(&self.engine, path) }
-            .map(drop)
+        // like the store (see `check_compiled`); wasmtime checks its format
+        // and the engine's compatibility, and the file is not modified while
+        // mapped (it is renamed into the cache, never rewritten in place).
+        let loaded = if module {
+            unsafe { Module::deserialize_file(&self.engine, path) }.map(drop)
+        } else {
+            unsafe { Component::deserialize_file(&self.engine, path) }.map(drop)
+        };
+        loaded
             .map_err(anyhow::Error::from)
             .context("compiled code from a peer does not load into this engine")
     }
@@ -282,6 +360,7 @@ impl RuntimeEngine {
                 return Ok(SharedComponent {
                     component: component.clone(),
                     _held: held,
+                    snapshot: None,
                 });
             }
         }
@@ -293,7 +372,90 @@ impl RuntimeEngine {
         Ok(SharedComponent {
             component,
             _held: held,
+            snapshot: None,
         })
+    }
+
+    /// The component for a JS worker's `wasm` (as [`RuntimeEngine::component`]),
+    /// split into the template all JS workers share and the worker's own
+    /// snapshot ([`crate::snapshot`]): the template is compiled once per
+    /// engine and loaded once per process, so a new or edited JS worker
+    /// compiles only its snapshot module (no functions: its memory image).
+    /// A component that does not split, or whose template does not load, is
+    /// loaded whole.
+    pub fn js_component(&self, wasm: &[u8]) -> anyhow::Result<SharedComponent> {
+        match crate::snapshot::split(wasm) {
+            Ok(Some(split)) => {
+                let parts = self
+                    .component(&split.template)
+                    .and_then(|template| Ok((template, self.snapshot_module(&split.snapshot)?)));
+                match parts {
+                    Ok((template, snapshot)) => {
+                        return Ok(SharedComponent {
+                            snapshot: Some(snapshot),
+                            ..template
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "the JS worker's split parts do not load; loading it whole")
+                    }
+                }
+            }
+            Ok(None) => {
+                tracing::info!("the JS worker's component does not split; loading it whole")
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the JS worker's component does not split; loading it whole")
+            }
+        }
+        self.component(wasm)
+    }
+
+    /// The snapshot module `wasm` of a JS worker: already loaded for another
+    /// worker, else from the cache, else compiled (here: it has no functions)
+    /// and cached. It is always served from its file, so its memory image is
+    /// page cache shared by every instance and process.
+    fn snapshot_module(&self, wasm: &[u8]) -> anyhow::Result<(Module, Arc<()>)> {
+        let hash = snapshot_hash(wasm);
+        if let Ok(mut loaded) = self.snapshots.lock() {
+            loaded.retain(|_, (held, _)| held.strong_count() > 0);
+            if let Some((held, module)) = loaded.get(&hash)
+                && let Some(held) = held.upgrade()
+            {
+                return Ok((module.clone(), held));
+            }
+        }
+        let path = self.compiled.path(&self.compiled_key(&hash))?;
+        // SAFETY: as in `load_file`: written by `Module::serialize` of this
+        // engine (below) into this runtime's compiled-code directory (which
+        // otherwise only takes files from trusted cluster peers), renamed
+        // into place and never rewritten; wasmtime checks compatibility.
+        let load = || unsafe { Module::deserialize_file(&self.engine, &path) };
+        let module = match path.exists().then(load) {
+            Some(Ok(m)) => m,
+            cached => {
+                if let Some(Err(e)) = cached {
+                    tracing::warn!(error = %e, "cached snapshot module unusable; compiling it again");
+                }
+                let bytes = Module::new(&self.engine, wasm)
+                    .and_then(|m| m.serialize())
+                    .map_err(anyhow::Error::from)
+                    .context("compiling the worker's snapshot")?;
+                let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+                let written =
+                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e).with_context(|| format!("writing {}", path.display()));
+                }
+                load().map_err(anyhow::Error::from)?
+            }
+        };
+        let held = Arc::new(());
+        if let Ok(mut loaded) = self.snapshots.lock() {
+            loaded.insert(hash, (Arc::downgrade(&held), module.clone()));
+        }
+        Ok((module, held))
     }
 
     /// Components loaded now (each held by at least one worker).

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod routes;
 pub mod serve;
+pub mod snapshot;
 pub mod worker;
 
 pub use engine::{EngineConfig, RuntimeEngine};

@@ -197,8 +197,17 @@ impl Worker {
         wasm: &[u8],
         client: Option<Arc<dyn BindingClient>>,
     ) -> anyhow::Result<Worker> {
-        let component = engine.component(wasm)?;
+        let component = if config.js {
+            engine.js_component(wasm)?
+        } else {
+            engine.component(wasm)?
+        };
         let mut linker = Linker::<State>::new(engine.engine());
+        if let Some(snapshot) = component.snapshot() {
+            linker
+                .root()
+                .module(crate::snapshot::SNAPSHOT_IMPORT, snapshot)?;
+        }
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;

@@ -294,3 +294,75 @@ async fn compiled_code_that_does_not_load_is_refused_and_the_worker_compiled_her
         "the garbage was not kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_a_js_workers_shared_engine_and_snapshot_from_a_peer() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let db = root.path().join("warren.db");
+    let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
+    let a = node(&db, &dir_a, None).await;
+    let peer = Arc::new(Liar {
+        honest: AtomicBool::new(true),
+        asked: AtomicUsize::new(0),
+        real: content_of(&dir_a),
+    });
+    let b = node(&db, &dir_b, Some(peer.clone())).await;
+
+    let metadata = ScriptMetadata {
+        main_module: "worker.js".into(),
+        compatibility_date: None,
+        compatibility_flags: Vec::new(),
+        bindings: vec![BindingSpec::PlainText {
+            name: "VERSION".into(),
+            text: "js-1".into(),
+        }],
+        limits: Default::default(),
+        routes: vec![],
+        keep_bindings: vec![],
+    };
+    let modules = vec![Module {
+        name: "worker.js".into(),
+        bytes: b"export default { fetch(req, env) { return new Response(env.VERSION); } };"
+            .to_vec(),
+    }];
+    let hash = a
+        .scripts
+        .put("acct-a", "js", metadata, modules)
+        .await
+        .expect("deploy")
+        .etag;
+    assert_eq!(
+        get(a.addr, "js.workers.test", "/").await,
+        (StatusCode::OK, "js-1".into())
+    );
+    assert_eq!(a.engine.compiles(), 1, "A compiled the JS engine");
+
+    // B takes the bundle, then the engine all JS workers share and this
+    // worker's snapshot: it serves without compiling.
+    wait_for(
+        "B to serve the JS worker",
+        Duration::from_secs(60),
+        || async {
+            let answer = get(b.addr, "js.workers.test", "/").await;
+            (answer == (StatusCode::OK, "js-1".to_owned())).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(b.engine.compiles(), 0, "B compiled nothing");
+    let bundle = BlobDir::open(&dir_b.join("bundles"))
+        .expect("bundles")
+        .get(&hash)
+        .expect("B's copy of the bundle");
+    let parts = b
+        .engine
+        .js_compiled_parts(&bundle)
+        .expect("a JS worker splits");
+    let mut want: Vec<String> = parts.iter().map(|p| format!("{}.cwasm", p.key)).collect();
+    want.sort();
+    assert_eq!(
+        files(&dir_b.join("compiled")),
+        want,
+        "the shared engine and the snapshot, nothing else"
+    );
+    assert!(!parts[0].module && parts[1].module);
+}

@@ -383,13 +383,37 @@ async fn serve_js_workers(engine: &Arc<RuntimeEngine>, workers: &[(&str, &[u8])]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn different_js_workers_run_their_equal_machine_code_from_one_file() {
+async fn different_js_workers_share_one_compiled_engine_and_run_their_own_js() {
     let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
-    let engine = RuntimeEngine::new(EngineConfig::new(shared.clone())).expect("engine");
+    let engine = RuntimeEngine::new(EngineConfig::new(shared)).expect("engine");
     let other = js_guest_greeting("hey");
     assert!(other != js_guest(), "two different components");
+    // The first JS worker may compile the engine (unless an earlier test
+    // process did); the second, different one compiles nothing.
+    let one = engine.js_component(js_guest()).expect("loads");
+    let compiled = engine.compiles();
+    let two = engine.js_component(&other).expect("loads");
+    assert_eq!(
+        engine.compiles(),
+        compiled,
+        "the second JS worker compiled nothing"
+    );
+    assert_eq!(engine.components_loaded(), 1, "one loaded engine");
+    assert_eq!(one.text().as_ptr(), two.text().as_ptr());
+    let (s1, s2) = (
+        one.snapshot().expect("split"),
+        two.snapshot().expect("split"),
+    );
+    assert!(!wasmtime::Module::same(s1, s2), "each its own snapshot");
+    let again = engine.js_component(js_guest()).expect("loads");
+    let s3 = again.snapshot().expect("split");
+    assert!(
+        wasmtime::Module::same(s1, s3),
+        "copies of one worker share theirs"
+    );
+
+    // Each serves its own JS: its top-level code's heap is its own.
     let addr = serve_js_workers(&engine, &[("one", js_guest()), ("two", &other)]).await;
-    // Each still runs its own JS, from the shared code.
     assert_eq!(
         get(addr, "one.workers.test", "/hello").await,
         (StatusCode::OK, "hi from a JS worker".into())
@@ -398,8 +422,38 @@ async fn different_js_workers_run_their_equal_machine_code_from_one_file() {
         get(addr, "two.workers.test", "/hello").await,
         (StatusCode::OK, "hey from a JS worker".into())
     );
-    // The components the workers hold: their code is at two addresses, and
-    // both are pages of one file under the cache's `code/`.
+    assert_eq!(engine.compiles(), compiled);
+}
+
+#[test]
+fn a_js_worker_splits_into_a_template_shared_by_all_and_its_own_snapshot() {
+    let other = js_guest_greeting("hey");
+    let one = warren_runtime::snapshot::split(js_guest())
+        .expect("parses")
+        .expect("splits");
+    let two = warren_runtime::snapshot::split(&other)
+        .expect("parses")
+        .expect("splits");
+    assert!(one.template == two.template, "the same template");
+    assert!(one.snapshot != two.snapshot, "their own heaps");
+    // The snapshot holds the heap only: no code.
+    let mut functions = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(&one.snapshot) {
+        if let wasmparser::Payload::CodeSectionStart { count, .. } = payload.expect("parses") {
+            functions += count;
+        }
+    }
+    assert_eq!(functions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_with_equal_machine_code_map_it_from_one_file() {
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let engine = RuntimeEngine::new(EngineConfig::new(shared.clone())).expect("engine");
+    // Two JS workers loaded whole (as when a component does not split):
+    // their code is at two addresses, and both are pages of one file under
+    // the cache's `code/`.
+    let other = js_guest_greeting("hey");
     let one = engine.component(js_guest()).expect("loaded");
     let two = engine.component(&other).expect("loaded");
     assert_eq!(engine.components_loaded(), 2);
@@ -1057,4 +1111,59 @@ async fn navigator_forms_and_text_streams_answer_as_on_workerd() {
         r#"ReadableStream.from: ["a","b",1,2]"#,
     ];
     assert_eq!(body.lines().collect::<Vec<_>>(), want);
+}
+
+/// Opens a `/stream` request to `host` whose body stays open: its instance
+/// lives until the body ends. Returns the connection once the answer's head
+/// has arrived, with what was read so far.
+async fn open_stream(addr: SocketAddr, host: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /stream HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "closed before the head: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "answer: {text}");
+    (tcp, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_of_js_instances_all_run() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A pool of 4 instances; each of the two workers may hold 2. A JS
+    // instance is several core instances (its snapshot among them): the
+    // pool holds 4 of them at once.
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let engine = RuntimeEngine::new(EngineConfig {
+        max_instances: 4,
+        ..EngineConfig::new(shared)
+    })
+    .expect("engine");
+    let other = js_guest_greeting("hey");
+    let addr = serve_js_workers(&engine, &[("one", js_guest()), ("two", &other)]).await;
+    let mut open = Vec::new();
+    for host in ["one", "one", "two", "two"] {
+        open.push(open_stream(addr, &format!("{host}.workers.test")).await);
+    }
+    for (mut tcp, mut all) in open {
+        tcp.write_all(b"0\r\n\r\n").await.expect("end the body");
+        tcp.read_to_end(&mut all).await.expect("read");
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.contains("hello"),
+            "the streamed body came back: {text}"
+        );
+    }
 }

@@ -1167,3 +1167,32 @@ async fn a_full_pool_of_js_instances_all_run() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_loads_a_js_workers_parts_without_compiling_them() {
+    use std::os::unix::fs::MetadataExt;
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-engine-cache");
+    let first = RuntimeEngine::new(EngineConfig::new(shared.clone())).expect("engine");
+    let other = js_guest_greeting("restart");
+    drop(first.js_component(&other).expect("loads"));
+    let parts = first.js_compiled_parts(&other).expect("splits");
+    let inode = |key: &str| {
+        std::fs::metadata(shared.join(format!("{key}.cwasm")))
+            .expect("compiled file")
+            .ino()
+    };
+    let before: Vec<u64> = parts.iter().map(|p| inode(&p.key)).collect();
+    drop(first);
+
+    // A new engine on the same directory (a restart) compiles neither part:
+    // the same files, not rewritten, and it serves.
+    let second = RuntimeEngine::new(EngineConfig::new(shared.clone())).expect("engine");
+    let addr = serve_js_workers(&second, &[("again", &other)]).await;
+    assert_eq!(
+        get(addr, "again.workers.test", "/hello").await,
+        (StatusCode::OK, "restart from a JS worker".into())
+    );
+    assert_eq!(second.compiles(), 0);
+    let after: Vec<u64> = parts.iter().map(|p| inode(&p.key)).collect();
+    assert_eq!(before, after, "neither file was written again");
+}

@@ -92,6 +92,11 @@ pub struct RuntimeEngine {
     loaded: Mutex<HashMap<String, (Weak<()>, Component)>>,
     /// JS workers' snapshot modules loaded, by hash, while a worker holds them.
     snapshots: Mutex<HashMap<String, (Weak<()>, Module)>>,
+    /// One turn per component being loaded, by hash: a second load of the
+    /// same component (every JS worker's template, when several JS workers
+    /// load at once on a node without it) waits for the first's file instead
+    /// of compiling it again.
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// A compiled component, shared by every worker of an engine with the same
@@ -230,6 +235,7 @@ impl RuntimeEngine {
             pagemap_scan,
             loaded: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -469,6 +475,28 @@ impl RuntimeEngine {
     /// Loads the compiled component of bundle `hash` (`wasm`) from the
     /// cache, or compiles and caches it.
     fn load(&self, hash: &str, wasm: &[u8]) -> anyhow::Result<Component> {
+        let turn = self
+            .loading
+            .lock()
+            .map(|mut l| l.entry(hash.to_owned()).or_default().clone())
+            .ok();
+        // (A load that panicked leaves no file behind: the next one compiles.)
+        let held = turn
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
+        let loaded = self.load_in_turn(hash, wasm);
+        drop(held);
+        if let (Some(turn), Ok(mut l)) = (turn, self.loading.lock()) {
+            // Ours and the map's: nobody else waits.
+            if Arc::strong_count(&turn) <= 2 {
+                l.remove(hash);
+            }
+        }
+        loaded
+    }
+
+    /// [`RuntimeEngine::load`] once it is this load's turn.
+    fn load_in_turn(&self, hash: &str, wasm: &[u8]) -> anyhow::Result<Component> {
         let path = self.compiled.path(&self.compiled_key(hash))?;
         if path.exists() {
             match self.load_file(&path) {

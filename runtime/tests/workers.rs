@@ -1196,3 +1196,23 @@ async fn a_restarted_engine_loads_a_js_workers_parts_without_compiling_them() {
     let after: Vec<u64> = parts.iter().map(|p| inode(&p.key)).collect();
     assert_eq!(before, after, "neither file was written again");
 }
+
+#[test]
+fn js_workers_loading_at_once_on_a_fresh_node_compile_the_engine_once() {
+    // A cache of its own: neither worker finds the template compiled.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let engine = RuntimeEngine::new(EngineConfig::new(cache.path().to_owned())).expect("engine");
+    let other = js_guest_greeting("at once");
+    std::thread::scope(|s| {
+        let a = s.spawn(|| engine.js_component(js_guest()).map(drop));
+        let b = s.spawn(|| engine.js_component(&other).map(drop));
+        for load in [a, b] {
+            assert!(load.join().expect("no panic").is_ok(), "both load");
+        }
+    });
+    assert_eq!(
+        engine.compiles(),
+        1,
+        "the second waited for the first's file"
+    );
+}

@@ -623,12 +623,22 @@ impl Scripts {
             return;
         };
         let split = match js {
-            true => self
-                .config
-                .blobs
-                .get(hash)
+            true => {
+                let (blobs, engine, bundle) = (
+                    self.config.blobs.clone(),
+                    self.engine.clone(),
+                    hash.to_owned(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    blobs
+                        .get(&bundle)
+                        .ok()
+                        .and_then(|wasm| engine.js_compiled_parts(&wasm))
+                })
+                .await
                 .ok()
-                .and_then(|wasm| self.engine.js_compiled_parts(&wasm)),
+                .flatten()
+            }
             false => None,
         };
         let parts = match split {

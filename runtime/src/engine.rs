@@ -5,8 +5,8 @@
 //! them from a peer with the same fingerprint, [`RuntimeEngine::check_compiled`]), plus
 //! Cranelift's incremental cache on disk: functions already compiled for any
 //! earlier component are reused. A JS worker is split ([`crate::snapshot`]):
-//! the template every JS worker shares is compiled once per engine and
-//! loaded once per process, and each worker adds only its snapshot module
+//! the template every JS worker shares is compiled once per engine
+//! fingerprint and loaded once per process, and each worker adds only its snapshot module
 //! (its heap, no code), cached beside the components
 //! ([`RuntimeEngine::js_component`]).
 
@@ -93,9 +93,9 @@ pub struct RuntimeEngine {
     /// JS workers' snapshot modules loaded, by hash, while a worker holds them.
     snapshots: Mutex<HashMap<String, (Weak<()>, Module)>>,
     /// One turn per component being loaded, by hash: a second load of the
-    /// same component (every JS worker's template, when several JS workers
-    /// load at once on a node without it) waits for the first's file instead
-    /// of compiling it again.
+    /// same component in this process (every JS worker's template, when JS
+    /// deploys run at once on a node without it) waits for the first and
+    /// takes what it loaded instead of compiling and loading it again.
     loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
@@ -358,26 +358,56 @@ impl RuntimeEngine {
     /// next call.)
     pub fn component(&self, wasm: &[u8]) -> anyhow::Result<SharedComponent> {
         let hash = content_hash(wasm);
-        if let Ok(mut loaded) = self.loaded.lock() {
-            loaded.retain(|_, (held, _)| held.strong_count() > 0);
-            if let Some((held, component)) = loaded.get(&hash)
-                && let Some(held) = held.upgrade()
-            {
-                return Ok(SharedComponent {
-                    component: component.clone(),
+        if let Some(shared) = self.loaded_component(&hash) {
+            return Ok(shared);
+        }
+        // One load of a component at a time: a second load of the same one
+        // (every JS worker's template, when JS deploys run at once) waits
+        // for the first and then takes what it loaded, instead of compiling
+        // and loading it again.
+        let turn = self
+            .loading
+            .lock()
+            .map(|mut l| l.entry(hash.clone()).or_default().clone())
+            .ok();
+        // (A load that panicked leaves no file behind: the next one compiles.)
+        let in_turn = turn
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
+        let shared = match self.loaded_component(&hash) {
+            Some(shared) => Ok(shared),
+            None => self.load(&hash, wasm).map(|component| {
+                let held = Arc::new(());
+                if let Ok(mut loaded) = self.loaded.lock() {
+                    loaded.insert(hash.clone(), (Arc::downgrade(&held), component.clone()));
+                }
+                SharedComponent {
+                    component,
                     _held: held,
                     snapshot: None,
-                });
+                }
+            }),
+        };
+        drop(in_turn);
+        if let (Some(turn), Ok(mut loading)) = (turn, self.loading.lock()) {
+            // Ours and the map's: nobody else waits.
+            if Arc::strong_count(&turn) <= 2 {
+                loading.remove(&hash);
             }
+            drop(turn);
+            drop(loading);
         }
-        let component = self.load(&hash, wasm)?;
-        let held = Arc::new(());
-        if let Ok(mut loaded) = self.loaded.lock() {
-            loaded.insert(hash, (Arc::downgrade(&held), component.clone()));
-        }
-        Ok(SharedComponent {
-            component,
-            _held: held,
+        shared
+    }
+
+    /// The component with content hash `hash` if a worker holds it loaded.
+    fn loaded_component(&self, hash: &str) -> Option<SharedComponent> {
+        let mut loaded = self.loaded.lock().ok()?;
+        loaded.retain(|_, (held, _)| held.strong_count() > 0);
+        let (held, component) = loaded.get(hash)?;
+        Some(SharedComponent {
+            component: component.clone(),
+            _held: held.upgrade()?,
             snapshot: None,
         })
     }
@@ -385,7 +415,9 @@ impl RuntimeEngine {
     /// The component for a JS worker's `wasm` (as [`RuntimeEngine::component`]),
     /// split into the template all JS workers share and the worker's own
     /// snapshot ([`crate::snapshot`]): the template is compiled once per
-    /// engine and loaded once per process, so a new or edited JS worker
+    /// engine fingerprint (once per process at most, where several runtime
+    /// processes find it missing at once) and loaded once per process, so a
+    /// new or edited JS worker
     /// compiles only its snapshot module (no functions: its memory image).
     /// A component that does not split, or whose template does not load, is
     /// loaded whole.
@@ -475,28 +507,6 @@ impl RuntimeEngine {
     /// Loads the compiled component of bundle `hash` (`wasm`) from the
     /// cache, or compiles and caches it.
     fn load(&self, hash: &str, wasm: &[u8]) -> anyhow::Result<Component> {
-        let turn = self
-            .loading
-            .lock()
-            .map(|mut l| l.entry(hash.to_owned()).or_default().clone())
-            .ok();
-        // (A load that panicked leaves no file behind: the next one compiles.)
-        let held = turn
-            .as_ref()
-            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
-        let loaded = self.load_in_turn(hash, wasm);
-        drop(held);
-        if let (Some(turn), Ok(mut l)) = (turn, self.loading.lock()) {
-            // Ours and the map's: nobody else waits.
-            if Arc::strong_count(&turn) <= 2 {
-                l.remove(hash);
-            }
-        }
-        loaded
-    }
-
-    /// [`RuntimeEngine::load`] once it is this load's turn.
-    fn load_in_turn(&self, hash: &str, wasm: &[u8]) -> anyhow::Result<Component> {
         let path = self.compiled.path(&self.compiled_key(hash))?;
         if path.exists() {
             match self.load_file(&path) {

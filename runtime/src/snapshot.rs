@@ -362,7 +362,15 @@ pub fn split(component: &[u8]) -> anyhow::Result<Option<Split>> {
     // The snapshot module takes the engine's place in the module index
     // space (index `engine_module`), the engine the next; later modules move
     // up one.
-    let module_index = |i: u32| if i < engine_module { i } else { i + 1 };
+    // (An index out of bounds stays out of bounds, and the template then
+    // fails to compile: the worker is loaded whole.)
+    let module_index = |i: u32| {
+        if i < engine_module {
+            i
+        } else {
+            i.saturating_add(1)
+        }
+    };
     // The core instance that instantiates the engine: the snapshot's
     // instance goes just before it, and instances from there move up one.
     let mut engine_instance = None;
@@ -383,7 +391,14 @@ pub fn split(component: &[u8]) -> anyhow::Result<Option<Split>> {
     let Some(engine_instance) = engine_instance else {
         return Ok(None);
     };
-    let instance_index = |i: u32| if i < engine_instance { i } else { i + 1 };
+
+    let instance_index = |i: u32| {
+        if i < engine_instance {
+            i
+        } else {
+            i.saturating_add(1)
+        }
+    };
 
     let mut out = wasm_encoder::Component::new();
     let mut instances = 0u32;

@@ -197,20 +197,34 @@ impl Worker {
         wasm: &[u8],
         client: Option<Arc<dyn BindingClient>>,
     ) -> anyhow::Result<Worker> {
+        let link = |component: &crate::engine::SharedComponent| -> anyhow::Result<ProxyPre<State>> {
+            let mut linker = Linker::<State>::new(engine.engine());
+            if let Some(snapshot) = component.snapshot() {
+                linker
+                    .root()
+                    .module(crate::snapshot::SNAPSHOT_IMPORT, snapshot)?;
+            }
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+            Ok(ProxyPre::new(linker.instantiate_pre(component)?)?)
+        };
         let component = if config.js {
             engine.js_component(wasm)?
         } else {
             engine.component(wasm)?
         };
-        let mut linker = Linker::<State>::new(engine.engine());
-        if let Some(snapshot) = component.snapshot() {
-            linker
-                .root()
-                .module(crate::snapshot::SNAPSHOT_IMPORT, snapshot)?;
-        }
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+        let (component, pre) = match link(&component) {
+            Ok(pre) => (component, pre),
+            // A split JS worker whose parts do not link (a damaged cached
+            // file under their key) is loaded whole.
+            Err(e) if component.snapshot().is_some() => {
+                tracing::warn!(error = %format!("{e:#}"), worker = %config.name, "the JS worker's split parts do not link; loading it whole");
+                let whole = engine.component(wasm)?;
+                let pre = link(&whole)?;
+                (whole, pre)
+            }
+            Err(e) => return Err(e),
+        };
         // Never more than half the engine's pool, so other workers always
         // have instances.
         let max_concurrent = config

@@ -6,8 +6,8 @@
 //! Cranelift's incremental cache on disk: functions already compiled for any
 //! earlier component are reused. A JS worker is split ([`crate::snapshot`]):
 //! the template every JS worker shares is compiled once per engine
-//! fingerprint and loaded once per process, and each worker adds only its snapshot module
-//! (its heap, no code), cached beside the components
+//! fingerprint and loaded once per process, and each worker adds only its
+//! snapshot module (its heap, no code), cached beside the components
 //! ([`RuntimeEngine::js_component`]).
 
 use std::collections::HashMap;
@@ -89,9 +89,9 @@ pub struct RuntimeEngine {
     code: crate::code_share::CodeDir,
     pagemap_scan: bool,
     /// Components loaded, by bundle hash, while a worker holds them.
-    loaded: Mutex<HashMap<String, (Weak<()>, Component)>>,
+    loaded: Held<Component>,
     /// JS workers' snapshot modules loaded, by hash, while a worker holds them.
-    snapshots: Mutex<HashMap<String, (Weak<()>, Module)>>,
+    snapshots: Held<Module>,
     /// One turn per component being loaded, by hash: a second load of the
     /// same component in this process (every JS worker's template, when JS
     /// deploys run at once on a node without it) waits for the first and
@@ -124,6 +124,42 @@ impl std::ops::Deref for SharedComponent {
     type Target = Component;
     fn deref(&self) -> &Component {
         &self.component
+    }
+}
+
+/// Things loaded, by hash, for as long as a worker holds them: each entry
+/// keeps a weak reference to the token its holders share.
+struct Held<T>(Mutex<HashMap<String, (Weak<()>, T)>>);
+
+impl<T: Clone> Held<T> {
+    fn new() -> Self {
+        Held(Mutex::new(HashMap::new()))
+    }
+
+    /// The entry for `hash` and its token, if someone holds it (entries no
+    /// one holds are let go).
+    fn get(&self, hash: &str) -> Option<(T, Arc<()>)> {
+        let mut held = self.0.lock().ok()?;
+        held.retain(|_, (token, _)| token.strong_count() > 0);
+        let (token, value) = held.get(hash)?;
+        Some((value.clone(), token.upgrade()?))
+    }
+
+    /// Keeps `value` under `hash`; returns the token that holds it.
+    fn insert(&self, hash: String, value: T) -> Arc<()> {
+        let token = Arc::new(());
+        if let Ok(mut held) = self.0.lock() {
+            held.insert(hash, (Arc::downgrade(&token), value));
+        }
+        token
+    }
+
+    /// How many entries someone holds.
+    fn count(&self) -> usize {
+        self.0
+            .lock()
+            .map(|h| h.values().filter(|(t, _)| t.strong_count() > 0).count())
+            .unwrap_or(0)
     }
 }
 
@@ -233,8 +269,8 @@ impl RuntimeEngine {
             functions,
             code,
             pagemap_scan,
-            loaded: Mutex::new(HashMap::new()),
-            snapshots: Mutex::new(HashMap::new()),
+            loaded: Held::new(),
+            snapshots: Held::new(),
             loading: Mutex::new(HashMap::new()),
         }))
     }
@@ -294,9 +330,7 @@ impl RuntimeEngine {
 
     /// Whether compiled code for bundle `bundle_hash` is cached here.
     pub fn has_compiled(&self, bundle_hash: &str) -> bool {
-        self.compiled
-            .path(&self.compiled_key(bundle_hash))
-            .is_ok_and(|p| p.is_file())
+        self.has_compiled_key(&self.compiled_key(bundle_hash))
     }
 
     /// Whether the compiled file `key` is cached here.
@@ -376,16 +410,10 @@ impl RuntimeEngine {
             .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
         let shared = match self.loaded_component(&hash) {
             Some(shared) => Ok(shared),
-            None => self.load(&hash, wasm).map(|component| {
-                let held = Arc::new(());
-                if let Ok(mut loaded) = self.loaded.lock() {
-                    loaded.insert(hash.clone(), (Arc::downgrade(&held), component.clone()));
-                }
-                SharedComponent {
-                    component,
-                    _held: held,
-                    snapshot: None,
-                }
+            None => self.load(&hash, wasm).map(|component| SharedComponent {
+                _held: self.loaded.insert(hash.clone(), component.clone()),
+                component,
+                snapshot: None,
             }),
         };
         drop(in_turn);
@@ -402,12 +430,10 @@ impl RuntimeEngine {
 
     /// The component with content hash `hash` if a worker holds it loaded.
     fn loaded_component(&self, hash: &str) -> Option<SharedComponent> {
-        let mut loaded = self.loaded.lock().ok()?;
-        loaded.retain(|_, (held, _)| held.strong_count() > 0);
-        let (held, component) = loaded.get(hash)?;
+        let (component, held) = self.loaded.get(hash)?;
         Some(SharedComponent {
-            component: component.clone(),
-            _held: held.upgrade()?,
+            component,
+            _held: held,
             snapshot: None,
         })
     }
@@ -417,8 +443,8 @@ impl RuntimeEngine {
     /// snapshot ([`crate::snapshot`]): the template is compiled once per
     /// engine fingerprint (once per process at most, where several runtime
     /// processes find it missing at once) and loaded once per process, so a
-    /// new or edited JS worker
-    /// compiles only its snapshot module (no functions: its memory image).
+    /// new or edited JS worker compiles only its snapshot module (no
+    /// functions: its memory image).
     /// A component that does not split, or whose template does not load, is
     /// loaded whole.
     pub fn js_component(&self, wasm: &[u8]) -> anyhow::Result<SharedComponent> {
@@ -455,13 +481,8 @@ impl RuntimeEngine {
     /// page cache shared by every instance and process.
     fn snapshot_module(&self, wasm: &[u8]) -> anyhow::Result<(Module, Arc<()>)> {
         let hash = snapshot_hash(wasm);
-        if let Ok(mut loaded) = self.snapshots.lock() {
-            loaded.retain(|_, (held, _)| held.strong_count() > 0);
-            if let Some((held, module)) = loaded.get(&hash)
-                && let Some(held) = held.upgrade()
-            {
-                return Ok((module.clone(), held));
-            }
+        if let Some(loaded) = self.snapshots.get(&hash) {
+            return Ok(loaded);
         }
         let path = self.compiled.path(&self.compiled_key(&hash))?;
         // SAFETY: as in `load_file`: written by `Module::serialize` of this
@@ -489,19 +510,13 @@ impl RuntimeEngine {
                 load().map_err(anyhow::Error::from)?
             }
         };
-        let held = Arc::new(());
-        if let Ok(mut loaded) = self.snapshots.lock() {
-            loaded.insert(hash, (Arc::downgrade(&held), module.clone()));
-        }
+        let held = self.snapshots.insert(hash, module.clone());
         Ok((module, held))
     }
 
     /// Components loaded now (each held by at least one worker).
     pub fn components_loaded(&self) -> usize {
-        self.loaded
-            .lock()
-            .map(|l| l.values().filter(|(h, _)| h.strong_count() > 0).count())
-            .unwrap_or(0)
+        self.loaded.count()
     }
 
     /// Loads the compiled component of bundle `hash` (`wasm`) from the

@@ -60,6 +60,11 @@ pub struct EngineConfig {
     /// about 150 MiB in the node process after ten JS deploys). `None`
     /// compiles in this process, with an engine made for the compile.
     pub compiler: Option<PathBuf>,
+    /// A prepared toolchain folder ([`crate::prepared`], `warren
+    /// prepare-js`): a compiled file of this engine's fingerprint missing
+    /// from `cache_dir` is copied from its `compiled/` before it would be
+    /// compiled or fetched from a peer.
+    pub prepared: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -74,6 +79,7 @@ impl EngineConfig {
             table_keep_resident_bytes: 64 << 10,
             pagemap_scan: true,
             compiler: None,
+            prepared: None,
         }
     }
 }
@@ -333,9 +339,29 @@ impl RuntimeEngine {
         self.has_compiled_key(&self.compiled_key(bundle_hash))
     }
 
-    /// Whether the compiled file `key` is cached here.
+    /// Whether the compiled file `key` is cached here (taking it from the
+    /// prepared toolchain, [`EngineConfig::prepared`], when only that has it).
     pub fn has_compiled_key(&self, key: &str) -> bool {
-        self.compiled.path(key).is_ok_and(|p| p.is_file())
+        self.compiled.path(key).is_ok_and(|p| {
+            self.take_prepared(key, &p);
+            p.is_file()
+        })
+    }
+
+    /// Copies compiled file `key` from the prepared toolchain folder to
+    /// `path` (its place in the cache) when the cache lacks it.
+    fn take_prepared(&self, key: &str, path: &std::path::Path) {
+        let Some(prepared) = &self.config.prepared else {
+            return;
+        };
+        let from = prepared.join("compiled").join(format!("{key}.cwasm"));
+        match crate::prepared::copy_in(&from, path) {
+            Ok(true) => tracing::info!(key, "took compiled code from the prepared toolchain"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, from = %from.display(), "cannot copy compiled code from the prepared toolchain")
+            }
+        }
     }
 
     /// The compiled files a JS worker with built component `wasm` loads from
@@ -522,7 +548,9 @@ impl RuntimeEngine {
     /// Loads the compiled component of bundle `hash` (`wasm`) from the
     /// cache, or compiles and caches it.
     fn load(&self, hash: &str, wasm: &[u8]) -> anyhow::Result<Component> {
-        let path = self.compiled.path(&self.compiled_key(hash))?;
+        let key = self.compiled_key(hash);
+        let path = self.compiled.path(&key)?;
+        self.take_prepared(&key, &path);
         if path.exists() {
             match self.load_file(&path) {
                 Ok(c) => return Ok(c),

@@ -90,6 +90,9 @@ pub struct JsBuilder {
     pub cache_dir: Option<PathBuf>,
     /// What each build may use.
     pub limits: BuildLimits,
+    /// A prepared toolchain folder ([`crate::prepared`]) whose splice
+    /// entries each build copies into `cache_dir` where it lacks them.
+    pub prepared: Option<PathBuf>,
     /// Warm build servers between builds.
     servers: Arc<Mutex<Vec<BuildServer>>>,
 }
@@ -259,8 +262,37 @@ impl JsBuilder {
             node: PathBuf::from("node"),
             cache_dir: None,
             limits: BuildLimits::default(),
+            prepared: None,
             servers: Arc::default(),
         }
+    }
+
+    /// The same builder, taking the spliced engine and the kept build steps
+    /// from the prepared toolchain folder `dir` (`warren prepare-js`) where
+    /// its cache lacks them, instead of running them at its first build.
+    pub fn with_prepared(mut self, dir: PathBuf) -> Self {
+        self.prepared = Some(dir);
+        self
+    }
+
+    /// A hash of the pinned tooling (lockfile, build script, prelude): what
+    /// every build's output depends on besides the worker's own files.
+    pub fn tooling_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        self.hash_tooling(&mut h);
+        hex::encode(h.finalize())
+    }
+
+    fn hash_tooling(&self, h: &mut sha2::Sha256) {
+        use sha2::Digest;
+        for f in ["package-lock.json", "build.mjs"] {
+            let bytes = std::fs::read(self.js_dir.join(f)).unwrap_or_default();
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        h.update((PRELUDE.len() as u64).to_le_bytes());
+        h.update(PRELUDE.as_bytes());
     }
 
     /// The same builder with `limits` on every build.
@@ -283,13 +315,7 @@ impl JsBuilder {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(b"warren-js-build-v1\0");
-        for f in ["package-lock.json", "build.mjs"] {
-            let bytes = std::fs::read(self.js_dir.join(f)).unwrap_or_default();
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(&bytes);
-        }
-        h.update((PRELUDE.len() as u64).to_le_bytes());
-        h.update(PRELUDE.as_bytes());
+        self.hash_tooling(&mut h);
         h.update((entry.len() as u64).to_le_bytes());
         h.update(entry.as_bytes());
         let mut files = Vec::new();
@@ -373,6 +399,18 @@ impl JsBuilder {
         std::fs::write(src.join(ENTRY_FILE), entry).map_err(tooling)?;
         let out = work.path().join("out").join("worker.wasm");
         std::fs::create_dir_all(work.path().join("out")).map_err(tooling)?;
+        if let (Some(prepared), Some(cache)) = (&self.prepared, &self.cache_dir) {
+            let (from, to) = (prepared.join("splice"), cache.join("splice"));
+            match crate::prepared::copy_missing(&from, &to) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(entries = n, from = %from.display(), "took the JS engine's kept build steps from the prepared toolchain")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, from = %from.display(), "cannot copy the prepared toolchain's build steps")
+                }
+            }
+        }
         let request = serde_json::json!({
             "entry": src.join(ENTRY_FILE),
             "out": out,

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod outbound;
+pub mod prepared;
 pub mod routes;
 pub mod serve;
 pub mod snapshot;

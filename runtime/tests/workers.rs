@@ -1227,3 +1227,113 @@ fn js_workers_loading_at_once_on_a_fresh_node_compile_the_engine_once() {
     assert_eq!(engine.compiles(), 1, "the second waited for the first");
     assert_eq!(texts[0], texts[1], "and took what it loaded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_with_a_prepared_toolchain_serves_its_first_js_worker_without_compiling() {
+    use warren_runtime::prepared::{Prepared, prepare};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let js = JsBuilder::new(dir.join("js"));
+    let prep = tempfile::tempdir().expect("tempdir");
+    let prepared = prep.path().join("prepared");
+    let config = || EngineConfig::new(PathBuf::from("unused"));
+    let made = tokio::task::block_in_place(|| prepare(&js, config(), &prepared)).expect("prepare");
+    let Prepared::Made { template, .. } = made else {
+        panic!("a new folder is prepared, not found prepared: {made:?}");
+    };
+    let file = |p: PathBuf| std::fs::read(p).expect("prepared file");
+    let template_file = prepared.join("compiled").join(format!("{template}.cwasm"));
+    let splice: BTreeMap<String, Vec<u8>> = std::fs::read_dir(prepared.join("splice"))
+        .expect("prepared splice entries")
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), file(e.path())))
+        .collect();
+    assert_eq!(
+        splice.len(),
+        4,
+        "spliced engine (wasm and json) and the two kept steps: {:?}",
+        splice.keys()
+    );
+    // Preparing again for the same tooling and engine builds nothing.
+    let builds = JsBuilder::builds();
+    let again = tokio::task::block_in_place(|| prepare(&js, config(), &prepared)).expect("prepare");
+    assert!(matches!(again, Prepared::Already), "{again:?}");
+    assert_eq!(JsBuilder::builds(), builds);
+
+    // A node with empty caches: a JS worker other than the one prepared with
+    // builds from the prepared steps and loads the prepared engine.
+    let node = tempfile::tempdir().expect("tempdir");
+    let builder = JsBuilder::new(dir.join("js"))
+        .with_cache(node.path().join("built"))
+        .with_prepared(prepared.clone());
+    let vars = BTreeMap::from([("GREETING".to_string(), serde_json::Value::from("prepared"))]);
+    let wasm = tokio::task::block_in_place(|| {
+        builder.build(
+            &dir.join("tests/js-worker"),
+            "worker.js",
+            &vars,
+            &["API".to_string()],
+        )
+    })
+    .expect("builds");
+    let engine = RuntimeEngine::new(EngineConfig {
+        prepared: Some(prepared.clone()),
+        ..EngineConfig::new(node.path().join("compiled"))
+    })
+    .expect("engine");
+    let [part, _] = engine.js_compiled_parts(&wasm).expect("splits");
+    assert_eq!(
+        part.key, template,
+        "every JS worker has the prepared template"
+    );
+    let addr = serve_js_workers(&engine, &[("fresh", &wasm)]).await;
+    assert_eq!(
+        get(addr, "fresh.workers.test", "/hello").await,
+        (StatusCode::OK, "prepared from a JS worker".to_string())
+    );
+    assert_eq!(
+        engine.compiles(),
+        0,
+        "the engine came from the prepared folder"
+    );
+    // The node's caches hold copies of the prepared files, not links to them.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &std::path::Path| std::fs::metadata(p).expect("file").ino();
+    let copy = engine.compiled_dir().path(&template).expect("key");
+    assert_eq!(file(copy.clone()), file(template_file.clone()));
+    assert_ne!(ino(&copy), ino(&template_file));
+    for (name, bytes) in &splice {
+        let kept = node.path().join("built/splice").join(name);
+        assert_eq!(&file(kept.clone()), bytes, "{name} copied as prepared");
+        assert_ne!(ino(&kept), ino(&prepared.join("splice").join(name)));
+    }
+}
+
+#[test]
+fn a_prepared_compiled_file_that_does_not_load_is_compiled_again_and_the_folder_left_alone() {
+    let prepared = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let engine = RuntimeEngine::new(EngineConfig {
+        prepared: Some(prepared.path().to_owned()),
+        ..EngineConfig::new(cache.path().to_owned())
+    })
+    .expect("engine");
+    let key = engine.compiled_key(&warren_runtime::engine::content_hash(guest()));
+    let bad = prepared
+        .path()
+        .join("compiled")
+        .join(format!("{key}.cwasm"));
+    std::fs::create_dir_all(bad.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&bad, b"\x7fELF not compiled code").expect("write");
+    assert!(
+        engine.has_compiled_key(&key),
+        "taken from the prepared folder"
+    );
+    let loaded = engine.component(guest()).expect("compiled instead");
+    assert!(!loaded.text().is_empty());
+    assert_eq!(engine.compiles(), 1, "the unusable copy was compiled again");
+    assert_eq!(
+        std::fs::read(&bad).expect("prepared file"),
+        b"\x7fELF not compiled code",
+        "the node never writes the prepared folder"
+    );
+}

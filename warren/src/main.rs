@@ -67,6 +67,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Prepare the JS toolchain once per installation: build a JS worker and
+    /// compile the JS engine every JS worker shares into `<js_dir>/prepared`,
+    /// so a node's first JS deploy does neither. Does nothing when it is
+    /// already prepared for this toolchain and this `warren`.
+    PrepareJs {
+        /// The JS toolchain folder, `runtime/js` (default: as `warren serve`
+        /// finds it: `[runtime] js_dir`'s default or `$WARREN_JS_DIR`).
+        #[arg(long)]
+        js_dir: Option<PathBuf>,
+        /// Where to put it (default: `<js_dir>/prepared`, where nodes look).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Develop a worker: an edge, a tunnel, a local connector, the folder's VPC
     /// services and worker, its URL and live logs — in one process.
     Dev(dev::DevArgs),
@@ -216,6 +229,31 @@ fn compile_component(cache_dir: &std::path::Path, out: &std::path::Path) -> anyh
     warren_runtime::engine::compile_component(cache_dir, &wasm, out)
 }
 
+/// `warren prepare-js`.
+fn prepare_js(js_dir: Option<PathBuf>, out: Option<PathBuf>) -> anyhow::Result<()> {
+    use warren_runtime::prepared::{Prepared, prepare, prepared_dir};
+    let js = serve::js_dir(js_dir.as_deref());
+    let js = std::fs::canonicalize(&js).unwrap_or(js);
+    let out = out.unwrap_or_else(|| prepared_dir(&js));
+    let mut config = warren_runtime::EngineConfig::new(PathBuf::new());
+    // As a node compiles: in a process of its own.
+    config.compiler = Some(PathBuf::from("/proc/self/exe"));
+    match prepare(&warren_runtime::js::JsBuilder::new(js), config, &out)? {
+        Prepared::Already => println!("the JS toolchain is already prepared in {}", out.display()),
+        Prepared::Made {
+            template,
+            build,
+            compile,
+        } => println!(
+            "prepared the JS toolchain in {}: built a JS worker in {:.1} s, compiled the JS engine ({template}) in {:.1} s",
+            out.display(),
+            build.as_secs_f64(),
+            compile.as_secs_f64()
+        ),
+    }
+    Ok(())
+}
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -284,6 +322,7 @@ async fn main() -> std::process::ExitCode {
             dev::run(args).await
         }
         Command::CompileComponent { cache_dir, out } => compile_component(&cache_dir, &out),
+        Command::PrepareJs { js_dir, out } => prepare_js(js_dir, out),
         Command::Login => login::run(&cli.api).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

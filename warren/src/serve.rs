@@ -637,6 +637,10 @@ async fn start_runtime(
     // so their working memory is not left in the node. /proc/self/exe is the
     // running binary even after an upgrade replaced the file.
     engine_config.compiler = Some(PathBuf::from("/proc/self/exe"));
+    // The JS engine compiled when Warren was installed (`warren prepare-js`).
+    let js = js_dir(file.runtime.js_dir.as_deref());
+    let prepared = warren_runtime::prepared::prepared_dir(&js);
+    engine_config.prepared = Some(prepared.clone());
     if node.runtime_process {
         // The node's instance pool is shared out among its processes.
         engine_config.max_instances = engine_config
@@ -684,8 +688,9 @@ async fn start_runtime(
             blobs,
             legacy_dir: (!node.runtime_process).then(|| file.data_dir.join("workers")),
             tidy_bundles: !node.runtime_process,
-            js: JsBuilder::new(js_dir(file.runtime.js_dir.as_deref()))
+            js: JsBuilder::new(js)
                 .with_cache(file.data_dir.join("built"))
+                .with_prepared(prepared)
                 .with_limits(BuildLimits {
                     timeout: file.runtime.build_timeout,
                     ..BuildLimits::default()

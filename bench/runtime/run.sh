@@ -9,7 +9,4 @@ cd "$(dirname "$0")/../.."
 ./scripts/setup.sh
 bench/workerd/install.sh
 cargo build --release --locked -p warren --bin warren -p warren-bench --bin bench-runtime
-# The JS engine compiled once per installation (a no-op when it is already);
-# the bench measures a first deploy with and without it.
-target/release/warren prepare-js
 exec target/release/bench-runtime "$@"

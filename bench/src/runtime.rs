@@ -93,7 +93,8 @@ async fn unprepared_cold(
     std::fs::create_dir_all(&js)?;
     for entry in std::fs::read_dir(&a.js_dir)? {
         let entry = entry?;
-        if entry.file_name() != PREPARED_DIR {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != PREPARED_DIR && !name.starts_with(".prepared") {
             std::os::unix::fs::symlink(entry.path(), js.join(entry.file_name()))?;
         }
     }
@@ -126,6 +127,17 @@ async fn main() -> anyhow::Result<()> {
         processes: Some(a.processes),
         ..Default::default()
     };
+    // The JS toolchain prepared as an installation would be (a no-op when
+    // it already is, for this toolchain and this `warren`).
+    let status = std::process::Command::new(&a.warren)
+        .arg("prepare-js")
+        .arg("--js-dir")
+        .arg(&a.js_dir)
+        .status()
+        .context("running warren prepare-js")?;
+    if !status.success() {
+        bail!("warren prepare-js failed ({status})");
+    }
     let node = WarrenNode::start_with(&a.warren, &node_dir, &a.js_dir, &options).await?;
     let base_rss = procs::node_memory(node.process.pid())?.footprint();
 
@@ -143,22 +155,15 @@ async fn main() -> anyhow::Result<()> {
         println!();
         println!("deploy call → first response (new JS worker)");
         let cold = deploy_time(&node, work.path(), "hello", source).await?;
-        let prepared = a.js_dir.join(PREPARED_DIR).join("stamp").is_file();
-        let label = if prepared {
-            "cold caches, prepared JS toolchain (JS build)   "
-        } else {
-            "cold caches, JS toolchain not prepared          "
-        };
-        println!("  {label} {:>8.2} s", cold.as_secs_f64());
-        if prepared {
-            let bare = unprepared_cold(&a, work.path(), &options, source).await?;
-            println!(
-                "  cold caches, JS toolchain not prepared          {:>8.2} s   (JS build + compiling the JS engine)",
-                bare.as_secs_f64()
-            );
-        } else {
-            println!("  (run `warren prepare-js` to measure a prepared toolchain)");
-        }
+        println!(
+            "  cold caches, prepared JS toolchain (JS build)    {:>8.2} s",
+            cold.as_secs_f64()
+        );
+        let bare = unprepared_cold(&a, work.path(), &options, source).await?;
+        println!(
+            "  cold caches, JS toolchain not prepared          {:>8.2} s   (JS build + compiling the JS engine)",
+            bare.as_secs_f64()
+        );
         let warm = deploy_time(&node, work.path(), "hello-again", source).await?;
         println!(
             "  warm caches, same code under a new name           {:>8.3} s",
@@ -175,14 +180,10 @@ async fn main() -> anyhow::Result<()> {
             wd_start.as_secs_f64()
         );
         println!(
-            "  goals: edited ≤ 1 s {}; cold ≤ 5 s {}{}",
+            "  goals: edited ≤ 1 s {}; cold ≤ 5 s {} with a prepared toolchain, {} without",
             met(edit <= Duration::from_secs(1)),
             met(cold <= Duration::from_secs(5)),
-            if prepared {
-                " (prepared toolchain)"
-            } else {
-                ""
-            }
+            met(bare <= Duration::from_secs(5))
         );
     }
     let (status, body) = load::get(node.runtime, "hello.workers.localhost", "/").await?;

@@ -339,27 +339,40 @@ impl RuntimeEngine {
         self.has_compiled_key(&self.compiled_key(bundle_hash))
     }
 
-    /// Whether the compiled file `key` is cached here (taking it from the
-    /// prepared toolchain, [`EngineConfig::prepared`], when only that has it).
+    /// Whether the compiled file `key` is cached here, or prepared
+    /// ([`EngineConfig::prepared`]) and so taken from there when loaded.
     pub fn has_compiled_key(&self, key: &str) -> bool {
-        self.compiled.path(key).is_ok_and(|p| {
-            self.take_prepared(key, &p);
-            p.is_file()
-        })
+        self.compiled.path(key).is_ok_and(|p| p.is_file()) || self.prepared_entry(key).is_some()
+    }
+
+    /// Where the prepared toolchain folder has compiled file `key` for this
+    /// engine: its path, size and SHA-256.
+    fn prepared_entry(&self, key: &str) -> Option<(PathBuf, u64, String)> {
+        let prepared = self.config.prepared.as_ref()?;
+        match crate::prepared::compiled_entry(prepared, &self.fingerprint, key) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, folder = %prepared.display(), "cannot read the prepared toolchain's stamp");
+                None
+            }
+        }
     }
 
     /// Copies compiled file `key` from the prepared toolchain folder to
-    /// `path` (its place in the cache) when the cache lacks it.
+    /// `path` (its place in the cache) when the cache lacks it and the
+    /// folder's stamp lists it; the copy is kept only if it matches the stamp.
     fn take_prepared(&self, key: &str, path: &std::path::Path) {
-        let Some(prepared) = &self.config.prepared else {
+        if path.exists() {
+            return;
+        }
+        let Some((from, len, sha)) = self.prepared_entry(key) else {
             return;
         };
-        let from = prepared.join("compiled").join(format!("{key}.cwasm"));
-        match crate::prepared::copy_in(&from, path) {
+        match crate::prepared::copy_checked(&from, path, len, &sha) {
             Ok(true) => tracing::info!(key, "took compiled code from the prepared toolchain"),
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(error = %e, from = %from.display(), "cannot copy compiled code from the prepared toolchain")
+                tracing::warn!(error = %e, "compiled code from the prepared toolchain not taken; compiling it")
             }
         }
     }
@@ -388,8 +401,10 @@ impl RuntimeEngine {
     /// under [`RuntimeEngine::compiled_key`].
     ///
     /// Compiled code is native code run as it is: only files from this
-    /// node's own cache or from an authenticated cluster peer (trusted like
-    /// the store) may reach this, never bytes from a client.
+    /// node's own cache, from an authenticated cluster peer (trusted like
+    /// the store) or from the installation's prepared toolchain folder
+    /// ([`EngineConfig::prepared`], trusted like the binary) may reach this,
+    /// never bytes from a client.
     pub fn check_compiled(&self, path: &std::path::Path) -> anyhow::Result<()> {
         self.check_compiled_part(path, false)
     }
@@ -513,7 +528,8 @@ impl RuntimeEngine {
         let path = self.compiled.path(&self.compiled_key(&hash))?;
         // SAFETY: as in `load_file`: written by `Module::serialize` of this
         // engine (below) into this runtime's compiled-code directory (which
-        // otherwise only takes files from trusted cluster peers), renamed
+        // otherwise only takes files from trusted cluster peers and the
+        // installation's prepared toolchain folder), renamed
         // into place and never rewritten; wasmtime checks compatibility.
         let load = || unsafe { Module::deserialize_file(&self.engine, &path) };
         let module = match path.exists().then(load) {
@@ -610,8 +626,10 @@ impl RuntimeEngine {
     /// and serves from its own file.
     fn load_file(&self, path: &std::path::Path) -> anyhow::Result<Component> {
         // SAFETY: the file was written by `Component::serialize` of an
-        // engine with this fingerprint, here or on a cluster peer (trusted
-        // like the store, see `check_compiled`), into a directory only this
+        // engine with this fingerprint, here, on a cluster peer (trusted
+        // like the store, see `check_compiled`) or by `warren prepare-js`
+        // for the installation (trusted like the binary; copied in only when
+        // it matches the prepared folder's stamp), into a directory only this
         // runtime writes, and is never rewritten in place (entries are
         // renamed in); wasmtime checks the engine's compatibility on load.
         let load = || unsafe { Component::deserialize_file(&self.engine, path) };

@@ -400,14 +400,15 @@ impl JsBuilder {
         let out = work.path().join("out").join("worker.wasm");
         std::fs::create_dir_all(work.path().join("out")).map_err(tooling)?;
         if let (Some(prepared), Some(cache)) = (&self.prepared, &self.cache_dir) {
-            let (from, to) = (prepared.join("splice"), cache.join("splice"));
-            match crate::prepared::copy_missing(&from, &to) {
+            let to = cache.join("splice");
+            match crate::prepared::copy_splices(prepared, &self.tooling_key(), &to) {
                 Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(entries = n, from = %from.display(), "took the JS engine's kept build steps from the prepared toolchain")
-                }
+                Ok(n) => tracing::info!(
+                    entries = n,
+                    "took the JS engine's build steps from the prepared toolchain"
+                ),
                 Err(e) => {
-                    tracing::warn!(error = %e, from = %from.display(), "cannot copy the prepared toolchain's build steps")
+                    tracing::warn!(error = %e, folder = %prepared.display(), "cannot take the prepared toolchain's build steps")
                 }
             }
         }

@@ -1230,7 +1230,8 @@ fn js_workers_loading_at_once_on_a_fresh_node_compile_the_engine_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_node_with_a_prepared_toolchain_serves_its_first_js_worker_without_compiling() {
-    use warren_runtime::prepared::{Prepared, prepare};
+    use std::os::unix::fs::MetadataExt;
+    use warren_runtime::prepared::{Prepared, Stamp, prepare};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let js = JsBuilder::new(dir.join("js"));
     let prep = tempfile::tempdir().expect("tempdir");
@@ -1241,23 +1242,37 @@ async fn a_fresh_node_with_a_prepared_toolchain_serves_its_first_js_worker_witho
         panic!("a new folder is prepared, not found prepared: {made:?}");
     };
     let file = |p: PathBuf| std::fs::read(p).expect("prepared file");
-    let template_file = prepared.join("compiled").join(format!("{template}.cwasm"));
-    let splice: BTreeMap<String, Vec<u8>> = std::fs::read_dir(prepared.join("splice"))
-        .expect("prepared splice entries")
-        .flatten()
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), file(e.path())))
-        .collect();
+    let mut stamp = Stamp::read(&prepared).expect("readable").expect("stamped");
+    let listed: Vec<&String> = stamp.files.keys().collect();
     assert_eq!(
-        splice.len(),
-        4,
-        "spliced engine (wasm and json) and the two kept steps: {:?}",
-        splice.keys()
+        listed.len(),
+        5,
+        "the spliced engine (wasm and json), the two kept steps, the template: {listed:?}"
     );
-    // Preparing again for the same tooling and engine builds nothing.
-    let builds = JsBuilder::builds();
+    assert!(
+        stamp
+            .files
+            .contains_key(&format!("compiled/{template}.cwasm"))
+    );
+    // Preparing again for the same tooling and engine leaves it as it is.
+    let ino = |p: &std::path::Path| std::fs::metadata(p).expect("file").ino();
+    let stamp_ino = ino(&prepared.join("stamp"));
     let again = tokio::task::block_in_place(|| prepare(&js, config(), &prepared)).expect("prepare");
     assert!(matches!(again, Prepared::Already), "{again:?}");
-    assert_eq!(JsBuilder::builds(), builds);
+    assert_eq!(ino(&prepared.join("stamp")), stamp_ino);
+
+    // A marker the build would never make, listed in the stamp: seen in the
+    // node's cache only if the node copied what the stamp lists.
+    let marker = b"{\"copied\": true}";
+    std::fs::write(prepared.join("splice/marker.json"), marker).expect("marker");
+    stamp.files.insert(
+        "splice/marker.json".into(),
+        (
+            marker.len() as u64,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(marker)),
+        ),
+    );
+    std::fs::write(prepared.join("stamp"), stamp.render()).expect("stamp");
 
     // A node with empty caches: a JS worker other than the one prepared with
     // builds from the prepared steps and loads the prepared engine.
@@ -1275,6 +1290,12 @@ async fn a_fresh_node_with_a_prepared_toolchain_serves_its_first_js_worker_witho
         )
     })
     .expect("builds");
+    let splice = node.path().join("built/splice");
+    assert_eq!(
+        file(splice.join("marker.json")),
+        marker,
+        "the prepared steps were copied"
+    );
     let engine = RuntimeEngine::new(EngineConfig {
         prepared: Some(prepared.clone()),
         ..EngineConfig::new(node.path().join("compiled"))
@@ -1296,44 +1317,67 @@ async fn a_fresh_node_with_a_prepared_toolchain_serves_its_first_js_worker_witho
         "the engine came from the prepared folder"
     );
     // The node's caches hold copies of the prepared files, not links to them.
-    use std::os::unix::fs::MetadataExt;
-    let ino = |p: &std::path::Path| std::fs::metadata(p).expect("file").ino();
     let copy = engine.compiled_dir().path(&template).expect("key");
+    let template_file = prepared.join("compiled").join(format!("{template}.cwasm"));
     assert_eq!(file(copy.clone()), file(template_file.clone()));
     assert_ne!(ino(&copy), ino(&template_file));
-    for (name, bytes) in &splice {
-        let kept = node.path().join("built/splice").join(name);
-        assert_eq!(&file(kept.clone()), bytes, "{name} copied as prepared");
+    for (name, _, _) in stamp.files_in("splice") {
+        let kept = splice.join(name);
+        assert_eq!(
+            file(kept.clone()),
+            file(prepared.join("splice").join(name)),
+            "{name}"
+        );
         assert_ne!(ino(&kept), ino(&prepared.join("splice").join(name)));
     }
 }
 
 #[test]
-fn a_prepared_compiled_file_that_does_not_load_is_compiled_again_and_the_folder_left_alone() {
-    let prepared = tempfile::tempdir().expect("tempdir");
-    let cache = tempfile::tempdir().expect("tempdir");
-    let engine = RuntimeEngine::new(EngineConfig {
-        prepared: Some(prepared.path().to_owned()),
-        ..EngineConfig::new(cache.path().to_owned())
-    })
-    .expect("engine");
-    let key = engine.compiled_key(&warren_runtime::engine::content_hash(guest()));
-    let bad = prepared
-        .path()
-        .join("compiled")
-        .join(format!("{key}.cwasm"));
-    std::fs::create_dir_all(bad.parent().expect("dir")).expect("mkdir");
-    std::fs::write(&bad, b"\x7fELF not compiled code").expect("write");
-    assert!(
-        engine.has_compiled_key(&key),
-        "taken from the prepared folder"
-    );
-    let loaded = engine.component(guest()).expect("compiled instead");
-    assert!(!loaded.text().is_empty());
-    assert_eq!(engine.compiles(), 1, "the unusable copy was compiled again");
-    assert_eq!(
-        std::fs::read(&bad).expect("prepared file"),
-        b"\x7fELF not compiled code",
-        "the node never writes the prepared folder"
-    );
+fn prepared_compiled_code_that_does_not_match_its_stamp_or_load_is_compiled_again() {
+    use warren_runtime::prepared::Stamp;
+    let garbage: &[u8] = b"\x7fELF not compiled code";
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    // `stamped`: the SHA-256 the stamp lists for the file.
+    for stamped in [sha(b"what was prepared"), sha(garbage)] {
+        let prepared = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let engine = RuntimeEngine::new(EngineConfig {
+            prepared: Some(prepared.path().to_owned()),
+            ..EngineConfig::new(cache.path().to_owned())
+        })
+        .expect("engine");
+        let key = engine.compiled_key(&warren_runtime::engine::content_hash(guest()));
+        assert!(!engine.has_compiled_key(&key), "not prepared yet");
+        let bad = prepared
+            .path()
+            .join("compiled")
+            .join(format!("{key}.cwasm"));
+        std::fs::create_dir_all(bad.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&bad, garbage).expect("write");
+        assert!(
+            !engine.has_compiled_key(&key),
+            "a file the stamp does not list is not taken"
+        );
+        let stamp = Stamp {
+            tooling: "any".into(),
+            engine: engine.fingerprint().to_owned(),
+            files: BTreeMap::from([(
+                format!("compiled/{key}.cwasm"),
+                (garbage.len() as u64, stamped.clone()),
+            )]),
+        };
+        std::fs::write(prepared.path().join("stamp"), stamp.render()).expect("stamp");
+        assert!(
+            engine.has_compiled_key(&key),
+            "listed: no need to ask a peer"
+        );
+        let loaded = engine.component(guest()).expect("compiled instead");
+        assert!(!loaded.text().is_empty());
+        assert_eq!(engine.compiles(), 1, "compiled again ({stamped})");
+        assert_eq!(
+            std::fs::read(&bad).expect("prepared file"),
+            garbage,
+            "the node never writes the prepared folder"
+        );
+    }
 }

@@ -72,10 +72,15 @@ enum Command {
     /// so a node's first JS deploy does neither. Does nothing when it is
     /// already prepared for this toolchain and this `warren`.
     PrepareJs {
-        /// The JS toolchain folder, `runtime/js` (default: as `warren serve`
-        /// finds it: `[runtime] js_dir`'s default or `$WARREN_JS_DIR`).
+        /// The JS toolchain folder, `runtime/js` (default: the one `warren
+        /// serve --config` would use: the config's `[runtime] js_dir`, else
+        /// `$WARREN_JS_DIR`, else the source checkout's).
         #[arg(long)]
         js_dir: Option<PathBuf>,
+        /// The node's configuration whose `[runtime] js_dir` to prepare
+        /// (default: ./edge.toml when there is one).
+        #[arg(long, conflicts_with = "js_dir")]
+        config: Option<PathBuf>,
         /// Where to put it (default: `<js_dir>/prepared`, where nodes look).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -230,9 +235,21 @@ fn compile_component(cache_dir: &std::path::Path, out: &std::path::Path) -> anyh
 }
 
 /// `warren prepare-js`.
-fn prepare_js(js_dir: Option<PathBuf>, out: Option<PathBuf>) -> anyhow::Result<()> {
+fn prepare_js(
+    js_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
     use warren_runtime::prepared::{Prepared, prepare, prepared_dir};
-    let js = serve::js_dir(js_dir.as_deref());
+    let js = match js_dir {
+        Some(dir) => dir,
+        None => serve::js_dir(
+            config::load_or_default(config.as_deref())?
+                .runtime
+                .js_dir
+                .as_deref(),
+        ),
+    };
     let js = std::fs::canonicalize(&js).unwrap_or(js);
     let out = out.unwrap_or_else(|| prepared_dir(&js));
     let mut config = warren_runtime::EngineConfig::new(PathBuf::new());
@@ -322,7 +339,11 @@ async fn main() -> std::process::ExitCode {
             dev::run(args).await
         }
         Command::CompileComponent { cache_dir, out } => compile_component(&cache_dir, &out),
-        Command::PrepareJs { js_dir, out } => prepare_js(js_dir, out),
+        Command::PrepareJs {
+            js_dir,
+            config,
+            out,
+        } => prepare_js(js_dir, config, out),
         Command::Login => login::run(&cli.api).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -640,6 +640,19 @@ async fn start_runtime(
     // The JS engine compiled when Warren was installed (`warren prepare-js`).
     let js = js_dir(file.runtime.js_dir.as_deref());
     let prepared = warren_runtime::prepared::prepared_dir(&js);
+    if !node.runtime_process {
+        match warren_runtime::prepared::Stamp::read(&prepared) {
+            Ok(Some(_)) => {
+                tracing::info!(folder = %prepared.display(), "the JS toolchain is prepared")
+            }
+            Ok(None) => {
+                tracing::info!(folder = %prepared.display(), "the JS toolchain is not prepared: the first JS deploy builds and compiles the JS engine (`warren prepare-js` does it once)")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, folder = %prepared.display(), "the prepared JS toolchain cannot be read; JS deploys build and compile the JS engine")
+            }
+        }
+    }
     engine_config.prepared = Some(prepared.clone());
     if node.runtime_process {
         // The node's instance pool is shared out among its processes.

@@ -20,6 +20,8 @@ pub struct Stats {
     pub p50: Duration,
     /// 99th-percentile latency.
     pub p99: Duration,
+    /// Requests completed.
+    pub requests: usize,
 }
 
 /// Latencies gathered over several runs, reduced to [`Stats`].
@@ -50,6 +52,7 @@ impl Samples {
             rps: n as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON),
             p50: at(0.50),
             p99: at(0.99),
+            requests: n,
         }
     }
 }

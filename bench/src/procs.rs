@@ -121,6 +121,60 @@ pub fn node_memory(pid: u32) -> anyhow::Result<Memory> {
     Ok(total)
 }
 
+/// CPU time (user and system, all threads) and minor page faults of a set of
+/// processes, from `/proc/<pid>/stat`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// User plus system time.
+    pub cpu: Duration,
+    /// Minor page faults.
+    pub minor_faults: u64,
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, o: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(o.cpu),
+            minor_faults: self.minor_faults.saturating_sub(o.minor_faults),
+        }
+    }
+}
+
+/// Linux reports CPU times in `/proc` in units of `USER_HZ`, 100 per second.
+const USER_HZ: u64 = 100;
+
+/// The [`Usage`] of `pids`, summed.
+pub fn usage(pids: &[u32]) -> anyhow::Result<Usage> {
+    let mut total = Usage::default();
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name, which is in parentheses and may
+        // hold spaces: state is field 3, minflt 10, utime 14, stime 15.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .with_context(|| format!("unexpected /proc/{pid}/stat"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| -> anyhow::Result<u64> {
+            fields
+                .get(n - 3)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no field {n} in /proc/{pid}/stat"))
+        };
+        total.minor_faults += field(10)?;
+        total.cpu += Duration::from_millis((field(14)? + field(15)?) * 1000 / USER_HZ);
+    }
+    Ok(total)
+}
+
+/// Node `pid` and its runtime processes (`[runtime] processes`).
+pub fn node_pids(pid: u32) -> Vec<u32> {
+    std::iter::once(pid)
+        .chain(warren_testkit::procs::runtime_processes(pid))
+        .collect()
+}
+
 /// Reads `pid`'s [`Memory`].
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -200,7 +200,13 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "hello world, {CLIENTS} keep-alive clients, {ROUNDS} interleaved rounds of {RUN_FOR:?}"
         );
-        let [w, d] = compare(node.runtime, "hello.workers.localhost", wd_addr, "/").await?;
+        let [w, d] = compare(
+            (node.runtime, &procs::node_pids(node.process.pid())),
+            "hello.workers.localhost",
+            (wd_addr, workerd.pid()),
+            "/",
+        )
+        .await?;
         println!(
             "ratio {:.2}x workerd's requests/s (goal ≥ 1.0x: {}); p99 {:.2}x (goal ≤ 1.0x: {})",
             w.rps / d.rps,
@@ -234,7 +240,13 @@ async fn main() -> anyhow::Result<()> {
         String::from_utf8_lossy(&body)
     );
     if !a.memory_only {
-        let [w, d] = compare(node.runtime, "heavy.workers.localhost", wd_addr, HEAVY_PATH).await?;
+        let [w, d] = compare(
+            (node.runtime, &procs::node_pids(node.process.pid())),
+            "heavy.workers.localhost",
+            (wd_addr, workerd.pid()),
+            HEAVY_PATH,
+        )
+        .await?;
         println!(
             "ratio {:.2}x workerd's requests/s (goal ≥ 0.5x: {}); p99 {:.2}x",
             w.rps / d.rps,
@@ -333,15 +345,16 @@ fn mib(b: u64) -> f64 {
 /// Interleaved load on Warren's worker (`host`) and on workerd, both at
 /// `path`; prints a row for each.
 async fn compare(
-    warren: std::net::SocketAddr,
+    (warren, warren_pids): (std::net::SocketAddr, &[u32]),
     host: &str,
-    workerd: std::net::SocketAddr,
+    (workerd, workerd_pid): (std::net::SocketAddr, u32),
     path: &str,
 ) -> anyhow::Result<[load::Stats; 2]> {
     println!(
         "{:<28} {:>10} {:>10} {:>10}",
         "runtime", "req/s", "p50", "p99"
     );
+    let before = [procs::usage(warren_pids)?, procs::usage(&[workerd_pid])?];
     let [w, d] = load::interleaved(
         ROUNDS,
         CLIENTS,
@@ -350,8 +363,21 @@ async fn compare(
         path,
     )
     .await?;
+    let after = [procs::usage(warren_pids)?, procs::usage(&[workerd_pid])?];
     load::row("warren", &w);
     load::row("workerd", &d);
+    // Each runtime is idle while the other's rounds run, so what its
+    // processes used over all rounds is what its own requests cost.
+    let per = |u: procs::Usage, s: &load::Stats| {
+        let n = s.requests.max(1) as f64;
+        (u.cpu.as_secs_f64() * 1e3 / n, u.minor_faults as f64 / n)
+    };
+    let (wc, wf) = per(after[0] - before[0], &w);
+    let (dc, df) = per(after[1] - before[1], &d);
+    println!(
+        "per request: CPU {wc:.3} ms on Warren (node and runtime processes) vs {dc:.3} ms on workerd ({:.2}x); minor page faults {wf:.1} vs {df:.1}",
+        wc / dc.max(f64::EPSILON)
+    );
     Ok([w, d])
 }
 

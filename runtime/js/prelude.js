@@ -223,8 +223,11 @@ function responseWith(res, body) {
   return copy;
 }
 
-/** `value`, or a plain native copy of it when its body was teed by a JS clone. */
-function unwrap(value) {
+/**
+ * `value`, or a plain native copy of it when its body was teed by a JS clone.
+ * The generated entry passes each answer of the worker through it.
+ */
+export function unwrap(value) {
   if (value === null || typeof value !== "object" || !taken.has(value)) return value;
   if (value instanceof NativeResponse) return responseWith(value, value.body);
   return requestWith(value, value.body);
@@ -234,9 +237,10 @@ const needResponseClone = typeof NativeResponse.prototype.clone !== "function";
 installBodies(NativeRequest.prototype, requestWith, true);
 installBodies(NativeResponse.prototype, responseWith, needResponseClone);
 {
-  // Where the engine reads a body itself (fetch, new Request(request), the
-  // answer of a fetch event), an object whose body was teed by a JS clone is
-  // replaced by a native copy carrying its branch.
+  // Where the engine reads a body itself (fetch, new Request(request)), an
+  // object whose body was teed by a JS clone is replaced by a native copy
+  // carrying its branch; the generated entry does the same for the worker's
+  // answer, with `unwrap`.
   const nativeFetch = globalThis.fetch;
   globalThis.fetch = {
     fetch(input, init) {
@@ -249,23 +253,6 @@ installBodies(NativeResponse.prototype, responseWith, needResponseClone);
       return Reflect.construct(target, args, newTarget === globalThis.Request ? target : newTarget);
     },
   });
-  const nativeAdd = globalThis.addEventListener;
-  globalThis.addEventListener = {
-    addEventListener(type, listener, options) {
-      if (type === "fetch" && typeof listener === "function") {
-        const inner = listener;
-        listener = function (event) {
-          const respondWith = event.respondWith;
-          Object.defineProperty(event, "respondWith", {
-            value: (answer) => respondWith.call(event, Promise.resolve(answer).then(unwrap)),
-            configurable: true,
-          });
-          return inner.call(this, event);
-        };
-      }
-      return nativeAdd.call(this, type, listener, options);
-    },
-  }.addEventListener;
 }
 
 if (typeof ReadableStream.prototype[Symbol.asyncIterator] !== "function") {

@@ -113,7 +113,7 @@ pub fn entry_source(
     let vars = serde_json::to_string(&vars).unwrap_or_else(|_| "\"{}\"".into());
     let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
     format!(
-        r#"import "./{PRELUDE_FILE}";
+        r#"import {{ unwrap }} from "./{PRELUDE_FILE}";
 import worker from {main};
 import {{ getEnvironment }} from "wasi:cli/environment@0.2.10";
 const VARS = JSON.parse({vars});
@@ -205,7 +205,8 @@ addEventListener("fetch", (event) => {{
     request = new Request(request.url, init);
   }}
   const ctx = {{ waitUntil: (p) => event.waitUntil(p), passThroughOnException() {{}} }};
-  event.respondWith(Promise.resolve().then(() => worker.fetch(request, env, ctx)));
+  // The answer goes to the engine as a native object (see the prelude).
+  event.respondWith(Promise.resolve().then(() => worker.fetch(request, env, ctx)).then(unwrap));
 }});
 "#,
         marker = crate::outbound::BINDING_HEADER,

@@ -111,6 +111,7 @@ pub fn entry_source(
     // key is then an own property, not the object's prototype).
     let vars = serde_json::to_string(vars).unwrap_or_else(|_| "{}".into());
     let vars = serde_json::to_string(&vars).unwrap_or_else(|_| "\"{}\"".into());
+    let bindings_list = bindings;
     let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
     format!(
         r#"import {{ unwrap }} from "./{PRELUDE_FILE}";
@@ -191,7 +192,19 @@ const env = new Proxy(values, {{
 }});
 addEventListener("fetch", (event) => {{
   let request = event.request;
-  KEY = request.headers.get("{key_header}") || "";
+{take_key}  const ctx = {{ waitUntil: (p) => event.waitUntil(p), passThroughOnException() {{}} }};
+  // The answer goes to the engine as a native object (see the prelude).
+  event.respondWith(Promise.resolve().then(() => worker.fetch(request, env, ctx)).then(unwrap));
+}});
+"#,
+        take_key = if bindings_list.is_empty() {
+            // No binding, so no key: the runtime sends none, and the
+            // request's headers are never read here (reading them is work
+            // the engine does per request).
+            String::new()
+        } else {
+            format!(
+                r#"  KEY = request.headers.get("{key_header}") || "";
   if (request.headers.has("{key_header}")) {{
     // The incoming request's headers are immutable: the worker gets a copy
     // without the key (same method, URL and streamed body).
@@ -204,11 +217,10 @@ addEventListener("fetch", (event) => {{
     }}
     request = new Request(request.url, init);
   }}
-  const ctx = {{ waitUntil: (p) => event.waitUntil(p), passThroughOnException() {{}} }};
-  // The answer goes to the engine as a native object (see the prelude).
-  event.respondWith(Promise.resolve().then(() => worker.fetch(request, env, ctx)).then(unwrap));
-}});
 "#,
+                key_header = crate::outbound::BINDING_KEY_HEADER,
+            )
+        },
         marker = crate::outbound::BINDING_HEADER,
         secret_prefix = crate::worker::SECRET_ENV_PREFIX,
         secret_len = crate::worker::SECRET_ENV_PREFIX.len(),

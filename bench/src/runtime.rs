@@ -1,7 +1,8 @@
 //! bench/runtime: the same JS workers on Warren and on workerd (from npm), in
-//! one run: requests/s and p50/p99 of a hello-world worker and of a CPU-heavy
-//! one (regex router, ~100 KB JSON parsed and serialised), with the same load
-//! generator in interleaved rounds; time from the deploy call to the first
+//! one run: requests/s, p50/p99, and CPU time and minor page faults per
+//! request of a hello-world worker and of a CPU-heavy one (regex router,
+//! ~100 KB JSON parsed and serialised), with the same load generator in
+//! interleaved rounds; time from the deploy call to the first
 //! response for a new JS worker with cold caches, warm caches (same code) and
 //! an edited worker (warm tooling, new code); memory (PSS) of a node holding
 //! many different JS workers left idle, then of one holding 1000 workers.

@@ -180,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Warren: one node, [runtime] processes = {processes} (--processes; default one per core)"
     );
-    let (_connector, service_id) = node.private_origin(&connector, origin)?;
+    let (connector_process, service_id) = node.private_origin(&connector, origin)?;
     let wdir = work.path().join("shop");
     procs::worker_dir(
         &wdir,
@@ -219,7 +219,12 @@ async fn main() -> anyhow::Result<()> {
         "{:<28} {:>10} {:>10} {:>10}",
         "clients / runtime", "req/s", "p50", "p99"
     );
+    // Warren's side of a call: the node, its runtime processes and the
+    // connector (the origin, in this process, serves both).
+    let mut warren_pids = procs::node_pids(node.process.pid());
+    warren_pids.push(connector_process.pid());
     for clients in [1usize, 8].into_iter().filter(|_| !bulk_only) {
+        let before = [procs::usage(&warren_pids)?, procs::usage(&[workerd.pid()])?];
         let [w, d] = load::interleaved(
             ROUNDS,
             clients,
@@ -228,8 +233,16 @@ async fn main() -> anyhow::Result<()> {
             "/items",
         )
         .await?;
+        let after = [procs::usage(&warren_pids)?, procs::usage(&[workerd.pid()])?];
         load::row(&format!("{clients} warren"), &w);
         load::row(&format!("{clients} workerd"), &d);
+        let per =
+            |u: procs::Usage, s: &load::Stats| u.cpu.as_secs_f64() * 1e3 / s.requests.max(1) as f64;
+        let (wc, dc) = (per(after[0] - before[0], &w), per(after[1] - before[1], &d));
+        println!(
+            "{clients} CPU per request {wc:.3} ms on Warren (node, runtime processes, connector) vs {dc:.3} ms on workerd ({:.2}x)",
+            wc / dc.max(f64::EPSILON)
+        );
         println!(
             "{clients} ratio {:.2}x workerd's requests/s{}",
             w.rps / d.rps,

@@ -236,9 +236,8 @@ async fn main() -> anyhow::Result<()> {
         let after = [procs::usage(&warren_pids)?, procs::usage(&[workerd.pid()])?];
         load::row(&format!("{clients} warren"), &w);
         load::row(&format!("{clients} workerd"), &d);
-        let per =
-            |u: procs::Usage, s: &load::Stats| u.cpu.as_secs_f64() * 1e3 / s.requests.max(1) as f64;
-        let (wc, dc) = (per(after[0] - before[0], &w), per(after[1] - before[1], &d));
+        let (wc, _) = (after[0] - before[0]).per_request(w.requests);
+        let (dc, _) = (after[1] - before[1]).per_request(d.requests);
         println!(
             "{clients} CPU per request {wc:.3} ms on Warren (node, runtime processes, connector) vs {dc:.3} ms on workerd ({:.2}x)",
             wc / dc.max(f64::EPSILON)

@@ -141,6 +141,17 @@ impl std::ops::Sub for Usage {
     }
 }
 
+impl Usage {
+    /// CPU milliseconds and minor page faults per request, over `requests`.
+    pub fn per_request(&self, requests: usize) -> (f64, f64) {
+        let n = requests.max(1) as f64;
+        (
+            self.cpu.as_secs_f64() * 1e3 / n,
+            self.minor_faults as f64 / n,
+        )
+    }
+}
+
 /// Linux reports CPU times in `/proc` in units of `USER_HZ`, 100 per second.
 const USER_HZ: u64 = 100;
 

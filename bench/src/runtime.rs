@@ -369,12 +369,8 @@ async fn compare(
     load::row("workerd", &d);
     // Each runtime is idle while the other's rounds run, so what its
     // processes used over all rounds is what its own requests cost.
-    let per = |u: procs::Usage, s: &load::Stats| {
-        let n = s.requests.max(1) as f64;
-        (u.cpu.as_secs_f64() * 1e3 / n, u.minor_faults as f64 / n)
-    };
-    let (wc, wf) = per(after[0] - before[0], &w);
-    let (dc, df) = per(after[1] - before[1], &d);
+    let (wc, wf) = (after[0] - before[0]).per_request(w.requests);
+    let (dc, df) = (after[1] - before[1]).per_request(d.requests);
     println!(
         "per request: CPU {wc:.3} ms on Warren (node and runtime processes) vs {dc:.3} ms on workerd ({:.2}x); minor page faults {wf:.1} vs {df:.1}",
         wc / dc.max(f64::EPSILON)

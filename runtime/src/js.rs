@@ -111,14 +111,13 @@ pub fn entry_source(
     // key is then an own property, not the object's prototype).
     let vars = serde_json::to_string(vars).unwrap_or_else(|_| "{}".into());
     let vars = serde_json::to_string(&vars).unwrap_or_else(|_| "\"{}\"".into());
-    let bindings_list = bindings;
-    let bindings = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
+    let bindings_json = serde_json::to_string(bindings).unwrap_or_else(|_| "[]".into());
     format!(
         r#"import {{ unwrap }} from "./{PRELUDE_FILE}";
 import worker from {main};
 import {{ getEnvironment }} from "wasi:cli/environment@0.2.10";
 const VARS = JSON.parse({vars});
-const BINDINGS = {bindings};
+const BINDINGS = {bindings_json};
 // This request's binding key: only the binding objects below can send it,
 // so only they can select a binding (the runtime refuses a bare marker).
 let KEY = "";
@@ -197,7 +196,7 @@ addEventListener("fetch", (event) => {{
   event.respondWith(Promise.resolve().then(() => worker.fetch(request, env, ctx)).then(unwrap));
 }});
 "#,
-        take_key = if bindings_list.is_empty() {
+        take_key = if bindings.is_empty() {
             // No binding, so no key: the runtime sends none, and the
             // request's headers are never read here (reading them is work
             // the engine does per request).

@@ -188,10 +188,14 @@ pub async fn run(
         .conn_state(Some("connecting"), Some("registered"));
     info!(index, addr = %peer, transport = transport.name(), edge = %edge_name, connection = %connection_id, "registered tunnel connection");
 
-    // On TCP, keep trying QUIC: the connection goes back as soon as UDP gets through.
+    // On the TCP fallback (`auto`), keep trying QUIC: the connection goes back
+    // as soon as UDP gets through. TCP chosen outright stays TCP.
     let quic_again = async {
         let retry = shared.config.quic_retry_interval;
-        if transport == Transport::Quic || retry.is_zero() {
+        if transport == Transport::Quic
+            || shared.config.protocol != crate::Protocol::Auto
+            || retry.is_zero()
+        {
             return std::future::pending().await;
         }
         loop {

@@ -231,6 +231,44 @@ async fn ready_reports_registered_connections() {
     );
 }
 
+/// `--protocol tcp` (cloudflared's `--protocol http2`) is a choice, not a
+/// fallback: its connections stay on TCP, and carry streams, even though QUIC
+/// gets through (only `auto` moves a TCP connection back to QUIC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_told_to_use_tcp_stays_on_tcp_where_quic_gets_through() {
+    let w = World::new().await;
+    let dest = w.origin();
+    let c = w.connector(&[
+        "--protocol".into(),
+        "tcp".into(),
+        "--ha-connections".into(),
+        "2".into(),
+        "--quic-retry-interval".into(),
+        "100ms".into(),
+    ]);
+    w.wait_registered(2).await;
+    let first: Vec<_> = w.connections().iter().map(|c| c.record().id.clone()).collect();
+    assert!(w.connections().iter().all(|c| c.transport() == "tcp"));
+    // Many retry intervals later: the same connections, still on TCP.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let live = w.connections();
+    assert!(
+        live.iter().all(|c| c.transport() == "tcp"),
+        "{:?}",
+        live.iter().map(|c| c.transport()).collect::<Vec<_>>()
+    );
+    let mut ids: Vec<_> = live.iter().map(|c| c.record().id.clone()).collect();
+    let mut first = first;
+    ids.sort();
+    first.sort();
+    assert_eq!(ids, first);
+    assert!(!c.log_contains("QUIC gets through again"));
+    assert_eq!(
+        w.get(dest, "/bytes/100000").await,
+        Ok((StatusCode::OK, 100_000))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_survives_losing_three_of_four_connections() {
     let w = World::new().await;

@@ -414,6 +414,8 @@ fn mib(bps: f64) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The edge runs in this process: the allocator settings of a node's.
+    warren_transport::alloc::tune();
     let mut args = std::env::args().skip(1);
     let mut rathole_bin = None;
     let mut connector_bin = PathBuf::from("target/release/warren-connector");

@@ -203,6 +203,7 @@ async fn main() -> std::process::ExitCode {
     let Cli {
         command: Command::Run(args),
     } = Cli::parse();
+    warren_transport::alloc::tune();
     init_logging(args.log_format);
     let config = match config_from(args) {
         Ok(c) => c,

@@ -247,7 +247,11 @@ async fn a_connector_told_to_use_tcp_stays_on_tcp_where_quic_gets_through() {
         "100ms".into(),
     ]);
     w.wait_registered(2).await;
-    let first: Vec<_> = w.connections().iter().map(|c| c.record().id.clone()).collect();
+    let first: Vec<_> = w
+        .connections()
+        .iter()
+        .map(|c| c.record().id.clone())
+        .collect();
     assert!(w.connections().iter().all(|c| c.transport() == "tcp"));
     // Many retry intervals later: the same connections, still on TCP.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod pq;
 pub mod quic;
 pub mod tcp;

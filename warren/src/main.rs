@@ -283,40 +283,12 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
-/// Allocations of this size or more get pages of their own from the kernel
-/// and give them back when freed.
-const MMAP_THRESHOLD: i32 = 4 << 20;
-
-/// Free memory at the top of an allocator heap kept for reuse, not given
-/// back: what glibc would keep (twice the mmap threshold) had its dynamic
-/// threshold stopped at [`MMAP_THRESHOLD`]. Fixing the mmap threshold also
-/// fixes this one at 128 KiB unless it is set, and then every request
-/// buffer between the two is faulted in afresh.
-const TRIM_THRESHOLD: i32 = 2 * MMAP_THRESHOLD;
-
-/// Fixes glibc's threshold for serving an allocation with its own mapping.
-/// glibc raises it to the largest block freed so far (up to 32 MiB), and the
-/// threshold for giving back the free top of a heap with it; a node that
-/// handled a deploy (a JS bundle of about 10 MiB, read and hashed whole) then
-/// kept tens of MiB per allocator arena that nothing used (bench/runtime:
-/// 94 MiB anonymous in the node process after ten JS deploys, 27 MiB of it in
-/// use).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it takes glibc's own
-    // locks and is safe to call at any time.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Long-running processes only: a compile process ends right after.
     if matches!(cli.command, Command::Serve { .. } | Command::Dev(_)) {
-        tune_allocator();
+        warren_transport::alloc::tune();
     }
     let result = match cli.command {
         Command::Demo => demo::run().await,

@@ -103,7 +103,7 @@ struct RunArgs {
     /// TCP port of the edge's fallback listener (default: the token's, else the edge port).
     #[arg(long, env = "WARREN_CONNECTOR_TCP_PORT")]
     tcp_port: Option<u16>,
-    /// On the TCP fallback, how often to try QUIC again (0 = never).
+    /// On the TCP fallback (`--protocol auto` only), how often to try QUIC again (0 = never).
     #[arg(long, env = "WARREN_CONNECTOR_QUIC_RETRY_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     quic_retry_interval: Duration,
     /// Trust this CA certificate (PEM) for the edge instead of the token's fingerprint.

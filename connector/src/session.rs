@@ -1,6 +1,6 @@
 //! One tunnel connection's life: dial (QUIC, or the TCP fallback), register
 //! on the control stream, serve data streams and DNS questions, unregister
-//! on shutdown — or, on TCP, when QUIC gets through again.
+//! on shutdown — or, on `auto`'s TCP fallback, when QUIC gets through again.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -109,7 +109,8 @@ fn tcp_addr(shared: &Shared, addr: SocketAddr) -> SocketAddr {
 }
 
 /// Runs one connection to `edge` over `transport` until it is lost, refused,
-/// `cancel` fires, or (TCP with a QUIC retry interval) QUIC works again.
+/// `cancel` fires, or (`auto`'s TCP fallback with a QUIC retry interval) QUIC
+/// works again.
 pub async fn run(
     shared: &Arc<Shared>,
     index: u8,

@@ -253,7 +253,8 @@ async fn a_connector_told_to_use_tcp_stays_on_tcp_where_quic_gets_through() {
         .map(|c| c.record().id.clone())
         .collect();
     assert!(w.connections().iter().all(|c| c.transport() == "tcp"));
-    // Many retry intervals later: the same connections, still on TCP.
+    // Many retry intervals later (QUIC reaches this edge: every other test
+    // here registers over it): the same connections, still on TCP.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let live = w.connections();
     assert!(

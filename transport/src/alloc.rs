@@ -13,7 +13,8 @@
 //! - the TCP tunnel's reader takes 256 KiB buffers, a new one whenever frames
 //!   of the last are still queued on their streams: each was mapped and
 //!   faulted in afresh, then given back, page by page (bench/tunnel: uploads
-//!   over TLS/TCP 620–701 MiB/s, 937–1054 with these settings).
+//!   over TLS/TCP 620–701 MiB/s, 989–1111 with these settings in the connector
+//!   and the edge).
 //!
 //! [`tune`] fixes the mmap threshold at [`MMAP_THRESHOLD`] and the trim
 //! threshold at [`TRIM_THRESHOLD`]. Other C libraries (the static musl

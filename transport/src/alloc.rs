@@ -17,8 +17,8 @@
 //!   and the edge).
 //!
 //! [`tune`] fixes the mmap threshold at [`MMAP_THRESHOLD`] and the trim
-//! threshold at [`TRIM_THRESHOLD`]. Other C libraries (the static musl
-//! connector) are left as they are.
+//! threshold at [`TRIM_THRESHOLD`]. It does nothing under other C libraries:
+//! the static musl connector allocates with mimalloc instead.
 
 /// Allocations of this size or more get pages of their own from the kernel
 /// and give them back when freed.

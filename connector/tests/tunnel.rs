@@ -247,26 +247,22 @@ async fn a_connector_told_to_use_tcp_stays_on_tcp_where_quic_gets_through() {
         "100ms".into(),
     ]);
     w.wait_registered(2).await;
-    let first: Vec<_> = w
-        .connections()
-        .iter()
-        .map(|c| c.record().id.clone())
-        .collect();
-    assert!(w.connections().iter().all(|c| c.transport() == "tcp"));
+    // The live connections' ids, sorted, and their transports.
+    let live = || {
+        let mut v: Vec<_> = w
+            .connections()
+            .iter()
+            .map(|c| (c.record().id.clone(), c.transport()))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = live();
+    assert!(first.iter().all(|(_, t)| *t == "tcp"), "{first:?}");
     // Many retry intervals later (QUIC reaches this edge: every other test
     // here registers over it): the same connections, still on TCP.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let live = w.connections();
-    assert!(
-        live.iter().all(|c| c.transport() == "tcp"),
-        "{:?}",
-        live.iter().map(|c| c.transport()).collect::<Vec<_>>()
-    );
-    let mut ids: Vec<_> = live.iter().map(|c| c.record().id.clone()).collect();
-    let mut first = first;
-    ids.sort();
-    first.sort();
-    assert_eq!(ids, first);
+    assert_eq!(live(), first);
     assert!(!c.log_contains("QUIC gets through again"));
     assert_eq!(
         w.get(dest, "/bytes/100000").await,

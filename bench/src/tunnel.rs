@@ -419,12 +419,36 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut rathole_bin = None;
     let mut connector_bin = PathBuf::from("target/release/warren-connector");
-    let mut quic_downloads: Option<u32> = None;
+    // For profiling one path: (over TLS/TCP, uploads, count).
+    let mut repeat: Option<(bool, bool, u32)> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quic-downloads" => {
                 let n = args.next().context("--quic-downloads N")?;
-                quic_downloads = Some(n.parse().context("--quic-downloads N: a count")?);
+                repeat = Some((
+                    false,
+                    false,
+                    n.parse().context("--quic-downloads N: a count")?,
+                ));
+            }
+            "--repeat" => {
+                let usage = "--repeat quic|tcp download|upload N";
+                let (t, d, n) = (args.next(), args.next(), args.next());
+                let tcp = match t.as_deref() {
+                    Some("quic") => false,
+                    Some("tcp") => true,
+                    _ => bail!("{usage}"),
+                };
+                let up = match d.as_deref() {
+                    Some("download") => false,
+                    Some("upload") => true,
+                    _ => bail!("{usage}"),
+                };
+                let n = n
+                    .context(usage)?
+                    .parse()
+                    .context("--repeat: N is a count")?;
+                repeat = Some((tcp, up, n));
             }
             "--rathole" => rathole_bin = args.next().map(PathBuf::from),
             "--connector" => {
@@ -467,10 +491,20 @@ async fn main() -> anyhow::Result<()> {
         "bench/tunnel: {} MiB download and upload, best of {RUNS} (interleaved); {CLIENTS} clients × {SHORT_FOR:?} of short echo streams",
         bytes >> 20
     );
-    if let Some(n) = quic_downloads {
+    if let Some((tcp, up, n)) = repeat {
         // For profiling one path: no peers, no ratios.
+        let (path, name) = if tcp {
+            (&tunnel_tcp, "TLS/TCP")
+        } else {
+            (&tunnel, "QUIC")
+        };
         for i in 1..=n {
-            println!("QUIC download {i}: {}", mib(bulk(&tunnel, bytes).await?));
+            let (what, rate) = if up {
+                ("upload", upload(path, bytes).await?)
+            } else {
+                ("download", bulk(path, bytes).await?)
+            };
+            println!("{name} {what} {i}: {}", mib(rate));
         }
         return Ok(());
     }

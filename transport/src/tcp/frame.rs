@@ -113,6 +113,25 @@ impl Frame {
         }
     }
 
+    /// Appends the frame to `out` like [`Frame::encode`], except that a
+    /// payload of at least `by_ref` bytes is left out and returned, for the
+    /// caller to send right after what was appended (without copying it).
+    pub(crate) fn encode_head(&self, out: &mut BytesMut, by_ref: usize) -> Option<Bytes> {
+        let (kind, id, data) = match self {
+            Frame::Data { id, data } if data.len() >= by_ref => (DATA, *id, data),
+            Frame::Datagram(data) if data.len() >= by_ref => (DATAGRAM, 0, data),
+            _ => {
+                self.encode(out);
+                return None;
+            }
+        };
+        out.reserve(HEADER);
+        out.put_u8(kind);
+        out.put_u32(id);
+        out.put_u32(data.len() as u32);
+        Some(data.clone())
+    }
+
     /// Takes one frame off the front of `buf`: `Ok(None)` while it is
     /// incomplete, an error when it can never be valid.
     pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
@@ -257,6 +276,38 @@ mod tests {
             }
         }
         assert_eq!(out, frames);
+    }
+
+    #[test]
+    fn a_head_and_its_payload_by_reference_are_the_whole_frame() {
+        let frames = [
+            Frame::Data {
+                id: 3,
+                data: Bytes::from(vec![7u8; 5000]),
+            },
+            Frame::Data {
+                id: 5,
+                data: Bytes::from_static(b"small"),
+            },
+            Frame::Datagram(Bytes::from(vec![9u8; 4096])),
+            Frame::Datagram(Bytes::from_static(b"dns")),
+            Frame::Window {
+                id: 0,
+                increment: 1 << 20,
+            },
+        ];
+        let mut whole = BytesMut::new();
+        let mut parts = BytesMut::new();
+        let mut by_ref = 0;
+        for f in &frames {
+            f.encode(&mut whole);
+            if let Some(payload) = f.encode_head(&mut parts, 4096) {
+                by_ref += 1;
+                parts.extend_from_slice(&payload);
+            }
+        }
+        assert_eq!(by_ref, 2, "the two payloads of 4096 bytes or more");
+        assert_eq!(parts, whole);
     }
 
     #[test]

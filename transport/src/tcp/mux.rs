@@ -39,6 +39,13 @@ const INITIAL_STREAM_WINDOW: u32 = 64 * 1024;
 const INITIAL_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// Bytes the writer hands to TLS at once.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Stream bytes queued for the writer beyond which a copying write
+/// ([`MuxSend`]'s `poll_write`) waits for the writer to take some: the copy
+/// then reaches TLS while still in cache, not after the whole credit (up to
+/// the stream window) was copied in. Measured: TLS/TCP uploads about 15%
+/// faster; holding back [`MuxSend::write_chunk`] too slowed downloads, whose
+/// chunks come whole from a socket read, by about 10%.
+const SEND_QUEUE: usize = 512 * 1024;
 /// Bytes the reader asks of TLS at once.
 const READ_BUF: usize = 256 * 1024;
 /// Time a closing connection has to send its CLOSE frame.
@@ -172,12 +179,15 @@ struct State {
     urgent: VecDeque<Frame>,
     /// Stream data, FIN and RESET, in order.
     data: VecDeque<Frame>,
+    /// Stream bytes in `data`.
+    queued: usize,
     datagrams_queued: usize,
     /// Bytes of the datagrams received and not read yet.
     datagram_bytes: usize,
     ping_queued: bool,
     pong_queued: bool,
     send_credit: u64,
+    /// Senders waiting for connection credit or for room in the queue.
     credit_waiters: Vec<Waker>,
     recv_total: u64,
     recv_limit: u64,
@@ -311,6 +321,7 @@ impl Shared {
         st.error = Some(err.clone());
         st.urgent.clear();
         st.data.clear();
+        st.queued = 0;
         st.datagrams_queued = 0;
         for s in st.streams.values_mut() {
             s.wake();
@@ -540,32 +551,114 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes frames off the queues, control first, into `buf`. Returns
+    /// Takes frames off the queues, control first, into `batch`. Returns
     /// whether the connection is closing.
-    fn gather(&self, buf: &mut BytesMut) -> bool {
+    fn gather(&self, batch: &mut Batch) -> bool {
         let mut st = self.lock();
-        while buf.len() < WRITE_BATCH {
+        while batch.len < WRITE_BATCH {
             let Some(f) = st.urgent.pop_front().or_else(|| st.data.pop_front()) else {
                 break;
             };
-            match f {
+            match &f {
+                Frame::Data { data, .. } => st.queued -= data.len(),
                 Frame::Ping => st.ping_queued = false,
                 Frame::Pong => st.pong_queued = false,
                 Frame::Datagram(_) => st.datagrams_queued = st.datagrams_queued.saturating_sub(1),
                 _ => {}
             }
-            f.encode(buf);
+            batch.push(&f);
+        }
+        if st.queued < SEND_QUEUE {
+            for w in st.credit_waiters.drain(..) {
+                w.wake();
+            }
         }
         st.error.is_some()
     }
 }
 
+/// Frames on their way out, in order: headers and small payloads copied
+/// together, larger payloads by reference, so stream bytes reach TLS (which
+/// copies them into its records) without a copy of their own.
+struct Batch {
+    /// What is written, in order; none empty.
+    parts: Vec<Bytes>,
+    /// Headers and small frames not yet in `parts`.
+    small: BytesMut,
+    /// Bytes in `parts` and `small`.
+    len: usize,
+}
+
+impl Batch {
+    /// Payloads of at least this many bytes are sent by reference.
+    const BY_REF: usize = 2048;
+    /// Slices handed to one vectored write.
+    const SLICES: usize = 64;
+
+    fn new() -> Batch {
+        Batch {
+            parts: Vec::new(),
+            small: BytesMut::with_capacity(16 * 1024),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, f: &Frame) {
+        let before = self.small.len();
+        if let Some(payload) = f.encode_head(&mut self.small, Self::BY_REF) {
+            self.len += self.small.len() - before + payload.len();
+            self.parts.push(self.small.split().freeze());
+            self.parts.push(payload);
+        } else {
+            self.len += self.small.len() - before;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes everything gathered, then empties the batch.
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+        let (mut i, mut off) = (0, 0);
+        while i < self.parts.len() {
+            let mut slices = [io::IoSlice::new(&[]); Self::SLICES];
+            let mut k = 0;
+            for (j, part) in self.parts[i..].iter().take(Self::SLICES).enumerate() {
+                slices[j] = io::IoSlice::new(if j == 0 { &part[off..] } else { part });
+                k = j + 1;
+            }
+            let mut n = w.write_vectored(&slices[..k]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let left = self.parts[i].len() - off;
+                if n >= left {
+                    n -= left;
+                    i += 1;
+                    off = 0;
+                } else {
+                    off += n;
+                    n = 0;
+                }
+            }
+        }
+        self.parts.clear();
+        self.len = 0;
+        Ok(())
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut w: W) {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH + MAX_DATAGRAM + 64);
+    let mut batch = Batch::new();
     loop {
         let notified = shared.wake_writer.notified();
-        let closing = shared.gather(&mut buf);
-        if buf.is_empty() {
+        let closing = shared.gather(&mut batch);
+        if batch.is_empty() {
             if closing {
                 let _ = tokio::time::timeout(CLOSE_LINGER, w.shutdown()).await;
                 break;
@@ -576,7 +669,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut w: W) {
             }
         }
         let write = async {
-            w.write_all(&buf).await?;
+            batch.write_to(&mut w).await?;
             w.flush().await
         };
         tokio::select! {
@@ -588,7 +681,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut w: W) {
             }
             () = shared.stop.cancelled() => break,
         }
-        buf.clear();
         shared.last_sent.store(shared.now_ms(), Ordering::Relaxed);
     }
     shared.stop.cancel();
@@ -706,6 +798,7 @@ impl TcpConn {
             datagrams: VecDeque::new(),
             urgent,
             data: VecDeque::new(),
+            queued: 0,
             datagrams_queued: 0,
             datagram_bytes: 0,
             ping_queued: false,
@@ -949,11 +1042,14 @@ impl MuxSend {
         self.id
     }
 
-    /// Sends up to `max` bytes made by `take(n)` as credit allows.
+    /// Sends up to `len` bytes made by `take(n)` as credit allows; when
+    /// `copies` (`take` copies them), also only while the writer's queue has
+    /// room.
     fn poll_send(
         &self,
         cx: &mut Context<'_>,
         len: usize,
+        copies: bool,
         take: impl FnOnce(usize) -> Bytes,
     ) -> Poll<io::Result<usize>> {
         let shared = &self.conn.0;
@@ -984,6 +1080,12 @@ impl MuxSend {
             .min(s.credit)
             .min(conn_credit)
             .min(MAX_DATA as u64) as usize;
+        if n > 0 && copies && st.queued >= SEND_QUEUE {
+            if !st.credit_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                st.credit_waiters.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
         if n == 0 {
             if s.credit == 0 {
                 s.write_waker = Some(cx.waker().clone());
@@ -995,6 +1097,7 @@ impl MuxSend {
         }
         s.credit -= n as u64;
         st.send_credit -= n as u64;
+        st.queued += n;
         st.data.push_back(Frame::Data {
             id: self.id,
             data: take(n),
@@ -1007,7 +1110,8 @@ impl MuxSend {
     /// Sends `data` whole, without copying it.
     pub async fn write_chunk(&mut self, mut data: Bytes) -> io::Result<()> {
         while !data.is_empty() {
-            std::future::poll_fn(|cx| self.poll_send(cx, data.len(), |n| data.split_to(n))).await?;
+            std::future::poll_fn(|cx| self.poll_send(cx, data.len(), false, |n| data.split_to(n)))
+                .await?;
         }
         Ok(())
     }
@@ -1065,7 +1169,7 @@ impl AsyncWrite for MuxSend {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_send(cx, buf.len(), |n| Bytes::copy_from_slice(&buf[..n]))
+        self.poll_send(cx, buf.len(), true, |n| Bytes::copy_from_slice(&buf[..n]))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1209,5 +1313,85 @@ impl AsyncRead for MuxRecv {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts a connection over an in-memory pipe whose far end the test
+    /// holds raw: it opens streams 1 and 3 with `credit` bytes each, then
+    /// never reads, so the connection's writer blocks once the pipe is full.
+    async fn stalled(credit: u32) -> (TcpConn, tokio::io::DuplexStream) {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let conn = TcpConn::new(
+            near,
+            Side::Server,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            &TcpConfig::default(),
+        );
+        let mut frames = BytesMut::new();
+        let increment = 4 * credit;
+        Frame::Window { id: 0, increment }.encode(&mut frames);
+        for id in [1, 3] {
+            Frame::Open { id, uni: false }.encode(&mut frames);
+            let increment = credit - INITIAL_STREAM_WINDOW;
+            Frame::Window { id, increment }.encode(&mut frames);
+        }
+        far.write_all(&frames).await.unwrap();
+        (conn, far)
+    }
+
+    /// Bytes a writer got accepted after `settle`.
+    async fn accepted_after<F, Fut>(write: F, settle: Duration) -> u64
+    where
+        F: FnOnce(Arc<AtomicU64>) -> Fut,
+        Fut: std::future::Future<Output = ()> + std::marker::Send + 'static,
+    {
+        let sent = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(write(sent.clone()));
+        tokio::time::sleep(settle).await;
+        task.abort();
+        sent.load(Ordering::Relaxed)
+    }
+
+    /// A copying writer (`AsyncWrite`, as a splice from a socket uses) stops
+    /// once the writer's queue holds SEND_QUEUE bytes, far below its credit;
+    /// a writer handing over whole chunks is bounded by its credit alone.
+    #[tokio::test]
+    async fn copying_writes_wait_for_room_in_the_queue() {
+        let credit = 8 * 1024 * 1024;
+        let (conn, _far) = stalled(credit).await;
+        let (mut copying, _r1) = conn.accept_bi().await.unwrap();
+        let (mut chunks, _r3) = conn.accept_bi().await.unwrap();
+        let settle = Duration::from_millis(300);
+
+        let copied = accepted_after(
+            |sent| async move {
+                let block = vec![7u8; 64 * 1024];
+                while let Ok(n) = copying.write(&block).await {
+                    sent.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            },
+            settle,
+        )
+        .await;
+        // The queue, plus what the writer took before the pipe filled.
+        let most = (SEND_QUEUE + WRITE_BATCH + 2 * MAX_DATA + 64 * 1024) as u64;
+        assert!(copied >= SEND_QUEUE as u64, "accepted only {copied} bytes");
+        assert!(copied <= most, "accepted {copied} bytes, more than {most}");
+
+        let handed = accepted_after(
+            |sent| async move {
+                let chunk = Bytes::from(vec![9u8; 64 * 1024]);
+                while chunks.write_chunk(chunk.clone()).await.is_ok() {
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            },
+            settle,
+        )
+        .await;
+        assert_eq!(handed, u64::from(credit), "whole chunks up to the credit");
     }
 }

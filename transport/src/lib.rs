@@ -297,18 +297,13 @@ impl RecvHalf {
 
     /// Chunks already received, up to `bufs.len()` of them (waiting only for
     /// the first), without copying: how many were filled, or `None` at the end
-    /// of the stream. QUIC gives a packet's payload per chunk, so a reader that
-    /// writes each chunk out alone makes a system call per ~1.2 KB.
+    /// of the stream. QUIC gives a packet's payload per chunk (the TCP
+    /// fallback a frame's, at most 64 KiB), so a reader that writes each chunk
+    /// out alone makes a system call per ~1.2 KB (per frame).
     pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> io::Result<Option<usize>> {
         match self {
             RecvHalf::Quic(r) => r.read_chunks(bufs).await.map_err(io::Error::from),
-            RecvHalf::Tcp(r) => match bufs.first_mut() {
-                None => Ok(Some(0)),
-                Some(first) => Ok(r.read_chunk(usize::MAX).await?.map(|c| {
-                    *first = c;
-                    1
-                })),
-            },
+            RecvHalf::Tcp(r) => r.read_chunks(bufs).await,
         }
     }
 

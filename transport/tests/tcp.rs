@@ -107,6 +107,35 @@ async fn large_transfer_bounded_memory() {
     assert!(grew < 96, "peak RSS grew by {grew} MiB");
 }
 
+/// `read_chunks` hands over every chunk already received in one call, in
+/// order and uncopied, so a splice writes them out with one vectored write.
+#[tokio::test]
+async fn read_chunks_takes_every_buffered_chunk() {
+    let (a, b) = common::tcp_pair().await;
+    let (mut s1, _r1) = a.open_bi().await.unwrap();
+    for fill in [1u8, 2, 3] {
+        s1.write_chunk(Bytes::from(vec![fill; 1000])).await.unwrap();
+    }
+    s1.finish().unwrap();
+    let (_b1, mut r1) = timeout(T, b.accept_bi()).await.unwrap().unwrap();
+    // Frames arrive in order: once a later stream's byte is readable, all of
+    // stream 1 has been received.
+    let (mut s2, _r2) = a.open_bi().await.unwrap();
+    s2.write_chunk(Bytes::from_static(b"!")).await.unwrap();
+    let (_b2, mut r2) = timeout(T, b.accept_bi()).await.unwrap().unwrap();
+    let marker = timeout(T, r2.read_chunk(16)).await.unwrap().unwrap();
+    assert_eq!(marker.as_deref(), Some(&b"!"[..]));
+
+    let mut chunks: [Bytes; 8] = std::array::from_fn(|_| Bytes::new());
+    let got = timeout(T, r1.read_chunks(&mut chunks)).await.unwrap();
+    assert_eq!(got.unwrap(), Some(3));
+    for (chunk, fill) in chunks.iter().zip([1u8, 2, 3]) {
+        assert_eq!(chunk.as_ref(), &[fill; 1000][..]);
+    }
+    let end = timeout(T, r1.read_chunks(&mut chunks)).await.unwrap();
+    assert_eq!(end.unwrap(), None);
+}
+
 /// A TCP relay that can be frozen or killed. Frozen, it stops moving bytes either way but
 /// keeps both sockets open, as a dead host or a black-holing middlebox would.
 struct Relay {

@@ -1203,19 +1203,37 @@ impl MuxRecv {
     }
 
     fn poll_chunk(&self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        let mut out = [Bytes::new()];
+        self.poll_chunks(cx, max, &mut out)
+            .map_ok(|got| got.map(|_| std::mem::take(&mut out[0])))
+    }
+
+    /// Fills `out` with the chunks buffered, each of at most `max` bytes,
+    /// waiting only when there is none: how many, or `None` at the end.
+    fn poll_chunks(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut [Bytes],
+    ) -> Poll<io::Result<Option<usize>>> {
         let shared = &self.conn.0;
         let mut guard = shared.lock();
         let st = &mut *guard;
         let Some(s) = st.streams.get_mut(&self.id) else {
             return Poll::Ready(Err(io_err(io::ErrorKind::BrokenPipe, "stream is gone")));
         };
-        if let Some(front) = s.buf.front_mut() {
-            let chunk = if front.len() <= max {
-                s.buf.pop_front().unwrap_or_default()
-            } else {
-                front.split_to(max)
-            };
-            let n = chunk.len();
+        if !s.buf.is_empty() && !out.is_empty() {
+            let (mut k, mut n) = (0, 0);
+            while let (Some(slot), Some(front)) = (out.get_mut(k), s.buf.front_mut()) {
+                let chunk = if front.len() <= max {
+                    s.buf.pop_front().unwrap_or_default()
+                } else {
+                    front.split_to(max)
+                };
+                n += chunk.len();
+                *slot = chunk;
+                k += 1;
+            }
             s.buffered -= n;
             if s.recv == Recv::Open {
                 s.released += n as u64;
@@ -1232,7 +1250,7 @@ impl MuxRecv {
                 }
             }
             shared.release_conn(st, n);
-            return Poll::Ready(Ok(Some(chunk)));
+            return Poll::Ready(Ok(Some(k)));
         }
         match s.recv {
             Recv::Fin | Recv::Done => {
@@ -1261,6 +1279,16 @@ impl MuxRecv {
     /// the end of the stream.
     pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
         std::future::poll_fn(|cx| self.poll_chunk(cx, max.max(1))).await
+    }
+
+    /// The chunks already received, up to `bufs.len()` of them (waiting
+    /// only for the first), without copying: how many were filled, or
+    /// `None` at the end of the stream.
+    pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> io::Result<Option<usize>> {
+        if bufs.is_empty() {
+            return Ok(Some(0));
+        }
+        std::future::poll_fn(|cx| self.poll_chunks(cx, usize::MAX, bufs)).await
     }
 
     /// Asks the peer to stop sending (its writes fail with `code`) and drops

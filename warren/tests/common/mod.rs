@@ -37,12 +37,23 @@ impl Drop for Kill {
     }
 }
 
-/// A loopback TCP port free at the time of asking.
+/// A loopback TCP port free at the time of asking, and not one this test
+/// was given before.
 pub fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    // Two binds in a row can get the same port. A node given one port for
+    // two listeners moves the second to the next port, and the test then
+    // talks to the wrong listener (seen: /metrics read from the runtime).
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `warren ARGS` with the client profile `profile` and none of the

@@ -61,6 +61,14 @@ pub(crate) enum Frame {
 #[error("{0}")]
 pub(crate) struct FrameError(pub(crate) String);
 
+/// Appends a frame header: kind, stream id, payload length.
+fn put_header(out: &mut BytesMut, kind: u8, id: u32, len: usize) {
+    out.put_u8(kind);
+    out.put_u32(id);
+    // Payloads are bounded by the MAX_* constants, far below u32::MAX.
+    out.put_u32(len as u32);
+}
+
 fn bad(msg: impl Into<String>) -> FrameError {
     FrameError(msg.into())
 }
@@ -70,10 +78,7 @@ impl Frame {
     pub(crate) fn encode(&self, out: &mut BytesMut) {
         let header = |out: &mut BytesMut, kind: u8, id: u32, len: usize| {
             out.reserve(HEADER + len);
-            out.put_u8(kind);
-            out.put_u32(id);
-            // Payloads are bounded by the MAX_* constants, far below u32::MAX.
-            out.put_u32(len as u32);
+            put_header(out, kind, id, len);
         };
         match self {
             Frame::Open { id, uni } => {
@@ -125,10 +130,7 @@ impl Frame {
                 return None;
             }
         };
-        out.reserve(HEADER);
-        out.put_u8(kind);
-        out.put_u32(id);
-        out.put_u32(data.len() as u32);
+        put_header(out, kind, id, data.len());
         Some(data.clone())
     }
 

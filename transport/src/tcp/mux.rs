@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -633,27 +633,26 @@ impl Batch {
         if !self.small.is_empty() {
             self.parts.push(self.small.split().freeze());
         }
-        let (mut i, mut off) = (0, 0);
+        let mut i = 0;
         while i < self.parts.len() {
             let mut slices = [io::IoSlice::new(&[]); Self::SLICES];
             let mut k = 0;
-            for (j, part) in self.parts[i..].iter().take(Self::SLICES).enumerate() {
-                slices[j] = io::IoSlice::new(if j == 0 { &part[off..] } else { part });
-                k = j + 1;
+            for (slot, part) in slices.iter_mut().zip(&self.parts[i..]) {
+                *slot = io::IoSlice::new(part);
+                k += 1;
             }
             let mut n = w.write_vectored(&slices[..k]).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
+            // Drop what went out; a part written in part keeps its rest.
             while n > 0 {
-                let left = self.parts[i].len() - off;
-                if n >= left {
-                    n -= left;
+                let part = &mut self.parts[i];
+                let took = n.min(part.len());
+                part.advance(took);
+                n -= took;
+                if part.is_empty() {
                     i += 1;
-                    off = 0;
-                } else {
-                    off += n;
-                    n = 0;
                 }
             }
         }
